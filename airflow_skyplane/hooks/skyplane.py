@@ -1,0 +1,229 @@
+"""The ``skyplane`` connection: the package's own settings for transfers.
+
+A ``skyplane`` connection holds no cloud credentials (those stay in the usual ``aws``,
+``google_cloud_platform`` and ``wasb`` connections); its extra holds the defaults a platform team
+wants for every transfer: where relays run, how many, the wire settings and the fleet time-to-live.
+Values resolve in this order, first found wins:
+
+1. the operator's own arguments (applied by the operator, not here);
+2. the extra of the ``skyplane`` connection named by ``skyplane_conn_id``;
+3. the ``[skyplane]`` section of the Airflow configuration;
+4. the built-in defaults of :class:`SkyplaneSettings`.
+
+The default connection id ``skyplane_default`` may be absent: its absence means "use the
+configuration and the defaults". Any other id must exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from airflow.sdk import BaseHook
+
+from airflow_skyplane.exceptions import ConnectionNotFoundError, InvalidInputError
+
+RELAY_BACKENDS = ("local", "aws", "gcp", "azure", "auto")
+OBJECTIVES = ("throughput", "cost")
+
+
+@dataclass(frozen=True)
+class SkyplaneSettings:
+    """Validated transfer defaults. Every field can be set in the connection extra by its name."""
+
+    relay_backend: str = "local"
+    objective: str = "throughput"
+    max_relays_per_region: int = 1
+    max_relays: int | None = None
+    allowed_regions: tuple[str, ...] = ()
+    connections_per_relay: int = 32
+    chunk_size_mb: int = 32
+    compression: bool = True
+    encryption: bool = True
+    fleet_ttl_minutes: int = 360
+    grid_path: str | None = None
+    use_spot: bool = False
+    aws_instance_type: str = "m5.8xlarge"
+    gcp_machine_type: str = "n2-standard-16"
+    azure_vm_size: str = "Standard_D32_v5"
+    relay_image: Mapping[str, str] = field(default_factory=dict)
+
+    _INT_LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
+        "max_relays_per_region": (1, 64),
+        "max_relays": (1, 1024),
+        "connections_per_relay": (1, 256),
+        "chunk_size_mb": (1, 256),
+        "fleet_ttl_minutes": (5, 7 * 24 * 60),
+    }
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")]
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, origin: str) -> SkyplaneSettings:
+        """Build settings from ``data``, rejecting unknown keys and bad values; ``origin`` names the
+        place the values came from (a connection id, a config section) for the error messages."""
+        known = set(cls.field_names())
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidInputError(
+                f"{origin}: unknown setting(s) {', '.join(unknown)}; "
+                f"the settings are: {', '.join(sorted(known))}"
+            )
+        values: dict[str, Any] = {}
+        for name, raw in data.items():
+            values[name] = cls._coerce(name, raw, origin=origin)
+        return cls(**values)
+
+    @classmethod
+    def _coerce(cls, name: str, raw: Any, *, origin: str) -> Any:
+        if raw is None and name in ("max_relays", "grid_path"):
+            return None
+        if name in ("compression", "encryption", "use_spot"):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("true", "1", "yes", "on"):
+                return True
+            if text in ("false", "0", "no", "off"):
+                return False
+            raise InvalidInputError(f"{origin}: {name}={raw!r} is not a boolean; use true or false")
+        if name in cls._INT_LIMITS:
+            low, high = cls._INT_LIMITS[name]
+            try:
+                value = int(raw)
+            except (TypeError, ValueError):
+                raise InvalidInputError(
+                    f"{origin}: {name}={raw!r} is not a whole number; give one from {low} to {high}"
+                ) from None
+            if isinstance(raw, float) and raw != value:
+                raise InvalidInputError(f"{origin}: {name}={raw!r} must be a whole number")
+            if not low <= value <= high:
+                raise InvalidInputError(f"{origin}: {name}={value} is out of range; give {low} to {high}")
+            return value
+        if name == "relay_backend":
+            if raw not in RELAY_BACKENDS:
+                raise InvalidInputError(
+                    f"{origin}: relay_backend={raw!r} is unknown; use one of {', '.join(RELAY_BACKENDS)}"
+                )
+            return raw
+        if name == "objective":
+            if raw not in OBJECTIVES:
+                raise InvalidInputError(
+                    f"{origin}: objective={raw!r} is unknown; use one of {', '.join(OBJECTIVES)}"
+                )
+            return raw
+        if name == "allowed_regions":
+            items = [raw] if isinstance(raw, str) else raw
+            if not isinstance(items, list | tuple) or not all(isinstance(p, str) and p for p in items):
+                raise InvalidInputError(
+                    f"{origin}: allowed_regions={raw!r} must be a list of region patterns "
+                    'such as ["aws:eu-*", "gcp:europe-*"]'
+                )
+            return tuple(items)
+        if name == "relay_image":
+            if not isinstance(raw, Mapping) or not all(isinstance(v, str) for v in raw.values()):
+                raise InvalidInputError(
+                    f"{origin}: relay_image must map a provider to an image, "
+                    'e.g. {"aws": "ami-...", "gcp": "projects/.../images/..."}'
+                )
+            return dict(raw)
+        if not isinstance(raw, str) or not raw:
+            raise InvalidInputError(f"{origin}: {name}={raw!r} must be a non-empty string")
+        return raw
+
+    def merged(self, overrides: Mapping[str, Any], *, origin: str) -> SkyplaneSettings:
+        """These settings with ``overrides`` applied (validated like :meth:`from_mapping`)."""
+        update = SkyplaneSettings.from_mapping(overrides, origin=origin)
+        return dataclasses.replace(self, **{k: getattr(update, k) for k in overrides})
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in self.field_names()}
+        data["allowed_regions"] = list(self.allowed_regions)
+        data["relay_image"] = dict(self.relay_image)
+        return data
+
+
+class SkyplaneHook(BaseHook):
+    """Reads the ``skyplane`` connection and the ``[skyplane]`` configuration into settings."""
+
+    conn_name_attr = "skyplane_conn_id"
+    default_conn_name = "skyplane_default"
+    conn_type = "skyplane"
+    hook_name = "Skyplane"
+
+    def __init__(self, skyplane_conn_id: str = default_conn_name) -> None:
+        super().__init__()
+        self.skyplane_conn_id = skyplane_conn_id
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        return {
+            "hidden-fields": ["host", "schema", "login", "password", "port"],
+            "relabeling": {"extra": "Transfer defaults (JSON)"},
+            "placeholders": {
+                "extra": json.dumps(
+                    {"relay_backend": "aws", "max_relays_per_region": 2, "allowed_regions": ["aws:eu-*"]}
+                )
+            },
+        }
+
+    def get_settings(self) -> SkyplaneSettings:
+        settings = SkyplaneSettings.from_mapping(_config_section(), origin="Airflow config [skyplane]")
+        extra = self._connection_extra()
+        if extra:
+            settings = settings.merged(extra, origin=f"connection {self.skyplane_conn_id!r} extra")
+        return settings
+
+    def _connection_extra(self) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            conn = self.get_connection(self.skyplane_conn_id)
+        except AirflowNotFoundException:
+            if self.skyplane_conn_id == self.default_conn_name:
+                return {}
+            raise ConnectionNotFoundError(
+                f"Airflow connection {self.skyplane_conn_id!r} (type skyplane) does not exist; create it "
+                f"with `airflow connections add {self.skyplane_conn_id} --conn-type skyplane "
+                "--conn-extra '{...}'` or set AIRFLOW_CONN_"
+                f"{self.skyplane_conn_id.upper()}, or leave skyplane_conn_id at its default"
+            ) from None
+        try:
+            extra = conn.extra_dejson
+        except Exception:  # noqa: BLE001 - Airflow raises various errors for malformed extras
+            extra = None
+        if conn.extra and not extra:
+            raise InvalidInputError(
+                f"connection {self.skyplane_conn_id!r}: its extra is not a JSON object; "
+                'write it as {"relay_backend": "local", ...}'
+            )
+        return dict(extra or {})
+
+
+def _config_section() -> dict[str, Any]:
+    """The ``[skyplane]`` options the user set in airflow.cfg or AIRFLOW__SKYPLANE__* variables."""
+    from airflow.sdk import conf
+
+    if not conf.has_section("skyplane"):
+        return {}
+    known = set(SkyplaneSettings.field_names())
+    values: dict[str, Any] = {}
+    for key, value in (conf.getsection("skyplane") or {}).items():
+        if key not in known:
+            continue  # a newer or older package's option: ignore rather than fail every task
+        if key in ("allowed_regions", "relay_image"):
+            try:
+                values[key] = json.loads(str(value))
+            except json.JSONDecodeError:
+                raise InvalidInputError(
+                    f"Airflow config [skyplane] {key}={value!r} is not JSON; "
+                    'write e.g. ["aws:eu-*"] or {"aws": "ami-..."}'
+                ) from None
+        else:
+            values[key] = value
+    return values
