@@ -1,0 +1,252 @@
+"""Azure Blob Storage (``az://container/prefix``) on an ``azure.storage.blob.BlobServiceClient``.
+
+In a task the client comes from ``WasbHook(wasb_conn_id).get_conn()``. Multipart writes are block
+blobs: each part is staged as a block (ids ``<upload id>:<part>``, all the same length as Azure
+requires) and ``complete`` commits the block list, which makes the blob appear in one step. Uncommitted
+blocks are invisible to readers; ``abort`` deletes them.
+
+Azure computes ``Content-MD5`` only for blobs uploaded in a single request, so the adapter sets it
+itself: from the data in ``put``, and in ``complete`` when the parts were written in order by this
+process (the MD5 is then computed as they pass). ``head`` reports it when it is set.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any, NoReturn
+
+from airflow_skyplane.exceptions import (
+    BucketNotFoundError,
+    CredentialsError,
+    InvalidInputError,
+    ObjectNotFoundError,
+    StorageError,
+)
+from airflow_skyplane.storage.base import (
+    CAP_NATIVE_MULTIPART,
+    CAP_SERVER_CHECKSUM,
+    Checksum,
+    MultipartUpload,
+    ObjectInfo,
+    ObjectStore,
+    PartInfo,
+    validate_key,
+    validate_part_number,
+)
+
+
+def _block_id(upload_id: str, number: int) -> str:
+    return base64.b64encode(f"{upload_id}:{number:05d}".encode("ascii")).decode("ascii")
+
+
+def _info(props: Any, key: str | None = None) -> ObjectInfo:
+    md5 = getattr(props.content_settings, "content_md5", None)
+    checksum = Checksum("md5", bytes(md5).hex()) if md5 else None
+    return ObjectInfo(key or props.name, int(props.size or 0), checksum, props.last_modified)
+
+
+class AzureBlobStore(ObjectStore):
+    scheme = "az"
+    min_part_size = 1
+    max_part_size = 4000 * 1024 * 1024
+    capabilities = frozenset({CAP_NATIVE_MULTIPART, CAP_SERVER_CHECKSUM})
+
+    def __init__(self, client: Any, container: str, *, conn_id: str | None = None) -> None:
+        super().__init__(container)
+        self.client = client
+        self.conn_id = conn_id
+        self.container = client.get_container_client(container)
+        self.account = getattr(client, "account_name", None)
+
+    def _raise(self, err: Exception, key: str | None = None, action: str = "access") -> NoReturn:
+        from azure.core import exceptions as aexc
+
+        where = self.describe(key or "")
+        via = f" with connection {self.conn_id!r}" if self.conn_id else ""
+        code = str(getattr(err, "error_code", "") or "")
+        status = getattr(err, "status_code", None)
+        if isinstance(err, aexc.ClientAuthenticationError) or status == 403 or "Authorization" in code:
+            raise CredentialsError(
+                f"Azure refused to {action} {where}{via} ({code or type(err).__name__}): check the "
+                "connection's account key, SAS token or connection string and its permissions"
+            ) from None
+        if isinstance(err, aexc.ResourceNotFoundError) or status == 404:
+            if code == "ContainerNotFound" or key is None or action != "read":
+                raise BucketNotFoundError(
+                    f"container 'az://{self.bucket}' does not exist in account {self.account!r}{via}: "
+                    "create it, or fix the container name in the URI"
+                ) from None
+            raise ObjectNotFoundError(f"object {where} does not exist") from None
+        raise StorageError(f"Azure Blob failed to {action} {where}: {err}") from err
+
+    def check_bucket(self) -> None:
+        try:
+            self.container.get_container_properties()
+        except Exception as err:  # noqa: BLE001
+            self._raise(err, None, "open")
+
+    # -- reading ---------------------------------------------------------------------------------
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        try:
+            pages = self.container.list_blobs(
+                name_starts_with=prefix or None, results_per_page=self.list_page_size
+            )
+            for page in pages.by_page():
+                for props in page:
+                    yield _info(props)
+        except Exception as err:  # noqa: BLE001
+            self._raise(err, None, "list")
+
+    def head(self, key: str) -> ObjectInfo:
+        validate_key(key)
+        try:
+            props = self.container.get_blob_client(key).get_blob_properties()
+        except Exception as err:  # noqa: BLE001
+            self._raise(err, key, "read")
+        return _info(props, key)
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        validate_key(key)
+        if offset < 0 or length < 0:
+            raise InvalidInputError(
+                f"range offset={offset} length={length} of {self.describe(key)} is negative"
+            )
+        if length == 0:
+            return b""
+        from azure.core import exceptions as aexc
+
+        try:
+            data: bytes = (
+                self.container.get_blob_client(key).download_blob(offset=offset, length=length).readall()
+            )
+            return data
+        except aexc.HttpResponseError as err:
+            if err.status_code == 416:
+                return b""
+            self._raise(err, key, "read")
+        except Exception as err:  # noqa: BLE001
+            self._raise(err, key, "read")
+
+    # -- writing ---------------------------------------------------------------------------------
+    def put(self, key: str, data: bytes) -> ObjectInfo:
+        validate_key(key)
+        from azure.storage.blob import ContentSettings
+
+        md5 = hashlib.md5(data, usedforsecurity=False).digest()
+        try:
+            self.container.get_blob_client(key).upload_blob(
+                data, overwrite=True, content_settings=ContentSettings(content_md5=bytearray(md5))
+            )
+        except Exception as err:  # noqa: BLE001
+            self._raise(err, key, "write")
+        return ObjectInfo(key, len(data), Checksum("md5", md5.hex()))
+
+    def begin_multipart(self, key: str) -> MultipartUpload:
+        validate_key(key)
+        return MultipartUpload(
+            key,
+            uuid.uuid4().hex,
+            {"lock": threading.Lock(), "md5": hashlib.md5(usedforsecurity=False), "next": 1},
+        )
+
+    def write_part(self, upload: MultipartUpload, number: int, data: bytes) -> PartInfo:
+        validate_part_number(number)
+        block_id = _block_id(upload.upload_id, number)
+        try:
+            self.container.get_blob_client(upload.key).stage_block(block_id, data, length=len(data))
+        except Exception as err:  # noqa: BLE001
+            self._raise(err, upload.key, "write")
+        # keep a running MD5 while parts arrive in order; give up on it otherwise
+        with upload.state["lock"]:
+            if upload.state.get("next") == number:
+                upload.state["md5"].update(data)
+                upload.state["next"] = number + 1
+            else:
+                upload.state["next"] = None
+        return PartInfo(number, len(data), block_id)
+
+    def complete_multipart(self, upload: MultipartUpload, parts: Iterable[PartInfo]) -> ObjectInfo:
+        ordered = self._check_parts(upload, parts)
+        from azure.storage.blob import BlobBlock, ContentSettings
+
+        settings = None
+        if upload.state.get("next") == ordered[-1].number + 1 and len(ordered) == ordered[-1].number:
+            settings = ContentSettings(content_md5=bytearray(upload.state["md5"].digest()))
+        blob = self.container.get_blob_client(upload.key)
+        wanted = [p.token or _block_id(upload.upload_id, p.number) for p in ordered]
+        try:
+            staged = {b.id for b in blob.get_block_list("uncommitted")[1]}
+        except Exception as err:  # noqa: BLE001
+            self._raise(err, upload.key, "complete")
+        missing = [p.number for p, block in zip(ordered, wanted, strict=True) if block not in staged]
+        if missing:
+            raise InvalidInputError(
+                f"part(s) {missing} of {self.describe(upload.key)} were not written (or were aborted): "
+                "write every part before completing"
+            )
+        try:
+            blob.commit_block_list(
+                [BlobBlock(block_id=block) for block in wanted],
+                content_settings=settings,
+            )
+        except Exception as err:  # noqa: BLE001
+            code = str(getattr(err, "error_code", "") or "")
+            if code == "InvalidBlockList":
+                raise InvalidInputError(
+                    f"a part of {self.describe(upload.key)} was not written (or was aborted): write every "
+                    "part before completing"
+                ) from None
+            self._raise(err, upload.key, "complete")
+        return self.head(upload.key)
+
+    def abort_multipart(self, upload: MultipartUpload) -> None:
+        """Delete the staged blocks.
+
+        A blob that was never committed holds only uncommitted blocks, and deleting it removes them.
+        A blob that already exists keeps its committed content; its uncommitted blocks are dropped by
+        Azure at the next commit to that blob or after a week.
+        """
+        from azure.core import exceptions as aexc
+
+        blob = self.container.get_blob_client(upload.key)
+        try:
+            blob.get_blob_properties()
+            return  # a committed blob exists: leave it untouched
+        except aexc.ResourceNotFoundError:
+            pass
+        try:
+            blob.delete_blob()
+        except aexc.ResourceNotFoundError:
+            return
+        except Exception as err:  # noqa: BLE001
+            self._raise(err, upload.key, "abort")
+
+    def list_multipart_uploads(self, prefix: str = "") -> Iterator[MultipartUpload]:
+        """Blobs that have staged blocks and no committed content (an upload begun and not ended)."""
+        try:
+            committed = {b.name for b in self.container.list_blobs(name_starts_with=prefix or None)}
+            listing = self.container.list_blobs(name_starts_with=prefix or None, include=["uncommittedblobs"])
+            for props in listing:
+                if props.name in committed:
+                    continue
+                blocks = self.container.get_blob_client(props.name).get_block_list("uncommitted")[1]
+                ids = {base64.b64decode(b.id).decode("ascii", "replace").split(":")[0] for b in blocks}
+                for upload_id in sorted(ids) or [""]:
+                    yield MultipartUpload(props.name, upload_id)
+        except Exception as err:  # noqa: BLE001
+            self._raise(err, None, "list uploads of")
+
+    def delete(self, key: str) -> None:
+        validate_key(key)
+        from azure.core import exceptions as aexc
+
+        try:
+            self.container.get_blob_client(key).delete_blob()
+        except aexc.ResourceNotFoundError:
+            return
+        except Exception as err:  # noqa: BLE001
+            self._raise(err, key, "delete")

@@ -1,0 +1,228 @@
+"""Amazon S3 (``s3://bucket/prefix``) on a boto3 S3 client.
+
+In a task the client comes from ``S3Hook(aws_conn_id).get_conn()``, so the connection's credentials,
+region, endpoint and retry settings apply exactly as in Airflow's own S3 operators. Multipart writes
+use S3's multipart upload API; ``head`` reports the ETag, which is the MD5 of a single-part object
+and ``<md5 of part md5s>-<parts>`` of a multipart one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any, NoReturn
+
+from airflow_skyplane.exceptions import (
+    BucketNotFoundError,
+    CredentialsError,
+    InvalidInputError,
+    ObjectNotFoundError,
+    StorageError,
+)
+from airflow_skyplane.storage.base import (
+    CAP_NATIVE_MULTIPART,
+    CAP_SERVER_CHECKSUM,
+    Checksum,
+    MultipartUpload,
+    ObjectInfo,
+    ObjectStore,
+    PartInfo,
+    validate_key,
+    validate_part_number,
+)
+
+_CREDENTIAL_CODES = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+    "AllAccessDisabled",
+    "403",
+}
+_MISSING_KEY_CODES = {"NoSuchKey", "404", "NotFound"}
+
+
+def etag_checksum(etag: str | None) -> Checksum | None:
+    if not etag:
+        return None
+    value = etag.strip('"')
+    if "-" in value:
+        return Checksum("s3-etag", value)
+    if len(value) == 32:
+        return Checksum("md5", value.lower())
+    return None  # SSE-KMS / SSE-C objects have ETags that are not MD5s
+
+
+class S3Store(ObjectStore):
+    scheme = "s3"
+    min_part_size = 5 * 1024 * 1024
+    max_part_size = 5 * 1024**3
+    capabilities = frozenset({CAP_NATIVE_MULTIPART, CAP_SERVER_CHECKSUM})
+
+    def __init__(self, client: Any, bucket: str, *, conn_id: str | None = None) -> None:
+        super().__init__(bucket)
+        self.client = client
+        self.conn_id = conn_id
+
+    # -- errors ----------------------------------------------------------------------------------
+    def _raise(self, err: Exception, key: str | None = None, action: str = "access") -> NoReturn:
+        from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
+
+        where = self.describe(key or "")
+        via = f" with connection {self.conn_id!r}" if self.conn_id else ""
+        if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
+            raise CredentialsError(
+                f"cannot {action} {where}: no AWS credentials found{via}; set login/password (access key) "
+                "or a role in the aws connection"
+            ) from None
+        if isinstance(err, ClientError):
+            code = str(err.response.get("Error", {}).get("Code", ""))
+            if code == "NoSuchBucket" or (code in _MISSING_KEY_CODES and key is None):
+                raise BucketNotFoundError(
+                    f"bucket 's3://{self.bucket}' does not exist or is not visible{via}: create it, "
+                    "or fix the bucket name in the URI"
+                ) from None
+            if code in _MISSING_KEY_CODES:
+                raise ObjectNotFoundError(f"object {where} does not exist") from None
+            if code in _CREDENTIAL_CODES:
+                raise CredentialsError(
+                    f"S3 refused to {action} {where}{via} ({code}): check the access key and secret of the "
+                    "connection and that its identity may read and write this bucket"
+                ) from None
+            if code == "NoSuchUpload":
+                raise InvalidInputError(
+                    f"multipart upload of {where} does not exist (completed or aborted already): begin a "
+                    "new one"
+                ) from None
+            raise StorageError(f"S3 failed to {action} {where} ({code}): {err}") from err
+        raise StorageError(f"S3 failed to {action} {where}: {err}") from err
+
+    def check_bucket(self) -> None:
+        """Raise :class:`BucketNotFoundError` or :class:`CredentialsError` unless the bucket is usable."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except Exception as err:  # noqa: BLE001 - translated into the package's errors
+            self._raise(err, None, "open")
+
+    # -- reading ---------------------------------------------------------------------------------
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(
+                Bucket=self.bucket, Prefix=prefix, PaginationConfig={"PageSize": self.list_page_size}
+            ):
+                for item in page.get("Contents", ()):
+                    yield ObjectInfo(
+                        item["Key"],
+                        int(item["Size"]),
+                        etag_checksum(item.get("ETag")),
+                        item.get("LastModified"),
+                    )
+        except Exception as err:  # noqa: BLE001
+            self._raise(err, None, "list")
+
+    def head(self, key: str) -> ObjectInfo:
+        validate_key(key)
+        try:
+            r = self.client.head_object(Bucket=self.bucket, Key=key)
+        except Exception as err:  # noqa: BLE001
+            self._raise(err, key, "read")
+        return ObjectInfo(key, int(r["ContentLength"]), etag_checksum(r.get("ETag")), r.get("LastModified"))
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        validate_key(key)
+        if offset < 0 or length < 0:
+            raise InvalidInputError(
+                f"range offset={offset} length={length} of {self.describe(key)} is negative"
+            )
+        if length == 0:
+            return b""
+        try:
+            r = self.client.get_object(
+                Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}"
+            )
+            return r["Body"].read()
+        except Exception as err:  # noqa: BLE001
+            from botocore.exceptions import ClientError
+
+            if isinstance(err, ClientError) and err.response.get("Error", {}).get("Code") == "InvalidRange":
+                return b""  # offset at or past the end
+            self._raise(err, key, "read")
+
+    # -- writing ---------------------------------------------------------------------------------
+    def put(self, key: str, data: bytes) -> ObjectInfo:
+        validate_key(key)
+        try:
+            r = self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+        except Exception as err:  # noqa: BLE001
+            self._raise(err, key, "write")
+        return ObjectInfo(key, len(data), etag_checksum(r.get("ETag")))
+
+    def begin_multipart(self, key: str) -> MultipartUpload:
+        validate_key(key)
+        try:
+            r = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)
+        except Exception as err:  # noqa: BLE001
+            self._raise(err, key, "write")
+        return MultipartUpload(key, r["UploadId"])
+
+    def write_part(self, upload: MultipartUpload, number: int, data: bytes) -> PartInfo:
+        validate_part_number(number)
+        try:
+            r = self.client.upload_part(
+                Bucket=self.bucket, Key=upload.key, UploadId=upload.upload_id, PartNumber=number, Body=data
+            )
+        except Exception as err:  # noqa: BLE001
+            self._raise(err, upload.key, "write")
+        return PartInfo(number, len(data), r["ETag"])
+
+    def complete_multipart(self, upload: MultipartUpload, parts: Iterable[PartInfo]) -> ObjectInfo:
+        ordered = self._check_parts(upload, parts)
+        unwritten = [p.number for p in ordered if not p.token]
+        if unwritten:
+            raise InvalidInputError(
+                f"part(s) {unwritten} of {self.describe(upload.key)} have no ETag, so they were not written: "
+                "write every part (and keep the PartInfo write_part returns) before completing"
+            )
+        try:
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=upload.key,
+                UploadId=upload.upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": p.number, "ETag": p.token} for p in ordered]},
+            )
+        except Exception as err:  # noqa: BLE001
+            code = getattr(err, "response", {}).get("Error", {}).get("Code")
+            if code in ("InvalidPart", "InvalidPartOrder"):
+                raise InvalidInputError(
+                    f"a part of {self.describe(upload.key)} was not written (or was aborted): write every "
+                    "part before completing"
+                ) from None
+            self._raise(err, upload.key, "complete")
+        return self.head(upload.key)
+
+    def abort_multipart(self, upload: MultipartUpload) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload.key, UploadId=upload.upload_id)
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                self._raise(err, upload.key, "abort")
+
+    def list_multipart_uploads(self, prefix: str = "") -> Iterator[MultipartUpload]:
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Uploads", ()):
+                    yield MultipartUpload(item["Key"], item["UploadId"])
+        except Exception as err:  # noqa: BLE001
+            self._raise(err, None, "list uploads of")
+
+    def delete(self, key: str) -> None:
+        validate_key(key)
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as err:  # noqa: BLE001
+            self._raise(err, key, "delete")
