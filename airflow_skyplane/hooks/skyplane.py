@@ -209,8 +209,7 @@ def _config_section() -> dict[str, Any]:
     """The ``[skyplane]`` options the user set in airflow.cfg or AIRFLOW__SKYPLANE__* variables."""
     from airflow.sdk import conf
 
-    if not conf.has_section("skyplane"):
-        return {}
+    # getsection also sees AIRFLOW__SKYPLANE__* variables when airflow.cfg has no [skyplane] section
     known = set(SkyplaneSettings.field_names())
     values: dict[str, Any] = {}
     for key, value in (conf.getsection("skyplane") or {}).items():
