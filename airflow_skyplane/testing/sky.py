@@ -159,7 +159,6 @@ class EmulatedSky:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.missing: dict[str, str] = {}
         self._servers: dict[str, _Server] = {}
-        bindir = Path(sys.executable).parent
         if "s3" in services:
             port = free_port()
             self._servers["s3"] = _Server(
@@ -171,8 +170,8 @@ class EmulatedSky:
             port = free_port()
             self._servers["gs"] = _Server(
                 "gcp-storage-emulator",
-                [str(bindir / "gcp-storage-emulator"), "start", "--host", "127.0.0.1", "--port", str(port),
-                 "--in-memory", "--quiet"],
+                [sys.executable, "-m", "airflow_skyplane.testing._gcs_emulator", "start",
+                 "--host", "127.0.0.1", "--port", str(port), "--in-memory", "--quiet"],
                 port, "/storage/v1/b", self.workdir / "gcs.log",
             )  # fmt: skip
         if "az" in services:
@@ -312,11 +311,7 @@ class EmulatedSky:
         return f"{service}://{name}"
 
     def wipe_gcs(self) -> None:
-        """Delete every GCS object, keeping the buckets.
-
-        gcp-storage-emulator rewrites its whole metadata on every write, so each write costs time in
-        proportion to the objects it holds; wiping between tests keeps that cost flat.
-        """
+        """Delete every GCS object, keeping the buckets (the emulator's own ``/wipe``), between tests."""
         url = self.endpoint("gs") + "/wipe?keep-buckets=true"
         urllib.request.urlopen(url, timeout=30).close()  # noqa: S310 - loopback emulator
 
