@@ -1,0 +1,195 @@
+"""``airflow-skyplane``: plan overlay transfers and inspect the network model without Airflow.
+
+    airflow-skyplane plan SRC DST [DST ...] [--grid CSV] [--objective throughput|cost] ...
+    airflow-skyplane grid export [--grid CSV] --out FILE
+    airflow-skyplane regions [--provider aws|gcp|azure]
+
+Uses only argparse and the planner (which imports no Airflow), so it runs on a laptop or a relay VM
+with nothing but the package's core dependencies. Every error a user can cause is printed as one line
+on stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from airflow_skyplane.exceptions import SkyplaneError
+from airflow_skyplane.planner.network import NetworkModel, export_rows
+from airflow_skyplane.planner.regions import PROVIDERS
+from airflow_skyplane.planner.solver import DEFAULT_CANDIDATE_RELAYS, Planner
+
+PROG = "airflow-skyplane"
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports mistakes in one line (exit 2) instead of usage plus a message."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _model(args: argparse.Namespace) -> NetworkModel:
+    spot = bool(getattr(args, "spot", False))
+    if args.grid:
+        return NetworkModel.from_csv(args.grid, spot=spot)
+    return NetworkModel.default(spot=spot)
+
+
+def _split_patterns(values: Sequence[str] | None) -> list[str] | None:
+    if values is None:
+        return None
+    return [p.strip() for v in values for p in v.split(",") if p.strip()]
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    model = _model(args)
+    planner = Planner(
+        model,
+        max_vms_per_region=args.max_vms_per_region,
+        max_vms=args.max_vms,
+        connections_per_vm=args.connections_per_vm,
+        allowed_regions=_split_patterns(args.allowed_regions),
+        candidate_relays=None if args.candidate_relays == 0 else args.candidate_relays,
+        solver=args.solver,
+        time_limit_s=args.time_limit_s,
+    )
+    plan = planner.plan(
+        args.src,
+        args.dst,
+        objective=args.objective,
+        min_throughput_gbps=args.min_throughput_gbps,
+        size_gb=args.size_gb,
+        deadline_s=args.deadline_s,
+        budget_usd=args.budget_usd,
+        max_cost_per_gb=args.max_cost_per_gb,
+    )
+    if args.png:
+        try:
+            plan.to_png(args.png)
+        except OSError as exc:
+            raise _UsageError(f"cannot write --png {args.png!r}: {exc.strerror or exc}") from None
+    if args.json:
+        print(plan.to_json(indent=2))
+    else:
+        print(plan.to_table())
+    return 0
+
+
+def _cmd_grid_export(args: argparse.Namespace) -> int:
+    model = _model(args)
+    rows = list(export_rows(model))
+    try:
+        with open(args.out, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    except OSError as exc:
+        raise _UsageError(
+            f"cannot write --out {args.out!r}: {exc.strerror or exc}; pick a writable path"
+        ) from None
+    print(f"wrote {len(rows)} pairs over {len(model.regions)} regions to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_regions(args: argparse.Namespace) -> int:
+    model = NetworkModel.default()
+    names = [r for r in model.regions if args.provider is None or r.startswith(args.provider + ":")]
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "region": r,
+                        "continent": model.region(r).continent,
+                        "lat": model.region(r).lat,
+                        "lon": model.region(r).lon,
+                        "egress_gbps_per_vm": model.egress_cap(r),
+                        "ingress_gbps_per_vm": model.ingress_cap(r),
+                        "vm_usd_per_hour": model.vm_price_per_hour(r),
+                    }
+                    for r in names
+                ],
+                indent=2,
+            )
+        )
+    else:
+        for r in names:
+            print(f"{r:<34}{model.region(r).continent}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG, description="Plan overlay transfers between cloud regions (no Airflow needed)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("plan", help="plan a transfer from SRC to one or more DST regions")
+    p.add_argument("src", metavar="SRC", help="source region, e.g. aws:us-east-1")
+    p.add_argument("dst", metavar="DST", nargs="+", help="destination region(s); several = multicast")
+    p.add_argument("--grid", metavar="CSV", help="measured throughput grid (default: the fitted model)")
+    p.add_argument("--objective", choices=("throughput", "cost"), help="fastest within a budget, or cheapest")
+    p.add_argument("--max-vms-per-region", type=int, default=1, metavar="N")
+    p.add_argument("--max-vms", type=int, metavar="N", help="total VMs, gateways included")
+    p.add_argument("--connections-per-vm", type=int, default=64, metavar="N")
+    cost = p.add_mutually_exclusive_group()
+    cost.add_argument("--budget-usd", type=float, metavar="X", help="total budget for --size-gb")
+    cost.add_argument("--max-cost-per-gb", type=float, metavar="X", help="USD per GB cap")
+    p.add_argument("--min-throughput-gbps", type=float, metavar="X")
+    p.add_argument("--size-gb", type=float, metavar="G")
+    p.add_argument("--deadline-s", type=float, metavar="S")
+    p.add_argument(
+        "--allowed-regions",
+        nargs="+",
+        metavar="PATTERN",
+        help="glob patterns of regions relays may use, e.g. 'aws:eu-*' 'gcp:europe-*'",
+    )
+    p.add_argument("--spot", action="store_true", help="price VMs at spot rates")
+    p.add_argument(
+        "--candidate-relays",
+        type=int,
+        default=DEFAULT_CANDIDATE_RELAYS,
+        metavar="K",
+        help=f"relay regions offered to the MILP (default {DEFAULT_CANDIDATE_RELAYS}; 0 = all)",
+    )
+    p.add_argument("--solver", choices=("auto", "cbc", "highs"), default="auto")
+    p.add_argument("--time-limit-s", type=float, metavar="S", help="solver time limit")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--png", metavar="FILE", help="also draw the overlay to FILE (needs matplotlib)")
+    p.set_defaults(func=_cmd_plan)
+
+    g = sub.add_parser("grid", help="network grid tools")
+    gsub = g.add_subparsers(dest="grid_command", required=True, parser_class=_Parser)
+    ge = gsub.add_parser("export", help="write the model's Gbps and $/GB for every ordered region pair")
+    ge.add_argument("--grid", metavar="CSV", help="measured grid to start from (default: the fitted model)")
+    ge.add_argument("--out", metavar="FILE", required=True)
+    ge.set_defaults(func=_cmd_grid_export)
+
+    r = sub.add_parser("regions", help="list known regions")
+    r.add_argument("--provider", choices=PROVIDERS)
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=_cmd_regions)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        code = int(args.func(args))
+    except (SkyplaneError, _UsageError) as exc:
+        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
