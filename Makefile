@@ -10,6 +10,7 @@ AZURITE_VERSION := 3.37.0
 AZURITE := .cache/azurite/node_modules/.bin/azurite-blob
 UV := $(shell command -v uv 2>/dev/null || echo .cache/bootstrap/bin/uv)
 PYTEST_ARGS ?=
+LINT_PATHS := airflow_skyplane tests benchmarks $(wildcard dags_examples)
 
 .PHONY: install test demo bench lint typecheck check clean
 
@@ -48,8 +49,8 @@ bench: install
 	done
 
 lint: install
-	$(VENV)/bin/ruff check airflow_skyplane tests benchmarks dags_examples
-	$(VENV)/bin/ruff format --check airflow_skyplane tests benchmarks dags_examples
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 typecheck: install
 	$(VENV)/bin/mypy airflow_skyplane

@@ -14,7 +14,9 @@ def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "airflow-skyplane",
         "name": "Skyplane",
-        "description": "Fast, cheap bulk transfers between S3, GCS and Azure Blob over planned overlay routes.",
+        "description": (
+            "Fast, cheap bulk transfers between S3, GCS and Azure Blob over planned overlay routes."
+        ),
         "versions": [__version__],
         "integrations": [
             {
@@ -44,7 +46,9 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "config": {
             "skyplane": {
-                "description": "Defaults for airflow-skyplane transfers; a `skyplane` connection overrides them.",
+                "description": (
+                    "Defaults for airflow-skyplane transfers; a `skyplane` connection overrides them."
+                ),
                 "options": {
                     "relay_backend": {
                         "description": "Where relays run: local, aws, gcp, azure or auto.",
