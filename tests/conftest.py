@@ -9,6 +9,7 @@ before any test module imports Airflow, so no test touches ``~/airflow``. The em
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 import tempfile
@@ -17,3 +18,6 @@ _home = tempfile.mkdtemp(prefix="skyplane-test-airflow-home-")
 os.environ["AIRFLOW_HOME"] = _home
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 atexit.register(shutil.rmtree, _home, ignore_errors=True)
+
+# the Azure SDK logs every request and response at INFO; failures show without them
+logging.getLogger("azure").setLevel(logging.WARNING)

@@ -160,8 +160,12 @@ class AzureBlobStore(ObjectStore):
             self.container.get_blob_client(upload.key).stage_block(block_id, data, length=len(data))
         except Exception as err:  # noqa: BLE001
             self._raise(err, upload.key, "write")
-        # keep a running MD5 while parts arrive in order; give up on it otherwise
-        with upload.state["lock"]:
+        # keep a running MD5 while parts arrive in order; give up on it otherwise (and when the upload
+        # was begun elsewhere, e.g. by the controller while a gateway writes the parts)
+        lock = upload.state.get("lock")
+        if lock is None:
+            return PartInfo(number, len(data), block_id)
+        with lock:
             if upload.state.get("next") == number:
                 upload.state["md5"].update(data)
                 upload.state["next"] = number + 1

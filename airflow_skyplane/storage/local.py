@@ -131,6 +131,17 @@ class LocalStore(ObjectStore):
             raise ObjectNotFoundError(f"object {self.describe(key)} does not exist") from None
 
     # -- writing ---------------------------------------------------------------------------------
+    def tidy(self) -> None:
+        """Remove the hidden upload folder if nothing is in it, so a finished copy leaves no trace.
+
+        Call it when no write is in progress (the transfer job does, after its gateways stopped):
+        writers create the folder again when they need it, but one removed under a running writer
+        would make that write fail."""
+        try:
+            self._uploads.rmdir()
+        except OSError:
+            pass  # in use by another upload, or already gone
+
     def _publish(self, temp: Path, key: str) -> ObjectInfo:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,424 @@
+"""The transfer job: the controller side of the data plane, run inside the Airflow task.
+
+For one source and one destination over an overlay of gateways:
+
+1. **inventory**: list the source prefix (streaming) into a manifest of chunks (striped parts and
+   batches of small objects, :mod:`.chunks`), written to a private file;
+2. **uploads**: begin a multipart upload at the destination for every striped object;
+3. **fleet**: make a per-fleet CA and one identity per gateway, a per-transfer AES key (given only to
+   the reading and writing gateways), and one program per gateway; start the gateways downstream
+   first, so every sender finds its next hop listening;
+4. **watch** the reading gateway until every chunk is acknowledged, which happens only once the
+   chunk is written at the destination;
+5. **complete** the multipart uploads from the writing gateway's receipts, and **verify** every
+   object (size always; the checksum the destination store reports against what was written, and the
+   source store's checksum where the algorithms allow);
+6. **always** stop the gateways and, if anything failed, abort every multipart upload begun, so the
+   destination holds complete objects only.
+
+The overlay is a list of hops between named gateways; :func:`overlay_from_plan` makes it from a
+:class:`~airflow_skyplane.planner.plan.TransferPlan`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import urllib.request
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airflow_skyplane.exceptions import InvalidInputError, TransferError
+from airflow_skyplane.gateway import protocol as proto
+from airflow_skyplane.gateway import tls
+from airflow_skyplane.gateway.program import Endpoint, NextHop, Program
+from airflow_skyplane.storage.base import MultipartUpload, ObjectInfo, ObjectStore, PartInfo
+from airflow_skyplane.transfer.chunks import DEFAULT_CHUNK_SIZE, batch_small, plan_chunks
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One overlay edge between two gateways, with its TCP connections and share of the flow."""
+
+    src: str
+    dst: str
+    connections: int = 8
+    weight: float = 1.0
+
+
+@dataclass
+class Overlay:
+    """Gateways (id -> region, ``None`` on plain loopback) and the hops between them."""
+
+    source: str
+    destination: str
+    hops: list[Hop]
+    regions: dict[str, str | None] = field(default_factory=dict)
+
+    @classmethod
+    def direct(cls, connections: int = 8) -> Overlay:
+        return cls("source", "destination", [Hop("source", "destination", connections)])
+
+    def gateways(self) -> list[str]:
+        """Gateway ids, downstream first (the order to start them in)."""
+        order: list[str] = []
+        pending = {self.destination}
+        while pending:
+            order.extend(sorted(pending - set(order)))
+            pending = {h.src for h in self.hops if h.dst in pending} - set(order)
+        if self.source not in order:
+            raise InvalidInputError(f"overlay has no path from {self.source!r} to {self.destination!r}")
+        return order
+
+
+def overlay_from_plan(plan: Any, *, max_connections_per_hop: int | None = None) -> Overlay:
+    """The overlay of a unicast :class:`~airflow_skyplane.planner.plan.TransferPlan`.
+
+    One gateway per region of the plan (named by the region); each planned edge becomes a hop whose
+    share of the flow is the edge's planned Gbps and whose connections are the planned ones (capped
+    by ``max_connections_per_hop``, e.g. for local relays that share one machine). Several VMs in a
+    region are served by one gateway with their connections added up.
+    """
+    if len(plan.destinations) != 1:
+        raise InvalidInputError(
+            f"the plan has {len(plan.destinations)} destinations: run one transfer per destination "
+            "(multicast through shared relays is not wired into the data plane yet)"
+        )
+    hops = []
+    for edge in plan.edges:
+        if edge.gbps <= 0:
+            continue
+        connections = max(1, edge.connections)
+        if max_connections_per_hop:
+            connections = min(connections, max_connections_per_hop)
+        hops.append(Hop(edge.src, edge.dst, connections, edge.gbps))
+    regions: dict[str, str | None] = {name: name for name in plan.relays}
+    return Overlay(plan.source, plan.destinations[0], hops, regions)
+
+
+@dataclass
+class TransferResult:
+    transfer_id: str
+    objects: int
+    bytes: int
+    wire_bytes: int
+    seconds: float
+    resends: int
+    checksums_verified: int
+    gateways: dict[str, dict[str, Any]]
+
+    @property
+    def gbps(self) -> float:
+        return self.bytes * 8 / self.seconds / 1e9 if self.seconds else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "transfer_id": self.transfer_id,
+            "objects": self.objects,
+            "bytes": self.bytes,
+            "wire_bytes": self.wire_bytes,
+            "wire_to_raw": round(self.wire_bytes / self.bytes, 4) if self.bytes else None,
+            "seconds": round(self.seconds, 3),
+            "gbps": round(self.gbps, 4),
+            "resends": self.resends,
+            "checksums_verified": self.checksums_verified,
+        }
+
+
+def _compare(key: str, side: str, reported: Any, wanted: Any, *, allow_etag: bool) -> bool:
+    """True when both checksums exist, are comparable and equal; raise when they differ."""
+    if reported is None or wanted is None or reported.algorithm != wanted.algorithm:
+        return False
+    if reported.algorithm == "s3-etag" and not allow_etag:
+        return False
+    if reported != wanted:
+        raise TransferError(
+            f"checksum mismatch for {key!r}: the {side} store reports {reported}, the bytes written give "
+            f"{wanted}; the object is left as written and a rerun sends it again"
+        )
+    return True
+
+
+def _private_write(path: Path, data: bytes | str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def _get(gateway: Any, path: str) -> Any:
+    url = f"http://{gateway.control_host}:{gateway.control_port}{path}"
+    with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - a gateway's control endpoint
+        return json.loads(r.read())
+
+
+def _post(gateway: Any, path: str) -> None:
+    url = f"http://{gateway.control_host}:{gateway.control_port}{path}"
+    request = urllib.request.Request(url, method="POST", data=b"")
+    with urllib.request.urlopen(request, timeout=10):  # noqa: S310 - a gateway's control endpoint
+        pass
+
+
+class TransferJob:
+    def __init__(
+        self,
+        source: ObjectStore,
+        source_prefix: str,
+        destination: ObjectStore,
+        destination_prefix: str,
+        *,
+        backend: Any,
+        workdir: str | os.PathLike[str],
+        overlay: Overlay | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        compress: str = "auto",
+        encrypt: bool = True,
+        max_inflight_mb: int = 96,
+        source_spec: dict[str, Any] | None = None,
+        destination_spec: dict[str, Any] | None = None,
+        test_faults: dict[str, dict[str, Any]] | None = None,
+        timeout: float = 3600.0,
+    ) -> None:
+        self.source, self.source_prefix = source, source_prefix
+        self.destination, self.destination_prefix = destination, destination_prefix
+        self.backend = backend
+        self.workdir = Path(workdir)
+        self.overlay = overlay or Overlay.direct()
+        self.chunk_size = chunk_size
+        self.compress, self.encrypt, self.max_inflight_mb = compress, encrypt, max_inflight_mb
+        self.test_faults = test_faults or {}
+        self.timeout = timeout
+        self.transfer_id = uuid.uuid4().hex
+        from airflow_skyplane.transfer.stores import store_spec
+
+        self.source_spec = source_spec or store_spec(source)
+        self.destination_spec = destination_spec or store_spec(destination)
+        self.uploads: dict[str, MultipartUpload] = {}
+
+    # -- steps -----------------------------------------------------------------------------------
+    def _inventory(self) -> tuple[dict[str, ObjectInfo], Path]:
+        objects: dict[str, ObjectInfo] = {}
+        manifest = self.workdir / "manifest.jsonl"
+
+        def listing() -> Iterable[tuple[str, int]]:
+            for info in self.source.list(self.source_prefix):
+                rel = info.key[len(self.source_prefix) :]
+                objects[rel] = info
+                yield rel, info.size
+
+        chunks = plan_chunks(listing(), self.chunk_size, min_part_size=self.destination.min_part_size)
+        fd = os.open(manifest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for batch in batch_small(chunks):
+                entries = [
+                    {"chunk_id": c.chunk_id, "key": c.key, "offset": c.offset, "length": c.length,
+                     "object_size": c.object_size, "part_number": c.part_number, "parts": c.parts}
+                    for c in batch
+                ]  # fmt: skip
+                f.write(json.dumps(entries[0] if len(entries) == 1 else {"chunks": entries}) + "\n")
+                for c in batch:
+                    if c.part_number == 1:
+                        self.uploads[c.key] = self.destination.begin_multipart(
+                            self.destination_prefix + c.key
+                        )
+        return objects, manifest
+
+    def _programs(self, manifest: Path) -> dict[str, dict[str, Any]]:
+        """One program per gateway, as JSON-able dicts; next hops are added when their ports are known."""
+        ca = tls.FleetCA.create(f"transfer-{self.transfer_id[:12]}")
+        _private_write(self.workdir / "ca.pem", ca.cert_pem)
+        key_file = _private_write(self.workdir / "transfer.key", proto.ChunkCipher.generate().key)
+        uploads_file = _private_write(
+            self.workdir / "uploads.json", json.dumps({k: u.upload_id for k, u in self.uploads.items()})
+        )
+        programs: dict[str, dict[str, Any]] = {}
+        for gid in self.overlay.gateways():
+            folder = self.workdir / ("gw-" + "".join(c if c.isalnum() else "-" for c in gid))
+            folder.mkdir(mode=0o700, exist_ok=True)
+            identity = ca.issue(gid, addresses=["127.0.0.1"] + self._addresses(gid))
+            files = identity.write(folder)
+            cert, key = files["cert"], files["key"]
+            reads, writes = gid == self.overlay.source, gid == self.overlay.destination
+            raw: dict[str, Any] = {
+                "version": 1,
+                "transfer_id": self.transfer_id,
+                "gateway_id": gid,
+                "tls": {"cert": str(cert), "key": str(key), "ca": str(self.workdir / "ca.pem")},
+                "control": {"host": self._control_host(gid), "port": 0},
+                "compress": self.compress,
+                "encrypt": self.encrypt,
+                "max_inflight_mb": self.max_inflight_mb,
+                "chunk_size_mb": max(1, -(-self.chunk_size // (1024 * 1024))),
+                "next_hops": [],
+            }
+            if not reads:
+                raw["listen"] = {
+                    "host": "0.0.0.0" if self.overlay.regions.get(gid) else "127.0.0.1",
+                    "port": 0,
+                }
+            if (reads or writes) and self.encrypt:
+                raw["cipher_key_file"] = str(key_file)
+            if reads:
+                raw["source"] = {
+                    "store": self.source_spec,
+                    "manifest": str(manifest),
+                    "prefix": self.source_prefix,
+                }
+            if writes:
+                raw["destination"] = {
+                    "store": self.destination_spec,
+                    "prefix": self.destination_prefix,
+                    "uploads_file": str(uploads_file),
+                }
+            if gid in self.test_faults:
+                raw["test_faults"] = self.test_faults[gid]
+            programs[gid] = raw
+        return programs
+
+    def _control_host(self, gid: str) -> str:
+        """Loopback, or in the emulated WAN the host-facing control address of the gateway's region."""
+        wan = getattr(self.backend, "wan", None)
+        region = self.overlay.regions.get(gid)
+        return wan.control_address(region) if wan is not None and region else "127.0.0.1"
+
+    def _addresses(self, gid: str) -> list[str]:
+        wan = getattr(self.backend, "wan", None)
+        region = self.overlay.regions.get(gid)
+        if wan is None or region is None:
+            return []
+        return [
+            wan.address(self.overlay.regions[h.src] or "", region) for h in self.overlay.hops if h.dst == gid
+        ]
+
+    def _hop_endpoint(self, hop: Hop, listen_port: int) -> Endpoint:
+        wan = getattr(self.backend, "wan", None)
+        src_region, dst_region = self.overlay.regions.get(hop.src), self.overlay.regions.get(hop.dst)
+        if wan is not None and src_region and dst_region:
+            return Endpoint(wan.address(src_region, dst_region), listen_port)
+        return Endpoint("127.0.0.1", listen_port)
+
+    def _start(self, programs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        started: dict[str, Any] = {}
+        for gid in self.overlay.gateways():
+            raw = programs[gid]
+            hops = []
+            for hop in self.overlay.hops:
+                if hop.src == gid:
+                    endpoint = self._hop_endpoint(hop, started[hop.dst].listen_port)
+                    hops.append(NextHop(hop.dst, endpoint.host, endpoint.port, hop.connections, hop.weight))
+            raw["next_hops"] = [h.__dict__ for h in hops]
+            program = Program.parse(raw)
+            started[gid] = self.backend.start(program, region=self.overlay.regions.get(gid))
+        return started
+
+    def _watch(self, started: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        reader = started[self.overlay.source]
+        deadline = time.monotonic() + self.timeout
+        while True:
+            status = _get(reader, "/status")
+            if status["errors"]:
+                raise TransferError(f"gateway {reader.gateway_id} failed: {status['errors'][:3]}")
+            if status["done"]:
+                break
+            for gid, gw in started.items():
+                if gw.process.poll() is not None:
+                    raise TransferError(
+                        f"gateway {gid} exited with code {gw.process.returncode}: {gw.log_tail()}"
+                    )
+            if time.monotonic() > deadline:
+                raise TransferError(f"transfer did not finish in {self.timeout:.0f} s (status {status})")
+            time.sleep(0.05)
+        return {gid: _get(gw, "/status") for gid, gw in started.items()}
+
+    def _complete_and_verify(self, objects: dict[str, ObjectInfo], receipts: list[dict[str, Any]]) -> int:
+        by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in receipts:
+            by_key[r["key"]].append(r)
+        for key, upload in list(self.uploads.items()):
+            parts = sorted(by_key[key], key=lambda r: r["part_number"])
+            self.destination.complete_multipart(
+                upload, [PartInfo(r["part_number"], r["length"], r["token"]) for r in parts]
+            )
+            del self.uploads[key]
+        verified = 0
+        for key, src in objects.items():
+            parts = sorted(by_key.get(key, []), key=lambda r: r["part_number"])
+            dest_key = self.destination_prefix + key
+            written = sum(r["length"] for r in parts)
+            if written != src.size:
+                raise TransferError(
+                    f"{self.destination.describe(dest_key)}: the gateways wrote {written} of {src.size} bytes"
+                )
+            dst = self.destination.head(dest_key)
+            if dst.size != src.size:
+                raise TransferError(
+                    f"{self.destination.describe(dest_key)} has {dst.size} bytes, the source {src.size}"
+                )
+            expected = self._expected(parts)
+            # what the destination store holds = what the gateway wrote (any algorithm we can derive);
+            # what the source store reports = what was sent (whole-object algorithms only: an S3
+            # multipart ETag depends on the source's own part sizes)
+            dest_checked = _compare(key, "destination", dst.checksum, expected, allow_etag=True)
+            if not dest_checked:
+                dest_checked = _compare(key, "destination", dst.checksum, src.checksum, allow_etag=False)
+            _compare(key, "source", src.checksum, expected, allow_etag=False)
+            verified += dest_checked
+        return verified
+
+    @staticmethod
+    def _expected(parts: list[dict[str, Any]]) -> Any:
+        """What a store reports for the bytes the gateway wrote: md5, or the S3 multipart ETag."""
+        from airflow_skyplane.storage.base import Checksum
+
+        if len(parts) == 1:
+            return Checksum("md5", parts[0]["md5"])
+        digests = b"".join(bytes.fromhex(p["md5"]) for p in parts)
+        return Checksum("s3-etag", f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(parts)}")
+
+    # -- run -------------------------------------------------------------------------------------
+    def run(self) -> TransferResult:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.workdir, 0o700)
+        started: dict[str, Any] = {}
+        t0 = time.monotonic()
+        try:
+            objects, manifest = self._inventory()
+            programs = self._programs(manifest)
+            started = self._start(programs)
+            statuses = self._watch(started)
+            receipts = _get(started[self.overlay.destination], "/receipts")
+            verified = self._complete_and_verify(objects, receipts)
+            seconds = time.monotonic() - t0
+            reader = statuses[self.overlay.source]
+            return TransferResult(
+                transfer_id=self.transfer_id,
+                objects=len(objects),
+                bytes=sum(o.size for o in objects.values()),
+                wire_bytes=reader["wire_bytes"],
+                seconds=seconds,
+                resends=sum(s["resends"] for s in statuses.values()),
+                checksums_verified=verified,
+                gateways=statuses,
+            )
+        finally:
+            for gw in started.values():
+                if gw.process.poll() is None and gw.control_port:
+                    try:
+                        _post(gw, "/stop")
+                    except OSError:
+                        pass
+            self.backend.teardown()
+            for upload in self.uploads.values():  # only what was not completed: a failed transfer
+                self.destination.abort_multipart(upload)
+            self.uploads.clear()
+            tidy = getattr(self.destination, "tidy", None)
+            if tidy is not None:
+                tidy()
+            for name in ("transfer.key", "uploads.json"):
+                (self.workdir / name).unlink(missing_ok=True)
