@@ -29,7 +29,7 @@ import time
 import urllib.request
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from airflow_skyplane.gateway import tls
 from airflow_skyplane.gateway.program import Endpoint, NextHop, Program
 from airflow_skyplane.storage.base import MultipartUpload, ObjectInfo, ObjectStore, PartInfo
 from airflow_skyplane.transfer.chunks import DEFAULT_CHUNK_SIZE, batch_small, plan_chunks
+from airflow_skyplane.transfer.tracker import Progress, aggregate
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,8 @@ class TransferJob:
         destination_spec: dict[str, Any] | None = None,
         test_faults: dict[str, dict[str, Any]] | None = None,
         timeout: float = 3600.0,
+        on_progress: Callable[[Progress], None] | None = None,
+        progress_every_s: float = 10.0,
     ) -> None:
         self.source, self.source_prefix = source, source_prefix
         self.destination, self.destination_prefix = destination, destination_prefix
@@ -194,6 +197,9 @@ class TransferJob:
         self.compress, self.encrypt, self.max_inflight_mb = compress, encrypt, max_inflight_mb
         self.test_faults = test_faults or {}
         self.timeout = timeout
+        self.on_progress = on_progress
+        self.progress_every_s = progress_every_s
+        self.bytes_total = 0
         self.transfer_id = uuid.uuid4().hex
         from airflow_skyplane.transfer.stores import store_spec
 
@@ -320,8 +326,13 @@ class TransferJob:
     def _watch(self, started: dict[str, Any]) -> dict[str, dict[str, Any]]:
         reader = started[self.overlay.source]
         deadline = time.monotonic() + self.timeout
+        next_report = time.monotonic() + self.progress_every_s
         while True:
             status = _get(reader, "/status")
+            if self.on_progress is not None and (status["done"] or time.monotonic() >= next_report):
+                statuses = {gid: _get(gw, "/status") for gid, gw in started.items()}
+                self.on_progress(aggregate(statuses, [self.overlay.source], self.bytes_total))
+                next_report = time.monotonic() + self.progress_every_s
             if status["errors"]:
                 raise TransferError(f"gateway {reader.gateway_id} failed: {status['errors'][:3]}")
             if status["done"]:
@@ -389,6 +400,7 @@ class TransferJob:
         t0 = time.monotonic()
         try:
             objects, manifest = self._inventory()
+            self.bytes_total = sum(o.size for o in objects.values())
             programs = self._programs(manifest)
             started = self._start(programs)
             statuses = self._watch(started)

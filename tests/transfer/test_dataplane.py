@@ -135,8 +135,16 @@ def test_two_relays_split_the_flow_by_weight(tmp_path: Path) -> None:
             Hop("relay-b", "destination", 4),
         ],
     )
-    _, result = run(LocalStore(src), "", LocalStore(dst), "", tmp_path, overlay=overlay, chunk_size=4 * MiB)
+    reports = []
+    _, result = run(
+        LocalStore(src), "", LocalStore(dst), "", tmp_path, overlay=overlay, chunk_size=4 * MiB,
+        on_progress=reports.append, progress_every_s=0.05,
+    )  # fmt: skip
     assert tree_digest(dst) == tree_digest(src)
+    final = reports[-1]  # the tracker's last word: everything, at a measured rate
+    assert final.fraction == 1.0 and final.chunks_done == final.chunks_total == 40
+    assert final.bytes_done == result.bytes and final.gbps > 0 and final.eta_seconds == 0
+    assert "100.0%" in final.line()
     a = result.gateways["relay-a"]["raw_bytes"]  # what each relay forwarded (frame bytes)
     b = result.gateways["relay-b"]["raw_bytes"]
     assert a + b >= result.bytes
