@@ -5,6 +5,12 @@ own session (process group), exactly as on a relay VM, with its program file wri
 loopback by default; with an :class:`~airflow_skyplane.compute.netns.EmulatedWAN`, each gateway runs
 inside the network namespace of its region, so the bytes between regions cross shaped veth links.
 
+With ``via_ssh`` (emulated WAN only), each region also runs its own ``sshd`` inside its namespace,
+reached over the region's control link, and gateways are bootstrapped exactly as on a cloud VM:
+paramiko connects with the fleet's SSH key and a pinned host key, ships this package as a zip, the
+program and every file it names (certificates, keys, manifest) over SFTP (0600), starts the daemon
+detached, and reads its ready file back.
+
 The gateway writes its bound ports to the ready file once it listens; :meth:`LocalRelayBackend.start`
 waits for it. :meth:`LocalRelayBackend.teardown` stops every gateway this backend started, and only
 those (by process group), and is idempotent; it runs from ``finally`` blocks and ``atexit``.
@@ -25,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airflow_skyplane.exceptions import TransferError
+from airflow_skyplane.exceptions import InvalidInputError, TransferError
 from airflow_skyplane.gateway.program import Program
 
 
@@ -47,19 +53,67 @@ class LocalGateway:
         except OSError:
             return "(no log)"
 
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.process.returncode
+
+
+@dataclass
+class SSHGateway:
+    """A gateway started over SSH (see ``via_ssh``); the same surface as :class:`LocalGateway`."""
+
+    gateway_id: str
+    region: str
+    session: Any  # RelaySSH
+    pid: int
+    log_path: str
+    listen_port: int | None = None
+    control_port: int | None = None
+    control_host: str = "127.0.0.1"
+    info: dict[str, Any] = field(default_factory=dict)
+    stopped: bool = False
+
+    def alive(self) -> bool:
+        return not self.stopped and bool(self.session.is_running(self.pid))
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.alive() else -1
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            data = self.session.get(self.log_path)
+        except Exception as err:  # noqa: BLE001 - only for an error message
+            return f"(log unavailable: {err})"
+        return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
 
 class LocalRelayBackend:
     """Start, watch and stop gateway processes for one fleet."""
 
     def __init__(
-        self, workdir: str | os.PathLike[str], wan: Any | None = None, fleet_id: str | None = None
+        self,
+        workdir: str | os.PathLike[str],
+        wan: Any | None = None,
+        fleet_id: str | None = None,
+        *,
+        via_ssh: bool = False,
     ) -> None:
         self.fleet_id = fleet_id or uuid.uuid4().hex[:12]
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.workdir, 0o700)
         self.wan = wan
-        self.gateways: dict[str, LocalGateway] = {}
+        if via_ssh and wan is None:
+            raise InvalidInputError("via_ssh needs an emulated WAN: each region's sshd runs in its namespace")
+        self.via_ssh = via_ssh
+        self.gateways: dict[str, Any] = {}
+        self._sshd: dict[str, Any] = {}
+        self._sessions: dict[str, Any] = {}
+        self._ssh_key: Any = None
         atexit.register(self.teardown)
 
     def _env(self) -> dict[str, str]:
@@ -69,7 +123,11 @@ class LocalRelayBackend:
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         return env
 
-    def start(self, program: Program, region: str | None = None, timeout: float = 30.0) -> LocalGateway:
+    def start(self, program: Program, region: str | None = None, timeout: float = 30.0) -> Any:
+        if self.via_ssh:
+            if region is None:
+                raise InvalidInputError(f"gateway {program.gateway_id}: via_ssh needs the gateway's region")
+            return self._start_ssh(program, region, timeout)
         safe = "".join(c if c.isalnum() else "-" for c in program.gateway_id)
         program_path = self.workdir / f"{safe}.program.json"
         ready_path = self.workdir / f"{safe}.ready.json"
@@ -125,9 +183,92 @@ class LocalRelayBackend:
             f"gateway {program.gateway_id} did not become ready in {timeout:.0f} s: {gateway.log_tail()}"
         )
 
+    # -- over SSH, as on a cloud VM --------------------------------------------------------------
+    def _session(self, region: str) -> Any:
+        from airflow_skyplane.compute.ssh import HostKeyPins, RelaySSH, SSHKeyPair
+        from airflow_skyplane.compute.sshd import LocalSSHD
+
+        if region in self._sessions:
+            return self._sessions[region]
+        if self._ssh_key is None:
+            self._ssh_key = SSHKeyPair.generate(f"skyplane-fleet-{self.fleet_id}")
+        assert self.wan is not None  # checked in __init__
+        host = self.wan.control_address(region)
+        sshd = LocalSSHD(
+            self._ssh_key.public_openssh,
+            address=host,
+            port=22,  # the namespace has its own ports, as a VM has
+            wrap=["ip", "netns", "exec", self.wan.namespace(region)],
+        )
+        self._sshd[region] = sshd
+        sshd.start()
+        pins = HostKeyPins({f"{host}:{sshd.port}": sshd.host_public_key}, pin_on_first_use=False)
+        session = RelaySSH(host, port=sshd.port, username=sshd.username, key=self._ssh_key, pins=pins)
+        session.connect()
+        self._sessions[region] = session
+        return session
+
+    def _start_ssh(self, program: Program, region: str, timeout: float) -> SSHGateway:
+        session = self._session(region)
+        safe = "".join(c if c.isalnum() else "-" for c in program.gateway_id)
+        remote = f"{self.workdir}/remote-{safe}"  # the relay's own folder ("/opt/skyplane" on a VM)
+        session.run(f"mkdir -p -m 700 {remote}")
+        package = session.ship_package(remote)
+        raw = program.raw()
+        # every file the program names travels over SFTP, and the program names the relay's copies
+        shipped: dict[str, str] = {}
+
+        def ship(path: str) -> str:
+            if path not in shipped:
+                shipped[path] = f"{remote}/{len(shipped):02d}-{Path(path).name}"
+                session.put(shipped[path], Path(path).read_bytes(), mode=0o600)
+            return shipped[path]
+
+        raw["tls"] = {role: ship(path) for role, path in raw["tls"].items()}
+        if raw.get("cipher_key_file"):
+            raw["cipher_key_file"] = ship(raw["cipher_key_file"])
+        if raw.get("source"):
+            raw["source"] = {**raw["source"], "manifest": ship(raw["source"]["manifest"])}
+        if raw.get("destination", {}).get("uploads_file"):
+            raw["destination"] = {
+                **raw["destination"],
+                "uploads_file": ship(raw["destination"]["uploads_file"]),
+            }
+        session.put(f"{remote}/program.json", Program.parse(raw).dumps().encode(), mode=0o600)
+        pid = session.start_daemon(
+            [sys.executable, "-m", "airflow_skyplane.gateway", "--program", f"{remote}/program.json",
+             "--ready-file", f"{remote}/ready.json"],
+            workdir=remote,
+            log_path=f"{remote}/gateway.log",
+            env={"PYTHONPATH": package},
+        )  # fmt: skip
+        gateway = SSHGateway(program.gateway_id, region, session, pid, f"{remote}/gateway.log")
+        gateway.control_host = program.control.host
+        self.gateways[program.gateway_id] = gateway
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            probe = session.run(f"cat {remote}/ready.json 2>/dev/null", check=False)
+            if probe.exit_status == 0 and probe.stdout.strip():
+                gateway.info = json.loads(probe.stdout)
+                gateway.listen_port = gateway.info.get("listen_port")
+                gateway.control_port = gateway.info.get("control_port")
+                return gateway
+            if not session.is_running(pid):
+                raise TransferError(
+                    f"gateway {program.gateway_id} exited while starting: {gateway.log_tail()}"
+                )
+            time.sleep(0.1)
+        raise TransferError(f"gateway {program.gateway_id} did not become ready in {timeout:.0f} s")
+
     def stop(self, gateway_id: str, timeout: float = 10.0) -> int | None:
         gateway = self.gateways.get(gateway_id)
         if gateway is None:
+            return None
+        if isinstance(gateway, SSHGateway):
+            if not gateway.stopped:
+                with contextlib.suppress(Exception):
+                    gateway.session.stop(gateway.pid, grace_s=timeout)
+                gateway.stopped = True
             return None
         proc = gateway.process
         if proc.poll() is None:
@@ -144,8 +285,15 @@ class LocalRelayBackend:
     def teardown(self) -> None:
         for gateway_id in list(self.gateways):
             self.stop(gateway_id)
+        for region, session in list(self._sessions.items()):
+            with contextlib.suppress(Exception):
+                session.run(f"rm -rf {self.workdir}/remote-*", check=False)
+            session.close()
+            del self._sessions[region]
+        for region in list(self._sshd):
+            self._sshd.pop(region).stop()
         for path in self.workdir.glob("*.program.json"):
             path.unlink(missing_ok=True)  # they hold credentials
 
     def running(self) -> list[str]:
-        return [g for g, gw in self.gateways.items() if gw.process.poll() is None]
+        return [g for g, gw in self.gateways.items() if gw.alive()]

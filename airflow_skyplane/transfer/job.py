@@ -338,10 +338,8 @@ class TransferJob:
             if status["done"]:
                 break
             for gid, gw in started.items():
-                if gw.process.poll() is not None:
-                    raise TransferError(
-                        f"gateway {gid} exited with code {gw.process.returncode}: {gw.log_tail()}"
-                    )
+                if not gw.alive():
+                    raise TransferError(f"gateway {gid} exited with code {gw.exit_code}: {gw.log_tail()}")
             if time.monotonic() > deadline:
                 raise TransferError(f"transfer did not finish in {self.timeout:.0f} s (status {status})")
             time.sleep(0.05)
@@ -420,7 +418,7 @@ class TransferJob:
             )
         finally:
             for gw in started.values():
-                if gw.process.poll() is None and gw.control_port:
+                if gw.control_port and gw.alive():
                     try:
                         _post(gw, "/stop")
                     except OSError:

@@ -1,8 +1,9 @@
 """Emulated WAN: a planned overlay beats a slow direct link, across shaped network namespaces.
 
 Three regions as namespaces; the direct link is 4x slower than each link of the two-hop path. The
-planner, given those link rates, routes most of the flow through the relay; the gateways run inside
-their regions' namespaces. Needs root, ``ip`` and ``tc``: skipped with the reason otherwise.
+planner, given those link rates, routes most of the flow through the relay. Gateways run inside
+their regions' namespaces, started over SSH by paramiko from an sshd in each namespace, as on cloud
+VMs. Needs root, ``ip`` and ``tc``: skipped with the reason otherwise.
 """
 
 from __future__ import annotations
@@ -68,13 +69,15 @@ def test_planned_two_hop_transfer_beats_the_slow_direct_link(tmp_path: Path) -> 
             ("direct", Overlay(SRC, DST, [Hop(SRC, DST, 8)], {SRC: SRC, DST: DST}), dst_direct),
             ("planned", overlay_from_plan(plan, max_connections_per_hop=8), dst_planned),
         ]:
-            backend = LocalRelayBackend(tmp_path / f"fleet-{name}", wan=wan)
+            # bootstrapped as on cloud VMs: sshd in each region, paramiko ships package, program, keys
+            backend = LocalRelayBackend(tmp_path / f"fleet-{name}", wan=wan, via_ssh=True)
             job = TransferJob(
                 LocalStore(src), "", LocalStore(out), "", backend=backend, workdir=tmp_path / f"job-{name}",
                 overlay=overlay, chunk_size=1 * MiB, compress="never", timeout=120,
             )  # fmt: skip
             result = job.run()
             assert backend.running() == []
+            assert not list((tmp_path / f"fleet-{name}").glob("remote-*"))  # relays' folders removed
             seconds[name] = result.gateways[SRC]["seconds"]  # the source: from start to the last ACK
         assert _digest(dst_direct) == _digest(src) == _digest(dst_planned)
     assert seconds["direct"] >= 2.5 * seconds["planned"], seconds
