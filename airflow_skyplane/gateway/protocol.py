@@ -503,6 +503,8 @@ def encode_chunk(
 
     if cipher is None:
         head = header(len(body), crc, _ZERO_NONCE, flags)
+        if packed is None and isinstance(data, bytes):
+            return head, data  # the caller's bytes as they are: no copy of an uncompressed chunk
         return head, body if isinstance(body, bytes) else bytes(body)
     flags |= ChunkFlags.ENCRYPTED
     sealed_length = CHECKSUM_BYTES + len(body) + TAG_BYTES

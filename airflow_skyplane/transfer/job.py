@@ -385,6 +385,8 @@ class TransferJob:
         """What a store reports for the bytes the gateway wrote: md5, or the S3 multipart ETag."""
         from airflow_skyplane.storage.base import Checksum
 
+        if not all(p["md5"] for p in parts):
+            return None  # parts of a store whose checksum is not MD5-based: checked chunk by chunk
         if len(parts) == 1:
             return Checksum("md5", parts[0]["md5"])
         digests = b"".join(bytes.fromhex(p["md5"]) for p in parts)
