@@ -188,6 +188,15 @@ class ObjectStore(abc.ABC):
         """Delete one object; deleting an absent object is not an error."""
 
     # -- helpers ---------------------------------------------------------------------------------
+    def _wants_range(self, key: str, offset: int, length: int) -> bool:
+        """Check a ``read_range`` call; False when it asks for no bytes at all."""
+        validate_key(key)
+        if offset < 0 or length < 0:
+            raise InvalidInputError(
+                f"range offset={offset} length={length} of {self.describe(key)} is negative"
+            )
+        return length > 0
+
     def _check_parts(self, upload: MultipartUpload, parts: Iterable[PartInfo]) -> builtins.list[PartInfo]:
         ordered = sorted(parts, key=lambda p: p.number)
         if not ordered:

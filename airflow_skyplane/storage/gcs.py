@@ -115,12 +115,7 @@ class GCSStore(ObjectStore):
         return _info(self._get(key), key)
 
     def read_range(self, key: str, offset: int, length: int) -> bytes:
-        validate_key(key)
-        if offset < 0 or length < 0:
-            raise InvalidInputError(
-                f"range offset={offset} length={length} of {self.describe(key)} is negative"
-            )
-        if length == 0:
+        if not self._wants_range(key, offset, length):
             return b""
         from google.api_core import exceptions as gexc
 

@@ -217,6 +217,15 @@ def test_missing_object_is_named(store: ObjectStore) -> None:
         store.read_range("no/such key", 0, 10)
 
 
+def test_negative_ranges_are_rejected(store: ObjectStore) -> None:
+    store.put("r", b"0123456789")
+    with pytest.raises(InvalidInputError, match="is negative"):
+        store.read_range("r", -1, 5)
+    with pytest.raises(InvalidInputError, match="is negative"):
+        store.read_range("r", 0, -5)
+    assert store.read_range("r", 8, 100) == b"89"  # a range past the end is cut at the end
+
+
 def test_invalid_keys_are_rejected_before_any_write(store: ObjectStore) -> None:
     for key, message in [("", "is empty"), ("a\x00b", "NUL"), ("x" * 1100, "1024")]:
         with pytest.raises(InvalidInputError, match=message):
