@@ -17,11 +17,11 @@ Threads, and the bounds that keep memory flat whatever the transfer size:
 * **budget**: a byte semaphore (``max_inflight_mb``) bounds the chunks a gateway holds at once. Each
   chunk takes a slot of twice the chunk size (the bytes read or received, and their decoded or
   sealed copy): a reading gateway takes one before reading a chunk from the store; a receiving
-  gateway takes one to decode, write or forward a frame it has read, and gives it back once the frame
-  is answered. Each connection holds at most one received frame, so a gateway holds at most
-  (connections in) x (chunk size) + ``max_inflight_mb``. When the budget is spent, senders stop
-  reading and receivers stop reading their sockets, and TCP pushes back to the upstream sender.
-  Forwarding senders take none: the frame they carry is counted by the receiver that holds it.
+  gateway takes one when a connection has a frame to read (idle connections hold none) and gives it
+  back once the frame is answered. So a gateway holds at most ``max_inflight_mb`` of chunks,
+  whatever the number of connections. When the budget is spent, senders stop reading and receivers
+  stop reading their sockets, and TCP pushes back to the upstream sender. Forwarding senders take
+  none: the frame they carry is counted by the receiver that holds it.
 
 A chunk that fails its checksum or authentication is answered with a NACK and sent again (a
 forwarding gateway resends its own intact copy), up to :data:`MAX_ATTEMPTS` times.
@@ -34,12 +34,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import itertools
 import json
 import logging
 import os
 import queue
+import select
 import signal
 import socket
 import ssl
@@ -332,8 +335,16 @@ class Gateway:
                 proto.write_frame(sock, proto.NACK, nack.pack())
 
         try:
-            while not self.stop_event.is_set() and self._receive_one(sock, reply):
-                pass
+            while not self.stop_event.is_set():
+                # wait for the next frame without holding any budget, so idle connections cost none
+                if not sock.pending() and not select.select([sock], [], [], 0.5)[0]:
+                    continue
+                self.budget.acquire(self.slot)
+                try:
+                    if not self._receive_one(sock, reply):
+                        return
+                finally:
+                    self.budget.release(self.slot)
         except (OSError, ProtocolError) as err:
             if not self.stop_event.is_set():
                 self.counters.error(f"upstream connection: {err}")
@@ -354,14 +365,10 @@ class Gateway:
         self.counters.add(chunks_received=1)
         first = frame.batch()[0][0] if frame.type == proto.BATCH else proto.ChunkHeader.unpack(frame.header)
         ok, why = True, ""
-        self.budget.acquire(self.slot)  # the decoded copy; the frame itself is one per connection
-        try:
-            if self.dest is not None:
-                ok, why = self._write_frame(frame)
-            if ok and self.program.forwards:
-                ok, why = self._forward(frame)
-        finally:
-            self.budget.release(self.slot)
+        if self.dest is not None:
+            ok, why = self._write_frame(frame)
+        if ok and self.program.forwards:
+            ok, why = self._forward(frame)
         reply(ok, first, why)
         return True
 
@@ -484,6 +491,20 @@ class Gateway:
         return code
 
 
+def _keep_chunk_buffers_out_of_the_heap() -> None:
+    """Ask glibc to serve every allocation of 1 MiB or more by mmap, and so return it on free.
+
+    By default glibc raises that threshold after the first large buffers are freed; chunk-sized
+    buffers then come from per-thread heaps that do not shrink, and the RSS of a busy gateway creeps
+    up to (threads x chunk size). Not glibc (or no ctypes): nothing to do.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m airflow_skyplane.gateway", description=__doc__.splitlines()[0]
@@ -501,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     except (SkyplaneError, OSError) as err:
         print(f"gateway: {err}", file=sys.stderr)
         return 2
+    _keep_chunk_buffers_out_of_the_heap()
     # the SDKs log every HTTP request at INFO; a gateway's log keeps warnings and its own events
     logging.basicConfig(level=logging.WARNING)
     signal.signal(signal.SIGTERM, lambda *_: gateway.stop_event.set())

@@ -19,7 +19,7 @@ Example::
      "source": {"store": {"scheme": "file", "root": "/data"}, "manifest": "chunks.jsonl"},
      "next_hops": [{"gateway_id": "aws:eu-west-1/0", "host": "10.0.0.2", "port": 7000,
                     "connections": 8, "weight": 1.0}],
-     "compress": "auto", "encrypt": true, "max_inflight_mb": 96, "chunk_size_mb": 16}
+     "compress": "auto", "encrypt": true, "max_inflight_mb": 128, "chunk_size_mb": 16}
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class Program:
     next_hops: tuple[NextHop, ...] = ()
     compress: str = "auto"
     encrypt: bool = True
-    max_inflight_mb: int = 96
+    max_inflight_mb: int = 128
     chunk_size_mb: int = 16
     test_faults: Mapping[str, Any] = field(default_factory=dict)
 
@@ -199,7 +199,7 @@ class Program:
         compress = raw.get("compress", "auto")
         if compress not in ("auto", "always", "never"):
             raise _fail(f"compress is {compress!r}", "use auto, always or never")
-        inflight = raw.get("max_inflight_mb", 96)
+        inflight = raw.get("max_inflight_mb", 128)
         if not isinstance(inflight, int) or not 8 <= inflight <= 4096:
             raise _fail(f"max_inflight_mb is {inflight!r}", "use 8 to 4096")
         chunk_mb = raw.get("chunk_size_mb", 16)

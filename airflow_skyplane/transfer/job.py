@@ -180,7 +180,7 @@ class TransferJob:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         compress: str = "auto",
         encrypt: bool = True,
-        max_inflight_mb: int = 96,
+        max_inflight_mb: int = 128,
         source_spec: dict[str, Any] | None = None,
         destination_spec: dict[str, Any] | None = None,
         test_faults: dict[str, dict[str, Any]] | None = None,
