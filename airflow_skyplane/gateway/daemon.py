@@ -106,7 +106,11 @@ class Gateway:
         self.program = program
         self.ready_file = ready_file
         self.counters = Counters(program.gateway_id)
+        # stop_event: stop working (a failure, or a stop request); stop_requested: the controller (or
+        # SIGTERM) asked the process to exit. Until then a failed gateway keeps serving its status,
+        # so the controller reads why it failed rather than a closed connection.
         self.stop_event = threading.Event()
+        self.stop_requested = threading.Event()
         self.budget = ByteBudget(program.max_inflight_mb * 1024 * 1024)
         self.slot = min(2 * program.chunk_size_mb * 1024 * 1024, self.budget.limit)
         self.cipher = None
@@ -445,10 +449,12 @@ class Gateway:
         )
 
     # -- life cycle ------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self.stop_event.set()
+        self.stop_requested.set()
+
     def run(self) -> int:
-        status = serve(
-            self.counters, self.program.control.host, self.program.control.port, self.stop_event.set
-        )
+        status = serve(self.counters, self.program.control.host, self.program.control.port, self.request_stop)
         server = None
         if self.program.listen is not None:
             server = socket.create_server((self.program.listen.host, self.program.listen.port), backlog=256)
@@ -482,9 +488,9 @@ class Gateway:
                 self.counters.error(f"reading the source: {err}")
                 code = 1
             self.counters.finish()
-            self.stop_event.wait(timeout=float(os.environ.get("SKYPLANE_GATEWAY_LINGER_S", "3600")))
+            self.stop_requested.wait(timeout=float(os.environ.get("SKYPLANE_GATEWAY_LINGER_S", "3600")))
         else:
-            self.stop_event.wait()
+            self.stop_requested.wait()
         if server is not None:
             server.close()
         status.shutdown()
@@ -525,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     _keep_chunk_buffers_out_of_the_heap()
     # the SDKs log every HTTP request at INFO; a gateway's log keeps warnings and its own events
     logging.basicConfig(level=logging.WARNING)
-    signal.signal(signal.SIGTERM, lambda *_: gateway.stop_event.set())
+    signal.signal(signal.SIGTERM, lambda *_: gateway.request_stop())
     print(json.dumps({"event": "start", "program": program.redacted()}), flush=True)
     code = gateway.run()
     print(json.dumps({"event": "exit", "status": gateway.counters.snapshot()}), flush=True)

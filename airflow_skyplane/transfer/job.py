@@ -155,8 +155,15 @@ def _private_write(path: Path, data: bytes | str) -> Path:
 
 def _get(gateway: Any, path: str) -> Any:
     url = f"http://{gateway.control_host}:{gateway.control_port}{path}"
-    with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - a gateway's control endpoint
-        return json.loads(r.read())
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - a gateway's control endpoint
+            return json.loads(r.read())
+    except OSError as err:
+        state = "is running" if gateway.alive() else f"exited with code {gateway.exit_code}"
+        raise TransferError(
+            f"lost the status endpoint of gateway {gateway.gateway_id} ({err}); it {state}; its log ends "
+            f"with:\n{gateway.log_tail()}"
+        ) from None
 
 
 def _post(gateway: Any, path: str) -> None:
