@@ -29,6 +29,9 @@ def get_provider_info() -> dict[str, Any]:
         "hooks": [
             {"integration-name": "Skyplane", "python-modules": ["airflow_skyplane.hooks.skyplane"]},
         ],
+        "operators": [
+            {"integration-name": "Skyplane", "python-modules": ["airflow_skyplane.operators.transfer"]},
+        ],
         "connection-types": [
             {
                 "connection-type": "skyplane",

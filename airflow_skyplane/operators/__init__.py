@@ -1,0 +1,1 @@
+"""Operators: :class:`~airflow_skyplane.operators.transfer.SkyplaneTransferOperator`."""
