@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="skyplane-demo-") as tmp:
         work = Path(tmp)
         os.environ["AIRFLOW_HOME"] = str(work / "airflow-home")  # never touch ~/airflow
-        from airflow_skyplane.storage.resolve import open_store
+        from airflow_skyplane.hooks.storage import open_store
         from airflow_skyplane.testing.sky import EmulatedSky, patched_environ
 
         source_dir, final_dir = work / "source", work / "replica"

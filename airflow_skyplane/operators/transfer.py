@@ -2,7 +2,7 @@
 
 The operator only conducts; each step is a module of its own:
 
-1. **resolve** the URIs through the Airflow hooks and connections (:mod:`airflow_skyplane.storage.resolve`);
+1. **resolve** the URIs through the Airflow hooks and connections (:mod:`airflow_skyplane.hooks.storage`);
 2. **plan** the overlay with the planner when both regions are known (:mod:`airflow_skyplane.planner`),
    logging the plan table, its cost estimate and the direct-path baseline;
 3. **transfer** with the relay backend, logging a progress line every few seconds
@@ -145,7 +145,7 @@ class SkyplaneTransferOperator(BaseOperator):
     # -- execute ---------------------------------------------------------------------------------
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_skyplane.hooks.skyplane import SkyplaneHook
-        from airflow_skyplane.storage.resolve import open_store
+        from airflow_skyplane.hooks.storage import open_store
 
         settings = SkyplaneHook(self.skyplane_conn_id).get_settings()
         settings = settings.merged(self.overrides, origin=f"task {self.task_id!r}")

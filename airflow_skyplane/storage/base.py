@@ -5,7 +5,7 @@ range, write (whole or multipart), delete. What a store cannot do natively is fl
 ``capabilities`` instead of being faked.
 
 Adapters import no Airflow: they wrap an SDK client (boto3, google-cloud-storage, azure-storage-blob)
-that the caller builds. Inside a task, :func:`airflow_skyplane.storage.resolve.open_store` builds the
+that the caller builds. Inside a task, :func:`airflow_skyplane.hooks.storage.open_store` builds the
 client from the Airflow hooks and their connections; on a relay, the gateway builds it from the
 short-lived credentials of its program.
 

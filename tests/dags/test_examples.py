@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_skyplane.storage.resolve import open_store
+from airflow_skyplane.hooks.storage import open_store
 from airflow_skyplane.testing.sky import EmulatedSky
 
 pytestmark = pytest.mark.airflow

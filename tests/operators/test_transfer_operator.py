@@ -9,8 +9,8 @@ from collections.abc import Callable
 import pytest
 
 from airflow_skyplane.exceptions import InvalidInputError
+from airflow_skyplane.hooks.storage import open_store
 from airflow_skyplane.operators.transfer import SkyplaneTransferOperator
-from airflow_skyplane.storage.resolve import open_store
 from airflow_skyplane.testing.sky import AZURITE_KEY, EmulatedSky
 
 

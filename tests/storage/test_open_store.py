@@ -20,7 +20,7 @@ from airflow_skyplane.exceptions import (
     InvalidInputError,
     InvalidURIError,
 )
-from airflow_skyplane.storage.resolve import open_store
+from airflow_skyplane.hooks.storage import open_store
 from airflow_skyplane.testing.sky import AZURITE_KEY, EmulatedSky, patched_environ
 
 CLOUDS = ["s3", "gs", "az"]

@@ -1,4 +1,4 @@
-"""Open a store from a URI and Airflow connections (the only storage module that imports Airflow).
+"""Open a store from a URI and Airflow connections: the Airflow side of the storage layer.
 
 Each cloud store gets its SDK client from the Airflow hook of its provider, so every option a
 connection can carry (credentials, role assumption, endpoint, proxies, retries) applies as it does to
