@@ -23,8 +23,8 @@ import pytest
 from airflow_skyplane.compute.local import LocalRelayBackend
 from airflow_skyplane.gateway import protocol as proto
 from airflow_skyplane.gateway import tls
+from airflow_skyplane.hooks.storage import open_store
 from airflow_skyplane.storage.local import LocalStore
-from airflow_skyplane.storage.resolve import open_store
 from airflow_skyplane.testing.sky import AZURITE_KEY
 from airflow_skyplane.transfer.job import Hop, Overlay, TransferJob
 
@@ -296,3 +296,23 @@ def test_failed_transfer_leaves_no_partial_object_and_no_gateway(tmp_path: Path)
     assert not (dst / "big.bin").exists()  # no partial object
     assert list(LocalStore(dst).list_multipart_uploads()) == []  # no dangling upload
     assert not (tmp_path / "job" / "transfer.key").exists()
+
+
+def test_gateways_run_where_airflow_cannot_be_imported(
+    sky_bucket: Callable[[str], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Relays run without Airflow: here any import of it inside a gateway fails, and the copy works."""
+    shim = tmp_path / "no-airflow"
+    (shim / "airflow").mkdir(parents=True)
+    (shim / "airflow" / "__init__.py").write_text("raise ImportError('Airflow is not installed on relays')\n")
+    monkeypatch.setenv("PYTHONPATH", str(shim))  # the gateways inherit it; this process has Airflow loaded
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(3 * MiB))
+    (src / "b.txt").write_bytes(b"small")
+    dst = open_store(sky_bucket("s3") + "/copy/")
+    _, result = run(LocalStore(src), "", dst.store, dst.prefix, tmp_path, overlay=RELAYED, chunk_size=1 * MiB)
+    assert result.objects == 2
+    assert dst.store.read("copy/a.bin") == (src / "a.bin").read_bytes()
+    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "fleet").glob("*.log"))
+    assert "Airflow is not installed" not in logs
