@@ -32,6 +32,7 @@ from fit_network_model import DEFAULT_GRID, split_of
 
 from airflow_skyplane.exceptions import PlannerError
 from airflow_skyplane.planner import REGIONS, NetworkModel, TransferPlan, plan_transfer
+from airflow_skyplane.planner.accuracy import spearman
 from airflow_skyplane.planner.network import read_grid_csv
 from airflow_skyplane.planner.solver import DEFAULT_CANDIDATE_RELAYS, _direct
 
@@ -48,26 +49,6 @@ def quantiles(
         lo, hi = math.floor(pos), math.ceil(pos)
         out[f"p{round(q * 100):g}"] = round(v[lo] + (v[hi] - v[lo]) * (pos - lo), 4)
     return out
-
-
-def spearman(xs: list[float], ys: list[float]) -> float:
-    def ranks(v: list[float]) -> list[float]:
-        order = sorted(range(len(v)), key=v.__getitem__)
-        r = [0.0] * len(v)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                r[order[k]] = (i + j) / 2
-            i = j + 1
-        return r
-
-    rx, ry = ranks(xs), ranks(ys)
-    mx, my = statistics.fmean(rx), statistics.fmean(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
-    return cov / math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
 
 
 def evaluate_on(plan: TransferPlan, model: NetworkModel) -> float:

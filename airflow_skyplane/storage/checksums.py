@@ -71,10 +71,16 @@ class Hasher:
         digests = list(self._part_digests)
         if self._in_part or not digests:
             digests.append(self._md5.digest())
-        if len(digests) == 1:
-            return Checksum("md5", digests[0].hex())
-        combined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
-        return Checksum("s3-etag", f"{combined}-{len(digests)}")
+        return from_part_md5s(digests)
+
+
+def from_part_md5s(digests: Sequence[bytes]) -> Checksum:
+    """What S3 reports for an object written in parts with these MD5s: the MD5 of one part, or the
+    multipart ETag ``<md5 of the concatenated part md5s>-<parts>``."""
+    if len(digests) == 1:
+        return Checksum("md5", digests[0].hex())
+    combined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
+    return Checksum("s3-etag", f"{combined}-{len(digests)}")
 
 
 def compute(algorithm: str, chunks: Iterable[bytes], part_sizes: Sequence[int] | None = None) -> Checksum:

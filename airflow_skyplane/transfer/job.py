@@ -22,7 +22,6 @@ The overlay is a list of hops between named gateways; :func:`overlay_from_plan` 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -39,6 +38,7 @@ from airflow_skyplane.gateway import protocol as proto
 from airflow_skyplane.gateway import tls
 from airflow_skyplane.gateway.program import Endpoint, NextHop, Program
 from airflow_skyplane.storage.base import MultipartUpload, ObjectInfo, ObjectStore, PartInfo
+from airflow_skyplane.storage.checksums import from_part_md5s
 from airflow_skyplane.transfer.chunks import DEFAULT_CHUNK_SIZE, batch_small, plan_chunks
 from airflow_skyplane.transfer.tracker import Progress, aggregate
 
@@ -390,14 +390,9 @@ class TransferJob:
     @staticmethod
     def _expected(parts: list[dict[str, Any]]) -> Any:
         """What a store reports for the bytes the gateway wrote: md5, or the S3 multipart ETag."""
-        from airflow_skyplane.storage.base import Checksum
-
         if not all(p["md5"] for p in parts):
             return None  # parts of a store whose checksum is not MD5-based: checked chunk by chunk
-        if len(parts) == 1:
-            return Checksum("md5", parts[0]["md5"])
-        digests = b"".join(bytes.fromhex(p["md5"]) for p in parts)
-        return Checksum("s3-etag", f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(parts)}")
+        return from_part_md5s([bytes.fromhex(p["md5"]) for p in parts])
 
     # -- run -------------------------------------------------------------------------------------
     def run(self) -> TransferResult:

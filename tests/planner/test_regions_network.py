@@ -10,6 +10,7 @@ import pytest
 
 from airflow_skyplane.exceptions import GridError, InvalidInputError
 from airflow_skyplane.planner import REGIONS, NetworkModel, read_grid_csv
+from airflow_skyplane.planner.accuracy import spearman
 from airflow_skyplane.planner.network import export_rows, great_circle_km
 from airflow_skyplane.planner.regions import match_regions, resolve_region
 
@@ -90,31 +91,11 @@ def test_default_model_is_physical() -> None:
     )
 
 
-def _spearman(xs: list[float], ys: list[float]) -> float:
-    def ranks(v: list[float]) -> list[float]:
-        order = sorted(range(len(v)), key=v.__getitem__)
-        r = [0.0] * len(v)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                r[order[k]] = (i + j) / 2
-            i = j + 1
-        return r
-
-    rx, ry = ranks(xs), ranks(ys)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
-    return cov / math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
-
-
 def test_default_model_ranks_calibration_pairs() -> None:
     grid = read_grid_csv(_need(CALIBRATION))
     model = NetworkModel.default()
     pairs = sorted(grid)
-    rho = _spearman([model.throughput(*p) for p in pairs], [grid[p] for p in pairs])
+    rho = spearman([model.throughput(*p) for p in pairs], [grid[p] for p in pairs])
     assert rho >= 0.7
 
 
