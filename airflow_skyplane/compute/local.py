@@ -31,8 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from airflow_skyplane.compute import fleets
 from airflow_skyplane.exceptions import InvalidInputError, TransferError
 from airflow_skyplane.gateway.program import Program
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
 
 
 @dataclass
@@ -48,10 +56,7 @@ class LocalGateway:
     info: dict[str, Any] = field(default_factory=dict)
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return _tail(self.log_path, lines)
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -59,6 +64,34 @@ class LocalGateway:
     @property
     def exit_code(self) -> int | None:
         return self.process.returncode
+
+
+@dataclass
+class AttachedGateway:
+    """A gateway started by another process (a task that deferred or returned), found by its record.
+
+    The same surface as :class:`LocalGateway`; liveness comes from ``/proc`` (see
+    :func:`~airflow_skyplane.compute.fleets.runs_gateway`), since the gateway is not our child.
+    """
+
+    gateway_id: str
+    region: str | None
+    pid: int
+    log_path: Path
+    listen_port: int | None = None
+    control_port: int | None = None
+    control_host: str = "127.0.0.1"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def log_tail(self, lines: int = 30) -> str:
+        return _tail(self.log_path, lines)
+
+    def alive(self) -> bool:
+        return fleets.runs_gateway(self.pid)
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.alive() else -1
 
 
 @dataclass
@@ -114,7 +147,57 @@ class LocalRelayBackend:
         self._sshd: dict[str, Any] = {}
         self._sessions: dict[str, Any] = {}
         self._ssh_key: Any = None
+        self.detached = False
         atexit.register(self.teardown)
+
+    @classmethod
+    def attach(cls, workdir: str | os.PathLike[str], fleet_id: str | None = None) -> LocalRelayBackend:
+        """The backend of gateways another process started in ``workdir`` (from their record)."""
+        backend = cls(workdir, fleet_id=fleet_id)
+        for gid, raw in fleets.read_gateways(backend.workdir).items():
+            backend.gateways[gid] = AttachedGateway(
+                gid,
+                raw.get("region"),
+                raw["pid"],
+                Path(raw["log"]),
+                raw.get("listen_port"),
+                raw.get("control_port"),
+                raw.get("control_host", "127.0.0.1"),
+            )
+        return backend
+
+    def _record(self) -> None:
+        """Write ``gateways.json``, so the fleet can be found and torn down by its id alone."""
+        if self.via_ssh:
+            return  # relays reached over SSH stop with their session (see teardown)
+        fleets.write_gateways(
+            self.workdir,
+            {
+                gid: {
+                    "pid": gw.process.pid if isinstance(gw, LocalGateway) else gw.pid,
+                    "region": gw.region,
+                    "log": str(gw.log_path),
+                    "listen_port": gw.listen_port,
+                    "control_port": gw.control_port,
+                    "control_host": gw.control_host,
+                }
+                for gid, gw in self.gateways.items()
+            },
+        )
+
+    def detach(self) -> None:
+        """Leave the gateways running after this process exits (a deferred or detached transfer).
+
+        They are stopped later through :meth:`attach` or
+        :func:`~airflow_skyplane.compute.fleets.teardown_fleet`, or by the sweeper at expiry.
+        """
+        if self.via_ssh:
+            raise InvalidInputError(
+                "a transfer whose relays are reached over SSH cannot be detached from its task: "
+                "use wait_for_completion=True"
+            )
+        self.detached = True
+        atexit.unregister(self.teardown)
 
     def _env(self) -> dict[str, str]:
         # the gateway imports this very package; on a VM it is installed, here it is on our path
@@ -161,6 +244,7 @@ class LocalRelayBackend:
         gateway = LocalGateway(program.gateway_id, region, process, program_path, log_path)
         gateway.control_host = program.control.host
         self.gateways[program.gateway_id] = gateway
+        self._record()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -176,6 +260,7 @@ class LocalRelayBackend:
                     continue
                 gateway.listen_port = gateway.info.get("listen_port")
                 gateway.control_port = gateway.info.get("control_port")
+                self._record()
                 return gateway
             time.sleep(0.02)
         self.stop(program.gateway_id)
@@ -270,6 +355,9 @@ class LocalRelayBackend:
                     gateway.session.stop(gateway.pid, grace_s=timeout)
                 gateway.stopped = True
             return None
+        if isinstance(gateway, AttachedGateway):
+            fleets.stop_process_group(gateway.pid, timeout)
+            return gateway.exit_code
         proc = gateway.process
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -283,6 +371,7 @@ class LocalRelayBackend:
         return proc.returncode
 
     def teardown(self) -> None:
+        atexit.unregister(self.teardown)
         for gateway_id in list(self.gateways):
             self.stop(gateway_id)
         for region, session in list(self._sessions.items()):

@@ -141,6 +141,7 @@ class Gateway:
         self._faults = dict(program.test_faults)
         self._fault_lock = threading.Lock()
         self._forwarded = itertools.count(1)
+        self._written = itertools.count(0)
         self.threads: list[threading.Thread] = []
 
     # -- dispatch --------------------------------------------------------------------------------
@@ -416,6 +417,15 @@ class Gateway:
             return False, f"the destination store refused the write: {type(err).__name__}: {err}"
         return True, ""
 
+    def _maybe_die(self) -> None:
+        """Test-only fault hook (``test_faults["exit_after_chunks"]``): the process vanishes, as a
+        killed relay does, right after writing the N-th chunk (before acknowledging it)."""
+        limit = self._faults.get("exit_after_chunks")
+        if limit:
+            with self._fault_lock:
+                if next(self._written) + 1 >= limit:
+                    os._exit(17)
+
     def _write_chunk(self, header: proto.ChunkHeader, data: bytes) -> None:
         assert self.dest is not None
         key = self.dest_prefix + header.key
@@ -436,6 +446,7 @@ class Gateway:
                     f"chunk of {header.key!r} is a part but no multipart upload was begun for it"
                 )
             token = self.dest.write_part(upload, header.part_number, data).token
+        self._maybe_die()
         self.counters.add(chunks_written=1, raw_bytes=len(data))
         self.counters.receipt(
             {

@@ -45,6 +45,8 @@ class SkyplaneSettings:
     encryption: bool = True
     fleet_ttl_minutes: int = 360
     grid_path: str | None = None
+    #: where the local relay backend keeps its fleet records (default ``$AIRFLOW_HOME/skyplane/fleets``)
+    state_dir: str | None = None
     use_spot: bool = False
     aws_instance_type: str = "m5.8xlarge"
     gcp_machine_type: str = "n2-standard-16"
@@ -81,7 +83,7 @@ class SkyplaneSettings:
 
     @classmethod
     def _coerce(cls, name: str, raw: Any, *, origin: str) -> Any:
-        if raw is None and name in ("max_relays", "grid_path"):
+        if raw is None and name in ("max_relays", "grid_path", "state_dir"):
             return None
         if name in ("compression", "encryption", "use_spot"):
             if isinstance(raw, bool):
@@ -140,6 +142,11 @@ class SkyplaneSettings:
         """These settings with ``overrides`` applied (validated like :meth:`from_mapping`)."""
         update = SkyplaneSettings.from_mapping(overrides, origin=origin)
         return dataclasses.replace(self, **{k: getattr(update, k) for k in overrides})
+
+    def fleets_dir(self) -> str:
+        from airflow_skyplane.compute.fleets import default_state_dir
+
+        return self.state_dir or str(default_state_dir())
 
     def as_dict(self) -> dict[str, Any]:
         data = {name: getattr(self, name) for name in self.field_names()}

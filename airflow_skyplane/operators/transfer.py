@@ -1,88 +1,237 @@
-"""``SkyplaneTransferOperator``: copy a prefix between object stores over a planned overlay of relays.
+"""``SkyplaneTransferOperator``: copy or sync a prefix to one or more object stores over planned relays.
 
 The operator only conducts; each step is a module of its own:
 
-1. **resolve** the URIs through the Airflow hooks and connections (:mod:`airflow_skyplane.hooks.storage`);
-2. **plan** the overlay with the planner when both regions are known (:mod:`airflow_skyplane.planner`),
-   logging the plan table, its cost estimate and the direct-path baseline;
-3. **transfer** with the relay backend, logging a progress line every few seconds
-   (:mod:`airflow_skyplane.transfer.job`);
-4. **verify** and **tear down**, always (the job's ``finally``; :meth:`on_kill` for a killed task).
+1. **resolve** the URIs through the Airflow hooks and connections (:mod:`airflow_skyplane.hooks.storage`)
+   and check every parameter, before anything is listed or started;
+2. **inventory**: list the source (filtered by ``include``/``exclude``) and, in ``sync`` mode, diff it
+   against each destination by a streaming merge (:mod:`airflow_skyplane.transfer.diff`);
+3. **plan** the overlay when the regions are known (:mod:`airflow_skyplane.planner`), logging the plan
+   table, its cost estimate and the direct-path baseline;
+4. **provision and transfer**: start the fleet of gateways under one fleet id
+   (:class:`~airflow_skyplane.hooks.transfer.FleetTransfer`), logging a progress line every few
+   seconds; or leave it running and return (``wait_for_completion=False``, for
+   :class:`~airflow_skyplane.sensors.transfer.SkyplaneTransferSensor`), or defer to
+   :class:`~airflow_skyplane.triggers.transfer.SkyplaneTransferTrigger` (``deferrable=True``);
+5. **verify** every object and **tear down**, always: in ``finally``, in :meth:`on_kill`, and in the
+   ``on_failure_callback`` the operator adds to the task (beside any the user gives), each finding
+   the fleet by its id alone, which the task pushes to XCom (key ``skyplane_fleet_id``) before it
+   starts a single gateway.
 
 Settings come from the operator's arguments, then the ``skyplane`` connection, then ``[skyplane]``
 (:class:`~airflow_skyplane.hooks.skyplane.SkyplaneHook`). The summary it returns (and so pushes to
 XCom) holds no credential.
-
-Built so far: ``copy`` to one destination on the ``local`` relay backend, with ``dry_run``. The
-sensor, the trigger (deferrable mode), ``sync``, multicast and cloud relays come next.
 """
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Sequence
+import math
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_skyplane.exceptions import InvalidInputError
+from airflow_skyplane.exceptions import InfeasiblePlanError, InvalidInputError, TransferError
 
 MiB = 1024 * 1024
+MODES = ("copy", "sync")
+FLEET_XCOM_KEY = "skyplane_fleet_id"
+
+# planner errors speak the CLI's flags; the operator's users know its parameters
+_FLAG_NAMES = {
+    "--max-vms-per-region": "max_relays_per_region",
+    "--max-vms": "max_relays (skyplane connection)",
+    "--min-throughput-gbps": "min_throughput_gbps",
+    "--max-cost-per-gb": "max_cost_usd",
+}
+
+
+def teardown_on_failure(context: Any) -> None:
+    """The ``on_failure_callback`` every transfer task gets: tear its fleet down by its id.
+
+    Runs in the failed task's process, or wherever Airflow runs callbacks of a task whose worker
+    died; it needs only the fleet id from XCom and the fleet records. Idempotent.
+    """
+    from airflow_skyplane.hooks.skyplane import SkyplaneHook
+    from airflow_skyplane.hooks.transfer import teardown
+
+    ti = context.get("ti") if hasattr(context, "get") else None
+    task = context.get("task") if hasattr(context, "get") else None
+    if ti is None:
+        return
+    fleet_id = ti.xcom_pull(task_ids=ti.task_id, key=FLEET_XCOM_KEY, map_indexes=ti.map_index)
+    if not fleet_id:
+        return
+    conn_id = getattr(task, "skyplane_conn_id", "skyplane_default")
+    state_dir = SkyplaneHook(conn_id).get_settings().fleets_dir()
+    running = teardown(fleet_id, state_dir)
+    if running:
+        ti.log.warning("fleet %s torn down after the failure: stopped %s", fleet_id, ", ".join(running))
+
+
+def summarize(base: dict[str, Any], results: Sequence[Any]) -> dict[str, Any]:
+    """The XCom summary of a finished transfer: ``base`` (plans, diff counts) and the results."""
+    summary = {**base, "status": "done"}
+    per = [r.summary() for r in results]
+    for entry, uri in zip(per, base["destinations"], strict=True):
+        entry["destination"] = uri
+    summary["transfers"] = per
+    for key in ("objects", "bytes", "wire_bytes", "resends", "checksums_verified"):
+        summary[key] = sum(r[key] for r in per)
+    seconds = round(max((r.seconds for r in results), default=0.0), 3)
+    summary["seconds"] = seconds
+    summary["gbps"] = round(summary["bytes"] * 8 / seconds / 1e9, 4) if seconds else 0.0
+    summary["wire_to_raw"] = round(summary["wire_bytes"] / summary["bytes"], 4) if summary["bytes"] else None
+    return summary
+
+
+def _as_list(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _seconds(name: str, value: float | timedelta | None) -> float | None:
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds <= 0:
+        raise InvalidInputError(f"{name}={value!r} must be a positive number of seconds or a timedelta")
+    return float(seconds)
 
 
 class SkyplaneTransferOperator(BaseOperator):
-    """Copy every object under ``source`` to ``destination`` through planned relays.
+    """Copy (or sync) every object under ``source`` to each ``destination`` through planned relays.
 
     :param source: URI of the source prefix (``s3://``, ``gs://``, ``az://``, ``file://``). Templated.
-    :param destination: URI of the destination prefix. Templated.
-    :param source_region: region of the source bucket in the planner's names (``aws:us-east-1``);
-        inferred for S3 from the connection's region when left out.
-    :param destination_region: the same for the destination.
-    :param objective: ``throughput`` (fastest within ``max_cost_per_gb``) or ``cost`` (cheapest that
-        reaches ``min_throughput_gbps``).
-    :param dry_run: plan and estimate only; move nothing.
+    :param destination: URI of the destination prefix, or a list of them (one plan, many
+        destinations). Templated.
+    :param source_region: the source bucket's region in the planner's names (``aws:us-east-1``);
+        inferred for S3 from the connection's region when left out. Templated.
+    :param destination_region: the same for the destination(s): one region, or one per destination.
+    :param aws_conn_id: connection of S3 stores (default ``aws_default``).
+    :param gcp_conn_id: connection of GCS stores (default ``google_cloud_default``).
+    :param wasb_conn_id: connection of Azure Blob stores (default ``wasb_default``).
+    :param skyplane_conn_id: the package's own settings (default ``skyplane_default``, may be absent).
+    :param mode: ``copy`` sends every selected object; ``sync`` sends only those new or changed at the
+        destination, compared by ``compare``.
+    :param compare: how ``sync`` compares objects: ``checksum`` (falls back to size and modification
+        time where the stores' checksums cannot be compared), ``size_mtime``, ``size`` or ``exists``.
+    :param include: glob pattern(s) over keys relative to ``source``; only matching objects are sent.
+    :param exclude: glob pattern(s); matching objects are never sent.
+    :param objective: ``throughput`` (fastest within ``max_cost_usd``) or ``cost`` (cheapest that
+        reaches ``min_throughput_gbps`` or finishes within ``deadline``).
+    :param deadline: time the transfer must fit in (seconds or timedelta), for ``objective="cost"``.
+    :param min_throughput_gbps: throughput the plan must reach.
+    :param max_cost_usd: most the transfer may cost (egress and relays), for the planner.
+    :param max_relays_per_region: relays the planner may place per region.
+    :param allowed_regions: region patterns relays may use (``["aws:eu-*", "gcp:*"]``).
+    :param relay_backend: ``local`` (gateways as processes on the worker: the embedded default).
+    :param compression: lz4 per chunk where it pays (default on).
+    :param encryption: AES-GCM end to end (default on).
+    :param chunk_size_mb: chunk size on the wire.
+    :param dry_run: inventory, plan and estimate only; move nothing.
+    :param wait_for_completion: when False, return once the relays run, with the fleet id for
+        :class:`~airflow_skyplane.sensors.transfer.SkyplaneTransferSensor`.
+    :param deferrable: wait in the triggerer instead of a worker slot.
+    :param poll_interval: seconds between status polls of the trigger.
+    :param timeout_s: a transfer still running after this long is failed and torn down.
     """
 
-    template_fields: Sequence[str] = ("source", "destination", "source_region", "destination_region")
+    template_fields: Sequence[str] = (
+        "source",
+        "destination",
+        "source_region",
+        "destination_region",
+        "include",
+        "exclude",
+    )
+    template_fields_renderers = {"include": "json", "exclude": "json"}
     ui_color = "#d8f3ff"
 
     def __init__(
         self,
         *,
         source: str,
-        destination: str,
+        destination: str | Sequence[str],
         source_region: str | None = None,
-        destination_region: str | None = None,
+        destination_region: str | Sequence[str] | None = None,
         aws_conn_id: str | None = None,
         gcp_conn_id: str | None = None,
         wasb_conn_id: str | None = None,
+        azure_conn_id: str = "azure_default",
         skyplane_conn_id: str = "skyplane_default",
+        mode: str = "copy",
+        compare: str = "checksum",
+        include: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
         objective: str | None = None,
+        deadline: float | timedelta | None = None,
         min_throughput_gbps: float | None = None,
-        max_cost_per_gb: float | None = None,
+        max_cost_usd: float | None = None,
         max_relays_per_region: int | None = None,
         allowed_regions: Sequence[str] | None = None,
+        relay_backend: str | None = None,
         compression: bool | None = None,
         encryption: bool | None = None,
         chunk_size_mb: int | None = None,
         connections_per_hop: int = 8,
         dry_run: bool = False,
+        wait_for_completion: bool = True,
+        deferrable: bool | None = None,
+        poll_interval: float = 5.0,
+        timeout_s: float = 24 * 3600.0,
+        on_failure_callback: Callable[..., Any] | list[Callable[..., Any]] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        from airflow.sdk import conf
+
+        if on_failure_callback is None:
+            callbacks: list[Callable[..., Any]] = []
+        elif callable(on_failure_callback):
+            callbacks = [on_failure_callback]
+        else:
+            callbacks = list(on_failure_callback)
+        super().__init__(on_failure_callback=[*callbacks, teardown_on_failure], **kwargs)
         self.source = source
         self.destination = destination
         self.source_region = source_region
         self.destination_region = destination_region
         self.aws_conn_id, self.gcp_conn_id, self.wasb_conn_id = aws_conn_id, gcp_conn_id, wasb_conn_id
+        self.azure_conn_id = azure_conn_id
         self.skyplane_conn_id = skyplane_conn_id
+        if mode not in MODES:
+            raise InvalidInputError(f"mode={mode!r} is unknown: use 'copy' or 'sync'")
+        from airflow_skyplane.transfer.diff import COMPARE_MODES
+
+        if compare not in COMPARE_MODES:
+            raise InvalidInputError(f"compare={compare!r} is unknown: use one of {', '.join(COMPARE_MODES)}")
+        self.mode, self.compare = mode, compare
+        self.include, self.exclude = include, exclude
         self.objective = objective
+        self.deadline_s = _seconds("deadline", deadline)
+        for name, value in (("min_throughput_gbps", min_throughput_gbps), ("max_cost_usd", max_cost_usd)):
+            if value is not None and (not isinstance(value, int | float) or not value > 0):
+                raise InvalidInputError(f"{name}={value!r} must be a positive number")
         self.min_throughput_gbps = min_throughput_gbps
-        self.max_cost_per_gb = max_cost_per_gb
+        self.max_cost_usd = max_cost_usd
+        if objective == "throughput" and self.deadline_s is not None:
+            raise InvalidInputError(
+                "deadline is a limit of objective='cost' (the cheapest plan within the deadline); with "
+                "objective='throughput' give max_cost_usd instead, or drop objective"
+            )
+        if objective == "cost" and max_cost_usd is not None and min_throughput_gbps is None and not deadline:
+            raise InvalidInputError(
+                "objective='cost' with max_cost_usd alone asks for nothing to reach: give deadline or "
+                "min_throughput_gbps, or use objective='throughput' (fastest within max_cost_usd)"
+            )
         self.overrides = {
             k: v
             for k, v in {
                 "objective": objective,
+                "relay_backend": relay_backend,
                 "max_relays_per_region": max_relays_per_region,
                 "allowed_regions": list(allowed_regions) if allowed_regions is not None else None,
                 "compression": compression,
@@ -97,10 +246,70 @@ class SkyplaneTransferOperator(BaseOperator):
             )
         self.connections_per_hop = connections_per_hop
         self.plan_only = dry_run  # BaseOperator has a dry_run() method of its own
-        self._backend: Any = None
+        self.wait_for_completion = wait_for_completion
+        if deferrable is None:
+            deferrable = conf.getboolean("operators", "default_deferrable", fallback=False)
+        self.deferrable = deferrable
+        if deferrable and not wait_for_completion:
+            raise InvalidInputError(
+                "deferrable=True waits for the transfer in the triggerer, wait_for_completion=False does "
+                "not wait at all: set one of them"
+            )
+        self.poll_interval = _seconds("poll_interval", poll_interval) or 5.0
+        self.timeout_s = _seconds("timeout_s", timeout_s) or 24 * 3600.0
+        self._fleet: Any = None
+        #: test-only fault hooks per gateway id, handed to the gateway programs (see the daemon)
+        self.test_faults: dict[str, dict[str, Any]] | None = None
 
-    # -- steps -----------------------------------------------------------------------------------
-    def _check_paths(self, src: Any, dst: Any) -> None:
+    # -- resolve -------------------------------------------------------------------------------------
+    def _settings(self) -> Any:
+        from airflow_skyplane.hooks.skyplane import SkyplaneHook
+
+        settings = SkyplaneHook(self.skyplane_conn_id).get_settings()
+        settings = settings.merged(self.overrides, origin=f"task {self.task_id!r}")
+        if settings.relay_backend != "local":
+            raise InvalidInputError(
+                f"relay_backend={settings.relay_backend!r} is not available yet: use relay_backend='local' "
+                "(relays as local processes on the worker)"
+            )
+        if settings.objective == "cost" and self.min_throughput_gbps is None and self.deadline_s is None:
+            raise InvalidInputError(
+                "objective='cost' needs deadline or min_throughput_gbps (the cheapest plan that reaches "
+                "it); or use objective='throughput' with max_cost_usd"
+            )
+        return settings
+
+    def _destinations(self) -> list[str]:
+        destinations = _as_list(self.destination)
+        if not destinations or not all(isinstance(d, str) and d for d in destinations):
+            raise InvalidInputError(
+                f"destination={self.destination!r}: give a destination URI or a non-empty list of them"
+            )
+        if len(set(destinations)) != len(destinations):
+            raise InvalidInputError(f"destination={destinations!r} names the same URI twice: list it once")
+        return destinations
+
+    def _destination_regions(self, count: int) -> list[str | None]:
+        regions = _as_list(self.destination_region)
+        if not regions:
+            return [None] * count
+        if len(regions) == 1:
+            return regions * count  # type: ignore[return-value]
+        if len(regions) != count:
+            raise InvalidInputError(
+                f"destination_region has {len(regions)} regions for {count} destinations: give one region "
+                "for all, or one per destination in the same order"
+            )
+        return regions  # type: ignore[return-value]
+
+    def _open(self, uri: str) -> Any:
+        from airflow_skyplane.hooks.storage import open_store
+
+        return open_store(
+            uri, aws_conn_id=self.aws_conn_id, gcp_conn_id=self.gcp_conn_id, wasb_conn_id=self.wasb_conn_id
+        )
+
+    def _check_paths(self, src: Any, dst: Any, dst_uri: str) -> None:
         same_bucket = (src.uri.scheme, src.uri.bucket, src.uri.account) == (
             dst.uri.scheme,
             dst.uri.bucket,
@@ -108,7 +317,7 @@ class SkyplaneTransferOperator(BaseOperator):
         )
         if same_bucket and (dst.prefix.startswith(src.prefix) or src.prefix.startswith(dst.prefix)):
             raise InvalidInputError(
-                f"destination={self.destination!r} overlaps source={self.source!r}: the copy would read "
+                f"destination={dst_uri!r} overlaps source={self.source!r}: the copy would read "
                 "what it writes; choose a destination outside the source prefix"
             )
 
@@ -120,109 +329,252 @@ class SkyplaneTransferOperator(BaseOperator):
             return f"aws:{region}" if region else None
         return None
 
-    def _plan(self, settings: Any, src_region: str | None, dst_region: str | None) -> Any:
-        if not src_region or not dst_region:
-            return None
+    # -- plan ----------------------------------------------------------------------------------------
+    def _plan(self, settings: Any, src_region: str | None, dst_regions: Sequence[str], size_gb: float) -> Any:
         from airflow_skyplane.planner import NetworkModel, plan_transfer
 
         model = NetworkModel.from_csv(settings.grid_path) if settings.grid_path else NetworkModel.default()
-        if settings.objective == "cost" and self.min_throughput_gbps is None:
-            raise InvalidInputError(
-                "objective='cost' needs min_throughput_gbps (the cheapest plan that reaches it); "
-                "or use objective='throughput' with max_cost_per_gb"
+        size = max(size_gb, 1e-9)
+        try:
+            return plan_transfer(
+                model,
+                src_region,  # type: ignore[arg-type]
+                list(dst_regions) if len(dst_regions) > 1 else dst_regions[0],
+                objective=settings.objective,
+                min_throughput_gbps=self.min_throughput_gbps,
+                size_gb=size if (self.deadline_s is not None or self.max_cost_usd is not None) else None,
+                deadline_s=self.deadline_s,
+                budget_usd=self.max_cost_usd,
+                max_vms_per_region=settings.max_relays_per_region,
+                max_vms=settings.max_relays,
+                allowed_regions=list(settings.allowed_regions) or None,
             )
-        return plan_transfer(
-            model,
-            src_region,
-            dst_region,
-            objective=settings.objective,
-            min_throughput_gbps=self.min_throughput_gbps,
-            max_cost_per_gb=self.max_cost_per_gb,
-            max_vms_per_region=settings.max_relays_per_region,
-            allowed_regions=list(settings.allowed_regions) or None,
-        )
+        except InfeasiblePlanError as err:
+            message = str(err)
+            for flag, name in _FLAG_NAMES.items():
+                message = message.replace(flag, name)
+            if self.deadline_s is not None and "deadline" in message:
+                message = message.replace("deadline ", "deadline=", 1)
+            raise InfeasiblePlanError(f"task {self.task_id!r}: {message}") from None
 
-    # -- execute ---------------------------------------------------------------------------------
+    # -- execute -------------------------------------------------------------------------------------
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow_skyplane.hooks.skyplane import SkyplaneHook
-        from airflow_skyplane.hooks.storage import open_store
+        from airflow_skyplane.transfer.diff import DiffCounts, KeyFilter, Spool, check_patterns, diff, select
 
-        settings = SkyplaneHook(self.skyplane_conn_id).get_settings()
-        settings = settings.merged(self.overrides, origin=f"task {self.task_id!r}")
-        if settings.relay_backend != "local":
-            raise InvalidInputError(
-                f"relay_backend={settings.relay_backend!r} is not available yet: use relay_backend='local' "
-                "(relays as local processes)"
-            )
-        src, dst = (
-            open_store(
-                uri,
-                aws_conn_id=self.aws_conn_id,
-                gcp_conn_id=self.gcp_conn_id,
-                wasb_conn_id=self.wasb_conn_id,
-            )
-            for uri in (self.source, self.destination)
-        )
-        self._check_paths(src, dst)
+        settings = self._settings()
+        destinations = self._destinations()
+        dst_regions = self._destination_regions(len(destinations))
+        keep = KeyFilter(check_patterns("include", self.include), check_patterns("exclude", self.exclude))
+        src = self._open(self.source)
+        dsts = [self._open(uri) for uri in destinations]
+        for dst, uri in zip(dsts, destinations, strict=True):
+            self._check_paths(src, dst, uri)
+        src.store.check_bucket()
+        for dst in dsts:
+            dst.store.check_bucket()
 
+        # inventory, taken once: what each destination needs (its size feeds a deadline or a budget)
+        counts = [DiffCounts() for _ in dsts]
+        spools: list[Spool] = []
+        try:
+            for dst, count in zip(dsts, counts, strict=True):
+                if self.mode == "sync":
+                    items = diff(
+                        src.store.list(src.prefix), dst.store.list(dst.prefix),
+                        source_prefix=src.prefix, destination_prefix=dst.prefix,
+                        compare=self.compare, keep=keep, counts=count,
+                    )  # fmt: skip
+                else:
+                    items = select(src.store.list(src.prefix), source_prefix=src.prefix, keep=keep)
+                spools.append(Spool(items))
+                if self.mode == "copy":
+                    count.new = spools[-1].count
+            return self._plan_and_send(
+                context, settings, src, dsts, destinations, dst_regions, counts, spools
+            )
+        finally:
+            for spool in spools:
+                spool.close()
+
+    def _plan_and_send(
+        self,
+        context: Any,
+        settings: Any,
+        src: Any,
+        dsts: list[Any],
+        destinations: list[str],
+        dst_regions: list[str | None],
+        counts: list[Any],
+        spools: list[Any],
+    ) -> dict[str, Any]:
+        from airflow_skyplane.hooks.transfer import FleetTransfer, TransferRequest
+
+        needed = [spool.bytes for spool in spools]
         src_region = self.source_region or self._region_of(src)
-        dst_region = self.destination_region or self._region_of(dst)
-        plan = self._plan(settings, src_region, dst_region)
-        if plan is None:
+        regions: list[str] = [r or self._region_of(d) or "" for r, d in zip(dst_regions, dsts, strict=True)]
+        plans: list[Any] = []
+        for uri, region, n in zip(destinations, regions, needed, strict=True):
+            if not src_region or not region:
+                self.log.info(
+                    "No region known for %s: sending it directly (pass source_region and "
+                    "destination_region, e.g. 'aws:us-east-1', to plan relays)",
+                    self.source if not src_region else uri,
+                )
+                plans.append(None)
+            elif region == src_region:
+                self.log.info("%s is in the source's region %s: sending it directly", uri, region)
+                plans.append(None)
+            else:
+                plan = self._plan(settings, src_region, [region], n / 1e9)
+                self.log.info("Planned overlay to %s (%s):\n%s", uri, plan.solver, plan.to_table())
+                plans.append(plan)
+        multicast = None
+        remote = list(dict.fromkeys(r for r, p in zip(regions, plans, strict=True) if p is not None))
+        if src_region and len(remote) > 1:
+            multicast = self._plan(settings, src_region, remote, max(needed) / 1e9)
+            self.log.info("Multicast plan, for its cost estimate:\n%s", multicast.to_table())
+        summary: dict[str, Any] = {
+            "source": self.source,
+            "destinations": destinations,
+            "mode": self.mode,
+            "dry_run": self.plan_only,
+            "bytes_to_send": sum(needed),
+            "objects_to_send": sum(spool.count for spool in spools),
+        }
+        if self.mode == "sync":
+            summary["sync"] = [c.as_dict() for c in counts]
+            for uri, c in zip(destinations, counts, strict=True):
+                self.log.info(
+                    "sync %s: %d new, %d changed, %d unchanged, %d only at the destination (kept)",
+                    uri, c.new, c.changed, c.unchanged, c.extraneous,
+                )  # fmt: skip
+        planned = [(p, n) for p, n in zip(plans, needed, strict=True) if p is not None]
+        summary["plans"] = [p.to_dict() if p is not None else None for p in plans]
+        if planned:
+            summary["predicted_gbps"] = round(min(p.throughput_gbps for p, _ in planned), 4)
+            summary["direct_gbps"] = round(min(p.direct_throughput_gbps for p, _ in planned), 4)
+            summary["estimated_cost_usd"] = round(sum(p.cost_per_gb_usd * n / 1e9 for p, n in planned), 6)
+            if multicast is not None:
+                summary["multicast_plan"] = multicast.to_dict()
             self.log.info(
-                "No region known for %s: sending directly (pass source_region and destination_region, "
-                "e.g. 'aws:us-east-1', to plan relays)",
-                self.source if not src_region else self.destination,
-            )
-        else:
-            self.log.info("Planned overlay (%s):\n%s", plan.solver, plan.to_table())
+                "Estimate: %.1f MiB to send, %.3f Gbps predicted (direct %.3f Gbps), $%.4f",
+                sum(needed) / MiB, summary["predicted_gbps"], summary["direct_gbps"],
+                summary["estimated_cost_usd"],
+            )  # fmt: skip
         if self.plan_only:
-            return {"dry_run": True, "plan": plan.to_dict() if plan is not None else None}
+            return summary
 
-        from airflow_skyplane.compute.local import LocalRelayBackend
-        from airflow_skyplane.transfer.job import Overlay, TransferJob, overlay_from_plan
-
-        overlay = (
-            overlay_from_plan(plan, max_connections_per_hop=self.connections_per_hop)
-            if plan is not None
-            else Overlay.direct(self.connections_per_hop)
+        # provision, bootstrap and start: the fleet id reaches XCom before any gateway runs
+        fleet_id = f"{uuid.uuid4().hex[:12]}"
+        ti = context.get("ti") if hasattr(context, "get") else None
+        if ti is not None:
+            ti.xcom_push(key=FLEET_XCOM_KEY, value=fleet_id)
+        summary["fleet_id"] = fleet_id
+        overlays = [self._overlay(plan) for plan in plans]
+        request = TransferRequest(
+            self.source, destinations, self.aws_conn_id, self.gcp_conn_id, self.wasb_conn_id, summary
         )
-        if plan is not None:
-            overlay.regions = dict.fromkeys(overlay.regions)  # local relays: all on this machine
-        with tempfile.TemporaryDirectory(prefix="skyplane-task-") as workdir:
-            self._backend = LocalRelayBackend(f"{workdir}/fleet")
-            job = TransferJob(
-                src.store,
-                src.prefix,
-                dst.store,
-                dst.prefix,
-                backend=self._backend,
-                workdir=f"{workdir}/job",
-                overlay=overlay,
-                chunk_size=settings.chunk_size_mb * MiB,
-                compress="auto" if settings.compression else "never",
-                encrypt=settings.encryption,
-                on_progress=lambda p: self.log.info("%s", p.line()),
-                progress_every_s=5.0,
+        owner = {
+            "dag_id": getattr(ti, "dag_id", None),
+            "run_id": getattr(ti, "run_id", None),
+            "task_id": self.task_id,
+            "map_index": getattr(ti, "map_index", -1),
+            "try_number": getattr(ti, "try_number", None),
+        }
+        self._fleet = FleetTransfer.start(
+            fleet_id=fleet_id,
+            state_dir=settings.fleets_dir(),
+            request=request,
+            source=src,
+            destinations=dsts,
+            selections=spools,
+            overlays=overlays,
+            ttl_s=settings.fleet_ttl_minutes * 60.0,
+            owner=owner,
+            job_options={
+                "chunk_size": settings.chunk_size_mb * MiB,
+                "compress": "auto" if settings.compression else "never",
+                "encrypt": settings.encryption,
+                "timeout": self.timeout_s,
+                "test_faults": self.test_faults,
+            },
+            on_progress=lambda p: self.log.info("%s", p.line()),
+        )
+        if not self.wait_for_completion or self.deferrable:
+            self._fleet.detach()
+            fleet, self._fleet = self._fleet, None
+            if not self.wait_for_completion:
+                self.log.info(
+                    "Transfer running on fleet %s; SkyplaneTransferSensor(fleet_id=...) waits for it",
+                    fleet_id,
+                )
+                return {**summary, "status": "running"}
+            from airflow_skyplane.triggers.transfer import SkyplaneTransferTrigger
+
+            self.defer(
+                trigger=SkyplaneTransferTrigger(
+                    fleet_id=fleet_id,
+                    state_dir=settings.fleets_dir(),
+                    poll_interval=self.poll_interval,
+                    timeout_s=self.timeout_s,
+                ),
+                method_name="execute_complete",
+                timeout=timedelta(seconds=self.timeout_s),
             )
-            result = job.run()
-        summary = result.summary()
-        summary["fleet_id"] = self._backend.fleet_id
-        summary["source"], summary["destination"] = self.source, self.destination
-        if plan is not None:
-            summary["predicted_gbps"] = round(plan.throughput_gbps, 4)
-            summary["estimated_cost_usd"] = round(plan.cost_per_gb_usd * result.bytes / 1e9, 6)
-            summary["plan"] = plan.to_dict()
+            del fleet  # unreachable: defer raises
+        try:
+            self._fleet.wait()
+            results = self._fleet.finish()
+        except TransferError:
+            self.log.error("Gateway logs:\n%s", self._fleet.gateway_logs())
+            raise
+        finally:
+            self._fleet.close()
+        return self._summary(summary, results)
+
+    def _overlay(self, plan: Any) -> Any:
+        from airflow_skyplane.transfer.job import Overlay, overlay_from_plan
+
+        if plan is None:
+            return Overlay.direct(self.connections_per_hop)
+        overlay = overlay_from_plan(plan, max_connections_per_hop=self.connections_per_hop)
+        overlay.regions = dict.fromkeys(overlay.regions)  # local relays: all on this machine
+        return overlay
+
+    def _summary(self, base: dict[str, Any], results: Sequence[Any]) -> dict[str, Any]:
+        summary = summarize(base, results)
         self.log.info(
-            "Copied %d objects, %.1f MiB in %.2f s (%.3f Gbps), %d checksums verified",
-            result.objects,
-            result.bytes / MiB,
-            result.seconds,
-            result.gbps,
-            result.checksums_verified,
-        )
+            "Sent %d objects, %.1f MiB in %.2f s (%.3f Gbps%s), %d checksums verified",
+            summary["objects"], summary["bytes"] / MiB, summary["seconds"], summary["gbps"],
+            f", predicted {base['predicted_gbps']:.3f}" if "predicted_gbps" in base else "",
+            summary["checksums_verified"],
+        )  # fmt: skip
         return summary
 
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        """Resume after the trigger fired: finish (complete and verify) and tear down, or fail."""
+        from airflow_skyplane.hooks.transfer import FleetTransfer, teardown
+
+        fleet_id, state_dir = event["fleet_id"], event["state_dir"]
+        if event.get("status") != "done":
+            teardown(fleet_id, state_dir)
+            raise TransferError(f"transfer on fleet {fleet_id} failed: {event.get('message')}")
+        fleet = FleetTransfer.attach(fleet_id, state_dir)
+        try:
+            results = fleet.finish()
+        finally:
+            fleet.close()
+        return self._summary(fleet.request.summary, results)
+
     def on_kill(self) -> None:
-        if self._backend is not None:
-            self._backend.teardown()
+        if self._fleet is not None:
+            self._fleet.close()
+
+    # -- lineage -------------------------------------------------------------------------------------
+    def get_openlineage_facets_on_start(self) -> Any:
+        from airflow_skyplane.lineage import transfer_lineage
+
+        return transfer_lineage(self.source, _as_list(self.destination))
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        return self.get_openlineage_facets_on_start()

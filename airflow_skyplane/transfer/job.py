@@ -37,7 +37,7 @@ from airflow_skyplane.exceptions import InvalidInputError, TransferError
 from airflow_skyplane.gateway import protocol as proto
 from airflow_skyplane.gateway import tls
 from airflow_skyplane.gateway.program import Endpoint, NextHop, Program
-from airflow_skyplane.storage.base import MultipartUpload, ObjectInfo, ObjectStore, PartInfo
+from airflow_skyplane.storage.base import Checksum, MultipartUpload, ObjectInfo, ObjectStore, PartInfo
 from airflow_skyplane.storage.checksums import from_part_md5s
 from airflow_skyplane.transfer.chunks import DEFAULT_CHUNK_SIZE, batch_small, plan_chunks
 from airflow_skyplane.transfer.tracker import Progress, aggregate
@@ -67,15 +67,29 @@ class Overlay:
         return cls("source", "destination", [Hop("source", "destination", connections)])
 
     def gateways(self) -> list[str]:
-        """Gateway ids, downstream first (the order to start them in)."""
+        """Gateway ids, each after every gateway it sends to (the order to start them in)."""
+        nodes = {self.destination} | {h.src for h in self.hops} | {h.dst for h in self.hops}
         order: list[str] = []
-        pending = {self.destination}
-        while pending:
-            order.extend(sorted(pending - set(order)))
-            pending = {h.src for h in self.hops if h.dst in pending} - set(order)
-        if self.source not in order:
+        while len(order) < len(nodes):
+            ready = sorted(
+                n for n in nodes - set(order) if all(h.dst in order for h in self.hops if h.src == n)
+            )
+            if not ready:
+                raise InvalidInputError(f"overlay hops form a cycle among {sorted(nodes - set(order))}")
+            order.extend(ready)
+        if self.source not in order or not self._reaches(self.source, self.destination):
             raise InvalidInputError(f"overlay has no path from {self.source!r} to {self.destination!r}")
         return order
+
+    def _reaches(self, a: str, b: str) -> bool:
+        seen, todo = {a}, [a]
+        while todo:
+            n = todo.pop()
+            for h in self.hops:
+                if h.src == n and h.dst not in seen:
+                    seen.add(h.dst)
+                    todo.append(h.dst)
+        return b in seen
 
 
 def overlay_from_plan(plan: Any, *, max_connections_per_hop: int | None = None) -> Overlay:
@@ -173,7 +187,37 @@ def _post(gateway: Any, path: str) -> None:
         pass
 
 
+def _info_to_json(rel: str, info: ObjectInfo) -> dict[str, Any]:
+    return {
+        "key": rel,
+        "size": info.size,
+        "checksum": [info.checksum.algorithm, info.checksum.value] if info.checksum else None,
+        "mtime": info.mtime.isoformat() if info.mtime else None,
+    }
+
+
+def _info_from_json(raw: dict[str, Any]) -> tuple[str, ObjectInfo]:
+    from datetime import datetime
+
+    checksum = Checksum(*raw["checksum"]) if raw.get("checksum") else None
+    mtime = datetime.fromisoformat(raw["mtime"]) if raw.get("mtime") else None
+    return raw["key"], ObjectInfo(raw["key"], raw["size"], checksum, mtime)
+
+
 class TransferJob:
+    """One transfer from a source prefix to a destination prefix over an overlay of gateways.
+
+    :meth:`run` does it all in this process. A transfer can also be conducted in steps, possibly from
+    different processes: :meth:`start` (inventory, uploads, gateways; writes ``job.json`` in the
+    work folder), :meth:`poll` until done, then :meth:`finish` (complete and verify) and always
+    :meth:`close`; :meth:`attach` rebuilds the job from its work folder in another process (the
+    deferrable operator's ``execute_complete``, the sensor).
+
+    :param objects: the source objects to send (full keys, under ``source_prefix``), e.g. a listing
+        filtered by include/exclude patterns or by a diff against the destination; by default every
+        object under ``source_prefix``.
+    """
+
     def __init__(
         self,
         source: ObjectStore,
@@ -184,6 +228,7 @@ class TransferJob:
         backend: Any,
         workdir: str | os.PathLike[str],
         overlay: Overlay | None = None,
+        objects: Iterable[ObjectInfo] | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         compress: str = "auto",
         encrypt: bool = True,
@@ -200,6 +245,7 @@ class TransferJob:
         self.backend = backend
         self.workdir = Path(workdir)
         self.overlay = overlay or Overlay.direct()
+        self.selection = objects
         self.chunk_size = chunk_size
         self.compress, self.encrypt, self.max_inflight_mb = compress, encrypt, max_inflight_mb
         self.test_faults = test_faults or {}
@@ -208,39 +254,49 @@ class TransferJob:
         self.progress_every_s = progress_every_s
         self.bytes_total = 0
         self.transfer_id = uuid.uuid4().hex
-        from airflow_skyplane.transfer.stores import store_spec
-
-        self.source_spec = source_spec or store_spec(source)
-        self.destination_spec = destination_spec or store_spec(destination)
+        self._source_spec, self._destination_spec = source_spec, destination_spec
         self.uploads: dict[str, MultipartUpload] = {}
+        self.objects: dict[str, ObjectInfo] = {}
+        self.started: dict[str, Any] = {}
+        self.started_at = 0.0
+        self._next_report = 0.0
+        self._last_status: dict[str, Any] = {}
 
     # -- steps -----------------------------------------------------------------------------------
-    def _inventory(self) -> tuple[dict[str, ObjectInfo], Path]:
-        objects: dict[str, ObjectInfo] = {}
+    def _inventory(self) -> Path:
+        objects = self.objects
         manifest = self.workdir / "manifest.jsonl"
+        listed = self.source.list(self.source_prefix) if self.selection is None else self.selection
+        fd = os.open(self.workdir / "objects.jsonl", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as inventory:
 
-        def listing() -> Iterable[tuple[str, int]]:
-            for info in self.source.list(self.source_prefix):
-                rel = info.key[len(self.source_prefix) :]
-                objects[rel] = info
-                yield rel, info.size
-
-        chunks = plan_chunks(listing(), self.chunk_size, min_part_size=self.destination.min_part_size)
-        fd = os.open(manifest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for batch in batch_small(chunks):
-                entries = [
-                    {"chunk_id": c.chunk_id, "key": c.key, "offset": c.offset, "length": c.length,
-                     "object_size": c.object_size, "part_number": c.part_number, "parts": c.parts}
-                    for c in batch
-                ]  # fmt: skip
-                f.write(json.dumps(entries[0] if len(entries) == 1 else {"chunks": entries}) + "\n")
-                for c in batch:
-                    if c.part_number == 1:
-                        self.uploads[c.key] = self.destination.begin_multipart(
-                            self.destination_prefix + c.key
+            def listing() -> Iterable[tuple[str, int]]:
+                for info in listed:
+                    if not info.key.startswith(self.source_prefix):
+                        raise InvalidInputError(
+                            f"object {info.key!r} is not under the source prefix {self.source_prefix!r}"
                         )
-        return objects, manifest
+                    rel = info.key[len(self.source_prefix) :]
+                    objects[rel] = info
+                    inventory.write(json.dumps(_info_to_json(rel, info)) + "\n")
+                    yield rel, info.size
+
+            chunks = plan_chunks(listing(), self.chunk_size, min_part_size=self.destination.min_part_size)
+            fd = os.open(manifest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                for batch in batch_small(chunks):
+                    entries = [
+                        {"chunk_id": c.chunk_id, "key": c.key, "offset": c.offset, "length": c.length,
+                         "object_size": c.object_size, "part_number": c.part_number, "parts": c.parts}
+                        for c in batch
+                    ]  # fmt: skip
+                    f.write(json.dumps(entries[0] if len(entries) == 1 else {"chunks": entries}) + "\n")
+                    for c in batch:
+                        if c.part_number == 1:
+                            self.uploads[c.key] = self.destination.begin_multipart(
+                                self.destination_prefix + c.key
+                            )
+        return manifest
 
     def _programs(self, manifest: Path) -> dict[str, dict[str, Any]]:
         """One program per gateway, as JSON-able dicts; next hops are added when their ports are known."""
@@ -250,6 +306,10 @@ class TransferJob:
         uploads_file = _private_write(
             self.workdir / "uploads.json", json.dumps({k: u.upload_id for k, u in self.uploads.items()})
         )
+        from airflow_skyplane.transfer.stores import store_spec
+
+        source_spec = self._source_spec or store_spec(self.source)
+        destination_spec = self._destination_spec or store_spec(self.destination)
         programs: dict[str, dict[str, Any]] = {}
         for gid in self.overlay.gateways():
             folder = self.workdir / ("gw-" + "".join(c if c.isalnum() else "-" for c in gid))
@@ -279,13 +339,13 @@ class TransferJob:
                 raw["cipher_key_file"] = str(key_file)
             if reads:
                 raw["source"] = {
-                    "store": self.source_spec,
+                    "store": source_spec,
                     "manifest": str(manifest),
                     "prefix": self.source_prefix,
                 }
             if writes:
                 raw["destination"] = {
-                    "store": self.destination_spec,
+                    "store": destination_spec,
                     "prefix": self.destination_prefix,
                     "uploads_file": str(uploads_file),
                 }
@@ -330,28 +390,6 @@ class TransferJob:
             started[gid] = self.backend.start(program, region=self.overlay.regions.get(gid))
         return started
 
-    def _watch(self, started: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        reader = started[self.overlay.source]
-        deadline = time.monotonic() + self.timeout
-        next_report = time.monotonic() + self.progress_every_s
-        while True:
-            status = _get(reader, "/status")
-            if self.on_progress is not None and (status["done"] or time.monotonic() >= next_report):
-                statuses = {gid: _get(gw, "/status") for gid, gw in started.items()}
-                self.on_progress(aggregate(statuses, [self.overlay.source], self.bytes_total))
-                next_report = time.monotonic() + self.progress_every_s
-            if status["errors"]:
-                raise TransferError(f"gateway {reader.gateway_id} failed: {status['errors'][:3]}")
-            if status["done"]:
-                break
-            for gid, gw in started.items():
-                if not gw.alive():
-                    raise TransferError(f"gateway {gid} exited with code {gw.exit_code}: {gw.log_tail()}")
-            if time.monotonic() > deadline:
-                raise TransferError(f"transfer did not finish in {self.timeout:.0f} s (status {status})")
-            time.sleep(0.05)
-        return {gid: _get(gw, "/status") for gid, gw in started.items()}
-
     def _complete_and_verify(self, objects: dict[str, ObjectInfo], receipts: list[dict[str, Any]]) -> int:
         by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in receipts:
@@ -394,45 +432,141 @@ class TransferJob:
             return None  # parts of a store whose checksum is not MD5-based: checked chunk by chunk
         return from_part_md5s([bytes.fromhex(p["md5"]) for p in parts])
 
-    # -- run -------------------------------------------------------------------------------------
-    def run(self) -> TransferResult:
+    # -- conducting ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Inventory, begin the uploads, start the gateways; record the job in ``job.json``."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.workdir, 0o700)
-        started: dict[str, Any] = {}
-        t0 = time.monotonic()
+        self.started_at = time.time()
+        manifest = self._inventory()
+        self.bytes_total = sum(o.size for o in self.objects.values())
+        if self.objects:
+            self.started = self._start(self._programs(manifest))
+        self._save()
+
+    def _save(self) -> None:
+        state = {
+            "transfer_id": self.transfer_id,
+            "source_prefix": self.source_prefix,
+            "destination_prefix": self.destination_prefix,
+            "overlay": {"source": self.overlay.source, "destination": self.overlay.destination},
+            "bytes_total": self.bytes_total,
+            "started_at": self.started_at,
+            "uploads": {k: u.upload_id for k, u in self.uploads.items()},
+        }
+        tmp = self.workdir / "job.json.tmp"
+        _private_write(tmp, json.dumps(state))
+        os.replace(tmp, self.workdir / "job.json")
+
+    @classmethod
+    def attach(
+        cls, workdir: str | os.PathLike[str], source: ObjectStore, destination: ObjectStore, *, backend: Any
+    ) -> TransferJob:
+        """The job :meth:`start` recorded in ``workdir``, with its running gateways (``backend``)."""
+        folder = Path(workdir)
         try:
-            objects, manifest = self._inventory()
-            self.bytes_total = sum(o.size for o in objects.values())
-            programs = self._programs(manifest)
-            started = self._start(programs)
-            statuses = self._watch(started)
-            receipts = _get(started[self.overlay.destination], "/receipts")
-            verified = self._complete_and_verify(objects, receipts)
-            seconds = time.monotonic() - t0
-            reader = statuses[self.overlay.source]
-            return TransferResult(
-                transfer_id=self.transfer_id,
-                objects=len(objects),
-                bytes=sum(o.size for o in objects.values()),
-                wire_bytes=reader["wire_bytes"],
-                seconds=seconds,
-                resends=sum(s["resends"] for s in statuses.values()),
-                checksums_verified=verified,
-                gateways=statuses,
+            state = json.loads((folder / "job.json").read_text())
+        except FileNotFoundError:
+            raise TransferError(
+                f"no transfer is recorded in {folder}: it finished and was cleaned up, or was torn down"
+            ) from None
+        overlay = Overlay(state["overlay"]["source"], state["overlay"]["destination"], [])
+        job = cls(
+            source, state["source_prefix"], destination, state["destination_prefix"],
+            backend=backend, workdir=folder, overlay=overlay,
+        )  # fmt: skip
+        job.transfer_id = state["transfer_id"]
+        job.bytes_total = state["bytes_total"]
+        job.started_at = state["started_at"]
+        job.uploads = {
+            k: MultipartUpload(job.destination_prefix + k, upload_id)
+            for k, upload_id in state["uploads"].items()
+        }
+        with (folder / "objects.jsonl").open(encoding="utf-8") as f:
+            job.objects = dict(_info_from_json(json.loads(line)) for line in f)
+        job.started = dict(backend.gateways)
+        return job
+
+    def progress(self) -> Progress:
+        statuses = {gid: _get(gw, "/status") for gid, gw in self.started.items()}
+        if not statuses:
+            return Progress(0, 0, 0, 0, 0.0, 0, 0, ())
+        return aggregate(statuses, [self.overlay.source], self.bytes_total)
+
+    def poll(self) -> bool:
+        """True once every chunk is written at the destination; raise TransferError on a failure."""
+        if not self.started:
+            return True  # nothing to send
+        reader = self.started[self.overlay.source]
+        status = _get(reader, "/status")
+        self._last_status = status
+        now = time.monotonic()
+        if self.on_progress is not None and (status["done"] or now >= self._next_report):
+            self.on_progress(self.progress())
+            self._next_report = now + self.progress_every_s
+        dead = [gid for gid, gw in self.started.items() if not gw.alive()]
+        grace = time.monotonic() + 1.0
+        while status["errors"] and not dead and time.monotonic() < grace:
+            time.sleep(0.05)  # a peer that vanished shows as errors a moment before it shows as dead
+            dead = [gid for gid, gw in self.started.items() if not gw.alive()]
+        if dead and (
+            status["errors"] or not status["done"]
+        ):  # the cause first: a dead gateway makes the others report errors
+            gw = self.started[dead[0]]
+            raise TransferError(
+                f"gateway {dead[0]} exited with code {gw.exit_code} before the transfer finished; "
+                f"its log ends with:\n{gw.log_tail()}"
             )
+        if status["errors"]:
+            errors = list(dict.fromkeys(status["errors"]))
+            raise TransferError(f"gateway {reader.gateway_id} failed: {errors[:3]}")
+        if status["done"]:
+            return True
+        if time.time() - self.started_at > self.timeout:
+            raise TransferError(f"transfer did not finish in {self.timeout:.0f} s (status {status})")
+        return False
+
+    def finish(self) -> TransferResult:
+        """Complete the uploads and verify every object; call once :meth:`poll` says done."""
+        statuses = {gid: _get(gw, "/status") for gid, gw in self.started.items()}
+        receipts = _get(self.started[self.overlay.destination], "/receipts") if self.started else []
+        verified = self._complete_and_verify(self.objects, receipts)
+        reader = statuses.get(self.overlay.source, {})
+        return TransferResult(
+            transfer_id=self.transfer_id,
+            objects=len(self.objects),
+            bytes=self.bytes_total,
+            wire_bytes=reader.get("wire_bytes", 0),
+            seconds=time.time() - self.started_at,
+            resends=sum(s["resends"] for s in statuses.values()),
+            checksums_verified=verified,
+            gateways=statuses,
+        )
+
+    def close(self) -> None:
+        """Stop the gateways; abort every upload not completed (so no partial object appears); delete
+        the secrets. Idempotent; runs after success and failure alike."""
+        for gw in self.started.values():
+            if gw.control_port and gw.alive():
+                try:
+                    _post(gw, "/stop")
+                except OSError:
+                    pass
+        self.backend.teardown()
+        for upload in self.uploads.values():  # only what was not completed: a failed transfer
+            self.destination.abort_multipart(upload)
+        self.uploads.clear()
+        tidy = getattr(self.destination, "tidy", None)
+        if tidy is not None:
+            tidy()
+        for name in ("transfer.key", "uploads.json", "job.json"):
+            (self.workdir / name).unlink(missing_ok=True)
+
+    def run(self) -> TransferResult:
+        try:
+            self.start()
+            while not self.poll():
+                time.sleep(0.05)
+            return self.finish()
         finally:
-            for gw in started.values():
-                if gw.control_port and gw.alive():
-                    try:
-                        _post(gw, "/stop")
-                    except OSError:
-                        pass
-            self.backend.teardown()
-            for upload in self.uploads.values():  # only what was not completed: a failed transfer
-                self.destination.abort_multipart(upload)
-            self.uploads.clear()
-            tidy = getattr(self.destination, "tidy", None)
-            if tidy is not None:
-                tidy()
-            for name in ("transfer.key", "uploads.json"):
-                (self.workdir / name).unlink(missing_ok=True)
+            self.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -67,4 +68,76 @@ def aggregate(statuses: Mapping[str, Mapping[str, Any]], readers: list[str], byt
         resends=sum(s.get("resends", 0) for s in statuses.values()),
         rejected=sum(s.get("rejected_chunks", 0) + s.get("rejected_peers", 0) for s in statuses.values()),
         errors=tuple(e for s in statuses.values() for e in s.get("errors", ())),
+    )
+
+
+@dataclass(frozen=True)
+class FleetStatus:
+    """Where a fleet's transfers stand, read from its records and its gateways' status endpoints."""
+
+    state: str  # "running", "done" (every chunk written at every destination) or "failed"
+    progress: Progress
+    message: str = ""
+
+
+def poll_fleet(folder: str | Path) -> FleetStatus:
+    """Poll every transfer of the fleet recorded in ``folder`` once (blocking; no Airflow needed).
+
+    Used by the trigger (in a thread) and the sensor. A gateway that died, reported an error or
+    whose status endpoint does not answer makes the fleet ``failed``; finishing (completing the
+    uploads, verifying) is left to whoever resumes the task.
+    """
+    import json
+    import urllib.request
+
+    from airflow_skyplane.compute import fleets
+
+    root = Path(folder)
+    if not (root / fleets.FLEET_FILE).exists():
+        return FleetStatus("failed", _EMPTY, f"no fleet is recorded in {root}: it was torn down")
+    parts, done = [], True
+    for sub in fleets.transfer_dirs(root):
+        try:
+            job = json.loads((sub / "job.json").read_text())
+        except FileNotFoundError:
+            return FleetStatus("failed", _EMPTY, f"transfer {sub.name} of the fleet has no job record")
+        statuses: dict[str, Any] = {}
+        for gid, gw in fleets.read_gateways(sub).items():
+            url = f"http://{gw.get('control_host', '127.0.0.1')}:{gw['control_port']}/status"
+            try:
+                with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - the gateway's endpoint
+                    statuses[gid] = json.loads(r.read())
+            except OSError as err:
+                state = "running" if fleets.runs_gateway(gw["pid"]) else "not running"
+                return FleetStatus("failed", _EMPTY, f"gateway {gid} does not answer ({err}); it is {state}")
+        reader = job["overlay"]["source"]
+        if reader in statuses:
+            progress = aggregate(statuses, [reader], job["bytes_total"])
+            if progress.errors:
+                return FleetStatus("failed", progress, f"gateway errors: {list(progress.errors[:3])}")
+            parts.append(progress)
+            done = done and bool(statuses[reader]["done"])
+    total = combine(parts)
+    return FleetStatus("done" if done else "running", total)
+
+
+_EMPTY = Progress(0, 0, 0, 0, 0.0, 0, 0, ())
+
+
+def combine(parts: list[Progress]) -> Progress:
+    if not parts:
+        return _EMPTY
+    return Progress(
+        chunks_done=sum(p.chunks_done for p in parts),
+        chunks_total=(
+            sum(p.chunks_total for p in parts if p.chunks_total is not None)
+            if all(p.chunks_total is not None for p in parts)
+            else None
+        ),
+        bytes_done=sum(p.bytes_done for p in parts),
+        bytes_total=sum(p.bytes_total for p in parts),
+        seconds=max(p.seconds for p in parts),
+        resends=sum(p.resends for p in parts),
+        rejected=sum(p.rejected for p in parts),
+        errors=tuple(e for p in parts for e in p.errors),
     )

@@ -46,7 +46,7 @@ def test_copy_s3_to_azure_through_planned_local_relays(
     for key, body in data.items():
         assert copied.read("copy/" + key) == body
     assert summary["objects"] == len(data) and summary["bytes"] == sum(map(len, data.values()))
-    assert summary["plan"]["source"] == "aws:us-east-1" and summary["predicted_gbps"] > 0
+    assert summary["plans"][0]["source"] == "aws:us-east-1" and summary["predicted_gbps"] > 0
     assert summary["checksums_verified"] >= len(data) - 1
     assert "Planned overlay" in logged and "100.0%" in logged  # plan table and progress
     shown = json.dumps(summary) + logged
@@ -63,7 +63,7 @@ def test_dry_run_plans_and_moves_nothing(emulated_sky: EmulatedSky, sky_bucket: 
         destination_region="gcp:europe-west4-a",
         dry_run=True,
     ).execute(context={})
-    assert summary["dry_run"] is True and summary["plan"]["destinations"] == ["gcp:europe-west4-a"]
+    assert summary["dry_run"] is True and summary["plans"][0]["destinations"] == ["gcp:europe-west4-a"]
     assert list(open_store(dst).store.list()) == []
 
 
@@ -79,7 +79,7 @@ def test_cost_objective_needs_a_throughput_target(sky_bucket: Callable[[str], st
         task_id="cheap", source=sky_bucket("s3"), destination=sky_bucket("az"),
         destination_region="azure:eastus", objective="cost",
     )  # fmt: skip
-    with pytest.raises(InvalidInputError, match="objective='cost' needs min_throughput_gbps"):
+    with pytest.raises(InvalidInputError, match="objective='cost' needs deadline or min_throughput_gbps"):
         op.execute(context={})
 
 

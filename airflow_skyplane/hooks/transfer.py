@@ -1,0 +1,221 @@
+"""A fleet's transfers, conducted from any Airflow process that can find the fleet by its id.
+
+The operator starts a :class:`FleetTransfer` (one :class:`~airflow_skyplane.transfer.job.TransferJob`
+per destination, each with its gateways, all under one fleet id) and either waits for it or leaves it
+running (``wait_for_completion=False``, or deferrable mode). Whoever continues - the operator's
+``execute_complete``, the sensor, the ``on_failure_callback`` - calls :meth:`FleetTransfer.attach`
+with the fleet id alone: the fleet's folder holds ``request.json`` (the URIs and connection ids, never
+a credential; the stores are opened again through the Airflow hooks) and each transfer's
+``job.json``.
+
+:func:`teardown` is the one way everything ends: stop the gateways, abort the multipart uploads not
+completed (no partial object appears at a destination), delete the fleet's folder and secrets. It is
+idempotent and works on a fleet already gone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airflow_skyplane.compute import fleets
+from airflow_skyplane.exceptions import SkyplaneError, TransferError
+from airflow_skyplane.storage.base import ObjectInfo
+from airflow_skyplane.transfer.tracker import Progress
+from airflow_skyplane.transfer.tracker import combine as combine
+
+log = logging.getLogger(__name__)
+
+REQUEST_FILE = "request.json"
+
+
+@dataclass
+class TransferRequest:
+    """What a fleet's transfers were asked to do; JSON in the fleet folder, free of credentials."""
+
+    source: str
+    destinations: list[str]
+    aws_conn_id: str | None = None
+    gcp_conn_id: str | None = None
+    wasb_conn_id: str | None = None
+    #: the part of the task's summary known before the transfer ran (plans, diff counts)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def open_stores(self) -> tuple[Any, list[Any]]:
+        from airflow_skyplane.hooks.storage import open_store
+
+        def opened(uri: str) -> Any:
+            return open_store(
+                uri,
+                aws_conn_id=self.aws_conn_id,
+                gcp_conn_id=self.gcp_conn_id,
+                wasb_conn_id=self.wasb_conn_id,
+            )
+
+        return opened(self.source), [opened(d) for d in self.destinations]
+
+
+class FleetTransfer:
+    def __init__(self, fleet_id: str, state_dir: str, request: TransferRequest, jobs: list[Any]) -> None:
+        self.fleet_id, self.state_dir, self.request, self.jobs = fleet_id, state_dir, request, jobs
+        self.folder = fleets.fleet_dir(state_dir, fleet_id)
+
+    # -- starting ------------------------------------------------------------------------------------
+    @classmethod
+    def start(
+        cls,
+        *,
+        fleet_id: str,
+        state_dir: str,
+        request: TransferRequest,
+        source: Any,
+        destinations: Sequence[Any],
+        selections: Sequence[Iterable[ObjectInfo]],
+        overlays: Sequence[Any],
+        ttl_s: float,
+        owner: dict[str, Any],
+        job_options: dict[str, Any],
+        on_progress: Callable[[Progress], None] | None = None,
+        progress_every_s: float = 5.0,
+    ) -> FleetTransfer:
+        """Record the fleet, then start one transfer per destination; on any failure tear down all."""
+        from airflow_skyplane.compute.local import LocalRelayBackend
+        from airflow_skyplane.transfer.job import TransferJob
+
+        folder = fleets.fleet_dir(state_dir, fleet_id)
+        now = time.time()
+        fleets.FleetRecord(fleet_id, "local", now, now + ttl_s, owner).write(folder)
+        _private_json(folder / REQUEST_FILE, asdict(request))
+        fleet = cls(fleet_id, state_dir, request, [])
+        try:
+            for n, (dst, selection, overlay) in enumerate(
+                zip(destinations, selections, overlays, strict=True)
+            ):
+                workdir = folder / str(n)
+                job = TransferJob(
+                    source.store,
+                    source.prefix,
+                    dst.store,
+                    dst.prefix,
+                    backend=LocalRelayBackend(workdir, fleet_id=fleet_id),
+                    workdir=workdir,
+                    overlay=overlay,
+                    objects=selection,
+                    on_progress=None,
+                    **job_options,
+                )
+                fleet.jobs.append(job)
+                job.start()
+        except BaseException:
+            fleet.close()
+            raise
+        fleet._on_progress, fleet._every = on_progress, progress_every_s
+        return fleet
+
+    @classmethod
+    def attach(cls, fleet_id: str, state_dir: str) -> FleetTransfer:
+        """The fleet another process started, with its stores opened again through the hooks."""
+        from airflow_skyplane.compute.local import LocalRelayBackend
+        from airflow_skyplane.transfer.job import TransferJob
+
+        folder = fleets.fleet_dir(state_dir, fleet_id)
+        try:
+            raw = json.loads((folder / REQUEST_FILE).read_text())
+        except FileNotFoundError:
+            raise TransferError(
+                f"fleet {fleet_id!r} is not recorded in {state_dir}: it has finished and been torn down, "
+                "or it ran on another machine (local relays are found only where they were started)"
+            ) from None
+        request = TransferRequest(**raw)
+        source, destinations = request.open_stores()
+        jobs = []
+        for n, dst in enumerate(destinations):
+            workdir = folder / str(n)
+            backend = LocalRelayBackend.attach(workdir, fleet_id=fleet_id)
+            jobs.append(TransferJob.attach(workdir, source.store, dst.store, backend=backend))
+        return cls(fleet_id, state_dir, request, jobs)
+
+    # -- watching ------------------------------------------------------------------------------------
+    _on_progress: Callable[[Progress], None] | None = None
+    _every: float = 5.0
+
+    def progress(self) -> Progress:
+        parts = [job.progress() for job in self.jobs]
+        return combine(parts)
+
+    def poll(self) -> bool:
+        """True when every destination has every chunk; raise TransferError on a gateway failure."""
+        return all([job.poll() for job in self.jobs])
+
+    def wait(self, *, poll_s: float = 0.05) -> None:
+        next_report = time.monotonic() + self._every
+        while not self.poll():
+            if self._on_progress is not None and time.monotonic() >= next_report:
+                self._on_progress(self.progress())
+                next_report = time.monotonic() + self._every
+            time.sleep(poll_s)
+        if self._on_progress is not None:
+            self._on_progress(self.progress())
+
+    def finish(self) -> list[Any]:
+        """Complete the uploads and verify every object, per destination (results in order)."""
+        return [job.finish() for job in self.jobs]
+
+    def close(self) -> None:
+        """Stop every gateway, abort what was not completed, delete the fleet folder. Idempotent."""
+        errors = []
+        for job in self.jobs:
+            try:
+                job.close()
+            except Exception as err:  # noqa: BLE001 - tear down the others first, then report
+                errors.append(err)
+        fleets.teardown_fleet(self.state_dir, self.fleet_id)
+        if errors:
+            raise TransferError(f"teardown of fleet {self.fleet_id} met errors: {errors}")
+
+    def detach(self) -> None:
+        """Leave the gateways running when this process exits (see ``wait_for_completion``)."""
+        for job in self.jobs:
+            job.backend.detach()
+
+    def gateway_logs(self, lines: int = 20) -> str:
+        out = []
+        for n, job in enumerate(self.jobs):
+            for gid, gw in job.started.items():
+                out.append(f"--- destination {n}, gateway {gid}:\n{gw.log_tail(lines)}")
+        return "\n".join(out)
+
+
+def teardown(fleet_id: str, state_dir: str) -> list[str]:
+    """Tear a fleet down by its id alone: gateways, dangling uploads, folder. Idempotent.
+
+    Returns the gateways that were still running. Aborting the uploads needs the stores (opened
+    through the hooks); when they cannot be opened the gateways are stopped all the same.
+    """
+    folder = fleets.fleet_dir(state_dir, fleet_id)
+    if not folder.exists():
+        return []
+    running = [
+        f"{sub.name}/{gid}"
+        for sub in fleets.transfer_dirs(folder)
+        for gid, gw in fleets.read_gateways(sub).items()
+        if isinstance(gw.get("pid"), int) and fleets.runs_gateway(gw["pid"])
+    ]
+    try:
+        FleetTransfer.attach(fleet_id, state_dir).close()
+    except (SkyplaneError, OSError, ValueError, KeyError) as err:
+        log.warning("fleet %s: could not reopen its stores to abort its uploads (%s)", fleet_id, err)
+    fleets.teardown_fleet(state_dir, fleet_id)
+    return running
+
+
+def _private_json(path: Path, data: Any) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)

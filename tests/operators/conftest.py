@@ -1,0 +1,18 @@
+"""Each operator test keeps its fleet records in its own folder, and checks nothing is left running."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from airflow_skyplane.compute.fleets import gateways_under
+
+
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    folder = tmp_path / "fleets"
+    monkeypatch.setenv("AIRFLOW__SKYPLANE__STATE_DIR", str(folder))
+    yield folder
+    assert gateways_under(folder) == [], "a test left gateways running"

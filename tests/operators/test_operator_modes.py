@@ -1,0 +1,321 @@
+"""The operator's modes against the emulated sky: sync, filters, multicast, detached + sensor,
+deferrable with its trigger, a gateway killed mid-way, teardown by fleet id, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from airflow.sdk import PokeReturnValue
+from airflow.sdk.exceptions import TaskDeferred
+
+from airflow_skyplane.compute import fleets
+from airflow_skyplane.exceptions import (
+    ConnectionNotFoundError,
+    InfeasiblePlanError,
+    InvalidInputError,
+    TransferError,
+)
+from airflow_skyplane.hooks.storage import open_store
+from airflow_skyplane.hooks.transfer import teardown
+from airflow_skyplane.operators.transfer import SkyplaneTransferOperator
+from airflow_skyplane.sensors.transfer import SkyplaneReplicaSensor, SkyplaneTransferSensor
+from airflow_skyplane.testing.sky import AZURITE_KEY, EmulatedSky
+from airflow_skyplane.triggers.transfer import SkyplaneTransferTrigger
+
+MiB = 1024 * 1024
+
+
+def _contents(uri: str) -> dict[str, bytes]:
+    loc = open_store(uri)
+    return {i.key[len(loc.prefix) :]: loc.store.read(i.key) for i in loc.store.list(loc.prefix)}
+
+
+def _seed(emulated_sky: EmulatedSky, uri: str, data: dict[str, bytes]) -> None:
+    store = emulated_sky.open(uri)
+    for key, body in data.items():
+        store.put(key, body)
+
+
+def _dataset(n: int = 12, seed: int = 3) -> dict[str, bytes]:
+    rng = random.Random(seed)
+    return {
+        f"in/day={d}/part-{i}.csv": rng.randbytes(rng.randrange(1, 200_000))
+        for d in (1, 2)
+        for i in range(n // 2)
+    }
+
+
+def test_sync_copies_only_new_and_changed_objects(
+    emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str]
+) -> None:
+    src, dst = sky_bucket("s3"), sky_bucket("gs")
+    data = _dataset()
+    _seed(emulated_sky, src, data)
+
+    def run() -> dict[str, Any]:
+        op = SkyplaneTransferOperator(
+            task_id="sync", source=f"{src}/in/", destination=f"{dst}/replica/", mode="sync", chunk_size_mb=1
+        )
+        return op.execute(context={})
+
+    first = run()
+    assert first["sync"] == [{"new": 12, "changed": 0, "unchanged": 0, "extraneous": 0}]
+    assert first["objects"] == 12 and _contents(f"{dst}/replica/") == {k[3:]: v for k, v in data.items()}
+    second = run()
+    assert second["sync"][0]["unchanged"] == 12 and second["objects"] == 0 and second["bytes"] == 0
+    source = emulated_sky.open(src)
+    source.put("in/day=1/part-0.csv", b"changed, and of another size")
+    source.put("in/day=3/part-0.csv", b"new")
+    third = run()
+    assert third["sync"][0] == {"new": 1, "changed": 1, "unchanged": 11, "extraneous": 0}
+    assert third["objects"] == 2
+    replica = _contents(f"{dst}/replica/")
+    assert (
+        replica["day=1/part-0.csv"] == b"changed, and of another size"
+        and replica["day=3/part-0.csv"] == b"new"
+    )
+
+
+def test_include_and_exclude_select_what_is_sent(
+    emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str]
+) -> None:
+    src, dst = sky_bucket("s3"), sky_bucket("file")
+    data = _dataset()
+    data["in/day=1/_SUCCESS"] = b""
+    _seed(emulated_sky, src, data)
+    summary = SkyplaneTransferOperator(
+        task_id="filtered", source=f"{src}/in/", destination=dst, include=["*.csv", "*_SUCCESS"],
+        exclude="day=2/*",
+    ).execute(context={})  # fmt: skip
+    wanted = {k[3:]: v for k, v in data.items() if k.startswith("in/day=1/")}
+    assert _contents(dst) == wanted and summary["objects"] == len(wanted)
+
+
+def test_multicast_to_three_stores_in_one_task(
+    emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str]
+) -> None:
+    src = sky_bucket("s3")
+    dsts = [sky_bucket("gs") + "/ckpt-100/", sky_bucket("az") + "/ckpt-100/", sky_bucket("file")]
+    checkpoint = {
+        "model/ckpt-100/weights.bin": random.Random(1).randbytes(9 * MiB),
+        "model/ckpt-100/meta.json": b"{}",
+    }
+    _seed(emulated_sky, src, checkpoint)
+    summary = SkyplaneTransferOperator(
+        task_id="distribute",
+        source=f"{src}/model/ckpt-100/",
+        destination=dsts,
+        destination_region=["gcp:europe-west4-a", "azure:westeurope", "aws:ap-northeast-1"],
+        chunk_size_mb=2,
+    ).execute(context={})
+    for d in dsts:
+        assert _contents(d) == {k[len("model/ckpt-100/") :]: v for k, v in checkpoint.items()}
+    assert [t["destination"] for t in summary["transfers"]] == dsts
+    assert summary["objects"] == 6 and len(summary["plans"]) == 3
+    assert summary["multicast_plan"]["destinations"] == [
+        "gcp:europe-west4-a",
+        "azure:westeurope",
+        "aws:ap-northeast-1",
+    ]
+
+
+def test_detached_transfer_is_finished_by_the_sensor(
+    emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str], state_dir: Path
+) -> None:
+    src, dst = sky_bucket("s3"), sky_bucket("az")
+    data = _dataset()
+    _seed(emulated_sky, src, data)
+    started = SkyplaneTransferOperator(
+        task_id="start", source=f"{src}/in/", destination=f"{dst}/r/", wait_for_completion=False
+    ).execute(context={})
+    assert started["status"] == "running" and (state_dir / started["fleet_id"]).is_dir()
+    sensor = SkyplaneTransferSensor(task_id="wait", fleet_id=started["fleet_id"], poke_interval=0.2)
+    deadline = time.monotonic() + 60
+    result: Any = False
+    while result is False and time.monotonic() < deadline:
+        result = sensor.poke(context={})
+        time.sleep(0.1)
+    assert isinstance(result, PokeReturnValue) and result.is_done
+    summary = result.xcom_value
+    assert (
+        summary["status"] == "done"
+        and summary["objects"] == len(data)
+        and summary["fleet_id"] == started["fleet_id"]
+    )
+    assert _contents(f"{dst}/r/") == {k[3:]: v for k, v in data.items()}
+    assert not (state_dir / started["fleet_id"]).exists()
+    assert AZURITE_KEY not in json.dumps(summary)
+
+
+def test_deferrable_operator_resumes_from_its_trigger(
+    emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str], state_dir: Path
+) -> None:
+    src, dst = sky_bucket("s3"), sky_bucket("gs")
+    data = _dataset()
+    _seed(emulated_sky, src, data)
+    op = SkyplaneTransferOperator(
+        task_id="deferred", source=f"{src}/in/", destination=dst, destination_region="gcp:us-central1-a",
+        deferrable=True, poll_interval=0.2,
+    )  # fmt: skip
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(context={})
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, SkyplaneTransferTrigger) and deferred.value.method_name == "execute_complete"
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "airflow_skyplane.triggers.transfer.SkyplaneTransferTrigger"
+    rebuilt = SkyplaneTransferTrigger(**json.loads(json.dumps(kwargs)))  # what the triggerer gets
+
+    async def first_event() -> Any:
+        async for event in rebuilt.run():
+            return event
+
+    event = asyncio.run(first_event())
+    assert event.payload["status"] == "done"
+    summary = op.execute_complete(context={}, event=event.payload)
+    assert summary["status"] == "done" and summary["objects"] == len(data)
+    assert summary["predicted_gbps"] > 0 and summary["plans"][0]["destinations"] == ["gcp:us-central1-a"]
+    assert _contents(dst) == {k[3:]: v for k, v in data.items()}
+    assert not (state_dir / summary["fleet_id"]).exists()
+
+
+def test_a_gateway_killed_midway_fails_cleanly_and_a_retry_completes(
+    emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str], state_dir: Path
+) -> None:
+    src, dst = sky_bucket("s3"), sky_bucket("az")
+    data = {"big/weights.bin": random.Random(5).randbytes(24 * MiB), "big/small.txt": b"x" * 100}
+    _seed(emulated_sky, src, data)
+
+    def operator() -> SkyplaneTransferOperator:
+        return SkyplaneTransferOperator(
+            task_id="fragile", source=f"{src}/big/", destination=f"{dst}/copy/", chunk_size_mb=2
+        )
+
+    op = operator()
+    op.test_faults = {"destination": {"exit_after_chunks": 4}}
+    with pytest.raises(TransferError, match="gateway destination exited|does not answer|lost the status"):
+        op.execute(context={})
+    assert fleets.gateways_under(state_dir) == [] and list(state_dir.iterdir()) == []
+    replica = open_store(f"{dst}/copy/").store
+    assert not replica.exists("copy/weights.bin")  # no partial object
+    assert list(replica.list_multipart_uploads()) == []
+    summary = operator().execute(context={})  # the retry
+    assert summary["objects"] == 2 and _contents(f"{dst}/copy/") == {k[4:]: v for k, v in data.items()}
+
+
+def test_a_detached_fleet_is_torn_down_by_its_id_alone(
+    emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str], state_dir: Path
+) -> None:
+    src, dst = sky_bucket("s3"), sky_bucket("s3")
+    _seed(emulated_sky, src, {"a/big.bin": random.Random(2).randbytes(16 * MiB)})
+    op = SkyplaneTransferOperator(
+        task_id="t", source=f"{src}/a/", destination=dst, wait_for_completion=False, chunk_size_mb=5
+    )
+    op.test_faults = {"destination": {"exit_after_chunks": 1_000_000}}
+    started = op.execute(context={})
+    fleet_id = started["fleet_id"]
+    teardown(fleet_id, str(state_dir))
+    assert fleets.gateways_under(state_dir) == [] and not (state_dir / fleet_id).exists()
+    assert (
+        list(open_store(dst).store.list_multipart_uploads()) == []
+        and list(open_store(dst).store.list()) == []
+    )
+    assert teardown(fleet_id, str(state_dir)) == []  # idempotent
+
+
+def test_the_sweeper_removes_expired_fleets(state_dir: Path, tmp_path: Path) -> None:
+    fleets.FleetRecord("old", "local", time.time() - 7200, time.time() - 3600).write(state_dir / "old")
+    fleets.FleetRecord("young", "local", time.time(), time.time() + 3600).write(state_dir / "young")
+    assert [r.fleet_id for r, _ in fleets.list_fleets(state_dir)] == ["old", "young"]
+    assert fleets.sweep(state_dir) == ["old"]
+    assert sorted(p.name for p in state_dir.iterdir()) == ["young"]
+
+
+def test_replica_sensor_waits_for_sync(emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str]) -> None:
+    src, dst = sky_bucket("s3"), sky_bucket("file")
+    data = _dataset(4)
+    _seed(emulated_sky, src, data)
+    sensor = SkyplaneReplicaSensor(task_id="fresh", source=f"{src}/in/", destination=dst)
+    assert sensor.poke(context={}).is_done is False  # type: ignore[union-attr]
+    SkyplaneTransferOperator(task_id="c", source=f"{src}/in/", destination=dst).execute(context={})
+    done = sensor.poke(context={})
+    assert isinstance(done, PokeReturnValue) and done.is_done and done.xcom_value["unchanged"] == 4
+
+
+def test_lineage_names_source_and_destinations() -> None:
+    op = SkyplaneTransferOperator(
+        task_id="l", source="s3://src-bucket/data/", destination=["gs://dst-bucket/copy/", "az://cont/x/"]
+    )
+    lineage = op.get_openlineage_facets_on_start()
+    assert [(d.namespace, d.name) for d in lineage.inputs] == [("s3://src-bucket", "data")]
+    assert [(d.namespace, d.name) for d in lineage.outputs] == [
+        ("gs://dst-bucket", "copy"),
+        ("wasbs://cont", "x"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"aws_conn_id": "no_such_conn"}, ConnectionNotFoundError, "no_such_conn"),
+        (
+            {"deadline": 0.001, "objective": "cost", "destination_region": "azure:westeurope"},
+            InfeasiblePlanError,
+            "deadline=",
+        ),
+        ({"deferrable": True, "wait_for_completion": False}, InvalidInputError, "deferrable=True"),
+        (
+            {"objective": "throughput", "deadline": 60},
+            InvalidInputError,
+            "deadline is a limit of objective='cost'",
+        ),
+        ({"mode": "mirror"}, InvalidInputError, "mode='mirror'"),
+        ({"compare": "mtime"}, InvalidInputError, "compare='mtime'"),
+        ({"include": "/abs/*"}, InvalidInputError, "include='/abs/\\*'"),
+        (
+            {"destination_region": ["aws:us-east-1", "aws:us-west-2"]},
+            InvalidInputError,
+            "destination_region has 2",
+        ),
+        ({"max_cost_usd": -1}, InvalidInputError, "max_cost_usd=-1"),
+        ({"chunk_size_mb": 0}, InvalidInputError, "chunk_size_mb=0"),
+        ({"relay_backend": "moon"}, InvalidInputError, "relay_backend='moon'"),
+    ],
+)
+def test_bad_input_fails_before_anything_starts(
+    emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str], state_dir: Path,
+    kwargs: dict[str, Any], error: type[Exception], match: str,
+) -> None:  # fmt: skip
+    src, dst = sky_bucket("s3"), sky_bucket("az")
+    _seed(emulated_sky, src, {"d/x.bin": random.Random(0).randbytes(3 * MiB)})
+    with pytest.raises(error, match=match):
+        SkyplaneTransferOperator(task_id="bad", source=f"{src}/d/", destination=dst, **kwargs).execute(
+            context={}
+        )
+    assert not state_dir.exists() or list(state_dir.iterdir()) == []
+    assert list(open_store(dst).store.list()) == []
+
+
+def test_the_same_destination_twice_is_refused(sky_bucket: Callable[[str], str]) -> None:
+    src, dst = sky_bucket("s3"), sky_bucket("gs")
+    op = SkyplaneTransferOperator(task_id="twice", source=src, destination=[dst, dst])
+    with pytest.raises(InvalidInputError, match="names the same URI twice"):
+        op.execute(context={})
+
+
+def test_user_failure_callbacks_are_kept_beside_the_teardown() -> None:
+    calls: list[str] = []
+    op = SkyplaneTransferOperator(
+        task_id="cb",
+        source="s3://a-bucket/x/",
+        destination="gs://b-bucket/",
+        on_failure_callback=lambda ctx: calls.append("user"),
+    )
+    names = [getattr(cb, "__name__", "") for cb in op.on_failure_callback]  # type: ignore[union-attr]
+    assert names == ["<lambda>", "teardown_on_failure"]
