@@ -3,6 +3,8 @@
     airflow-skyplane plan SRC DST [DST ...] [--grid CSV] [--objective throughput|cost] ...
     airflow-skyplane grid export [--grid CSV] --out FILE
     airflow-skyplane regions [--provider aws|gcp|azure]
+    airflow-skyplane fleets list|sweep [--state-dir DIR] [--older-than-minutes N]
+    airflow-skyplane fleets teardown FLEET_ID [--state-dir DIR]
 
 Uses only argparse and the planner (which imports no Airflow), so it runs on a laptop or a relay VM
 with nothing but the package's core dependencies. Every error a user can cause is printed as one line
@@ -16,7 +18,7 @@ import csv
 import json
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from airflow_skyplane.exceptions import SkyplaneError
 from airflow_skyplane.planner.network import NetworkModel, export_rows
@@ -127,6 +129,55 @@ def _cmd_regions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _state_dir(args: argparse.Namespace) -> str:
+    import os
+
+    from airflow_skyplane.compute.fleets import default_state_dir
+
+    return str(args.state_dir or os.environ.get("AIRFLOW__SKYPLANE__STATE_DIR") or default_state_dir())
+
+
+def _cmd_fleets(args: argparse.Namespace) -> int:
+    """Local fleets on this machine. This stops gateways and deletes records and secrets; the
+    multipart uploads a dead fleet left are aborted by the Airflow side (SkyplaneCleanupOperator)."""
+    import time
+
+    from airflow_skyplane.compute import fleets
+
+    state_dir = _state_dir(args)
+    if args.fleets_command == "list":
+        rows: list[dict[str, Any]] = [
+            {
+                "fleet_id": record.fleet_id,
+                "backend": record.backend,
+                "age_minutes": round((time.time() - record.created_at) / 60, 1),
+                "expires_in_minutes": round((record.expires_at - time.time()) / 60, 1),
+                "owner": record.owner,
+                "running_gateways": running,
+            }
+            for record, running in fleets.list_fleets(state_dir)
+        ]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for row in rows:
+                owner = row["owner"]
+                who = ".".join(str(owner.get(k)) for k in ("dag_id", "task_id") if owner.get(k)) or "-"
+                print(
+                    f"{row['fleet_id']:<14}{row['backend']:<7}{row['age_minutes']:>8.1f} min  "
+                    f"{len(row['running_gateways'])} running  {who}"
+                )
+        return 0
+    if args.fleets_command == "teardown":
+        stopped = fleets.teardown_fleet(state_dir, args.fleet_id)
+        print(f"fleet {args.fleet_id}: stopped {len(stopped)} gateway(s)")
+        return 0
+    older = args.older_than_minutes * 60 if args.older_than_minutes is not None else None
+    swept = fleets.sweep(state_dir, older_than_s=older)
+    print(f"swept {len(swept)} fleet(s){': ' + ', '.join(swept) if swept else ''}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG, description="Plan overlay transfers between cloud regions (no Airflow needed)."
@@ -178,6 +229,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--provider", choices=PROVIDERS)
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=_cmd_regions)
+
+    f = sub.add_parser("fleets", help="list, sweep or tear down the local relay fleets of this machine")
+    fsub = f.add_subparsers(dest="fleets_command", required=True, parser_class=_Parser)
+    for name, text in (("list", "list recorded fleets"), ("sweep", "tear down fleets past their expiry")):
+        c = fsub.add_parser(name, help=text)
+        c.add_argument(
+            "--state-dir", metavar="DIR", help="fleet records (default $AIRFLOW_HOME/skyplane/fleets)"
+        )
+        c.set_defaults(func=_cmd_fleets)
+    fsub.choices["list"].add_argument("--json", action="store_true")
+    fsub.choices["sweep"].add_argument(
+        "--older-than-minutes", type=float, metavar="N", help="also tear down fleets older than N minutes"
+    )
+    t = fsub.add_parser("teardown", help="tear one fleet down by its id")
+    t.add_argument("fleet_id", metavar="FLEET_ID")
+    t.add_argument("--state-dir", metavar="DIR")
+    t.set_defaults(func=_cmd_fleets)
     return parser
 
 

@@ -1,14 +1,20 @@
-"""``make demo``: replicate a dataset across an emulated sky, all on this machine.
+"""``make demo``: the ``nightly_replication`` example DAG, run for real by Airflow, on this machine.
 
-It starts the emulated sky (moto for S3, gcp-storage-emulator for GCS, Azurite for Azure Blob) on
-loopback, writes a small dataset to a local directory, and replicates it hop by hop
-``file -> s3 -> gs -> az -> file``, each store opened through the Airflow hooks and connections
-exactly as a task would. Large objects travel as parallel multipart writes. At every hop it checks
-each object's size and the checksum the store reports against the source bytes, and at the end that
-the last copy is byte-identical to the first. It prints one line per hop and a JSON summary.
+1. starts the emulated sky on loopback: moto (S3), gcp-storage-emulator (GCS) and Azurite (Azure
+   Blob), with the ``aws_default``, ``google_cloud_default`` and ``wasb_default`` connections
+   pointing at them;
+2. seeds the source bucket with one day's partition of a realistic dataset: a few hundred objects,
+   from a few KiB of JSON lines to large columnar-like files, compressible and not;
+3. runs ``airflow dags test nightly_replication <day>`` (Airflow 3 with SQLite in a temporary
+   ``AIRFLOW_HOME``): the task inventories the source, plans the overlay to GCS and Azure, starts the
+   planned relays as local gateway processes, streams the chunks (lz4, AES-GCM, mutual TLS),
+   verifies every object and tears the relays down;
+4. checks both replicas byte for byte against the source, prints the task's XCom summary and
+   renders each plan as a PNG under ``demo-output/``;
+5. runs the DAG a second time for the same day: ``mode="sync"`` finds everything in place and copies
+   nothing.
 
-The planned, relayed transfer (``SkyplaneTransferOperator``) replaces this round trip as the demo
-once it exists; until then this shows the storage layer doing real work against real servers.
+The last line printed is one JSON object with the figures.
 """
 
 from __future__ import annotations
@@ -21,156 +27,162 @@ import random
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 MiB = 1024 * 1024
+DAY = "2026-11-20"
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_dataset(root: Path, objects: int, big_mib: int, seed: int = 42) -> dict[str, str]:
-    """Write the source dataset; return key -> MD5 of its bytes."""
+def make_dataset(total_mib: int, seed: int = 42) -> dict[str, bytes]:
+    """One day's partition: many small JSON-lines files, CSV tables, and large incompressible blobs."""
     rng = random.Random(seed)
-    sums = {}
-    files: list[tuple[str, bytes]] = [
-        (f"events/date=2026-11-{day:02d}/part-{n:04d}.jsonl", _jsonl(rng, rng.randrange(1_000, 40_000)))
-        for day in range(1, 4)
-        for n in range(objects // 3)
-    ]
-    files.append(("models/encoder v2/weights.bin", rng.randbytes(big_mib * MiB)))
-    files.append(("models/encoder v2/README", b""))  # zero-byte objects travel too
-    files.append(
-        (
-            "tables/région=europe/data.csv",
-            b"id,value\n" + b"".join(b"%d,%d\n" % (i, i * i) for i in range(5000)),
-        )
-    )
-    for key, data in files:
-        path = root.joinpath(*key.split("/"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        sums[key] = hashlib.md5(data, usedforsecurity=False).hexdigest()
-    return sums
+    prefix = f"date={DAY}/"
+    data: dict[str, bytes] = {}
+    for n in range(240):  # event logs: 4-400 KiB of JSON lines each
+        data[f"{prefix}events/part-{n:05d}.jsonl"] = _jsonl(rng, rng.randrange(4, 400) * 1024)
+    data[f"{prefix}_SUCCESS"] = b""
+    data[f"{prefix}events/_temporary/attempt.tmp"] = b"not replicated (excluded)"
+    budget = total_mib * MiB - sum(map(len, data.values()))
+    tables = max(1, budget // 2 // (24 * MiB))
+    for n in range(tables):  # CSV tables, compressible
+        data[f"{prefix}tables/orders-{n:03d}.csv"] = _csv(rng, 24 * MiB)
+    blobs = max(1, budget // 2 // (48 * MiB))
+    for n in range(blobs):  # compressed columnar files: incompressible
+        data[f"{prefix}features/shard-{n:03d}.parquet"] = rng.randbytes(48 * MiB)
+    return data
 
 
 def _jsonl(rng: random.Random, size: int) -> bytes:
-    line = json.dumps({"user": rng.randrange(10**6), "event": rng.choice(["view", "click", "buy"])}).encode()
-    return (line + b"\n") * max(1, size // (len(line) + 1))
+    lines = []
+    total = 0
+    while total < size:
+        line = json.dumps(
+            {"user": rng.randrange(10**7), "event": rng.choice(["view", "click", "buy"]), "ms": rng.random()}
+        ).encode()
+        lines.append(line)
+        total += len(line) + 1
+    return b"\n".join(lines) + b"\n"
 
 
-def copy_object(src: Any, dst: Any, key: str, size: int, part_size: int, pool: ThreadPoolExecutor) -> None:
-    """Copy one object; above ``part_size`` as a multipart write whose parts go in parallel."""
-    if size <= part_size:
-        dst.put(key, src.read_range(key, 0, size) if size else b"")
-        return
-    upload = dst.begin_multipart(key)
-    try:
-        offsets = range(0, size, part_size)
-        parts = list(
-            pool.map(
-                lambda n_off: dst.write_part(upload, n_off[0] + 1, src.read_range(key, n_off[1], part_size)),
-                enumerate(offsets),
-            )
-        )
-        dst.complete_multipart(upload, parts)
-    except BaseException:
-        dst.abort_multipart(upload)  # nothing half-written stays behind
-        raise
+def _csv(rng: random.Random, size: int) -> bytes:
+    header = b"order_id,customer,amount,currency,status\n"
+    row = [b"%d,%d,%.2f,%s,%s\n" % (i, rng.randrange(10**6), rng.random() * 500, b"EUR", b"shipped")
+           for i in range(2000)]  # fmt: skip
+    block = b"".join(row)
+    return (header + block * (size // len(block) + 1))[:size]
 
 
-def verify(store: Any, sums: dict[str, str], sizes: dict[str, int]) -> int:
-    """Check listing, sizes and the checksums the store reports; return how many checksums matched."""
-    from airflow_skyplane.storage.checksums import compute
-
-    listed = {info.key: info for info in store.list()}
-    if set(listed) != set(sums):
-        raise SystemExit(
-            f"{store.uri}: listing differs from the source: {sorted(set(listed) ^ set(sums))[:5]}"
-        )
-    checked = 0
-    for key, info in listed.items():
-        if info.size != sizes[key]:
-            raise SystemExit(f"{store.describe(key)}: {info.size} bytes, expected {sizes[key]}")
-        reported = store.head(key).checksum
-        if reported is None:
-            continue
-        if reported.algorithm == "md5":
-            ok = reported.value == sums[key]
-        else:  # crc32c (GCS) or a multipart ETag (S3): recompute from the bytes
-            part_sizes = [min(PART_SIZE, sizes[key] - o) for o in range(0, sizes[key], PART_SIZE)]
-            ok = compute(reported.algorithm, [store.read(key)], part_sizes) == reported
-        if not ok:
-            raise SystemExit(
-                f"{store.describe(key)}: the store reports {reported}, which the bytes do not match"
-            )
-        checked += 1
-    return checked
-
-
-PART_SIZE = 8 * MiB
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--objects", type=int, default=150, help="small objects in the dataset (default 150)")
-    parser.add_argument("--big-mib", type=int, default=96, help="size of the one large object (default 96)")
+    parser.add_argument(
+        "--mib", type=int, default=1536, help="size of the day's partition in MiB (default 1536)"
+    )
+    parser.add_argument("--output", default=str(ROOT / "demo-output"), help="where the plan pictures go")
     args = parser.parse_args(argv)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
 
     with tempfile.TemporaryDirectory(prefix="skyplane-demo-") as tmp:
         work = Path(tmp)
-        os.environ["AIRFLOW_HOME"] = str(work / "airflow-home")  # never touch ~/airflow
-        from airflow_skyplane.hooks.storage import open_store
+        home = work / "airflow-home"
+        os.environ["AIRFLOW_HOME"] = str(home)  # never touch ~/airflow
+        from airflow_skyplane.testing.dagrun import airflow_cli, xcom_return_values
         from airflow_skyplane.testing.sky import EmulatedSky, patched_environ
 
-        source_dir, final_dir = work / "source", work / "replica"
-        source_dir.mkdir()
-        final_dir.mkdir()
-        t0 = time.monotonic()
-        sums = make_dataset(source_dir, args.objects, args.big_mib)
-        print(f"dataset: {len(sums)} objects written to file://{source_dir} in {time.monotonic() - t0:.1f} s")
-
+        t_start = time.monotonic()
         sky = EmulatedSky(work / "sky")
-        t0 = time.monotonic()
         with sky, patched_environ(sky.env()):
-            print(f"emulated sky up in {time.monotonic() - t0:.1f} s: " + ", ".join(
-                f"{svc} at {sky.endpoint(svc)}" for svc in sky.services))  # fmt: skip
-            for service, reason in sky.missing.items():
-                print(f"  (no {service}: {reason})")
-            uris = (
-                [f"file://{source_dir}"]
-                + [sky.make_bucket(s) for s in sky.services]
-                + [f"file://{final_dir}"]
+            missing = [s for s in ("s3", "gs", "az") if s in sky.missing]
+            if missing:
+                for s in missing:
+                    print(f"cannot run the demo without {s}: {sky.missing[s]}")
+                return 2
+            print("emulated sky up: " + ", ".join(f"{s} at {sky.endpoint(s)}" for s in sky.services))
+            source = sky.make_bucket("s3", "skyplane-demo-events")
+            gcs = sky.make_bucket("gs", "skyplane-demo-replica")
+            azure = sky.make_bucket("az", "skyplane-demo-replica")
+            t0 = time.monotonic()
+            data = make_dataset(args.mib)
+            store = sky.open(source)
+            for key, body in data.items():
+                store.put("events/" + key, body)
+            total = sum(map(len, data.values()))
+            print(f"seeded {source}/events/date={DAY}/: {len(data)} objects, {total / MiB:,.0f} MiB "
+                  f"in {time.monotonic() - t0:.1f} s")  # fmt: skip
+
+            env = dict(os.environ)
+            env.update(
+                AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags_examples"),
+                AIRFLOW__CORE__LOAD_EXAMPLES="False",
+                AIRFLOW__SKYPLANE__STATE_DIR=str(work / "fleets"),
+                SKYPLANE_EXAMPLE_SOURCE=f"{source}/events",
+                SKYPLANE_EXAMPLE_GCS=f"{gcs}/events",
+                SKYPLANE_EXAMPLE_AZURE=f"{azure}/events",
             )
-            stores = [open_store(uri).store for uri in uris]  # through S3Hook, GCSHook, WasbHook
-            sizes = {info.key: info.size for info in stores[0].list()}
-            hops = []
-            with ThreadPoolExecutor(8) as objects_pool, ThreadPoolExecutor(4) as parts_pool:
-                for src, dst in zip(stores, stores[1:], strict=False):
-                    t0 = time.monotonic()
-                    jobs = [
-                        objects_pool.submit(copy_object, src, dst, key, size, PART_SIZE, parts_pool)
-                        for key, size in sizes.items()
-                    ]
-                    for job in jobs:
-                        job.result()
-                    seconds = time.monotonic() - t0
-                    checked = verify(dst, sums, sizes)
-                    total = sum(sizes.values())
-                    hop = {"from": src.uri, "to": dst.uri, "objects": len(sizes), "bytes": total}
-                    hop.update(seconds=round(seconds, 2), MBps=round(total / MiB / seconds, 1))
-                    hop["checksums_verified"] = checked
-                    hops.append(hop)
-                    print(
-                        f"  {src.uri:<60} -> {dst.uri:<40} {len(sizes)} objects, {total / MiB:.1f} MiB "
-                        f"in {seconds:.2f} s, {checked} store checksums verified"
-                    )
-            identical = all(
-                hashlib.md5((final_dir / k).read_bytes(), usedforsecurity=False).hexdigest() == v
-                for k, v in sums.items()
-            )
-        print(f"round trip complete; the replica is {'byte-identical' if identical else 'DIFFERENT'}")
-        print(json.dumps({"hops": hops, "byte_identical": identical, "emulators_stopped": sky.pids() == []}))
-        return 0 if identical else 1
+            migrated = airflow_cli(["db", "migrate"], env)
+            if migrated.returncode:
+                print(migrated.stdout[-3000:], migrated.stderr[-3000:])
+                return 1
+            runs = []
+            for attempt in ("first run", "second run"):
+                t0 = time.monotonic()
+                run = airflow_cli(["dags", "test", "nightly_replication", DAY], env)
+                seconds = time.monotonic() - t0
+                if run.returncode:
+                    print(run.stdout[-4000:], run.stderr[-6000:])
+                    return 1
+                summary = xcom_return_values(home, "nightly_replication", "sync_day")[0]
+                runs.append({**summary, "dags_test_s": round(seconds, 1)})
+                print(
+                    f"{attempt}: airflow dags test took {seconds:.1f} s; the task sent "
+                    f"{summary['objects']} objects, {summary['bytes'] / MiB:,.1f} MiB in "
+                    f"{summary['seconds']:.1f} s ({summary['gbps']:.2f} Gbps), {summary.get('sync')}"
+                )
+
+            # the replicas, byte for byte
+            wanted = {k: _md5(v) for k, v in data.items() if "_temporary/" not in k}
+            exact = {}
+            for uri in (gcs, azure):
+                replica = sky.open(uri)
+                got = {i.key[len("events/") :]: _md5(replica.read(i.key)) for i in replica.list("events/")}
+                exact[uri] = got == wanted
+                verdict = "byte-identical to the source" if exact[uri] else "DIFFERENT"
+                print(f"{uri}: {len(got)} objects, {verdict}")
+
+            from airflow_skyplane.planner.plan import TransferPlan
+            from airflow_skyplane.planner.render import render_plan_png
+
+            pictures = []
+            for n, raw in enumerate(runs[0].get("plans") or []):
+                if raw is None:
+                    continue
+                path = output / f"nightly_replication-plan-{n}.png"
+                render_plan_png(TransferPlan.from_dict(raw), str(path))
+                pictures.append(str(path))
+
+        first = runs[0]
+        print("\nXCom summary of the first run (plans left out):")
+        print(json.dumps({k: v for k, v in first.items() if k not in ("plans", "multicast_plan")}, indent=1))
+        print("plan pictures: " + ", ".join(pictures))
+        result = {
+            "objects": len(data),
+            "mib": round(total / MiB, 1),
+            "first_run_s": first["dags_test_s"],
+            "transfer_s": first["seconds"],
+            "gbps": first["gbps"],
+            "predicted_gbps": first.get("predicted_gbps"),
+            "second_run_objects": runs[1]["objects"],
+            "byte_identical": all(exact.values()),
+            "wall_s": round(time.monotonic() - t_start, 1),
+            "emulators_stopped": sky.pids() == [],
+        }
+        print(json.dumps(result))
+        return 0 if result["byte_identical"] and result["second_run_objects"] == 0 else 1
 
 
 if __name__ == "__main__":

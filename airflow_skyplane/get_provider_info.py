@@ -27,10 +27,25 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "hooks": [
-            {"integration-name": "Skyplane", "python-modules": ["airflow_skyplane.hooks.skyplane"]},
+            {
+                "integration-name": "Skyplane",
+                "python-modules": ["airflow_skyplane.hooks.skyplane", "airflow_skyplane.hooks.transfer"],
+            },
         ],
         "operators": [
-            {"integration-name": "Skyplane", "python-modules": ["airflow_skyplane.operators.transfer"]},
+            {
+                "integration-name": "Skyplane",
+                "python-modules": [
+                    "airflow_skyplane.operators.transfer",
+                    "airflow_skyplane.operators.cleanup",
+                ],
+            },
+        ],
+        "sensors": [
+            {"integration-name": "Skyplane", "python-modules": ["airflow_skyplane.sensors.transfer"]},
+        ],
+        "triggers": [
+            {"integration-name": "Skyplane", "python-modules": ["airflow_skyplane.triggers.transfer"]},
         ],
         "connection-types": [
             {
@@ -73,6 +88,13 @@ def get_provider_info() -> dict[str, Any]:
                         "type": "integer",
                         "example": "32",
                         "default": "32",
+                    },
+                    "state_dir": {
+                        "description": "Where the local relay backend keeps its fleet records.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "/var/lib/airflow/skyplane/fleets",
+                        "default": None,
                     },
                     "fleet_ttl_minutes": {
                         "description": "Relays older than this are swept and self-destruct.",

@@ -1,10 +1,13 @@
-"""Nightly replication of one day's partition from S3 to Azure Blob, through planned relays.
+"""Nightly replication: each day's partition of an S3 prefix synced to GCS and to Azure Blob.
 
-Each run copies ``<source>/date=<ds>/`` to ``<destination>/date=<ds>/``. The URIs default to buckets of
-the emulated sky (``airflow_skyplane.testing``), so the DAG runs on one machine; point
-``SKYPLANE_EXAMPLE_SOURCE`` / ``SKYPLANE_EXAMPLE_DESTINATION`` (or edit them) at real buckets, and the
-``aws_default`` / ``wasb_default`` connections at real accounts, to run it for real. The destination
-is declared as an Asset, so downstream DAGs can be scheduled on the replica.
+Each run syncs ``<source>/date=<ds>/`` to ``<replica>/date=<ds>/`` in both destinations with one
+task (one plan, one fleet of relays): only objects new or changed since the last run travel. The
+URIs default to buckets of the emulated sky (``make demo`` creates them), reached through the usual
+``aws_default``, ``google_cloud_default`` and ``wasb_default`` connections; point
+``SKYPLANE_EXAMPLE_SOURCE``, ``SKYPLANE_EXAMPLE_GCS`` and ``SKYPLANE_EXAMPLE_AZURE`` (or edit them)
+at real buckets, and the connections at real accounts, to run it for real.
+
+The replicas are declared as Assets: ``replica_report`` runs whenever both have been refreshed.
 """
 
 from __future__ import annotations
@@ -12,12 +15,16 @@ from __future__ import annotations
 import os
 
 import pendulum
-from airflow.sdk import DAG, Asset
+from airflow.sdk import DAG, Asset, task
 
 from airflow_skyplane.operators.transfer import SkyplaneTransferOperator
 
 SOURCE = os.environ.get("SKYPLANE_EXAMPLE_SOURCE", "s3://skyplane-example-events/events")
-DESTINATION = os.environ.get("SKYPLANE_EXAMPLE_DESTINATION", "az://skyplane-example-replica/events")
+GCS_REPLICA = os.environ.get("SKYPLANE_EXAMPLE_GCS", "gs://skyplane-example-replica/events")
+AZURE_REPLICA = os.environ.get("SKYPLANE_EXAMPLE_AZURE", "az://skyplane-example-replica/events")
+
+GCS_ASSET = Asset(GCS_REPLICA + "/")
+AZURE_ASSET = Asset(AZURE_REPLICA.replace("az://", "abfs://") + "/")
 
 with DAG(
     dag_id="nightly_replication",
@@ -26,11 +33,29 @@ with DAG(
     catchup=False,
     tags=["skyplane", "example"],
     doc_md=__doc__,
+    default_args={"retries": 2, "retry_delay": pendulum.duration(minutes=5)},
 ):
     SkyplaneTransferOperator(
-        task_id="replicate_day",
+        task_id="sync_day",
         source=SOURCE + "/date={{ ds }}/",
-        destination=DESTINATION + "/date={{ ds }}/",
-        destination_region="azure:westeurope",  # the source's region comes from its aws connection
-        outlets=[Asset(DESTINATION.replace("az://", "abfs://") + "/")],
+        destination=[GCS_REPLICA + "/date={{ ds }}/", AZURE_REPLICA + "/date={{ ds }}/"],
+        destination_region=["gcp:europe-west4-a", "azure:westeurope"],  # the source's: from its connection
+        mode="sync",
+        exclude=["*.tmp", "_temporary/*"],
+        outlets=[GCS_ASSET, AZURE_ASSET],
     )
+
+with DAG(
+    dag_id="replica_report",
+    schedule=(GCS_ASSET & AZURE_ASSET),
+    start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
+    catchup=False,
+    tags=["skyplane", "example"],
+):
+
+    @task
+    def report(triggering_asset_events: dict | None = None) -> list[str]:  # type: ignore[type-arg]
+        """Downstream work starts once both replicas are fresh; here it only lists what triggered it."""
+        return sorted(str(asset) for asset in (triggering_asset_events or {}))
+
+    report()

@@ -446,6 +446,12 @@ class Gateway:
                     f"chunk of {header.key!r} is a part but no multipart upload was begun for it"
                 )
             token = self.dest.write_part(upload, header.part_number, data).token
+        # GCS reports a CRC32C (of a composed object too): keep each part's, for the controller to combine
+        crc32c = ""
+        if self.dest.scheme == "gs":
+            import google_crc32c  # installed with google-cloud-storage, which a GCS gateway has
+
+            crc32c = f"{google_crc32c.value(data):08x}"
         self._maybe_die()
         self.counters.add(chunks_written=1, raw_bytes=len(data))
         self.counters.receipt(
@@ -455,6 +461,7 @@ class Gateway:
                 "offset": header.offset,
                 "length": len(data),
                 "md5": md5,
+                "crc32c": crc32c,
                 "token": token,
             }
         )

@@ -83,6 +83,60 @@ def from_part_md5s(digests: Sequence[bytes]) -> Checksum:
     return Checksum("s3-etag", f"{combined}-{len(digests)}")
 
 
+_CRC32C_POLY = 0x82F63B78  # Castagnoli, reflected
+
+
+def _gf2_apply(matrix: Sequence[int], vector: int) -> int:
+    out, row = 0, 0
+    while vector:
+        if vector & 1:
+            out ^= matrix[row]
+        vector >>= 1
+        row += 1
+    return out
+
+
+def _gf2_square(matrix: Sequence[int]) -> list[int]:
+    return [_gf2_apply(matrix, matrix[n]) for n in range(32)]
+
+
+def crc32c_combine(crc1: int, crc2: int, len2: int) -> int:
+    """CRC32C of ``A + B`` from ``crc1 = CRC32C(A)``, ``crc2 = CRC32C(B)`` and ``len(B)``.
+
+    GCS reports the CRC32C of a composed object; the writing gateway knows each part's CRC32C and
+    length, so the controller can tell what the composed object must report without its bytes. The
+    method is the one of zlib's ``crc32_combine``: appending ``len2`` zero bytes to ``A`` is a linear
+    map over GF(2), applied by repeated squaring of the one-zero-bit operator.
+    """
+    if len2 <= 0:
+        return crc1
+    odd = [_CRC32C_POLY] + [1 << n for n in range(31)]  # one zero bit
+    even = _gf2_square(odd)  # two zero bits
+    odd = _gf2_square(even)  # four zero bits
+    while True:
+        even = _gf2_square(odd)  # first pass: one zero byte
+        if len2 & 1:
+            crc1 = _gf2_apply(even, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+        odd = _gf2_square(even)
+        if len2 & 1:
+            crc1 = _gf2_apply(odd, crc1)
+        len2 >>= 1
+        if not len2:
+            break
+    return crc1 ^ crc2
+
+
+def from_part_crc32cs(parts: Sequence[tuple[int, int]]) -> Checksum:
+    """The CRC32C GCS reports for an object composed of parts given as ``(crc32c, length)``."""
+    crc = 0
+    for part_crc, length in parts:
+        crc = crc32c_combine(crc, part_crc, length)
+    return Checksum("crc32c", f"{crc:08x}")
+
+
 def compute(algorithm: str, chunks: Iterable[bytes], part_sizes: Sequence[int] | None = None) -> Checksum:
     """Checksum of the concatenation of ``chunks`` with ``algorithm``."""
     hasher = Hasher(algorithm, part_sizes)

@@ -38,7 +38,7 @@ from airflow_skyplane.gateway import protocol as proto
 from airflow_skyplane.gateway import tls
 from airflow_skyplane.gateway.program import Endpoint, NextHop, Program
 from airflow_skyplane.storage.base import Checksum, MultipartUpload, ObjectInfo, ObjectStore, PartInfo
-from airflow_skyplane.storage.checksums import from_part_md5s
+from airflow_skyplane.storage.checksums import from_part_crc32cs, from_part_md5s
 from airflow_skyplane.transfer.chunks import DEFAULT_CHUNK_SIZE, batch_small, plan_chunks
 from airflow_skyplane.transfer.tracker import Progress, aggregate
 
@@ -414,7 +414,7 @@ class TransferJob:
                 raise TransferError(
                     f"{self.destination.describe(dest_key)} has {dst.size} bytes, the source {src.size}"
                 )
-            expected = self._expected(parts)
+            expected = self._expected(parts, dst.checksum.algorithm if dst.checksum else "")
             # what the destination store holds = what the gateway wrote (any algorithm we can derive);
             # what the source store reports = what was sent (whole-object algorithms only: an S3
             # multipart ETag depends on the source's own part sizes)
@@ -426,11 +426,14 @@ class TransferJob:
         return verified
 
     @staticmethod
-    def _expected(parts: list[dict[str, Any]]) -> Any:
-        """What a store reports for the bytes the gateway wrote: md5, or the S3 multipart ETag."""
-        if not all(p["md5"] for p in parts):
-            return None  # parts of a store whose checksum is not MD5-based: checked chunk by chunk
-        return from_part_md5s([bytes.fromhex(p["md5"]) for p in parts])
+    def _expected(parts: list[dict[str, Any]], algorithm: str) -> Any:
+        """What a store reports for the bytes the gateway wrote: md5, the S3 multipart ETag, or the
+        CRC32C of a GCS composed object."""
+        if algorithm == "crc32c" and parts and all(p.get("crc32c") for p in parts):
+            return from_part_crc32cs([(int(p["crc32c"], 16), p["length"]) for p in parts])
+        if parts and all(p["md5"] for p in parts):
+            return from_part_md5s([bytes.fromhex(p["md5"]) for p in parts])
+        return None  # checked chunk by chunk (CRC and AES-GCM tag) only
 
     # -- conducting ------------------------------------------------------------------------------
     def start(self) -> None:

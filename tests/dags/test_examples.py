@@ -1,9 +1,10 @@
-"""The example DAGs: they parse, and `airflow dags test` replicates against the emulated sky."""
+"""The example DAGs, parsed and run for real with `airflow dags test` against the emulated sky."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from collections.abc import Callable
@@ -11,16 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from airflow_skyplane.compute.fleets import gateways_under
 from airflow_skyplane.hooks.storage import open_store
-from airflow_skyplane.testing.sky import EmulatedSky
+from airflow_skyplane.testing.dagrun import airflow_cli, xcom_return_values
+from airflow_skyplane.testing.sky import AZURITE_KEY, EmulatedSky
 
 pytestmark = pytest.mark.airflow
 DAGS = Path(__file__).resolve().parents[2] / "dags_examples"
-
-
-def _airflow(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    airflow = str(Path(sys.executable).parent / "airflow")
-    return subprocess.run([airflow, *args], env=env, capture_output=True, text=True, timeout=300, check=False)
+MiB = 1024 * 1024
 
 
 @pytest.fixture
@@ -30,10 +29,25 @@ def airflow_env(tmp_path: Path) -> dict[str, str]:
         AIRFLOW_HOME=str(tmp_path / "airflow-home"),
         AIRFLOW__CORE__DAGS_FOLDER=str(DAGS),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__SKYPLANE__STATE_DIR=str(tmp_path / "fleets"),
     )
-    migrated = _airflow(["db", "migrate"], env)
+    migrated = airflow_cli(["db", "migrate"], env, timeout=300)
     assert migrated.returncode == 0, migrated.stderr[-2000:]
     return env
+
+
+def _run(env: dict[str, str], *args: str) -> str:
+    run = airflow_cli(["dags", "test", *args], env, timeout=600)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-4000:]
+    assert "emulated-secret-key" not in output and AZURITE_KEY not in output
+    assert gateways_under(env["AIRFLOW__SKYPLANE__STATE_DIR"]) == []
+    return output
+
+
+def _contents(uri: str) -> dict[str, bytes]:
+    loc = open_store(uri)
+    return {i.key[len(loc.prefix) :]: loc.store.read(i.key) for i in loc.store.list(loc.prefix)}
 
 
 def test_example_dags_parse_without_import_errors(airflow_env: dict[str, str]) -> None:
@@ -47,23 +61,109 @@ def test_example_dags_parse_without_import_errors(airflow_env: dict[str, str]) -
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["errors"] == {}
-    assert "nightly_replication" in result["dags"]
+    assert result["dags"] == [
+        "backfill_historical", "multicast_distribution", "nightly_replication", "replica_report"
+    ]  # fmt: skip
 
 
-def test_nightly_replication_copies_one_day(
+def test_nightly_replication_syncs_one_day_to_gcs_and_azure(
     airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str]
 ) -> None:
-    src, dst = sky_bucket("s3"), sky_bucket("az")
+    src, gcs, azure = sky_bucket("s3"), sky_bucket("gs"), sky_bucket("az")
     source = emulated_sky.open(src)
+    rng = random.Random(4)
     day = {f"date=2026-11-20/part-{n}.json": f'{{"n": {n}}}\n'.encode() * (n * 500 + 1) for n in range(12)}
-    other = {"date=2026-11-19/part-0.json": b"not this day\n"}
+    day["date=2026-11-20/model.bin"] = rng.randbytes(6 * MiB)
+    other = {"date=2026-11-19/part-0.json": b"not this day\n", "date=2026-11-20/x.tmp": b"excluded"}
     for key, body in {**day, **other}.items():
         source.put("events/" + key, body)
     env = dict(airflow_env, **emulated_sky.env())
-    env.update(SKYPLANE_EXAMPLE_SOURCE=f"{src}/events", SKYPLANE_EXAMPLE_DESTINATION=f"{dst}/events")
-    run = _airflow(["dags", "test", "nightly_replication", "2026-11-20"], env)
-    output = run.stdout + run.stderr
-    assert run.returncode == 0, output[-3000:]
-    replica = open_store(dst).store
-    assert {i.key: replica.read(i.key) for i in replica.list()} == {"events/" + k: v for k, v in day.items()}
-    assert "emulated-secret-key" not in output
+    env.update(
+        SKYPLANE_EXAMPLE_SOURCE=f"{src}/events", SKYPLANE_EXAMPLE_GCS=f"{gcs}/events",
+        SKYPLANE_EXAMPLE_AZURE=f"{azure}/events",
+    )  # fmt: skip
+    _run(env, "nightly_replication", "2026-11-20")
+    for replica in (gcs, azure):
+        assert _contents(f"{replica}/events/") == day
+    [summary] = xcom_return_values(env["AIRFLOW_HOME"], "nightly_replication", "sync_day")
+    assert "emulated-secret-key" not in json.dumps(summary) and AZURITE_KEY not in json.dumps(summary)
+    assert summary["objects"] == 2 * len(day) and summary["checksums_verified"] == 2 * len(day)
+    assert [t["destination"] for t in summary["transfers"]] == [
+        f"{gcs}/events/date=2026-11-20/", f"{azure}/events/date=2026-11-20/"
+    ]  # fmt: skip
+    _run(env, "nightly_replication", "2026-11-20")  # a rerun finds everything in place
+    [again] = xcom_return_values(env["AIRFLOW_HOME"], "nightly_replication", "sync_day")
+    assert again["objects"] == 0 and [s["unchanged"] for s in again["sync"]] == [len(day), len(day)]
+
+
+def test_backfill_historical_maps_over_datasets(
+    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str]
+) -> None:
+    archive, lake = sky_bucket("s3"), sky_bucket("gs")
+    store = emulated_sky.open(archive)
+    rng = random.Random(8)
+    wanted = {}
+    for name in ("events", "sessions", "billing"):
+        for ds in ("2026-10-01", "2026-10-02"):
+            for n in range(3):
+                body = rng.randbytes(rng.randrange(1, 300_000))
+                store.put(f"{name}/dt={ds}/part-{n}", body)
+                if ds == "2026-10-02":
+                    wanted[f"{name}/dt={ds}/part-{n}"] = body
+    env = dict(
+        airflow_env, **emulated_sky.env(), SKYPLANE_EXAMPLE_ARCHIVE=archive, SKYPLANE_EXAMPLE_LAKE=lake
+    )
+    _run(env, "backfill_historical", "2026-10-02")
+    assert _contents(lake) == wanted
+    summaries = xcom_return_values(env["AIRFLOW_HOME"], "backfill_historical", "backfill_partition")
+    assert [s["objects"] for s in summaries] == [3, 3, 3]
+    assert len({s["fleet_id"] for s in summaries}) == 3  # one fleet per mapped task
+
+
+def test_multicast_distribution_defers_and_reaches_three_regions(
+    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str]
+) -> None:
+    models, eu, az, ap = sky_bucket("s3"), sky_bucket("gs"), sky_bucket("az"), sky_bucket("s3")
+    ckpt = {"weights.bin": random.Random(3).randbytes(12 * MiB), "config.json": b'{"layers": 12}'}
+    store = emulated_sky.open(models)
+    for key, body in ckpt.items():
+        store.put(f"checkpoints/ckpt-000100/{key}", body)
+    env = dict(airflow_env, **emulated_sky.env())
+    env.update(
+        SKYPLANE_EXAMPLE_MODELS=f"{models}/checkpoints", SKYPLANE_EXAMPLE_SERVING_EU=f"{eu}/models",
+        SKYPLANE_EXAMPLE_SERVING_AZ=f"{az}/models", SKYPLANE_EXAMPLE_SERVING_AP=f"{ap}/models",
+    )  # fmt: skip
+    output = _run(env, "multicast_distribution", "--conf", json.dumps({"checkpoint": "ckpt-000100"}))
+    assert "running trigger in line" in output  # the operator deferred to SkyplaneTransferTrigger
+    for replica in (eu, az, ap):
+        assert _contents(f"{replica}/models/ckpt-000100/") == ckpt
+    [summary] = xcom_return_values(env["AIRFLOW_HOME"], "multicast_distribution", "distribute")
+    assert summary["status"] == "done" and summary["objects"] == 6
+    assert summary["multicast_plan"]["destinations"] == [
+        "gcp:europe-west4-a",
+        "azure:westeurope",
+        "aws:ap-northeast-1",
+    ]
+    checks = xcom_return_values(env["AIRFLOW_HOME"], "multicast_distribution", "check_gcp_europe_west4_a")
+    assert checks == [{"new": 0, "changed": 0, "unchanged": 2, "extraneous": 0}]
+
+
+def test_a_gateway_killed_midway_fails_the_try_tears_down_and_the_retry_completes(
+    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str], tmp_path: Path
+) -> None:
+    src, dst = sky_bucket("s3"), sky_bucket("az")
+    data = {"w/big.bin": random.Random(6).randbytes(20 * MiB), "w/small.txt": b"small"}
+    store = emulated_sky.open(src)
+    for key, body in data.items():
+        store.put(key, body)
+    env = dict(airflow_env, **emulated_sky.env())
+    env.update(
+        AIRFLOW__CORE__DAGS_FOLDER=str(Path(__file__).parent / "faulty"),
+        FAULTY_SOURCE=f"{src}/w/", FAULTY_DESTINATION=f"{dst}/copy/",
+    )  # fmt: skip
+    output = _run(env, "failing_once")
+    assert "gateway destination exited with code 17" in output  # the first try failed, and said why
+    assert _contents(f"{dst}/copy/") == {k[2:]: v for k, v in data.items()}  # the retry completed
+    assert list(Path(env["AIRFLOW__SKYPLANE__STATE_DIR"]).iterdir()) == []  # both fleets torn down
+    [summary] = xcom_return_values(env["AIRFLOW_HOME"], "failing_once", "copy")
+    assert summary["objects"] == 2

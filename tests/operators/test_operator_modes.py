@@ -319,3 +319,33 @@ def test_user_failure_callbacks_are_kept_beside_the_teardown() -> None:
     )
     names = [getattr(cb, "__name__", "") for cb in op.on_failure_callback]  # type: ignore[union-attr]
     assert names == ["<lambda>", "teardown_on_failure"]
+
+
+def test_cleanup_operator_and_cli_sweep_expired_fleets(
+    emulated_sky: EmulatedSky,
+    sky_bucket: Callable[[str], str],
+    state_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from airflow_skyplane.cli import main
+    from airflow_skyplane.operators.cleanup import SkyplaneCleanupOperator
+
+    src, dst = sky_bucket("s3"), sky_bucket("gs")
+    _seed(emulated_sky, src, {"a/big.bin": random.Random(2).randbytes(12 * MiB)})
+    op = SkyplaneTransferOperator(
+        task_id="t", source=f"{src}/a/", destination=dst, wait_for_completion=False, chunk_size_mb=5
+    )
+    op.test_faults = {"destination": {"exit_after_chunks": 1_000_000}}
+    fleet_id = op.execute(context={})["fleet_id"]
+    capsys.readouterr()  # the task's own log lines
+    assert main(["fleets", "list", "--json", "--state-dir", str(state_dir)]) == 0
+    [listed] = json.loads(capsys.readouterr().out)
+    assert listed["fleet_id"] == fleet_id and listed["owner"]["task_id"] == "t"
+    assert SkyplaneCleanupOperator(task_id="sweep").execute(context={}) == []  # not expired yet
+    assert SkyplaneCleanupOperator(task_id="sweep", older_than_minutes=0.001).execute(context={}) == [
+        fleet_id
+    ]
+    assert fleets.gateways_under(state_dir) == [] and list(open_store(dst).store.list()) == []
+    capsys.readouterr()
+    assert main(["fleets", "sweep", "--state-dir", str(state_dir)]) == 0
+    assert "swept 0 fleet(s)" in capsys.readouterr().out

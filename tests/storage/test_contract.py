@@ -233,3 +233,16 @@ def test_invalid_keys_are_rejected_before_any_write(store: ObjectStore) -> None:
     with pytest.raises(InvalidInputError, match="reserved"):
         store.put(".skyplane-uploads/x", b"data")
     assert list(store.list()) == []
+
+
+def test_crc32c_of_parts_combines_to_the_crc32c_of_the_whole() -> None:
+    import random
+
+    google_crc32c = pytest.importorskip("google_crc32c")
+    from airflow_skyplane.storage.checksums import compute, from_part_crc32cs
+
+    rng = random.Random(7)
+    for _ in range(50):
+        parts = [rng.randbytes(rng.randrange(0, 70_000)) for _ in range(rng.randrange(1, 7))]
+        combined = from_part_crc32cs([(google_crc32c.value(p), len(p)) for p in parts])
+        assert combined == compute("crc32c", [b"".join(parts)])

@@ -62,19 +62,22 @@ def test_unknown_service_is_rejected(tmp_path: Path) -> None:
         EmulatedSky(tmp_path, services=("s3", "dynamodb"))
 
 
-def test_demo_replicates_across_the_sky_and_leaks_no_secret() -> None:
+def test_demo_runs_the_nightly_dag_twice_and_leaks_no_secret(tmp_path: Path) -> None:
+    if not find_azurite():
+        pytest.skip("the demo replicates to Azure Blob: Azurite is not installed (make install)")
     result = subprocess.run(
-        [sys.executable, "-m", "airflow_skyplane.demo", "--objects", "12", "--big-mib", "20"],
+        [sys.executable, "-m", "airflow_skyplane.demo", "--mib", "48", "--output", str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         check=False,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["byte_identical"] is True and summary["emulators_stopped"] is True
-    schemes = [hop["to"].split(":")[0] for hop in summary["hops"]]
-    assert schemes == (["s3", "gs", "az", "file"] if find_azurite() else ["s3", "gs", "file"])
-    assert all(hop["objects"] == 15 and hop["checksums_verified"] >= 14 for hop in summary["hops"])
-    output = result.stdout + result.stderr
+    assert summary["second_run_objects"] == 0 and summary["gbps"] > 0
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "nightly_replication-plan-0.png", "nightly_replication-plan-1.png"
+    ]  # fmt: skip
     assert "emulated-secret-key" not in output and AZURITE_KEY not in output

@@ -1,0 +1,64 @@
+"""``SkyplaneCleanupOperator``: sweep the relay fleets that dead workers left behind.
+
+Every transfer tears its fleet down itself (``finally``, ``on_kill``, ``on_failure_callback``); a
+worker killed with SIGKILL or a lost machine can still leave one. Schedule this operator (say hourly)
+on the machines that run transfers: it tears down every recorded fleet past its expiry (the
+``fleet_ttl_minutes`` setting at start), or older than ``older_than_minutes``, stopping its gateways,
+aborting its unfinished multipart uploads and deleting its records and secrets. It returns the ids
+of the fleets it swept.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from airflow_skyplane.exceptions import InvalidInputError
+
+
+class SkyplaneCleanupOperator(BaseOperator):
+    """Tear down expired fleets.
+
+    :param older_than_minutes: also sweep fleets started more than this long ago, expired or not.
+    :param skyplane_conn_id: the ``skyplane`` connection (where fleet records are kept).
+    """
+
+    ui_color = "#f0e4d7"
+
+    def __init__(
+        self,
+        *,
+        older_than_minutes: float | None = None,
+        skyplane_conn_id: str = "skyplane_default",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if older_than_minutes is not None and not older_than_minutes > 0:
+            raise InvalidInputError(f"older_than_minutes={older_than_minutes!r} must be a positive number")
+        self.older_than_minutes = older_than_minutes
+        self.skyplane_conn_id = skyplane_conn_id
+
+    def execute(self, context: Any) -> list[str]:
+        from airflow_skyplane.compute import fleets
+        from airflow_skyplane.hooks.skyplane import SkyplaneHook
+        from airflow_skyplane.hooks.transfer import teardown
+
+        state_dir = SkyplaneHook(self.skyplane_conn_id).get_settings().fleets_dir()
+        now = time.time()
+        swept = []
+        for record, running in list(fleets.list_fleets(state_dir)):
+            too_old = (
+                self.older_than_minutes is not None
+                and now - record.created_at >= self.older_than_minutes * 60
+            )
+            if now >= record.expires_at or too_old:
+                teardown(record.fleet_id, state_dir)
+                self.log.info(
+                    "swept fleet %s (%s, started %.0f min ago, %d gateway(s) were running)",
+                    record.fleet_id, record.owner, (now - record.created_at) / 60, len(running),
+                )  # fmt: skip
+                swept.append(record.fleet_id)
+        self.log.info("%d fleet(s) swept in %s", len(swept), state_dir)
+        return swept
