@@ -426,7 +426,7 @@ class Gateway:
                 if next(self._written) + 1 >= limit:
                     os._exit(17)
 
-    def _write_chunk(self, header: proto.ChunkHeader, data: bytes) -> None:
+    def _write_chunk(self, header: proto.ChunkHeader, data: bytes | bytearray) -> None:
         assert self.dest is not None
         key = self.dest_prefix + header.key
         # The MD5 of what was written is what S3 (ETag of an object or of each part) and a single put

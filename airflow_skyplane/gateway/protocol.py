@@ -530,7 +530,7 @@ def _decompress(body: BytesLike, raw_length: int, what: str) -> bytes:
     return data
 
 
-def decode_chunk(header: ChunkHeader, payload: BytesLike, *, cipher: ChunkCipher | None) -> bytes:
+def decode_chunk(header: ChunkHeader, payload: BytesLike, *, cipher: ChunkCipher | None) -> bytes | bytearray:
     """The chunk's plaintext, verified; :class:`ProtocolError` if anything does not check out.
 
     With a ``cipher`` the chunk must be encrypted (an unencrypted chunk is refused: otherwise anyone on
@@ -562,7 +562,11 @@ def decode_chunk(header: ChunkHeader, payload: BytesLike, *, cipher: ChunkCipher
                 "sender or someone on the path is injecting plaintext)"
             )
         checksum, body = header.checksum, payload
-    data = _decompress(body, header.raw_length, what) if header.compressed else bytes(body)
+    # no copy of an uncompressed body received whole (a bytearray): the store SDKs take it as is
+    if header.compressed:
+        data: bytes | bytearray = _decompress(body, header.raw_length, what)
+    else:
+        data = body if isinstance(body, bytes | bytearray) else bytes(body)
     if len(data) != header.raw_length:
         raise ProtocolError(f"{what}: decoded to {len(data)} bytes, the header announces {header.raw_length}")
     expected, actual = int.from_bytes(checksum, "big"), zlib.crc32(data)
@@ -892,13 +896,14 @@ def _read_exact(stream: Readable, size: int, what: str) -> bytearray:
     buffer = bytearray(size)
     view = memoryview(buffer)
     got = 0
+    # choose the read method once: a TLS socket returns one record (16 KiB) per call, and a
+    # runtime-checkable Protocol check per call costs more than the read itself
+    recv_into = getattr(stream, "recv_into", None) or getattr(stream, "readinto", None)
     while got < size:
-        if isinstance(stream, _RecvInto):
-            count: int | None = stream.recv_into(view[got:])
-        elif isinstance(stream, _ReadInto):
-            count = stream.readinto(view[got:])
+        if recv_into is not None:
+            count: int | None = recv_into(view[got:])
         else:
-            data = stream.read(size - got) or b""
+            data = stream.read(size - got) or b""  # type: ignore[union-attr]
             count = min(len(data), size - got)
             view[got : got + count] = data[:count]
         if not count:

@@ -127,7 +127,7 @@ class AzureBlobStore(ObjectStore):
             self._raise(err, key, "read")
 
     # -- writing ---------------------------------------------------------------------------------
-    def put(self, key: str, data: bytes) -> ObjectInfo:
+    def put(self, key: str, data: bytes | bytearray) -> ObjectInfo:
         validate_key(key)
         from azure.storage.blob import ContentSettings
 
@@ -148,7 +148,7 @@ class AzureBlobStore(ObjectStore):
             {"lock": threading.Lock(), "md5": hashlib.md5(usedforsecurity=False), "next": 1},
         )
 
-    def write_part(self, upload: MultipartUpload, number: int, data: bytes) -> PartInfo:
+    def write_part(self, upload: MultipartUpload, number: int, data: bytes | bytearray) -> PartInfo:
         validate_part_number(number)
         block_id = _block_id(upload.upload_id, number)
         try:

@@ -160,7 +160,7 @@ class ObjectStore(abc.ABC):
 
     # -- writing ---------------------------------------------------------------------------------
     @abc.abstractmethod
-    def put(self, key: str, data: bytes) -> ObjectInfo:
+    def put(self, key: str, data: bytes | bytearray) -> ObjectInfo:
         """Write a whole object at once. Readers see the old object or the new one, never a part."""
 
     @abc.abstractmethod
@@ -168,7 +168,7 @@ class ObjectStore(abc.ABC):
         """Start a multipart write; nothing is visible under ``key`` until :meth:`complete_multipart`."""
 
     @abc.abstractmethod
-    def write_part(self, upload: MultipartUpload, number: int, data: bytes) -> PartInfo:
+    def write_part(self, upload: MultipartUpload, number: int, data: bytes | bytearray) -> PartInfo:
         """Write part ``number`` (1-based); parts may be written in any order and in parallel."""
 
     @abc.abstractmethod

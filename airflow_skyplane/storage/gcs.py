@@ -130,8 +130,9 @@ class GCSStore(ObjectStore):
             self._raise(err, key, "read")
 
     # -- writing ---------------------------------------------------------------------------------
-    def _upload(self, name: str, data: bytes, key: str) -> Any:
+    def _upload(self, name: str, data: bytes | bytearray, key: str) -> Any:
         blob = self._bucket.blob(name)
+        data = bytes(data) if isinstance(data, bytearray) else data  # upload_from_string takes bytes or str
         try:
             # the upload's response carries the new object's metadata (size, crc32c, updated)
             blob.upload_from_string(data, content_type="application/octet-stream", checksum="crc32c")
@@ -139,7 +140,7 @@ class GCSStore(ObjectStore):
             self._raise(err, key, "write")
         return blob
 
-    def put(self, key: str, data: bytes) -> ObjectInfo:
+    def put(self, key: str, data: bytes | bytearray) -> ObjectInfo:
         validate_key(key)
         return _info(self._upload(key, data, key), key)
 
@@ -153,7 +154,7 @@ class GCSStore(ObjectStore):
         self._upload(self._folder(upload_id) + "key", key.encode("utf-8"), key)
         return MultipartUpload(key, upload_id)
 
-    def write_part(self, upload: MultipartUpload, number: int, data: bytes) -> PartInfo:
+    def write_part(self, upload: MultipartUpload, number: int, data: bytes | bytearray) -> PartInfo:
         validate_part_number(number)
         name = f"{self._folder(upload.upload_id)}part-{number:05d}"
         self._upload(name, data, upload.key)

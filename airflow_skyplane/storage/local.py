@@ -146,7 +146,7 @@ class LocalStore(ObjectStore):
         os.replace(temp, target)
         return self._info(key, target, checksum=True)
 
-    def put(self, key: str, data: bytes) -> ObjectInfo:
+    def put(self, key: str, data: bytes | bytearray) -> ObjectInfo:
         self._path(key)  # validate before writing anything
         temp = self._temp()
         try:
@@ -175,7 +175,7 @@ class LocalStore(ObjectStore):
             )
         return folder
 
-    def write_part(self, upload: MultipartUpload, number: int, data: bytes) -> PartInfo:
+    def write_part(self, upload: MultipartUpload, number: int, data: bytes | bytearray) -> PartInfo:
         validate_part_number(number)
         folder = self._upload_dir(upload)
         part = folder / f"part-{number:05d}"

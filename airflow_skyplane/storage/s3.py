@@ -146,7 +146,7 @@ class S3Store(ObjectStore):
             self._raise(err, key, "read")
 
     # -- writing ---------------------------------------------------------------------------------
-    def put(self, key: str, data: bytes) -> ObjectInfo:
+    def put(self, key: str, data: bytes | bytearray) -> ObjectInfo:
         validate_key(key)
         try:
             r = self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
@@ -162,7 +162,7 @@ class S3Store(ObjectStore):
             self._raise(err, key, "write")
         return MultipartUpload(key, r["UploadId"])
 
-    def write_part(self, upload: MultipartUpload, number: int, data: bytes) -> PartInfo:
+    def write_part(self, upload: MultipartUpload, number: int, data: bytes | bytearray) -> PartInfo:
         validate_part_number(number)
         try:
             r = self.client.upload_part(

@@ -349,3 +349,92 @@ def test_cleanup_operator_and_cli_sweep_expired_fleets(
     capsys.readouterr()
     assert main(["fleets", "sweep", "--state-dir", str(state_dir)]) == 0
     assert "swept 0 fleet(s)" in capsys.readouterr().out
+
+
+def _first_event(trigger: SkyplaneTransferTrigger) -> Any:
+    classpath, kwargs = trigger.serialize()
+    rebuilt = SkyplaneTransferTrigger(**json.loads(json.dumps(kwargs)))
+
+    async def first() -> Any:
+        async for event in rebuilt.run():
+            return event
+
+    return asyncio.run(first()).payload
+
+
+def test_deferrable_sensor_finishes_a_detached_transfer(
+    emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str], state_dir: Path
+) -> None:
+    src, dst = sky_bucket("s3"), sky_bucket("file")
+    data = _dataset(6)
+    _seed(emulated_sky, src, data)
+    fleet_id = SkyplaneTransferOperator(
+        task_id="start", source=f"{src}/in/", destination=dst, wait_for_completion=False
+    ).execute(context={})["fleet_id"]
+    sensor = SkyplaneTransferSensor(task_id="wait", fleet_id=fleet_id, deferrable=True, poke_interval=0.2)
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute(context={})
+    summary = sensor.execute_complete(context={}, event=_first_event(deferred.value.trigger))
+    assert summary["objects"] == 6 and _contents(dst) == {k[3:]: v for k, v in data.items()}
+    assert list(state_dir.iterdir()) == []
+
+
+def test_a_failed_deferred_transfer_fails_the_task_and_tears_down(
+    emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str], state_dir: Path
+) -> None:
+    src, dst = sky_bucket("s3"), sky_bucket("az")
+    _seed(emulated_sky, src, {"w/big.bin": random.Random(3).randbytes(16 * MiB)})
+    op = SkyplaneTransferOperator(
+        task_id="doomed",
+        source=f"{src}/w/",
+        destination=dst,
+        deferrable=True,
+        poll_interval=0.2,
+        chunk_size_mb=2,
+    )
+    op.test_faults = {"destination": {"exit_after_chunks": 2}}
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(context={})
+    event = _first_event(deferred.value.trigger)
+    assert event["status"] == "failed" and "destination" in event["message"]
+    with pytest.raises(TransferError, match="failed"):
+        op.execute_complete(context={}, event=event)
+    assert fleets.gateways_under(state_dir) == [] and list(state_dir.iterdir()) == []
+    store = open_store(dst).store
+    assert list(store.list()) == [] and list(store.list_multipart_uploads()) == []
+
+
+def test_the_sensor_fails_with_the_gateways_error_and_tears_down(
+    emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str], state_dir: Path
+) -> None:
+    src, dst = sky_bucket("s3"), sky_bucket("s3")
+    _seed(emulated_sky, src, {"w/big.bin": random.Random(4).randbytes(16 * MiB)})
+    op = SkyplaneTransferOperator(
+        task_id="t", source=f"{src}/w/", destination=dst, wait_for_completion=False, chunk_size_mb=5
+    )
+    op.test_faults = {"destination": {"exit_after_chunks": 1}}
+    fleet_id = op.execute(context={})["fleet_id"]
+    sensor = SkyplaneTransferSensor(task_id="wait", fleet_id=fleet_id)
+    with pytest.raises(TransferError, match=f"transfer on fleet {fleet_id} failed"):
+        deadline = time.monotonic() + 60
+        while sensor.poke(context={}) is False and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert list(state_dir.iterdir()) == [] and list(open_store(dst).store.list_multipart_uploads()) == []
+
+
+def test_deferrable_replica_sensor_sleeps_in_the_triggerer(
+    emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str]
+) -> None:
+    from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+
+    src, dst = sky_bucket("s3"), sky_bucket("gs")
+    _seed(emulated_sky, src, _dataset(2))
+    sensor = SkyplaneReplicaSensor(task_id="fresh", source=f"{src}/in/", destination=dst, deferrable=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute(context={})
+    assert isinstance(deferred.value.trigger, TimeDeltaTrigger)
+    SkyplaneTransferOperator(task_id="c", source=f"{src}/in/", destination=dst).execute(context={})
+    started = deferred.value.kwargs["started"]
+    assert sensor.execute_complete(context={}, event=None, started=started) == {
+        "new": 0, "changed": 0, "unchanged": 2, "extraneous": 0
+    }  # fmt: skip
