@@ -471,7 +471,18 @@ class Gateway:
         self.stop_event.set()
         self.stop_requested.set()
 
+    def _expire(self) -> None:
+        """The fleet's time is up: stop, as a relay VM powers itself off at its expiry."""
+        self.counters.error("the fleet expired (expires_at in the program): the gateway stopped itself")
+        print("gateway: the fleet expired; stopping", file=sys.stderr, flush=True)
+        self.stop_event.set()
+        self.stop_requested.set()
+
     def run(self) -> int:
+        if self.program.expires_at is not None:
+            timer = threading.Timer(max(0.0, self.program.expires_at - time.time()), self._expire)
+            timer.daemon = True
+            timer.start()
         status = serve(self.counters, self.program.control.host, self.program.control.port, self.request_stop)
         server = None
         if self.program.listen is not None:

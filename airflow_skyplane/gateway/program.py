@@ -81,6 +81,8 @@ class Program:
     encrypt: bool = True
     max_inflight_mb: int = 128
     chunk_size_mb: int = 16
+    #: unix time at which the gateway stops on its own, whatever happens to its controller
+    expires_at: float | None = None
     test_faults: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -117,6 +119,8 @@ class Program:
         for name in ("cipher_key_file", "source", "destination"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
+        if self.expires_at is not None:
+            out["expires_at"] = self.expires_at
         if self.test_faults:
             out["test_faults"] = dict(self.test_faults)
         return out
@@ -205,6 +209,11 @@ class Program:
         chunk_mb = raw.get("chunk_size_mb", 16)
         if not isinstance(chunk_mb, int) or not 1 <= chunk_mb <= 256:
             raise _fail(f"chunk_size_mb is {chunk_mb!r}", "use 1 to 256")
+        expires_at = raw.get("expires_at")
+        if expires_at is not None and (
+            isinstance(expires_at, bool) or not isinstance(expires_at, int | float) or not expires_at > 0
+        ):
+            raise _fail(f"expires_at is {expires_at!r}", "give a unix time in seconds, or leave it out")
         return cls(
             transfer_id=tid,
             gateway_id=gid,
@@ -219,5 +228,6 @@ class Program:
             encrypt=encrypt,
             max_inflight_mb=inflight,
             chunk_size_mb=chunk_mb,
+            expires_at=float(expires_at) if expires_at is not None else None,
             test_faults=dict(raw.get("test_faults") or {}),
         )

@@ -107,6 +107,7 @@ class FleetTransfer:
                     workdir=workdir,
                     overlay=overlay,
                     objects=selection,
+                    expires_at=now + ttl_s,  # every gateway stops itself then, controller or not
                     on_progress=None,
                     **job_options,
                 )

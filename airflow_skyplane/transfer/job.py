@@ -237,6 +237,7 @@ class TransferJob:
         destination_spec: dict[str, Any] | None = None,
         test_faults: dict[str, dict[str, Any]] | None = None,
         timeout: float = 3600.0,
+        expires_at: float | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         progress_every_s: float = 10.0,
     ) -> None:
@@ -250,6 +251,7 @@ class TransferJob:
         self.compress, self.encrypt, self.max_inflight_mb = compress, encrypt, max_inflight_mb
         self.test_faults = test_faults or {}
         self.timeout = timeout
+        self.expires_at = expires_at
         self.on_progress = on_progress
         self.progress_every_s = progress_every_s
         self.bytes_total = 0
@@ -349,6 +351,8 @@ class TransferJob:
                     "prefix": self.destination_prefix,
                     "uploads_file": str(uploads_file),
                 }
+            if self.expires_at is not None:
+                raw["expires_at"] = self.expires_at
             if gid in self.test_faults:
                 raw["test_faults"] = self.test_faults[gid]
             programs[gid] = raw

@@ -39,6 +39,7 @@ def test_a_valid_relay_program_round_trips() -> None:
         ({"next_hops": [{"host": "h", "port": 1, "connections": 0}]}, "use 1 to 256"),
         ({"next_hops": [], "listen": None}, "no source, destination or next_hops"),
         ({"compress": "zstd"}, "use auto, always or never"),
+        ({"expires_at": "tomorrow"}, "give a unix time in seconds"),
         (
             {"source": {"store": {"scheme": "file", "root": "/x"}, "manifest": "m"}},
             "cipher_key_file is missing",
@@ -76,3 +77,26 @@ def test_bad_program_file_exits_2_with_the_reason(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 2
     assert "gateway program: not JSON" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_gateway_stops_itself_at_the_fleets_expiry(tmp_path: Path) -> None:
+    """The local relay's self-destruct: no controller needed to end it."""
+    import time
+
+    from airflow_skyplane.gateway import tls
+
+    ca = tls.FleetCA.create("expiry")
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
+    files = ca.issue("relay", addresses=["127.0.0.1"]).write(tmp_path)
+    program = dict(
+        BASE, tls={"cert": str(files["cert"]), "key": str(files["key"]), "ca": str(tmp_path / "ca.pem")}
+    )
+    program["expires_at"] = time.time() + 1.5
+    (tmp_path / "p.json").write_text(json.dumps(program))
+    t0 = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "airflow_skyplane.gateway", "--program", str(tmp_path / "p.json")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert time.monotonic() - t0 < 30
+    assert "the fleet expired" in out.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_skyplane.compute.fleets import gateways_under
+from airflow_skyplane.compute.fleets import gateways_under, stop_process_group
 
 
 @pytest.fixture(autouse=True)
@@ -15,4 +15,7 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     folder = tmp_path / "fleets"
     monkeypatch.setenv("AIRFLOW__SKYPLANE__STATE_DIR", str(folder))
     yield folder
-    assert gateways_under(folder) == [], "a test left gateways running"
+    left = gateways_under(folder)
+    for pid in left:  # stop them before failing: a failed test must not leak processes either
+        stop_process_group(pid, grace_s=5)
+    assert left == [], "a test left gateways running"
