@@ -4,7 +4,8 @@
     airflow-skyplane grid export [--grid CSV] --out FILE
     airflow-skyplane regions [--provider aws|gcp|azure]
     airflow-skyplane fleets list|sweep [--state-dir DIR] [--older-than-minutes N]
-    airflow-skyplane fleets teardown FLEET_ID [--state-dir DIR]
+    airflow-skyplane fleets list|sweep --cloud aws --region aws:us-east-1 [--region ...]
+    airflow-skyplane fleets teardown FLEET_ID [--state-dir DIR | --cloud aws --region ...]
 
 Uses only argparse and the planner (which imports no Airflow), so it runs on a laptop or a relay VM
 with nothing but the package's core dependencies. Every error a user can cause is printed as one line
@@ -144,6 +145,8 @@ def _cmd_fleets(args: argparse.Namespace) -> int:
 
     from airflow_skyplane.compute import fleets
 
+    if getattr(args, "cloud", "local") == "aws":
+        return _aws_fleets(args)
     state_dir = _state_dir(args)
     if args.fleets_command == "list":
         rows: list[dict[str, Any]] = [
@@ -174,6 +177,37 @@ def _cmd_fleets(args: argparse.Namespace) -> int:
         return 0
     older = args.older_than_minutes * 60 if args.older_than_minutes is not None else None
     swept = fleets.sweep(state_dir, older_than_s=older)
+    print(f"swept {len(swept)} fleet(s){': ' + ', '.join(swept) if swept else ''}")
+    return 0
+
+
+def _aws_fleets(args: argparse.Namespace) -> int:
+    """AWS fleets, found by their tags with the default boto3 credentials (no Airflow needed)."""
+    import time
+
+    import boto3
+
+    from airflow_skyplane.compute import aws
+
+    if not args.region:
+        raise _UsageError("--cloud aws needs at least one --region, e.g. --region aws:us-east-1")
+    backend = aws.AWSRelayBackend(client_factory=lambda region: boto3.client("ec2", region_name=region))
+    regions = [r if r.startswith("aws:") else f"aws:{r}" for r in args.region]
+    as_json = getattr(args, "json", False)
+    if args.fleets_command == "teardown":
+        removed = backend.teardown(args.fleet_id, regions)
+        print(f"fleet {args.fleet_id}: removed {json.dumps(removed)}")
+        return 0
+    if args.fleets_command == "list":
+        found = aws.list_fleets(backend, regions)
+        if as_json:
+            print(json.dumps(found, indent=2))
+            return 0
+        for fleet_id, info in found.items():
+            left = (info["expires_at"] - time.time()) / 60
+            print(f"{fleet_id:<14}aws    expires in {left:8.1f} min  {', '.join(sorted(info['regions']))}")
+        return 0
+    swept = aws.sweep(backend, regions)
     print(f"swept {len(swept)} fleet(s){': ' + ', '.join(swept) if swept else ''}")
     return 0
 
@@ -237,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument(
             "--state-dir", metavar="DIR", help="fleet records (default $AIRFLOW_HOME/skyplane/fleets)"
         )
+        c.add_argument("--cloud", choices=("local", "aws"), default="local", help="where the fleets run")
+        c.add_argument("--region", action="append", metavar="REGION", help="with --cloud aws (repeatable)")
         c.set_defaults(func=_cmd_fleets)
     fsub.choices["list"].add_argument("--json", action="store_true")
     fsub.choices["sweep"].add_argument(
@@ -245,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = fsub.add_parser("teardown", help="tear one fleet down by its id")
     t.add_argument("fleet_id", metavar="FLEET_ID")
     t.add_argument("--state-dir", metavar="DIR")
+    t.add_argument("--cloud", choices=("local", "aws"), default="local")
+    t.add_argument("--region", action="append", metavar="REGION", help="with --cloud aws (repeatable)")
     t.set_defaults(func=_cmd_fleets)
     return parser
 

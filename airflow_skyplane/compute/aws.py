@@ -31,6 +31,8 @@ are bounded retries with backoff, not hand-written loops.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import logging
 import time
@@ -330,6 +332,17 @@ class AWSRelayBackend:
                     ],
                 )  # fmt: skip
 
+    def console_host_keys(self, vm: RelayVM) -> list[str]:
+        """The relay's host keys from its console output (empty until cloud-init has printed them)."""
+        ec2 = self.client(_aws_region(vm.region))
+        output = ec2.get_console_output(InstanceId=vm.instance_id, Latest=True).get("Output") or ""
+        if output and "BEGIN SSH HOST KEY KEYS" not in output:
+            try:  # the API returns it base64-encoded through some SDK paths
+                output = base64.b64decode(output, validate=True).decode(errors="replace")
+            except (ValueError, binascii.Error):
+                pass
+        return host_keys_from_console(output)
+
     # -- finding and removing ----------------------------------------------------------------------
     @staticmethod
     def _find(ec2: Any, kind: str, fleet_id: str | None) -> list[str]:
@@ -406,6 +419,27 @@ class AWSRelayBackend:
         return {"instance": instances, "security-group": groups, "key-pair": keys}
 
 
+def host_keys_from_console(text: str) -> list[str]:
+    """SSH host keys (``"<type> <base64>"``) that cloud-init printed to the console at first boot.
+
+    The console output comes from the cloud's API, not from the VM's network, so a key read there
+    pins the relay's identity before the first SSH connection.
+    """
+    keys = []
+    inside = False
+    for line in (text or "").splitlines():
+        line = line.strip()
+        if line == "-----BEGIN SSH HOST KEY KEYS-----":
+            inside = True
+        elif line == "-----END SSH HOST KEY KEYS-----":
+            inside = False
+        elif inside:
+            parts = line.split()
+            if len(parts) >= 2 and parts[0].startswith(("ssh-", "ecdsa-")):
+                keys.append(f"{parts[0]} {parts[1]}")
+    return sorted(keys, key=lambda k: not k.startswith("ssh-ed25519"))  # the ed25519 key first
+
+
 @contextlib.contextmanager
 def aws_fleet(backend: AWSRelayBackend, spec: AWSFleetSpec) -> Iterator[list[RelayVM]]:
     """Provision the fleet, hand its VMs to the block (bootstrap, transfer), and tear it down after
@@ -417,6 +451,36 @@ def aws_fleet(backend: AWSRelayBackend, spec: AWSFleetSpec) -> Iterator[list[Rel
         backend.teardown(spec.fleet_id, spec.regions)
 
 
+def list_fleets(backend: AWSRelayBackend, regions: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Every fleet with a live resource in ``regions``, found by tag: fleet id -> its expiry and,
+    per region, the ids of its instances, security groups and key pairs."""
+    fleets: dict[str, dict[str, Any]] = {}
+    flt = [{"Name": "tag-key", "Values": [TAG_FLEET]}]
+    for region in regions:
+        ec2 = backend.client(_aws_region(region))
+        found: list[tuple[str, str, list[dict[str, str]]]] = []
+        pages = ec2.describe_instances(Filters=flt + [{"Name": "instance-state-name", "Values": LIVE_STATES}])
+        found += [
+            ("instance", i["InstanceId"], i.get("Tags", []))
+            for r in pages["Reservations"]
+            for i in r["Instances"]
+        ]
+        groups = ec2.describe_security_groups(Filters=flt)["SecurityGroups"]
+        found += [("security-group", g["GroupId"], g.get("Tags", [])) for g in groups]
+        keys = ec2.describe_key_pairs(Filters=flt)["KeyPairs"]
+        found += [("key-pair", k["KeyName"], k.get("Tags", [])) for k in keys]
+        for kind, rid, tags in found:
+            values = {t["Key"]: t["Value"] for t in tags}
+            try:
+                expires = float(values.get(TAG_EXPIRES, "0"))
+            except ValueError:
+                expires = 0.0  # a mangled expiry: treat as expired rather than leak
+            fleet = fleets.setdefault(values[TAG_FLEET], {"expires_at": expires, "regions": {}})
+            fleet["expires_at"] = min(fleet["expires_at"], expires)
+            fleet["regions"].setdefault(region, {}).setdefault(kind, []).append(rid)
+    return fleets
+
+
 def sweep(
     backend: AWSRelayBackend, regions: Iterable[str], *, now: float | None = None
 ) -> dict[str, list[str]]:
@@ -426,23 +490,11 @@ def sweep(
     provisioning stopped half-way (say, a security group and no instance) is found too.
     """
     now = time.time() if now is None else now
-    expired: dict[str, set[str]] = {}
-    for region in regions:
-        ec2 = backend.client(_aws_region(region))
-        tagged: list[list[dict[str, str]]] = []
-        flt = [{"Name": "tag-key", "Values": [TAG_FLEET]}]
-        pages = ec2.describe_instances(Filters=flt + [{"Name": "instance-state-name", "Values": LIVE_STATES}])
-        tagged += [i.get("Tags", []) for r in pages["Reservations"] for i in r["Instances"]]
-        tagged += [g.get("Tags", []) for g in ec2.describe_security_groups(Filters=flt)["SecurityGroups"]]
-        tagged += [k.get("Tags", []) for k in ec2.describe_key_pairs(Filters=flt)["KeyPairs"]]
-        for tags in tagged:
-            values = {t["Key"]: t["Value"] for t in tags}
-            try:
-                expires = float(values.get(TAG_EXPIRES, "0"))
-            except ValueError:
-                expires = 0.0  # a mangled expiry: treat as expired rather than leak
-            if now >= expires and values.get(TAG_FLEET):
-                expired.setdefault(values[TAG_FLEET], set()).add(region)
+    expired = {
+        fleet_id: sorted(info["regions"])
+        for fleet_id, info in list_fleets(backend, regions).items()
+        if now >= info["expires_at"]
+    }
     for fleet_id, fleet_regions in expired.items():
-        backend.teardown(fleet_id, sorted(fleet_regions))
-    return {f: sorted(r) for f, r in expired.items()}
+        backend.teardown(fleet_id, fleet_regions)
+    return expired

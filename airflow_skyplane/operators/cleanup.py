@@ -23,6 +23,8 @@ class SkyplaneCleanupOperator(BaseOperator):
 
     :param older_than_minutes: also sweep fleets started more than this long ago, expired or not.
     :param skyplane_conn_id: the ``skyplane`` connection (where fleet records are kept).
+    :param aws_regions: also sweep expired AWS relay fleets (found by tag) in these regions
+        (``aws:us-east-1``...), through ``EC2Hook`` and ``aws_conn_id``.
     """
 
     ui_color = "#f0e4d7"
@@ -32,6 +34,8 @@ class SkyplaneCleanupOperator(BaseOperator):
         *,
         older_than_minutes: float | None = None,
         skyplane_conn_id: str = "skyplane_default",
+        aws_regions: list[str] | None = None,
+        aws_conn_id: str | None = "aws_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -39,6 +43,8 @@ class SkyplaneCleanupOperator(BaseOperator):
             raise InvalidInputError(f"older_than_minutes={older_than_minutes!r} must be a positive number")
         self.older_than_minutes = older_than_minutes
         self.skyplane_conn_id = skyplane_conn_id
+        self.aws_regions = list(aws_regions or [])
+        self.aws_conn_id = aws_conn_id
 
     def execute(self, context: Any) -> list[str]:
         from airflow_skyplane.compute import fleets
@@ -61,4 +67,11 @@ class SkyplaneCleanupOperator(BaseOperator):
                 )  # fmt: skip
                 swept.append(record.fleet_id)
         self.log.info("%d fleet(s) swept in %s", len(swept), state_dir)
+        if self.aws_regions:
+            from airflow_skyplane.compute import aws
+
+            swept_aws = aws.sweep(aws.AWSRelayBackend(aws_conn_id=self.aws_conn_id), self.aws_regions)
+            for fleet_id, regions in swept_aws.items():
+                self.log.info("swept AWS fleet %s in %s", fleet_id, ", ".join(regions))
+            swept += list(swept_aws)
         return swept

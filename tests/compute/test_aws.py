@@ -147,3 +147,44 @@ def test_a_worker_killed_before_teardown_is_cleaned_by_the_sweeper(
     assert "fleet-young" not in swept
     assert _leftovers(backend, "fleet-killed") == {}
     backend.teardown("fleet-young", live.regions)
+
+
+def test_host_keys_are_read_from_the_console_output(backend: AWSRelayBackend) -> None:
+    from airflow_skyplane.compute.aws import host_keys_from_console
+
+    console = (
+        "boot...\n-----BEGIN SSH HOST KEY KEYS-----\n"
+        "ecdsa-sha2-nistp256 AAAAE2VjZHNh root@ip-10-0-0-1\n"
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5 root@ip-10-0-0-1\n"
+        "-----END SSH HOST KEY KEYS-----\nlogin:"
+    )
+    assert host_keys_from_console(console) == [
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5",
+        "ecdsa-sha2-nistp256 AAAAE2VjZHNh",
+    ]
+    with aws_fleet(backend, _spec("fleet-console", regions={"aws:eu-west-1": 1})) as [vm]:
+        assert backend.console_host_keys(vm) == []  # moto's console shows none: pin on first use instead
+
+
+def test_cleanup_operator_and_cli_sweep_expired_aws_fleets(
+    backend: AWSRelayBackend, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_skyplane.cli import main
+    from airflow_skyplane.operators.cleanup import SkyplaneCleanupOperator
+
+    backend.provision(_spec("fleet-old", regions={"aws:us-east-1": 1}, expires_at=time.time() + 1))
+    backend.provision(_spec("fleet-cli", regions={"aws:eu-west-1": 1}, expires_at=time.time() + 1))
+    time.sleep(1.5)
+    swept = SkyplaneCleanupOperator(task_id="sweep", aws_regions=["aws:us-east-1"]).execute(context={})
+    assert swept == ["fleet-old"] and _leftovers(backend, "fleet-old") == {}
+    # the CLI, without Airflow: boto3's own credentials and endpoint, here moto's
+    conn = json.loads(os.environ["AIRFLOW_CONN_AWS_DEFAULT"])
+    monkeypatch.setenv("AWS_ENDPOINT_URL", conn["extra"]["endpoint_url"])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", conn["login"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", conn["password"])
+    capsys.readouterr()
+    assert main(["fleets", "list", "--cloud", "aws", "--region", "eu-west-1", "--json"]) == 0
+    assert list(json.loads(capsys.readouterr().out)) == ["fleet-cli"]
+    assert main(["fleets", "sweep", "--cloud", "aws", "--region", "eu-west-1"]) == 0
+    assert "swept 1 fleet(s): fleet-cli" in capsys.readouterr().out
+    assert _leftovers(backend, "fleet-cli") == {}
