@@ -43,13 +43,28 @@ from typing import Any
 
 from tenacity import Retrying, retry_if_exception, retry_if_result, stop_after_delay, wait_exponential
 
-from airflow_skyplane.exceptions import InvalidInputError, SkyplaneError
+from airflow_skyplane.compute.relays import (
+    GATEWAY_PORT,
+    RelayCapacityError,
+    RelayProvisionError,
+    RelayVM,
+    self_destruct_script,
+)
+from airflow_skyplane.exceptions import InvalidInputError
+
+__all__ = [
+    "GATEWAY_PORT",
+    "AWSFleetSpec",
+    "AWSRelayBackend",
+    "RelayCapacityError",
+    "RelayProvisionError",
+    "RelayVM",
+]
 
 log = logging.getLogger(__name__)
 
 TAG_FLEET = "skyplane:fleet"
 TAG_EXPIRES = "skyplane:expires"
-GATEWAY_PORT = 7443
 #: Ubuntu 24.04 LTS through AWS's public SSM parameter: the current AMI of every region, no table
 DEFAULT_IMAGE = (
     "resolve:ssm:/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
@@ -65,24 +80,6 @@ _CAPACITY_FIXES = {
     "InsufficientCapacity": None,
     "Unsupported": None,
 }
-
-
-class RelayCapacityError(SkyplaneError):
-    """A cloud refused relay VMs for quota or capacity; the message names region, quota and fix."""
-
-
-class RelayProvisionError(SkyplaneError):
-    """A relay VM or its network could not be created; everything already made was removed."""
-
-
-@dataclass
-class RelayVM:
-    cloud: str
-    region: str  # the planner's name, e.g. "aws:us-east-1"
-    instance_id: str
-    public_ip: str | None = None
-    private_ip: str | None = None
-    spot: bool = False
 
 
 @dataclass
@@ -125,10 +122,8 @@ def _tags(spec: AWSFleetSpec, resource: str) -> list[dict[str, Any]]:
 
 
 def self_destruct_user_data(expires_at: float, now: float | None = None) -> str:
-    """The user-data script: power off at the fleet's expiry (no secret in it: user-data is readable
-    by anyone on the VM and in the console)."""
-    minutes = max(1, int((expires_at - (time.time() if now is None else now)) // 60))
-    return f"#!/bin/sh\n# airflow-skyplane relay: terminate at the fleet's expiry\nshutdown -h +{minutes}\n"
+    """The user-data script: power off at the fleet's expiry (shutdown behaviour: terminate)."""
+    return self_destruct_script(expires_at, now)
 
 
 class AWSRelayBackend:
