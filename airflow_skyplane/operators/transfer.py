@@ -87,6 +87,15 @@ def summarize(base: dict[str, Any], results: Sequence[Any]) -> dict[str, Any]:
     return summary
 
 
+def with_callback(
+    given: Callable[..., Any] | Sequence[Callable[..., Any]] | None, ours: Callable[..., Any]
+) -> list[Callable[..., Any]]:
+    """The user's failure callback(s), then ours: composing, never replacing, what the user passed."""
+    if given is None:
+        return [ours]
+    return [given, ours] if callable(given) else [*given, ours]
+
+
 def _as_list(value: str | Sequence[str] | None) -> list[str]:
     if value is None:
         return []
@@ -188,13 +197,9 @@ class SkyplaneTransferOperator(BaseOperator):
     ) -> None:
         from airflow.sdk import conf
 
-        if on_failure_callback is None:
-            callbacks: list[Callable[..., Any]] = []
-        elif callable(on_failure_callback):
-            callbacks = [on_failure_callback]
-        else:
-            callbacks = list(on_failure_callback)
-        super().__init__(on_failure_callback=[*callbacks, teardown_on_failure], **kwargs)
+        super().__init__(
+            on_failure_callback=with_callback(on_failure_callback, teardown_on_failure), **kwargs
+        )
         self.source = source
         self.destination = destination
         self.source_region = source_region

@@ -78,13 +78,11 @@ class SkyplaneTransferSensor(BaseSensorOperator):
         on_failure_callback: Callable[..., Any] | list[Callable[..., Any]] | None = None,
         **kwargs: Any,
     ) -> None:
-        if on_failure_callback is None:
-            callbacks: list[Callable[..., Any]] = []
-        elif callable(on_failure_callback):
-            callbacks = [on_failure_callback]
-        else:
-            callbacks = list(on_failure_callback)
-        super().__init__(on_failure_callback=[*callbacks, _teardown_sensor_fleet], **kwargs)
+        from airflow_skyplane.operators.transfer import with_callback
+
+        super().__init__(
+            on_failure_callback=with_callback(on_failure_callback, _teardown_sensor_fleet), **kwargs
+        )
         self.fleet_id = fleet_id
         self.skyplane_conn_id = skyplane_conn_id
         self.deferrable = deferrable
