@@ -8,7 +8,10 @@
 3. runs ``airflow dags test nightly_replication <day>`` (Airflow 3 with SQLite in a temporary
    ``AIRFLOW_HOME``): the task inventories the source, plans the overlay to GCS and Azure, starts the
    planned relays as local gateway processes, streams the chunks (lz4, AES-GCM, mutual TLS),
-   verifies every object and tears the relays down;
+   verifies every object and tears the relays down. The plan uses the default network model plus
+   one *scenario* measurement (``grid_path``): today the direct path from ``aws:us-east-1`` to
+   ``azure:westeurope`` is congested (0.8 Gbps), so the planner routes the Azure copy through a
+   relay in ``aws:us-east-2`` (a third gateway process here), while GCS goes direct;
 4. checks both replicas byte for byte against the source, prints the task's XCom summary and
    renders each plan as a PNG under ``demo-output/``;
 5. runs the DAG a second time for the same day: ``mode="sync"`` finds everything in place and copies
@@ -115,8 +118,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seeded {source}/events/date={DAY}/: {len(data)} objects, {total / MiB:,.0f} MiB "
                   f"in {time.monotonic() - t0:.1f} s")  # fmt: skip
 
+            scenario = output / "scenario-grid.csv"
+            scenario.write_text(
+                "src_region,src_tier,dst_region,dst_tier,throughput_gbps,iperf3_connections\n"
+                "aws:us-east-1,PREMIUM,azure:westeurope,PREMIUM,0.8,64\n"
+            )
+            print(
+                "scenario: the direct path aws:us-east-1 -> azure:westeurope is congested "
+                f"(0.8 Gbps, {scenario})"
+            )
             env = dict(os.environ)
             env.update(
+                AIRFLOW__SKYPLANE__GRID_PATH=str(scenario),
                 AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags_examples"),
                 AIRFLOW__CORE__LOAD_EXAMPLES="False",
                 AIRFLOW__SKYPLANE__STATE_DIR=str(work / "fleets"),
@@ -169,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\nXCom summary of the first run (plans left out):")
         print(json.dumps({k: v for k, v in first.items() if k not in ("plans", "multicast_plan")}, indent=1))
         print("plan pictures: " + ", ".join(pictures))
+        for raw in first.get("plans") or []:
+            if raw:
+                hops = [
+                    f"{e['src']} -> {e['dst']} ({e['gbps']:.2f} Gbps)" for e in raw["edges"] if e["gbps"] > 0
+                ]
+                print(f"planned route to {raw['destinations'][0]}: " + "; ".join(hops))
         result = {
             "objects": len(data),
             "mib": round(total / MiB, 1),
