@@ -46,6 +46,9 @@ class TransferRequest:
     wasb_conn_id: str | None = None
     #: the part of the task's summary known before the transfer ran (plans, diff counts)
     summary: dict[str, Any] = field(default_factory=dict)
+    #: per destination, keys (relative to its prefix) to delete once every object is verified
+    #: (``sync`` with ``delete_extraneous``); bounded by the operator's ``max_delete``
+    deletes: list[list[str]] = field(default_factory=list)
 
     def open_stores(self) -> tuple[Any, list[Any]]:
         from airflow_skyplane.hooks.storage import open_store
@@ -65,6 +68,7 @@ class FleetTransfer:
     def __init__(self, fleet_id: str, state_dir: str, request: TransferRequest, jobs: list[Any]) -> None:
         self.fleet_id, self.state_dir, self.request, self.jobs = fleet_id, state_dir, request, jobs
         self.folder = fleets.fleet_dir(state_dir, fleet_id)
+        self.deleted: list[int] = []
 
     # -- starting ------------------------------------------------------------------------------------
     @classmethod
@@ -165,8 +169,16 @@ class FleetTransfer:
             self._on_progress(self.progress())
 
     def finish(self) -> list[Any]:
-        """Complete the uploads and verify every object, per destination (results in order)."""
-        return [job.finish() for job in self.jobs]
+        """Complete the uploads and verify every object, per destination (results in order); then,
+        and only then, delete the extraneous objects ``sync`` was asked to delete."""
+        results = [job.finish() for job in self.jobs]
+        self.deleted = []
+        for n, job in enumerate(self.jobs):
+            keys = self.request.deletes[n] if n < len(self.request.deletes) else []
+            for key in keys:
+                job.destination.delete(job.destination_prefix + key)
+            self.deleted.append(len(keys))
+        return results
 
     def close(self) -> None:
         """Stop every gateway, abort what was not completed, delete the fleet folder. Idempotent."""

@@ -71,9 +71,14 @@ def teardown_on_failure(context: Any) -> None:
         ti.log.warning("fleet %s torn down after the failure: stopped %s", fleet_id, ", ".join(running))
 
 
-def summarize(base: dict[str, Any], results: Sequence[Any]) -> dict[str, Any]:
+def summarize(base: dict[str, Any], results: Sequence[Any], deleted: Sequence[int] = ()) -> dict[str, Any]:
     """The XCom summary of a finished transfer: ``base`` (plans, diff counts) and the results."""
     summary = {**base, "status": "done"}
+    if "sync" in summary:
+        summary["sync"] = [
+            {**counts, "deleted": deleted[n] if n < len(deleted) else 0}
+            for n, counts in enumerate(summary["sync"])
+        ]
     per = [r.summary() for r in results]
     for entry, uri in zip(per, base["destinations"], strict=True):
         entry["destination"] = uri
@@ -128,6 +133,11 @@ class SkyplaneTransferOperator(BaseOperator):
         destination, compared by ``compare``.
     :param compare: how ``sync`` compares objects: ``checksum`` (falls back to size and modification
         time where the stores' checksums cannot be compared), ``size_mtime``, ``size`` or ``exists``.
+    :param delete_extraneous: with ``sync``, delete destination objects the source no longer has
+        (within ``include``/``exclude``), once every object sent is verified. The count is logged
+        first; with ``dry_run`` nothing is deleted.
+    :param max_delete: refuse (before anything starts) a sync that would delete more objects than
+        this at one destination: a wrong or empty source must not empty a replica.
     :param include: glob pattern(s) over keys relative to ``source``; only matching objects are sent.
     :param exclude: glob pattern(s); matching objects are never sent.
     :param objective: ``throughput`` (fastest within ``max_cost_usd``) or ``cost`` (cheapest that
@@ -174,6 +184,8 @@ class SkyplaneTransferOperator(BaseOperator):
         skyplane_conn_id: str = "skyplane_default",
         mode: str = "copy",
         compare: str = "checksum",
+        delete_extraneous: bool = False,
+        max_delete: int = 1000,
         include: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
         objective: str | None = None,
@@ -214,6 +226,11 @@ class SkyplaneTransferOperator(BaseOperator):
         if compare not in COMPARE_MODES:
             raise InvalidInputError(f"compare={compare!r} is unknown: use one of {', '.join(COMPARE_MODES)}")
         self.mode, self.compare = mode, compare
+        if delete_extraneous and mode != "sync":
+            raise InvalidInputError("delete_extraneous=True needs mode='sync' (a copy never deletes)")
+        if not isinstance(max_delete, int) or isinstance(max_delete, bool) or max_delete < 0:
+            raise InvalidInputError(f"max_delete={max_delete!r} must be a whole number >= 0")
+        self.delete_extraneous, self.max_delete = delete_extraneous, max_delete
         self.include, self.exclude = include, exclude
         self.objective = objective
         self.deadline_s = _seconds("deadline", deadline)
@@ -388,6 +405,7 @@ class SkyplaneTransferOperator(BaseOperator):
                         src.store.list(src.prefix), dst.store.list(dst.prefix),
                         source_prefix=src.prefix, destination_prefix=dst.prefix,
                         compare=self.compare, keep=keep, counts=count,
+                        keep_extraneous=self.max_delete + 1 if self.delete_extraneous else 0,
                     )  # fmt: skip
                 else:
                     items = select(src.store.list(src.prefix), source_prefix=src.prefix, keep=keep)
@@ -448,11 +466,20 @@ class SkyplaneTransferOperator(BaseOperator):
         }
         if self.mode == "sync":
             summary["sync"] = [c.as_dict() for c in counts]
+            fate = "kept"
+            if self.delete_extraneous:
+                fate = "would be deleted: dry run" if self.plan_only else "to delete once all is verified"
             for uri, c in zip(destinations, counts, strict=True):
                 self.log.info(
-                    "sync %s: %d new, %d changed, %d unchanged, %d only at the destination (kept)",
-                    uri, c.new, c.changed, c.unchanged, c.extraneous,
+                    "sync %s: %d new, %d changed, %d unchanged, %d only at the destination (%s)",
+                    uri, c.new, c.changed, c.unchanged, c.extraneous, fate,
                 )  # fmt: skip
+                if self.delete_extraneous and c.extraneous > self.max_delete:
+                    raise InvalidInputError(
+                        f"sync would delete {c.extraneous} objects under {uri}, more than max_delete="
+                        f"{self.max_delete}: check the source prefix (a wrong or empty source would empty "
+                        "the replica), or raise max_delete"
+                    )
         planned = [(p, n) for p, n in zip(plans, needed, strict=True) if p is not None]
         summary["plans"] = [p.to_dict() if p is not None else None for p in plans]
         if planned:
@@ -477,8 +504,9 @@ class SkyplaneTransferOperator(BaseOperator):
         summary["fleet_id"] = fleet_id
         overlays = [self._overlay(plan) for plan in plans]
         request = TransferRequest(
-            self.source, destinations, self.aws_conn_id, self.gcp_conn_id, self.wasb_conn_id, summary
-        )
+            self.source, destinations, self.aws_conn_id, self.gcp_conn_id, self.wasb_conn_id, summary,
+            deletes=[list(c.extraneous_keys) for c in counts] if self.delete_extraneous else [],
+        )  # fmt: skip
         owner = {
             "dag_id": getattr(ti, "dag_id", None),
             "run_id": getattr(ti, "run_id", None),
@@ -530,12 +558,13 @@ class SkyplaneTransferOperator(BaseOperator):
         try:
             self._fleet.wait()
             results = self._fleet.finish()
+            deleted = self._fleet.deleted
         except TransferError:
             self.log.error("Gateway logs:\n%s", self._fleet.gateway_logs())
             raise
         finally:
             self._fleet.close()
-        return self._summary(summary, results)
+        return self._summary(summary, results, deleted)
 
     def _overlay(self, plan: Any) -> Any:
         from airflow_skyplane.transfer.job import Overlay, overlay_from_plan
@@ -546,8 +575,10 @@ class SkyplaneTransferOperator(BaseOperator):
         overlay.regions = dict.fromkeys(overlay.regions)  # local relays: all on this machine
         return overlay
 
-    def _summary(self, base: dict[str, Any], results: Sequence[Any]) -> dict[str, Any]:
-        summary = summarize(base, results)
+    def _summary(
+        self, base: dict[str, Any], results: Sequence[Any], deleted: Sequence[int] = ()
+    ) -> dict[str, Any]:
+        summary = summarize(base, results, deleted)
         self.log.info(
             "Sent %d objects, %.1f MiB in %.2f s (%.3f Gbps%s), %d checksums verified",
             summary["objects"], summary["bytes"] / MiB, summary["seconds"], summary["gbps"],
@@ -569,7 +600,7 @@ class SkyplaneTransferOperator(BaseOperator):
             results = fleet.finish()
         finally:
             fleet.close()
-        return self._summary(fleet.request.summary, results)
+        return self._summary(fleet.request.summary, results, fleet.deleted)
 
     def on_kill(self) -> None:
         if self._fleet is not None:

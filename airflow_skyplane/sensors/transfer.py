@@ -54,7 +54,7 @@ def _finish(fleet_id: str, state_dir: str) -> dict[str, Any]:
         results = fleet.finish()
     finally:
         fleet.close()
-    return summarize(fleet.request.summary, results)
+    return summarize(fleet.request.summary, results, fleet.deleted)
 
 
 class SkyplaneTransferSensor(BaseSensorOperator):

@@ -66,7 +66,7 @@ def test_sync_copies_only_new_and_changed_objects(
         return op.execute(context={})
 
     first = run()
-    assert first["sync"] == [{"new": 12, "changed": 0, "unchanged": 0, "extraneous": 0}]
+    assert first["sync"] == [{"new": 12, "changed": 0, "unchanged": 0, "extraneous": 0, "deleted": 0}]
     assert first["objects"] == 12 and _contents(f"{dst}/replica/") == {k[3:]: v for k, v in data.items()}
     second = run()
     assert second["sync"][0]["unchanged"] == 12 and second["objects"] == 0 and second["bytes"] == 0
@@ -74,7 +74,7 @@ def test_sync_copies_only_new_and_changed_objects(
     source.put("in/day=1/part-0.csv", b"changed, and of another size")
     source.put("in/day=3/part-0.csv", b"new")
     third = run()
-    assert third["sync"][0] == {"new": 1, "changed": 1, "unchanged": 11, "extraneous": 0}
+    assert third["sync"][0] == {"new": 1, "changed": 1, "unchanged": 11, "extraneous": 0, "deleted": 0}
     assert third["objects"] == 2
     replica = _contents(f"{dst}/replica/")
     assert (
@@ -438,3 +438,37 @@ def test_deferrable_replica_sensor_sleeps_in_the_triggerer(
     assert sensor.execute_complete(context={}, event=None, started=started) == {
         "new": 0, "changed": 0, "unchanged": 2, "extraneous": 0
     }  # fmt: skip
+
+
+def test_sync_day_two_copies_exactly_the_changes_and_deletes_with_a_guard(
+    emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str], state_dir: Path
+) -> None:
+    src, dst = sky_bucket("s3"), sky_bucket("gs")
+    rng = random.Random(11)
+    day1 = {f"t/part-{n:03d}.csv": rng.randbytes(rng.randrange(100, 20_000)) for n in range(100)}
+    _seed(emulated_sky, src, day1)
+
+    def sync(**kwargs: Any) -> dict[str, Any]:
+        return SkyplaneTransferOperator(
+            task_id="sync", source=f"{src}/t/", destination=dst, mode="sync", delete_extraneous=True, **kwargs
+        ).execute(context={})
+
+    assert sync()["sync"] == [{"new": 100, "changed": 0, "unchanged": 0, "extraneous": 0, "deleted": 0}]
+    source = emulated_sky.open(src)
+    keys = sorted(day1)
+    for key in keys[:5]:  # 5% changed
+        source.put(key, b"changed " + day1[key])
+    for key in keys[5:10]:  # 5% deleted at the source
+        source.delete(key)
+    for n in range(5):  # 5% added
+        source.put(f"t/new-{n}.csv", b"new %d" % n)
+    with pytest.raises(InvalidInputError, match="would delete 5 objects .* more than max_delete=3"):
+        sync(max_delete=3)
+    assert len(list(open_store(dst).store.list())) == 100  # the guard deleted nothing, sent nothing
+    planned = sync(dry_run=True)
+    assert planned["sync"][0]["extraneous"] == 5 and len(list(open_store(dst).store.list())) == 100
+    summary = sync()
+    assert summary["sync"] == [{"new": 5, "changed": 5, "unchanged": 90, "extraneous": 5, "deleted": 5}]
+    assert summary["objects"] == 10
+    expected = {k[2:]: source.read(k) for k in (i.key for i in source.list("t/"))}
+    assert _contents(dst) == expected
