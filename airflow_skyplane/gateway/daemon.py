@@ -478,7 +478,29 @@ class Gateway:
         self.stop_event.set()
         self.stop_requested.set()
 
+    def _watch_controller(self, pid: int) -> None:
+        """Stop when the controller that waits for this transfer is gone (killed without teardown)."""
+        while not self.stop_requested.wait(1.0):
+            try:
+                os.kill(pid, 0)
+                with open(f"/proc/{pid}/status") as f:
+                    zombie = "\nState:\tZ" in f.read()
+            except (ProcessLookupError, FileNotFoundError):
+                zombie = True
+            except (PermissionError, OSError):
+                zombie = False  # alive, not ours to signal
+            if zombie:
+                self.counters.error(f"the controller (pid {pid}) is gone: the gateway stopped itself")
+                print(f"gateway: controller {pid} is gone; stopping", file=sys.stderr, flush=True)
+                self.stop_event.set()
+                self.stop_requested.set()
+                return
+
     def run(self) -> int:
+        if self.program.watch_pid is not None:
+            threading.Thread(
+                target=self._watch_controller, args=(self.program.watch_pid,), name="watchdog", daemon=True
+            ).start()
         if self.program.expires_at is not None:
             timer = threading.Timer(max(0.0, self.program.expires_at - time.time()), self._expire)
             timer.daemon = True

@@ -83,6 +83,9 @@ class Program:
     chunk_size_mb: int = 16
     #: unix time at which the gateway stops on its own, whatever happens to its controller
     expires_at: float | None = None
+    #: process id of a controller on the same machine that waits for the transfer: when it dies
+    #: (a worker killed with SIGKILL runs no teardown), the gateway stops within a second or two
+    watch_pid: int | None = None
     test_faults: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -121,6 +124,8 @@ class Program:
                 out[name] = getattr(self, name)
         if self.expires_at is not None:
             out["expires_at"] = self.expires_at
+        if self.watch_pid is not None:
+            out["watch_pid"] = self.watch_pid
         if self.test_faults:
             out["test_faults"] = dict(self.test_faults)
         return out
@@ -214,6 +219,11 @@ class Program:
             isinstance(expires_at, bool) or not isinstance(expires_at, int | float) or not expires_at > 0
         ):
             raise _fail(f"expires_at is {expires_at!r}", "give a unix time in seconds, or leave it out")
+        watch_pid = raw.get("watch_pid")
+        if watch_pid is not None and (
+            isinstance(watch_pid, bool) or not isinstance(watch_pid, int) or watch_pid < 1
+        ):
+            raise _fail(f"watch_pid is {watch_pid!r}", "give the controller's process id, or leave it out")
         return cls(
             transfer_id=tid,
             gateway_id=gid,
@@ -229,5 +239,6 @@ class Program:
             max_inflight_mb=inflight,
             chunk_size_mb=chunk_mb,
             expires_at=float(expires_at) if expires_at is not None else None,
+            watch_pid=watch_pid,
             test_faults=dict(raw.get("test_faults") or {}),
         )

@@ -87,8 +87,13 @@ class FleetTransfer:
         job_options: dict[str, Any],
         on_progress: Callable[[Progress], None] | None = None,
         progress_every_s: float = 5.0,
+        detached: bool = False,
     ) -> FleetTransfer:
-        """Record the fleet, then start one transfer per destination; on any failure tear down all."""
+        """Record the fleet, then start one transfer per destination; on any failure tear down all.
+
+        Unless ``detached`` (another process will finish the transfer), every gateway watches this
+        process and stops if it dies without tearing down (SIGKILL, a lost container).
+        """
         from airflow_skyplane.compute.local import LocalRelayBackend
         from airflow_skyplane.transfer.job import TransferJob
 
@@ -112,6 +117,7 @@ class FleetTransfer:
                     overlay=overlay,
                     objects=selection,
                     expires_at=now + ttl_s,  # every gateway stops itself then, controller or not
+                    watch_pid=None if detached else os.getpid(),
                     on_progress=None,
                     **job_options,
                 )

@@ -532,6 +532,7 @@ class SkyplaneTransferOperator(BaseOperator):
                 "test_faults": self.test_faults,
             },
             on_progress=lambda p: self.log.info("%s", p.line()),
+            detached=not self.wait_for_completion or self.deferrable,
         )
         if not self.wait_for_completion or self.deferrable:
             self._fleet.detach()

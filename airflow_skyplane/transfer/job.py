@@ -238,6 +238,7 @@ class TransferJob:
         test_faults: dict[str, dict[str, Any]] | None = None,
         timeout: float = 3600.0,
         expires_at: float | None = None,
+        watch_pid: int | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         progress_every_s: float = 10.0,
     ) -> None:
@@ -252,6 +253,7 @@ class TransferJob:
         self.test_faults = test_faults or {}
         self.timeout = timeout
         self.expires_at = expires_at
+        self.watch_pid = watch_pid
         self.on_progress = on_progress
         self.progress_every_s = progress_every_s
         self.bytes_total = 0
@@ -353,6 +355,8 @@ class TransferJob:
                 }
             if self.expires_at is not None:
                 raw["expires_at"] = self.expires_at
+            if self.watch_pid is not None and not getattr(self.backend, "via_ssh", False):
+                raw["watch_pid"] = self.watch_pid
             if gid in self.test_faults:
                 raw["test_faults"] = self.test_faults[gid]
             programs[gid] = raw
@@ -447,9 +451,10 @@ class TransferJob:
         self.started_at = time.time()
         manifest = self._inventory()
         self.bytes_total = sum(o.size for o in self.objects.values())
+        self._save()  # the uploads begun are recorded before any gateway runs: a kill now loses none
         if self.objects:
             self.started = self._start(self._programs(manifest))
-        self._save()
+            self._save()
 
     def _save(self) -> None:
         state = {

@@ -472,3 +472,48 @@ def test_sync_day_two_copies_exactly_the_changes_and_deletes_with_a_guard(
     assert summary["objects"] == 10
     expected = {k[2:]: source.read(k) for k in (i.key for i in source.list("t/"))}
     assert _contents(dst) == expected
+
+
+_DOOMED_WORKER = """
+import sys
+from airflow_skyplane.operators.transfer import SkyplaneTransferOperator
+SkyplaneTransferOperator(task_id="doomed", source=sys.argv[1], destination=sys.argv[2], chunk_size_mb=4,
+                         compression=False).execute(context={})
+"""
+
+
+def test_gateways_stop_when_their_worker_is_killed_without_teardown(tmp_path: Path, state_dir: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    for n in range(6):
+        (src / f"blob-{n}.bin").write_bytes(os.urandom(64 * MiB))
+    worker = subprocess.Popen(
+        [sys.executable, "-c", _DOOMED_WORKER, f"file://{src}", f"file://{dst}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not fleets.gateways_under(state_dir) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fleets.gateways_under(state_dir), "the transfer never started"
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)  # no finally, no atexit, no callback runs
+        worker.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while fleets.gateways_under(state_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert fleets.gateways_under(state_dir) == []  # they noticed, and stopped themselves
+    [fleet_id] = [p.name for p in state_dir.iterdir()]
+    teardown(fleet_id, str(state_dir))  # what the sweeper does: records and dangling uploads go too
+    assert list(state_dir.iterdir()) == [] and sorted(p.name for p in dst.iterdir()) in (
+        [],
+        [".skyplane-uploads"],
+    )
+    left = sorted(str(p.relative_to(dst)) for p in dst.rglob("*"))
+    assert left in ([], [".skyplane-uploads"]), left
