@@ -12,7 +12,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .cache/bootstrap/bin/uv)
 PYTEST_ARGS ?=
 LINT_PATHS := airflow_skyplane tests benchmarks $(wildcard dags_examples)
 
-.PHONY: install test demo bench lint typecheck check clean
+.PHONY: install test demo bench chaos lint typecheck check clean
 
 install: $(VENV)/.installed azurite
 
@@ -47,6 +47,17 @@ bench: install
 	  case $$b in benchmarks/fit_network_model.py) continue;; esac; \
 	  echo "== $$b"; $(PY) $$b || exit 1; \
 	done
+
+# The full tier of the fault and fuzz suites (make test runs a fast tier of the same tests).
+CHAOS_EXAMPLES ?= 100000
+chaos: install
+	@SKYPLANE_FUZZ_EXAMPLES=$(CHAOS_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/chaos \
+	  --junitxml=.cache/chaos.xml; status=$$?; \
+	$(PY) -c "import sys, xml.etree.ElementTree as ET; \
+	s = ET.parse('.cache/chaos.xml').getroot().find('testsuite'); \
+	n = int(s.get('tests')); bad = int(s.get('failures')) + int(s.get('errors')); \
+	print(f'fuzz targets: {n}, inputs per target: $(CHAOS_EXAMPLES), inputs run: {n * $(CHAOS_EXAMPLES):,}, targets that crashed: {bad}')"; \
+	exit $$status
 
 lint: install
 	$(VENV)/bin/ruff check $(LINT_PATHS)

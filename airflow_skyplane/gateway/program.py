@@ -25,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,16 @@ def _fail(what: str, fix: str) -> ProtocolError:
     return ProtocolError(f"gateway program: {what}: {fix}")
 
 
+def _whole(value: Any) -> bool:
+    """An int that is not a bool (JSON true would otherwise pass as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    """A finite int or float that is not a bool."""
+    return (_whole(value) or isinstance(value, float)) and math.isfinite(value)
+
+
 @dataclass(frozen=True)
 class Endpoint:
     host: str
@@ -52,7 +63,7 @@ class Endpoint:
         if not isinstance(raw, Mapping) or not isinstance(raw.get("host"), str):
             raise _fail(f"{name} is {raw!r}", 'write it as {"host": "127.0.0.1", "port": 0}')
         port = raw.get("port", 0)
-        if not isinstance(port, int) or not 0 <= port <= 65535:
+        if not _whole(port) or not 0 <= port <= 65535:
             raise _fail(f"{name}.port is {port!r}", "use 0 (any free port) to 65535")
         return cls(raw["host"], port)
 
@@ -171,14 +182,17 @@ class Program:
         ):
             raise _fail("tls needs cert, key and ca paths", "the controller writes them with the fleet CA")
         hops = []
-        for n, hop in enumerate(raw.get("next_hops") or ()):
+        raw_hops = raw.get("next_hops") or []
+        if not isinstance(raw_hops, list):
+            raise _fail(f"next_hops is {raw_hops!r}", "give a list of next hops")
+        for n, hop in enumerate(raw_hops):
             if not isinstance(hop, Mapping):
                 raise _fail(f"next_hops[{n}] is {hop!r}", "give gateway_id, host, port, connections, weight")
             endpoint = Endpoint.parse(hop, f"next_hops[{n}]")
             connections, weight = hop.get("connections", 8), hop.get("weight", 1.0)
-            if not isinstance(connections, int) or not 1 <= connections <= 256:
+            if not _whole(connections) or not 1 <= connections <= 256:
                 raise _fail(f"next_hops[{n}].connections is {connections!r}", "use 1 to 256")
-            if not isinstance(weight, (int, float)) or weight <= 0:
+            if not _number(weight) or weight <= 0:
                 raise _fail(f"next_hops[{n}].weight is {weight!r}", "use a positive share of the flow")
             hops.append(
                 NextHop(
@@ -199,37 +213,41 @@ class Program:
         listen = Endpoint.parse(raw["listen"], "listen") if raw.get("listen") is not None else None
         if listen is None and source is None:
             raise _fail("a receiving gateway without 'listen'", 'add "listen": {"host": ..., "port": 0}')
-        encrypt = bool(raw.get("encrypt", True))
+        encrypt = raw.get("encrypt", True)
+        if not isinstance(encrypt, bool):
+            raise _fail(f"encrypt is {encrypt!r}", "use true or false")
         key_file = raw.get("cipher_key_file")
+        if key_file is not None and not isinstance(key_file, str):
+            raise _fail(f"cipher_key_file is {key_file!r}", "give the path of the transfer key file")
         if encrypt and (source is not None or destination is not None) and not key_file:
             raise _fail(
                 "encryption is on but cipher_key_file is missing", "the controller writes the transfer key"
             )
         compress = raw.get("compress", "auto")
-        if compress not in ("auto", "always", "never"):
+        if not isinstance(compress, str) or compress not in ("auto", "always", "never"):
             raise _fail(f"compress is {compress!r}", "use auto, always or never")
         inflight = raw.get("max_inflight_mb", 128)
-        if not isinstance(inflight, int) or not 8 <= inflight <= 4096:
+        if not _whole(inflight) or not 8 <= inflight <= 4096:
             raise _fail(f"max_inflight_mb is {inflight!r}", "use 8 to 4096")
         chunk_mb = raw.get("chunk_size_mb", 16)
-        if not isinstance(chunk_mb, int) or not 1 <= chunk_mb <= 256:
+        if not _whole(chunk_mb) or not 1 <= chunk_mb <= 256:
             raise _fail(f"chunk_size_mb is {chunk_mb!r}", "use 1 to 256")
         expires_at = raw.get("expires_at")
-        if expires_at is not None and (
-            isinstance(expires_at, bool) or not isinstance(expires_at, int | float) or not expires_at > 0
-        ):
+        if expires_at is not None and (not _number(expires_at) or not expires_at > 0):
             raise _fail(f"expires_at is {expires_at!r}", "give a unix time in seconds, or leave it out")
         watch_pid = raw.get("watch_pid")
-        if watch_pid is not None and (
-            isinstance(watch_pid, bool) or not isinstance(watch_pid, int) or watch_pid < 1
-        ):
+        if watch_pid is not None and (not _whole(watch_pid) or watch_pid < 1):
             raise _fail(f"watch_pid is {watch_pid!r}", "give the controller's process id, or leave it out")
+        faults = raw.get("test_faults") or {}
+        if not isinstance(faults, Mapping):
+            raise _fail(f"test_faults is {faults!r}", "leave it out (it is for tests)")
+        control = raw.get("control", {"host": "127.0.0.1", "port": 0})
         return cls(
             transfer_id=tid,
             gateway_id=gid,
             tls=dict(tls),
             listen=listen,
-            control=Endpoint.parse(raw.get("control", {"host": "127.0.0.1", "port": 0}), "control"),
+            control=Endpoint.parse(control, "control"),
             cipher_key_file=key_file,
             source=source,
             destination=destination,
@@ -240,5 +258,5 @@ class Program:
             chunk_size_mb=chunk_mb,
             expires_at=float(expires_at) if expires_at is not None else None,
             watch_pid=watch_pid,
-            test_faults=dict(raw.get("test_faults") or {}),
+            test_faults=dict(faults),
         )
