@@ -15,6 +15,7 @@ idempotent and works on a fleet already gone.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -99,8 +100,14 @@ class FleetTransfer:
 
         folder = fleets.fleet_dir(state_dir, fleet_id)
         now = time.time()
-        fleets.FleetRecord(fleet_id, "local", now, now + ttl_s, owner).write(folder)
-        _private_json(folder / REQUEST_FILE, asdict(request))
+        Path(state_dir).mkdir(parents=True, exist_ok=True)
+        # check for a running transfer into the same prefixes and record ours, atomically
+        with open(Path(state_dir) / ".lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            _refuse_overlaps(state_dir, request.destinations)
+            owner = {**owner, "pid": os.getpid()}  # the controller, alive while it starts the gateways
+            fleets.FleetRecord(fleet_id, "local", now, now + ttl_s, owner).write(folder)
+            _private_json(folder / REQUEST_FILE, asdict(request))
         fleet = cls(fleet_id, state_dir, request, [])
         try:
             for n, (dst, selection, overlay) in enumerate(
@@ -232,6 +239,51 @@ def teardown(fleet_id: str, state_dir: str) -> list[str]:
         log.warning("fleet %s: could not reopen its stores to abort its uploads (%s)", fleet_id, err)
     fleets.teardown_fleet(state_dir, fleet_id)
     return running
+
+
+def _overlaps(a: str, b: str) -> bool:
+    from airflow_skyplane.storage.uri import parse_uri
+
+    x, y = parse_uri(a), parse_uri(b)
+    same = (x.scheme, x.bucket, x.account) == (y.scheme, y.bucket, y.account)
+    return same and (x.prefix.startswith(y.prefix) or y.prefix.startswith(x.prefix))
+
+
+def _refuse_overlaps(state_dir: str, destinations: Sequence[str]) -> None:
+    """Fail when a live fleet on this machine writes into one of ``destinations`` (or around it):
+    two transfers into one prefix at once would race on the same objects."""
+    for record, running in fleets.list_fleets(state_dir):
+        folder = fleets.fleet_dir(state_dir, record.fleet_id)
+        starting = not any(folder.glob(f"*/{fleets.GATEWAYS_FILE}")) and _alive(record.owner.get("pid"))
+        if not running and not starting:
+            continue  # finished, failed or dead: it writes nothing any more
+        try:
+            theirs = json.loads((folder / REQUEST_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        for ours in destinations:
+            for other in theirs.get("destinations", []):
+                if _overlaps(ours, other):
+                    owner = record.owner
+                    who = ".".join(str(owner.get(k)) for k in ("dag_id", "task_id") if owner.get(k))
+                    raise TransferError(
+                        f"destination {ours!r} is being written by fleet {record.fleet_id} "
+                        f"({who or 'unknown task'}, into {other!r}, started "
+                        f"{time.time() - record.created_at:.0f} s ago): two transfers must not write one "
+                        "prefix at once; wait for it to finish or choose another prefix"
+                    )
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid < 1:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _private_json(path: Path, data: Any) -> None:

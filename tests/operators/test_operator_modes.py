@@ -517,3 +517,20 @@ def test_gateways_stop_when_their_worker_is_killed_without_teardown(tmp_path: Pa
     )
     left = sorted(str(p.relative_to(dst)) for p in dst.rglob("*"))
     assert left in ([], [".skyplane-uploads"]), left
+
+
+def test_a_second_transfer_into_a_prefix_being_written_fails_clearly(
+    emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str], state_dir: Path
+) -> None:
+    src, dst = sky_bucket("s3"), sky_bucket("gs")
+    _seed(emulated_sky, src, _dataset(4))
+    first = SkyplaneTransferOperator(
+        task_id="first", source=f"{src}/in/", destination=f"{dst}/day=1/", wait_for_completion=False
+    ).execute(context={})
+    second = SkyplaneTransferOperator(task_id="second", source=f"{src}/in/", destination=f"{dst}/day=1/part/")
+    with pytest.raises(TransferError, match=f"is being written by fleet {first['fleet_id']} .*first"):
+        second.execute(context={})
+    other_prefix = SkyplaneTransferOperator(task_id="other", source=f"{src}/in/", destination=f"{dst}/day=2/")
+    assert other_prefix.execute(context={})["objects"] == 4  # another prefix of the bucket: no conflict
+    teardown(first["fleet_id"], str(state_dir))
+    assert second.execute(context={})["objects"] == 4  # once the first is gone
