@@ -1,0 +1,172 @@
+"""A small stateful fake of the Azure Resource Manager resources relays use, served over HTTPS on
+loopback.
+
+No emulator of Azure compute exists, so the Azure relay backend is tested against this: the real
+management SDKs (``azure-mgmt-compute``, ``azure-mgmt-network``, ``azure-mgmt-resource``) pointed at
+it through their ``base_url`` option. It serves HTTPS (the SDKs refuse to send a bearer token over
+plain HTTP) with a certificate of a throw-away CA, whose file :attr:`FakeARM.ca_file` the clients
+trust through ``connection_verify``.
+
+Any resource under a resource group can be created (PUT: stored, ``provisioningState`` Succeeded at
+once), read, listed and deleted; references are enforced as Azure does: a NIC, public IP, security
+group or virtual network in use cannot be deleted. Public IPs get an address, NICs a private one.
+:meth:`FakeARM.fail_next` makes the next PUT of a resource type fail with an ARM error (a quota, say).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+_RG = re.compile(
+    r"^/subscriptions/([^/]+)/resourcegroups/([^/]+)(?:/providers/([^/]+)/([^/]+)(?:/([^/]+))?)?$", re.I
+)
+
+
+class FakeARM:
+    def __init__(self) -> None:
+        self.resources: dict[str, dict[str, Any]] = {}  # lower-cased id -> resource
+        self._faults: dict[str, list[tuple[int, str, str]]] = {}
+        self._lock = threading.Lock()
+        self._next_ip = 10
+        self._server: ThreadingHTTPServer | None = None
+        self._tmp = tempfile.TemporaryDirectory(prefix="fake-arm-")
+        self.ca_file = str(Path(self._tmp.name) / "ca.pem")
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> str:
+        from airflow_skyplane.gateway import tls
+
+        ca = tls.FleetCA.create("fake-arm")
+        Path(self.ca_file).write_bytes(ca.cert_pem)
+        files = ca.issue("management.azure.test", addresses=["127.0.0.1"]).write(
+            Path(self._tmp.name) / "server"
+        )
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(files["cert"]), str(files["key"]))
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}") if length else {}
+                status, payload = fake.handle(self.command, self.path, body)
+                data = b"" if payload is None else json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_PUT = do_DELETE = do_POST = _answer  # noqa: N815 - http.server's naming
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        threading.Thread(target=self._server.serve_forever, daemon=True, name="fake-arm").start()
+        return f"https://127.0.0.1:{self._server.server_address[1]}"
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        self._tmp.cleanup()
+
+    def __enter__(self) -> FakeARM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def fail_next(
+        self, resource_type: str, status: int = 409, code: str = "OperationNotAllowed", message: str = ""
+    ) -> None:
+        """Fail the next PUT of ``resource_type`` (e.g. ``virtualMachines``) with an ARM error."""
+        self._faults.setdefault(resource_type.lower(), []).append((status, code, message))
+
+    def tagged(self, tag: str, value: str) -> list[str]:
+        """Names of live resources whose tag ``tag`` is ``value``."""
+        return sorted(r["name"] for r in self.resources.values() if (r.get("tags") or {}).get(tag) == value)
+
+    # -- the API -------------------------------------------------------------------------------------
+    @staticmethod
+    def _error(status: int, code: str, message: str) -> tuple[int, Any]:
+        return status, {"error": {"code": code, "message": message}}
+
+    def _references(self, rid: str) -> list[str]:
+        """Live resources whose body mentions ``rid`` (a NIC naming a public IP, a VM naming a NIC...)."""
+        needle = rid.lower()
+        return [r["id"] for k, r in self.resources.items() if k != needle and needle in json.dumps(r).lower()]
+
+    def handle(self, method: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        url = urlparse(path)
+        match = _RG.match(url.path)
+        if not match:
+            return self._error(404, "NotFound", f"unknown path {url.path}")
+        _, _, provider, rtype, name = match.groups()
+        rid = url.path
+        key = rid.lower()
+        with self._lock:
+            if provider is None:  # the resource group itself
+                return 200, {"id": rid, "name": match.group(2), "location": "westeurope",
+                             "properties": {"provisioningState": "Succeeded"}}  # fmt: skip
+            if name is None:  # a collection
+                if method != "GET":
+                    return self._error(405, "MethodNotAllowed", method)
+                prefix = key + "/"
+                return 200, {
+                    "value": [
+                        r
+                        for k, r in self.resources.items()
+                        if k.startswith(prefix) and "/" not in k[len(prefix) :]
+                    ]
+                }
+            if method == "PUT":
+                faults = self._faults.get(rtype.lower())
+                if faults:
+                    status, code, message = faults.pop(0)
+                    return self._error(status, code, message or f"{code} for {rtype} {name}")
+                resource = {**body, "id": rid, "name": name, "type": f"{provider}/{rtype}"}
+                properties = dict(resource.get("properties") or {})
+                properties["provisioningState"] = "Succeeded"
+                if rtype.lower() == "publicipaddresses":
+                    self._next_ip += 1
+                    properties.setdefault("ipAddress", f"20.1.0.{self._next_ip}")
+                if rtype.lower() == "networkinterfaces":
+                    for n, config in enumerate(properties.get("ipConfigurations") or []):
+                        self._next_ip += 1
+                        config.setdefault("properties", {})["privateIPAddress"] = (
+                            f"10.0.0.{self._next_ip + n}"
+                        )
+                resource["properties"] = properties
+                created = key not in self.resources
+                self.resources[key] = resource
+                return (201 if created else 200), resource
+            found = self.resources.get(key)
+            if method == "GET":
+                if found is None:
+                    return self._error(
+                        404, "ResourceNotFound", f"The Resource '{rtype}/{name}' was not found."
+                    )
+                return 200, found
+            if method == "DELETE":
+                if found is None:
+                    return 204, None
+                users = self._references(rid)
+                if users:
+                    return self._error(400, "InUseCannotBeDeleted", f"{rtype} {name} is in use by {users[0]}")
+                del self.resources[key]
+                return 200, None
+        return self._error(405, "MethodNotAllowed", method)

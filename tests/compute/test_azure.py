@@ -1,0 +1,119 @@
+"""Azure relays through the real management SDKs, against a stateful fake of Resource Manager served
+over HTTPS on loopback: create, fail at each step, tear down, sweep."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from azure.core.credentials import AccessToken
+
+from airflow_skyplane.compute.azure import AzureFleetSpec, AzureRelayBackend, azure_fleet, sweep
+from airflow_skyplane.compute.relays import GATEWAY_PORT, RelayCapacityError
+from airflow_skyplane.compute.ssh import SSHKeyPair
+from airflow_skyplane.testing.fake_arm import FakeARM
+
+REGIONS = {"azure:westeurope": 2, "azure:eastus": 1}
+
+
+class OfflineToken:
+    """Entra ID has no emulator: a credential that hands out a token without asking it."""
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return AccessToken("offline-test-token", int(time.time()) + 3600)
+
+
+class Boom(RuntimeError):
+    pass
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeARM]:
+    with FakeARM() as arm:
+        arm.url = arm.start()  # type: ignore[attr-defined]
+        yield arm
+
+
+@pytest.fixture
+def backend(fake: FakeARM) -> AzureRelayBackend:
+    from azure.mgmt.compute import ComputeManagementClient
+    from azure.mgmt.network import NetworkManagementClient
+
+    from airflow_skyplane.compute.azure import _resource_client_class
+
+    ResourceManagementClient = _resource_client_class()  # noqa: N806
+
+    options = {"base_url": fake.url, "connection_verify": fake.ca_file}  # type: ignore[attr-defined]
+
+    def clients() -> tuple[Any, Any, Any, str]:
+        cred = OfflineToken()
+        return (
+            ComputeManagementClient(cred, "sub-1", **options),
+            NetworkManagementClient(cred, "sub-1", **options),
+            ResourceManagementClient(cred, "sub-1", **options),
+            "sub-1",
+        )
+
+    return AzureRelayBackend(resource_group="relays", clients_factory=clients)
+
+
+def _spec(fleet_id: str, **kwargs: Any) -> AzureFleetSpec:
+    return AzureFleetSpec(
+        fleet_id=fleet_id, regions=kwargs.pop("regions", REGIONS),
+        expires_at=kwargs.pop("expires_at", time.time() + 3600),
+        public_key=SSHKeyPair.generate("t").public_openssh, worker_cidr="198.51.100.7/32",
+        owner={"dag_id": "d", "task_id": "t"}, **kwargs,
+    )  # fmt: skip
+
+
+def test_a_fleet_in_two_regions_is_created_tagged_and_torn_down(
+    fake: FakeARM, backend: AzureRelayBackend
+) -> None:
+    with azure_fleet(backend, _spec("fleet-a")) as vms:
+        assert sorted(vm.region for vm in vms) == ["azure:eastus", "azure:westeurope", "azure:westeurope"]
+        assert all(vm.public_ip for vm in vms)
+        kinds = {r["type"] for r in fake.resources.values()}
+        assert "Microsoft.DevTestLab/schedules" in kinds  # deallocation at expiry
+        [nsg] = [r for r in fake.resources.values() if r["id"].lower().endswith("skyplane-fleet-a-westeurope")
+                 and r["type"].endswith("networkSecurityGroups")]  # fmt: skip
+        rules = {r["name"]: r["properties"] for r in nsg["properties"]["securityRules"]}
+        assert rules["ssh-from-worker"]["sourceAddressPrefix"] == "198.51.100.7/32"
+        assert rules["gateway-from-fleet"]["destinationPortRange"] == str(GATEWAY_PORT)
+        assert sorted(rules["gateway-from-fleet"]["sourceAddressPrefixes"]) == sorted(
+            f"{vm.public_ip}/32" for vm in vms
+        )
+    assert fake.tagged("skyplane-fleet", "fleet-a") == []
+    assert backend.teardown("fleet-a") == {}
+
+
+@pytest.mark.parametrize("kind", ["networkSecurityGroups", "publicIPAddresses", "virtualMachines"])
+def test_a_failure_at_each_step_leaves_nothing(fake: FakeARM, backend: AzureRelayBackend, kind: str) -> None:
+    if kind == "virtualMachines":
+        fake.fail_next(
+            kind, 409, "OperationNotAllowed", "Operation could result in exceeding quota limits of Core."
+        )
+        with pytest.raises(RelayCapacityError, match="vCPU quota"):
+            backend.provision(_spec(f"fleet-{kind.lower()}"))
+    else:
+        fake.fail_next(kind, 400, "InvalidParameter", "no")
+        with pytest.raises(Exception, match="failed"):
+            backend.provision(_spec(f"fleet-{kind.lower()}"))
+    assert fake.tagged("skyplane-fleet", f"fleet-{kind.lower()}") == []
+
+
+def test_a_failure_in_bootstrap_tears_down_and_the_sweeper_takes_expired_fleets(
+    fake: FakeARM, backend: AzureRelayBackend
+) -> None:
+    with pytest.raises(Boom), azure_fleet(backend, _spec("fleet-boot")):
+        raise Boom("bootstrap failed")
+    assert fake.tagged("skyplane-fleet", "fleet-boot") == []
+    backend.provision(_spec("fleet-dead", regions={"azure:eastus": 1}, expires_at=time.time() + 60))
+    backend.provision(_spec("fleet-live", regions={"azure:eastus": 1}))
+    assert sweep(backend, now=time.time() + 120) == ["fleet-dead"]
+    assert (
+        fake.tagged("skyplane-fleet", "fleet-dead") == []
+        and fake.tagged("skyplane-fleet", "fleet-live") != []
+    )
+    backend.teardown("fleet-live")
