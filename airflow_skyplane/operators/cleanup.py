@@ -25,6 +25,10 @@ class SkyplaneCleanupOperator(BaseOperator):
     :param skyplane_conn_id: the ``skyplane`` connection (where fleet records are kept).
     :param aws_regions: also sweep expired AWS relay fleets (found by tag) in these regions
         (``aws:us-east-1``...), through ``EC2Hook`` and ``aws_conn_id``.
+    :param gcp: also sweep expired GCP relay fleets (found by label) of the ``gcp_conn_id`` project.
+    :param gcp_compute_endpoint: the Compute Engine API endpoint, when not Google's own.
+    :param azure_resource_group: also sweep expired Azure relay fleets (found by tag) in this resource
+        group, with the ``azure_conn_id`` credential.
     """
 
     ui_color = "#f0e4d7"
@@ -36,6 +40,11 @@ class SkyplaneCleanupOperator(BaseOperator):
         skyplane_conn_id: str = "skyplane_default",
         aws_regions: list[str] | None = None,
         aws_conn_id: str | None = "aws_default",
+        gcp: bool = False,
+        gcp_conn_id: str = "google_cloud_default",
+        gcp_compute_endpoint: str | None = None,
+        azure_resource_group: str | None = None,
+        azure_conn_id: str = "azure_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -45,6 +54,8 @@ class SkyplaneCleanupOperator(BaseOperator):
         self.skyplane_conn_id = skyplane_conn_id
         self.aws_regions = list(aws_regions or [])
         self.aws_conn_id = aws_conn_id
+        self.gcp, self.gcp_conn_id, self.gcp_compute_endpoint = gcp, gcp_conn_id, gcp_compute_endpoint
+        self.azure_resource_group, self.azure_conn_id = azure_resource_group, azure_conn_id
 
     def execute(self, context: Any) -> list[str]:
         from airflow_skyplane.compute import fleets
@@ -74,4 +85,22 @@ class SkyplaneCleanupOperator(BaseOperator):
             for fleet_id, regions in swept_aws.items():
                 self.log.info("swept AWS fleet %s in %s", fleet_id, ", ".join(regions))
             swept += list(swept_aws)
+        if self.gcp:
+            from airflow_skyplane.compute import gcp
+
+            backend = gcp.GCPRelayBackend(
+                gcp_conn_id=self.gcp_conn_id, compute_endpoint=self.gcp_compute_endpoint
+            )
+            for fleet_id in gcp.sweep(backend):
+                self.log.info("swept GCP fleet %s", fleet_id)
+                swept.append(fleet_id)
+        if self.azure_resource_group:
+            from airflow_skyplane.compute import azure
+
+            backend_az = azure.AzureRelayBackend(
+                resource_group=self.azure_resource_group, azure_conn_id=self.azure_conn_id
+            )
+            for fleet_id in azure.sweep(backend_az):
+                self.log.info("swept Azure fleet %s", fleet_id)
+                swept.append(fleet_id)
         return swept

@@ -109,3 +109,14 @@ def test_the_sweeper_removes_expired_fleets_only(fake: tuple[FakeGCE, str], back
     assert sweep(backend, now=time.time() + 120) == ["fleet-dead"]
     assert _leftovers(gce, "fleet-dead") == [] and _leftovers(gce, "fleet-live") != []
     backend.teardown("fleet-live")
+
+
+def test_the_cleanup_operator_sweeps_gcp_fleets(fake: tuple[FakeGCE, str], backend: GCPRelayBackend) -> None:
+    from airflow_skyplane.operators.cleanup import SkyplaneCleanupOperator
+
+    backend.provision(_spec("fleet-gone", regions={"gcp:us-central1-a": 1}, expires_at=time.time() + 1))
+    time.sleep(1.5)
+    swept = SkyplaneCleanupOperator(task_id="sweep", gcp=True, gcp_compute_endpoint=fake[1]).execute(
+        context={}
+    )
+    assert swept == ["fleet-gone"] and _leftovers(fake[0], "fleet-gone") == []
