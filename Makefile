@@ -53,11 +53,7 @@ CHAOS_EXAMPLES ?= 100000
 chaos: install
 	@SKYPLANE_FUZZ_EXAMPLES=$(CHAOS_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/chaos \
 	  --junitxml=.cache/chaos.xml; status=$$?; \
-	$(PY) -c "import sys, xml.etree.ElementTree as ET; \
-	s = ET.parse('.cache/chaos.xml').getroot().find('testsuite'); \
-	n = int(s.get('tests')); bad = int(s.get('failures')) + int(s.get('errors')); \
-	print(f'fuzz targets: {n}, inputs per target: $(CHAOS_EXAMPLES), inputs run: {n * $(CHAOS_EXAMPLES):,}, targets that crashed: {bad}')"; \
-	exit $$status
+	$(PY) tests/chaos/report.py .cache/chaos.xml $(CHAOS_EXAMPLES); exit $$status
 
 lint: install
 	$(VENV)/bin/ruff check $(LINT_PATHS)
