@@ -197,3 +197,11 @@ def gateways_under(folder: str | os.PathLike[str]) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def fleet_ids(state_dir: str | os.PathLike[str]) -> list[str]:
+    """Ids of the fleets recorded in ``state_dir`` (folders; the lock file and strays are not fleets)."""
+    root = Path(state_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir())

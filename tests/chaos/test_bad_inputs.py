@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from airflow_skyplane.compute.fleets import fleet_ids
 from airflow_skyplane.exceptions import SkyplaneError
 from airflow_skyplane.gateway import protocol as p
 from airflow_skyplane.gateway.program import Program
@@ -96,7 +97,7 @@ def test_operator_bad_input_fails_before_anything_starts(
     args = {"source": f"{src}/d/", "destination": dst, **{k: fill(v) for k, v in kwargs.items()}}
     with pytest.raises(SkyplaneError, match=match):
         SkyplaneTransferOperator(task_id="bad", **args).execute(context={})
-    assert not state.exists() or list(state.iterdir()) == []  # no fleet
+    assert fleet_ids(state) == []  # no fleet
     assert (
         list(open_store(dst).store.list()) == []
         and list(open_store(dst).store.list_multipart_uploads()) == []

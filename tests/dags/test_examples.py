@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_skyplane.compute.fleets import gateways_under
+from airflow_skyplane.compute.fleets import fleet_ids, gateways_under
 from airflow_skyplane.hooks.storage import open_store
 from airflow_skyplane.testing.dagrun import airflow_cli, xcom_return_values
 from airflow_skyplane.testing.sky import AZURITE_KEY, EmulatedSky
@@ -164,6 +164,6 @@ def test_a_gateway_killed_midway_fails_the_try_tears_down_and_the_retry_complete
     output = _run(env, "failing_once")
     assert "gateway destination exited with code 17" in output  # the first try failed, and said why
     assert _contents(f"{dst}/copy/") == {k[2:]: v for k, v in data.items()}  # the retry completed
-    assert list(Path(env["AIRFLOW__SKYPLANE__STATE_DIR"]).iterdir()) == []  # both fleets torn down
+    assert fleet_ids(env["AIRFLOW__SKYPLANE__STATE_DIR"]) == []  # both fleets torn down
     [summary] = xcom_return_values(env["AIRFLOW_HOME"], "failing_once", "copy")
     assert summary["objects"] == 2

@@ -201,7 +201,7 @@ def test_a_gateway_killed_midway_fails_cleanly_and_a_retry_completes(
     op.test_faults = {"destination": {"exit_after_chunks": 4}}
     with pytest.raises(TransferError, match="gateway destination exited|does not answer|lost the status"):
         op.execute(context={})
-    assert fleets.gateways_under(state_dir) == [] and list(state_dir.iterdir()) == []
+    assert fleets.gateways_under(state_dir) == [] and fleets.fleet_ids(state_dir) == []
     replica = open_store(f"{dst}/copy/").store
     assert not replica.exists("copy/weights.bin")  # no partial object
     assert list(replica.list_multipart_uploads()) == []
@@ -234,7 +234,7 @@ def test_the_sweeper_removes_expired_fleets(state_dir: Path, tmp_path: Path) -> 
     fleets.FleetRecord("young", "local", time.time(), time.time() + 3600).write(state_dir / "young")
     assert [r.fleet_id for r, _ in fleets.list_fleets(state_dir)] == ["old", "young"]
     assert fleets.sweep(state_dir) == ["old"]
-    assert sorted(p.name for p in state_dir.iterdir()) == ["young"]
+    assert fleets.fleet_ids(state_dir) == ["young"]
 
 
 def test_replica_sensor_waits_for_sync(emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str]) -> None:
@@ -298,7 +298,7 @@ def test_bad_input_fails_before_anything_starts(
         SkyplaneTransferOperator(task_id="bad", source=f"{src}/d/", destination=dst, **kwargs).execute(
             context={}
         )
-    assert not state_dir.exists() or list(state_dir.iterdir()) == []
+    assert fleets.fleet_ids(state_dir) == []
     assert list(open_store(dst).store.list()) == []
 
 
@@ -376,7 +376,7 @@ def test_deferrable_sensor_finishes_a_detached_transfer(
         sensor.execute(context={})
     summary = sensor.execute_complete(context={}, event=_first_event(deferred.value.trigger))
     assert summary["objects"] == 6 and _contents(dst) == {k[3:]: v for k, v in data.items()}
-    assert list(state_dir.iterdir()) == []
+    assert fleets.fleet_ids(state_dir) == []
 
 
 def test_a_failed_deferred_transfer_fails_the_task_and_tears_down(
@@ -399,7 +399,7 @@ def test_a_failed_deferred_transfer_fails_the_task_and_tears_down(
     assert event["status"] == "failed" and "destination" in event["message"]
     with pytest.raises(TransferError, match="failed"):
         op.execute_complete(context={}, event=event)
-    assert fleets.gateways_under(state_dir) == [] and list(state_dir.iterdir()) == []
+    assert fleets.gateways_under(state_dir) == [] and fleets.fleet_ids(state_dir) == []
     store = open_store(dst).store
     assert list(store.list()) == [] and list(store.list_multipart_uploads()) == []
 
@@ -419,7 +419,7 @@ def test_the_sensor_fails_with_the_gateways_error_and_tears_down(
         deadline = time.monotonic() + 60
         while sensor.poke(context={}) is False and time.monotonic() < deadline:
             time.sleep(0.1)
-    assert list(state_dir.iterdir()) == [] and list(open_store(dst).store.list_multipart_uploads()) == []
+    assert fleets.fleet_ids(state_dir) == [] and list(open_store(dst).store.list_multipart_uploads()) == []
 
 
 def test_deferrable_replica_sensor_sleeps_in_the_triggerer(
@@ -509,9 +509,9 @@ def test_gateways_stop_when_their_worker_is_killed_without_teardown(tmp_path: Pa
     while fleets.gateways_under(state_dir) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert fleets.gateways_under(state_dir) == []  # they noticed, and stopped themselves
-    [fleet_id] = [p.name for p in state_dir.iterdir()]
+    [fleet_id] = fleets.fleet_ids(state_dir)
     teardown(fleet_id, str(state_dir))  # what the sweeper does: records and dangling uploads go too
-    assert list(state_dir.iterdir()) == [] and sorted(p.name for p in dst.iterdir()) in (
+    assert fleets.fleet_ids(state_dir) == [] and sorted(p.name for p in dst.iterdir()) in (
         [],
         [".skyplane-uploads"],
     )
