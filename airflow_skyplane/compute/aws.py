@@ -33,10 +33,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +47,9 @@ from airflow_skyplane.compute.relays import (
     RelayCapacityError,
     RelayProvisionError,
     RelayVM,
+    check_worker_cidr,
+    per_region,
+    relay_fleet,
     self_destruct_script,
 )
 from airflow_skyplane.exceptions import InvalidInputError
@@ -168,19 +170,13 @@ class AWSRelayBackend:
     # -- provisioning ------------------------------------------------------------------------------
     def provision(self, spec: AWSFleetSpec) -> list[RelayVM]:
         """Create the fleet in every region, in parallel; on any failure remove all of it and raise."""
-        if not spec.worker_cidr or "/" not in spec.worker_cidr:
-            raise InvalidInputError(
-                f"worker_cidr={spec.worker_cidr!r}: give the worker's public address as a CIDR, e.g. "
-                "'203.0.113.7/32' (SSH to the relays is admitted from there only)"
-            )
+        check_worker_cidr(spec.worker_cidr)
         for region, count in spec.regions.items():
             _aws_region(region)
             if not isinstance(count, int) or count < 1:
                 raise InvalidInputError(f"relay count {count!r} for {region} must be a positive whole number")
         try:
-            with ThreadPoolExecutor(max_workers=min(8, len(spec.regions))) as pool:
-                futures = [pool.submit(self._provision_region, spec, r, n) for r, n in spec.regions.items()]
-                vms = [vm for f in futures for vm in f.result()]
+            vms = per_region(spec.regions, lambda region, count: self._provision_region(spec, region, count))
             self.admit_fleet(spec, vms)
             return vms
         except BaseException:
@@ -435,17 +431,6 @@ def host_keys_from_console(text: str) -> list[str]:
     return sorted(keys, key=lambda k: not k.startswith("ssh-ed25519"))  # the ed25519 key first
 
 
-@contextlib.contextmanager
-def aws_fleet(backend: AWSRelayBackend, spec: AWSFleetSpec) -> Iterator[list[RelayVM]]:
-    """Provision the fleet, hand its VMs to the block (bootstrap, transfer), and tear it down after
-    the block whatever happens in it: an exception, a KeyboardInterrupt or a SIGTERM turned into one."""
-    vms = backend.provision(spec)
-    try:
-        yield vms
-    finally:
-        backend.teardown(spec.fleet_id, spec.regions)
-
-
 def list_fleets(backend: AWSRelayBackend, regions: Iterable[str]) -> dict[str, dict[str, Any]]:
     """Every fleet with a live resource in ``regions``, found by tag: fleet id -> its expiry and,
     per region, the ids of its instances, security groups and key pairs."""
@@ -493,3 +478,6 @@ def sweep(
     for fleet_id, fleet_regions in expired.items():
         backend.teardown(fleet_id, fleet_regions)
     return expired
+
+
+aws_fleet = relay_fleet  # provision, yield the VMs, always tear down

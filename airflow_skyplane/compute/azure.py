@@ -23,8 +23,7 @@ import base64
 import contextlib
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -34,6 +33,10 @@ from airflow_skyplane.compute.relays import (
     RelayCapacityError,
     RelayProvisionError,
     RelayVM,
+    check_nothing_left,
+    check_worker_cidr,
+    per_region,
+    relay_fleet,
     self_destruct_script,
 )
 from airflow_skyplane.exceptions import InvalidInputError
@@ -195,17 +198,11 @@ class AzureRelayBackend:
 
     # -- provisioning ----------------------------------------------------------------------------------
     def provision(self, spec: AzureFleetSpec) -> list[RelayVM]:
-        if not spec.worker_cidr or "/" not in spec.worker_cidr:
-            raise InvalidInputError(
-                f"worker_cidr={spec.worker_cidr!r}: give the worker's public address as a CIDR, e.g. "
-                "'203.0.113.7/32' (SSH to the relays is admitted from there only)"
-            )
+        check_worker_cidr(spec.worker_cidr)
         for region in spec.regions:
             _location(region)
         try:
-            with ThreadPoolExecutor(max_workers=min(8, len(spec.regions))) as pool:
-                futures = [pool.submit(self._provision_region, spec, r, n) for r, n in spec.regions.items()]
-                vms = [vm for f in futures for vm in f.result()]
+            vms = per_region(spec.regions, lambda region, count: self._provision_region(spec, region, count))
             self._admit_fleet(spec, vms)
             return vms
         except BaseException:
@@ -348,22 +345,8 @@ class AzureRelayBackend:
                     resources.resources.begin_delete_by_id(item["id"], api_version=_API[kind]).result()
                 removed.setdefault(kind.split("/")[1], []).append(item["id"].rsplit("/", 1)[-1])
         left = [r["id"].rsplit("/", 1)[-1] for r in self.tagged(fleet_id)]
-        if left:
-            raise RelayProvisionError(
-                f"teardown of fleet {fleet_id} left {', '.join(left)} behind; the sweeper retries at its "
-                "next run"
-            )
+        check_nothing_left(fleet_id, left)
         return removed
-
-
-@contextlib.contextmanager
-def azure_fleet(backend: AzureRelayBackend, spec: AzureFleetSpec) -> Iterator[list[RelayVM]]:
-    """Provision, hand the VMs to the block, and tear down after it whatever happens."""
-    vms = backend.provision(spec)
-    try:
-        yield vms
-    finally:
-        backend.teardown(spec.fleet_id)
 
 
 def sweep(backend: AzureRelayBackend, *, now: float | None = None) -> list[str]:
@@ -380,3 +363,6 @@ def sweep(backend: AzureRelayBackend, *, now: float | None = None) -> list[str]:
     for fleet_id in sorted(expired):
         backend.teardown(fleet_id)
     return sorted(expired)
+
+
+azure_fleet = relay_fleet  # provision, yield the VMs, always tear down

@@ -26,13 +26,21 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from airflow_skyplane.compute.relays import GATEWAY_PORT, RelayCapacityError, RelayProvisionError, RelayVM
+from airflow_skyplane.compute.relays import (
+    GATEWAY_PORT,
+    RelayCapacityError,
+    RelayProvisionError,
+    RelayVM,
+    check_nothing_left,
+    check_worker_cidr,
+    per_region,
+    relay_fleet,
+)
 from airflow_skyplane.exceptions import InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -177,11 +185,7 @@ class GCPRelayBackend:
 
     # -- provisioning ----------------------------------------------------------------------------------
     def provision(self, spec: GCPFleetSpec) -> list[RelayVM]:
-        if not spec.worker_cidr or "/" not in spec.worker_cidr:
-            raise InvalidInputError(
-                f"worker_cidr={spec.worker_cidr!r}: give the worker's public address as a CIDR, e.g. "
-                "'203.0.113.7/32' (SSH to the relays is admitted from there only)"
-            )
+        check_worker_cidr(spec.worker_cidr)
         if spec.network_tier not in ("PREMIUM", "STANDARD"):
             raise InvalidInputError(f"network_tier={spec.network_tier!r}: use PREMIUM or STANDARD")
         for region in spec.regions:
@@ -189,9 +193,7 @@ class GCPRelayBackend:
         try:
             self._network()
             self._firewall(spec, "ssh", [spec.worker_cidr], 22)
-            with ThreadPoolExecutor(max_workers=min(8, len(spec.regions))) as pool:
-                futures = [pool.submit(self._provision_zone, spec, r, n) for r, n in spec.regions.items()]
-                vms = [vm for f in futures for vm in f.result()]
+            vms = per_region(spec.regions, lambda region, count: self._provision_zone(spec, region, count))
             addresses = sorted({f"{a}/32" for vm in vms if (a := vm.public_ip or vm.private_ip)})
             if addresses:
                 self._firewall(spec, "gw", addresses, GATEWAY_PORT)
@@ -328,22 +330,8 @@ class GCPRelayBackend:
                 )
             removed["firewall"].append(name)
         left = [n for _, n, _ in self.instances(fleet_id)] + [n for n, _ in self.firewalls(fleet_id)]
-        if left:
-            raise RelayProvisionError(
-                f"teardown of fleet {fleet_id} left {', '.join(left)} behind; the sweeper retries at its "
-                "next run"
-            )
+        check_nothing_left(fleet_id, left)
         return removed
-
-
-@contextlib.contextmanager
-def gcp_fleet(backend: GCPRelayBackend, spec: GCPFleetSpec) -> Iterator[list[RelayVM]]:
-    """Provision, hand the VMs to the block, and tear down after it whatever happens."""
-    vms = backend.provision(spec)
-    try:
-        yield vms
-    finally:
-        backend.teardown(spec.fleet_id, spec.regions)
 
 
 def sweep(backend: GCPRelayBackend, *, now: float | None = None) -> list[str]:
@@ -365,3 +353,6 @@ def sweep(backend: GCPRelayBackend, *, now: float | None = None) -> list[str]:
     for fleet_id in sorted(expired):
         backend.teardown(fleet_id)
     return sorted(expired)
+
+
+gcp_fleet = relay_fleet  # provision, yield the VMs, always tear down

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, Protocol
 
-from airflow_skyplane.exceptions import SkyplaneError
+from airflow_skyplane.exceptions import InvalidInputError, SkyplaneError
 
 #: The port gateways listen on, on relay VMs (admitted only from the fleet's own addresses).
 GATEWAY_PORT = 7443
@@ -34,3 +38,43 @@ def self_destruct_script(expires_at: float, now: float | None = None) -> str:
     terminated on shutdown). It holds no secret: boot scripts are readable on the VM and the console."""
     minutes = max(1, int((expires_at - (time.time() if now is None else now)) // 60))
     return f"#!/bin/sh\n# airflow-skyplane relay: power off at the fleet's expiry\nshutdown -h +{minutes}\n"
+
+
+def check_worker_cidr(cidr: str) -> None:
+    if not cidr or "/" not in cidr:
+        raise InvalidInputError(
+            f"worker_cidr={cidr!r}: give the worker's public address as a CIDR, e.g. '203.0.113.7/32' "
+            "(SSH to the relays is admitted from there only)"
+        )
+
+
+def per_region(regions: Mapping[str, int], provision: Callable[[str, int], list[RelayVM]]) -> list[RelayVM]:
+    """``provision(region, count)`` for every region in parallel; the VMs of all, or the first error
+    once every region has finished (so a teardown after it sees everything that was made)."""
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(regions)))) as pool:
+        futures = [pool.submit(provision, region, count) for region, count in regions.items()]
+    return [vm for future in futures for vm in future.result()]
+
+
+def check_nothing_left(fleet_id: str, left: list[str]) -> None:
+    if left:
+        raise RelayProvisionError(
+            f"teardown of fleet {fleet_id} left {', '.join(left)} behind; the sweeper retries at its next run"
+        )
+
+
+class RelayBackend(Protocol):
+    def provision(self, spec: Any) -> list[RelayVM]: ...
+
+    def teardown(self, fleet_id: str, regions: Iterable[str] = ()) -> Any: ...
+
+
+@contextlib.contextmanager
+def relay_fleet(backend: RelayBackend, spec: Any) -> Iterator[list[RelayVM]]:
+    """Provision the fleet, hand its VMs to the block (bootstrap, transfer), and tear it down after
+    the block whatever happens in it: an exception, a KeyboardInterrupt or a SIGTERM turned into one."""
+    vms = backend.provision(spec)
+    try:
+        yield vms
+    finally:
+        backend.teardown(spec.fleet_id, spec.regions)
