@@ -13,8 +13,9 @@ low byte of the TCP source port that spreads connections over the children. Data
 from the connecting side to the listening side for each connection to get its own class, which is
 how the gateways work (a sender dials its next hop and pushes).
 
-Addresses: the link between regions ``i`` and ``j`` is a /30 out of ``10.213.0.0/16`` that exists
-only inside the namespaces this module creates; nothing is routed to the host's other interfaces.
+Addresses: the link between regions ``i`` and ``j`` is a /30 out of ``10.213.0.0/16`` (or
+``$SKYPLANE_WAN_SUBNET``) that exists only inside the namespaces this module creates; nothing is
+routed to the host's other interfaces.
 Everything created is deleted by :meth:`EmulatedWAN.close` (deleting a namespace deletes its veth
 ends), by the context manager, at interpreter exit, and by :func:`sweep_stale` for the namespaces of
 a process that died.
@@ -39,7 +40,9 @@ from airflow_skyplane.exceptions import InvalidInputError, SkyplaneError
 
 NETNS_PREFIX = "skyw"
 _NETNS_DIR = "/var/run/netns"
-_SUBNET = ipaddress.ip_network("10.213.0.0/16")
+#: the addresses of every WAN this process builds; ``SKYPLANE_WAN_SUBNET`` moves them, so that two test
+#: runs on one machine (two checkouts) do not give the host-side control links the same address
+_SUBNET = ipaddress.ip_network(os.environ.get("SKYPLANE_WAN_SUBNET", "10.213.0.0/16"))
 _FLOW_CLASSES = 256
 
 
