@@ -44,6 +44,7 @@ from tenacity import Retrying, retry_if_exception, retry_if_result, stop_after_d
 
 from airflow_skyplane.compute.relays import (
     GATEWAY_PORT,
+    GATEWAY_PORT_LAST,
     RelayCapacityError,
     RelayProvisionError,
     RelayVM,
@@ -56,6 +57,7 @@ from airflow_skyplane.exceptions import InvalidInputError
 
 __all__ = [
     "GATEWAY_PORT",
+    "GATEWAY_PORT_LAST",
     "AWSFleetSpec",
     "AWSRelayBackend",
     "RelayCapacityError",
@@ -97,6 +99,10 @@ class AWSFleetSpec:
     image: Mapping[str, str] = field(default_factory=dict)  # region or "aws" -> AMI id
     use_spot: bool = False
     owner: Mapping[str, Any] = field(default_factory=dict)
+    #: region -> subnet id to launch the relays in (its VPC holds their security group); by default
+    #: the region's default VPC. A subnet of a VPC peered with the worker's lets relays be reached on
+    #: their private addresses (``relay_address="private"``).
+    subnets: Mapping[str, str] = field(default_factory=dict)
 
 
 def _aws_region(region: str) -> str:
@@ -134,8 +140,11 @@ class AWSRelayBackend:
     :param client_factory: ``region -> boto3 EC2 client``; by default ``EC2Hook(aws_conn_id=...,
         region_name=region, api_type="client_type").conn``, so credentials, endpoint and retries come
         from the Airflow connection.
+    :param parallel_regions: provision the regions of a fleet at once (the default), or one after
+        the other (to measure what parallelism saves: ``benchmarks/provision.py``).
     :param test_faults: test-only: step name -> exception to raise there (``after_security_group``,
-        ``after_key_pair``, ``after_instance_1``...), to prove teardown after a failure at each step.
+        ``after_key_pair``, ``after_instance_1``, ``before_instances:<region>``...), to prove teardown
+        after a failure at each step.
     """
 
     def __init__(
@@ -145,8 +154,10 @@ class AWSRelayBackend:
         client_factory: Callable[[str], Any] | None = None,
         wait_timeout_s: float = 600.0,
         test_faults: Mapping[str, BaseException] | None = None,
+        parallel_regions: bool = True,
     ) -> None:
         self.aws_conn_id = aws_conn_id
+        self.parallel_regions = parallel_regions
         self._factory = client_factory
         self._clients: dict[str, Any] = {}
         self.wait_timeout_s = wait_timeout_s
@@ -176,7 +187,11 @@ class AWSRelayBackend:
             if not isinstance(count, int) or count < 1:
                 raise InvalidInputError(f"relay count {count!r} for {region} must be a positive whole number")
         try:
-            vms = per_region(spec.regions, lambda region, count: self._provision_region(spec, region, count))
+            vms = per_region(
+                spec.regions,
+                lambda region, count: self._provision_region(spec, region, count),
+                parallel=self.parallel_regions,
+            )
             self.admit_fleet(spec, vms)
             return vms
         except BaseException:
@@ -187,16 +202,28 @@ class AWSRelayBackend:
         aws_region = _aws_region(region)
         ec2 = self.client(aws_region)
         name = f"skyplane-{spec.fleet_id}"
-        vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
-        if not vpcs:
-            raise RelayProvisionError(
-                f"{region} has no default VPC for the relays' security group: create one "
-                "(aws ec2 create-default-vpc) or leave the region out with allowed_regions"
-            )
+        subnet = spec.subnets.get(region)
+        if subnet:
+            found = ec2.describe_subnets(Filters=[{"Name": "subnet-id", "Values": [subnet]}])["Subnets"]
+            if not found:
+                raise RelayProvisionError(
+                    f"{region}: subnet {subnet!r} (aws_subnets) does not exist there: give a subnet id of "
+                    "that region, or leave the region out of aws_subnets to use its default VPC"
+                )
+            vpc = found[0]["VpcId"]
+        else:
+            vpcs = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+            if not vpcs:
+                raise RelayProvisionError(
+                    f"{region} has no default VPC for the relays' security group: create one "
+                    "(aws ec2 create-default-vpc), give a subnet in aws_subnets, or leave the region out "
+                    "with allowed_regions"
+                )
+            vpc = vpcs[0]["VpcId"]
         group = ec2.create_security_group(
             GroupName=name,
             Description=f"airflow-skyplane relays of fleet {spec.fleet_id}",
-            VpcId=vpcs[0]["VpcId"],
+            VpcId=vpc,
             TagSpecifications=_tags(spec, "security-group"),
         )["GroupId"]
         ec2.authorize_security_group_ingress(
@@ -214,14 +241,23 @@ class AWSRelayBackend:
         )
         self._fault("after_key_pair")
         image = spec.image.get(region) or spec.image.get("aws") or DEFAULT_IMAGE
+        self._fault(f"before_instances:{region}")
         vms = []
         for index in range(count):
-            vms.append(self._launch(ec2, spec, region, image, group, name, index))
+            vms.append(self._launch(ec2, spec, region, image, group, name, index, subnet))
             self._fault(f"after_instance_{index + 1}")
         return self._wait_running(ec2, region, vms)
 
     def _launch(
-        self, ec2: Any, spec: AWSFleetSpec, region: str, image: str, group: str, key: str, index: int
+        self,
+        ec2: Any,
+        spec: AWSFleetSpec,
+        region: str,
+        image: str,
+        group: str,
+        key: str,
+        index: int,
+        subnet: str | None = None,
     ) -> RelayVM:
         request: dict[str, Any] = {
             "ImageId": image,
@@ -236,6 +272,8 @@ class AWSRelayBackend:
             # idempotent: a retried call does not launch a second VM
             "ClientToken": f"{spec.fleet_id}-{_aws_region(region)}-{index}",
         }
+        if subnet:
+            request["SubnetId"] = subnet
         spot = spec.use_spot
         if spot:
             request["InstanceMarketOptions"] = {
@@ -277,7 +315,7 @@ class AWSRelayBackend:
                 f"AWS has no {spec.instance_type} capacity there now: choose another aws_instance_type, "
                 "retry later, or exclude the region with allowed_regions"
             )
-        return RelayCapacityError(f"{region}: EC2 refused a relay VM ({code}): {fix}")
+        return RelayCapacityError(f"{region}: EC2 refused a relay VM ({code}): {fix}", region=region)
 
     def _wait_running(self, ec2: Any, region: str, vms: list[RelayVM]) -> list[RelayVM]:
         ids = [vm.instance_id for vm in vms]
@@ -317,7 +355,7 @@ class AWSRelayBackend:
                 ec2.authorize_security_group_ingress(
                     GroupId=group,
                     IpPermissions=[
-                        {"IpProtocol": "tcp", "FromPort": GATEWAY_PORT, "ToPort": GATEWAY_PORT,
+                        {"IpProtocol": "tcp", "FromPort": GATEWAY_PORT, "ToPort": GATEWAY_PORT_LAST,
                          "IpRanges": [{"CidrIp": f"{a}/32", "Description": "fleet gateway"}
                                       for a in addresses]},
                     ],

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from airflow_skyplane.compute.relays import (
-    GATEWAY_PORT,
+    GATEWAY_PORTS,
     RelayCapacityError,
     RelayProvisionError,
     RelayVM,
@@ -194,7 +194,9 @@ class AzureRelayBackend:
             fix = (f"Azure has no {spec.vm_size} capacity there now: choose another azure_vm_size, retry "
                    "later, "
                    "or exclude the region with allowed_regions")  # fmt: skip
-        return RelayCapacityError(f"{region}: Azure refused a relay VM ({code}: {message}): {fix}")
+        return RelayCapacityError(
+            f"{region}: Azure refused a relay VM ({code}: {message}): {fix}", region=region
+        )
 
     # -- provisioning ----------------------------------------------------------------------------------
     def provision(self, spec: AzureFleetSpec) -> list[RelayVM]:
@@ -228,7 +230,7 @@ class AzureRelayBackend:
                 "name": "gateway-from-fleet",
                 "properties": {"priority": 110, "direction": "Inbound", "access": "Allow", "protocol": "Tcp",
                                "sourceAddressPrefixes": fleet_addresses, "sourcePortRange": "*",
-                               "destinationAddressPrefix": "*", "destinationPortRange": str(GATEWAY_PORT)},
+                               "destinationAddressPrefix": "*", "destinationPortRange": GATEWAY_PORTS},
             })  # fmt: skip
         return {"location": location, "tags": self._tags(spec), "properties": {"securityRules": rules}}
 

@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from airflow_skyplane.compute.relays import (
-    GATEWAY_PORT,
+    GATEWAY_PORTS,
     RelayCapacityError,
     RelayProvisionError,
     RelayVM,
@@ -181,7 +181,9 @@ class GCPRelayBackend:
                 f"the zone has no {spec.machine_type} capacity now: choose another gcp_machine_type, "
                 "retry later, or exclude the zone with allowed_regions"
             )
-        return RelayCapacityError(f"{region}: Compute Engine refused a relay ({code}: {message}): {fix}")
+        return RelayCapacityError(
+            f"{region}: Compute Engine refused a relay ({code}: {message}): {fix}", region=region
+        )
 
     # -- provisioning ----------------------------------------------------------------------------------
     def provision(self, spec: GCPFleetSpec) -> list[RelayVM]:
@@ -196,7 +198,7 @@ class GCPRelayBackend:
             vms = per_region(spec.regions, lambda region, count: self._provision_zone(spec, region, count))
             addresses = sorted({f"{a}/32" for vm in vms if (a := vm.public_ip or vm.private_ip)})
             if addresses:
-                self._firewall(spec, "gw", addresses, GATEWAY_PORT)
+                self._firewall(spec, "gw", addresses, GATEWAY_PORTS)
             return vms
         except BaseException:
             self.teardown(spec.fleet_id, spec.regions)
@@ -217,7 +219,7 @@ class GCPRelayBackend:
             ).execute()  # fmt: skip
             self._wait(op, None, "gcp", None)
 
-    def _firewall(self, spec: GCPFleetSpec, role: str, sources: Sequence[str], port: int) -> None:
+    def _firewall(self, spec: GCPFleetSpec, role: str, sources: Sequence[str], port: int | str) -> None:
         compute, project = self.compute()
         body = {
             "name": f"skyplane-{_label(spec.fleet_id)}-{role}",

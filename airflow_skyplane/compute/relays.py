@@ -11,12 +11,22 @@ from typing import Any, Protocol
 
 from airflow_skyplane.exceptions import InvalidInputError, SkyplaneError
 
-#: The port gateways listen on, on relay VMs (admitted only from the fleet's own addresses).
+#: The ports gateways listen on, on relay VMs (admitted only from the fleet's own addresses): one
+#: per gateway on the VM, since the transfers of a fleet to several destinations share its relays.
 GATEWAY_PORT = 7443
+GATEWAY_PORT_LAST = GATEWAY_PORT + 63
+GATEWAY_PORTS = f"{GATEWAY_PORT}-{GATEWAY_PORT_LAST}"
 
 
 class RelayCapacityError(SkyplaneError):
-    """A cloud refused relay VMs for quota or capacity; the message names region, quota and fix."""
+    """A cloud refused relay VMs for quota or capacity; the message names region, quota and fix.
+
+    ``region`` (the planner's name) lets the operator plan again without that region.
+    """
+
+    def __init__(self, message: str, *, region: str | None = None) -> None:
+        super().__init__(message)
+        self.region = region
 
 
 class RelayProvisionError(SkyplaneError):
@@ -48,10 +58,13 @@ def check_worker_cidr(cidr: str) -> None:
         )
 
 
-def per_region(regions: Mapping[str, int], provision: Callable[[str, int], list[RelayVM]]) -> list[RelayVM]:
-    """``provision(region, count)`` for every region in parallel; the VMs of all, or the first error
-    once every region has finished (so a teardown after it sees everything that was made)."""
-    with ThreadPoolExecutor(max_workers=max(1, min(8, len(regions)))) as pool:
+def per_region(
+    regions: Mapping[str, int], provision: Callable[[str, int], list[RelayVM]], *, parallel: bool = True
+) -> list[RelayVM]:
+    """``provision(region, count)`` for every region in parallel (one after the other when not
+    ``parallel``); the VMs of all, or the first error once every region has finished (so a teardown
+    after it sees everything that was made)."""
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(regions))) if parallel else 1) as pool:
         futures = [pool.submit(provision, region, count) for region, count in regions.items()]
     return [vm for future in futures for vm in future.result()]
 

@@ -18,6 +18,7 @@ import pytest
 
 from airflow_skyplane.compute.aws import (
     GATEWAY_PORT,
+    GATEWAY_PORT_LAST,
     TAG_FLEET,
     AWSFleetSpec,
     AWSRelayBackend,
@@ -76,10 +77,14 @@ def test_a_fleet_across_three_regions_is_created_tagged_and_torn_down(backend: A
             "SecurityGroups"
         ]
         rules = {
-            (p["FromPort"], tuple(sorted(r["CidrIp"] for r in p["IpRanges"]))) for p in group["IpPermissions"]
+            (p["FromPort"], p["ToPort"], tuple(sorted(r["CidrIp"] for r in p["IpRanges"])))
+            for p in group["IpPermissions"]
         }
         fleet_ips = tuple(sorted(f"{vm.public_ip or vm.private_ip}/32" for vm in vms))
-        assert rules == {(22, ("198.51.100.7/32",)), (GATEWAY_PORT, fleet_ips)}  # nothing open to the world
+        assert rules == {  # nothing open to the world
+            (22, 22, ("198.51.100.7/32",)),
+            (GATEWAY_PORT, GATEWAY_PORT_LAST, fleet_ips),
+        }
         assert _leftovers(backend, "fleet-a") != {}
     assert _leftovers(backend, "fleet-a") == {}
     assert backend.teardown("fleet-a", REGIONS) == {r: {"instance": [], "security-group": [], "key-pair": []}

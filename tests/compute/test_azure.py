@@ -11,7 +11,7 @@ import pytest
 from azure.core.credentials import AccessToken
 
 from airflow_skyplane.compute.azure import AzureFleetSpec, AzureRelayBackend, azure_fleet, sweep
-from airflow_skyplane.compute.relays import GATEWAY_PORT, RelayCapacityError
+from airflow_skyplane.compute.relays import GATEWAY_PORTS, RelayCapacityError
 from airflow_skyplane.compute.ssh import SSHKeyPair
 from airflow_skyplane.testing.fake_arm import FakeARM
 
@@ -80,7 +80,7 @@ def test_a_fleet_in_two_regions_is_created_tagged_and_torn_down(
                  and r["type"].endswith("networkSecurityGroups")]  # fmt: skip
         rules = {r["name"]: r["properties"] for r in nsg["properties"]["securityRules"]}
         assert rules["ssh-from-worker"]["sourceAddressPrefix"] == "198.51.100.7/32"
-        assert rules["gateway-from-fleet"]["destinationPortRange"] == str(GATEWAY_PORT)
+        assert rules["gateway-from-fleet"]["destinationPortRange"] == GATEWAY_PORTS
         assert sorted(rules["gateway-from-fleet"]["sourceAddressPrefixes"]) == sorted(
             f"{vm.public_ip}/32" for vm in vms
         )

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from airflow_skyplane.compute.gcp import GCPFleetSpec, GCPRelayBackend, gcp_fleet, sweep
-from airflow_skyplane.compute.relays import GATEWAY_PORT, RelayCapacityError
+from airflow_skyplane.compute.relays import GATEWAY_PORTS, RelayCapacityError
 from airflow_skyplane.compute.ssh import SSHKeyPair
 from airflow_skyplane.testing.fake_gce import FakeGCE
 from airflow_skyplane.testing.sky import EmulatedSky
@@ -65,9 +65,7 @@ def test_a_fleet_in_three_zones_is_created_labelled_and_torn_down(
         assert instance["networkInterfaces"][0]["accessConfigs"][0]["networkTier"] == "STANDARD"
         rules = {name: rule for name, rule in gce.firewalls.items() if "fleet-a" in name}
         assert rules["skyplane-fleet-a-ssh"]["sourceRanges"] == ["198.51.100.7/32"]
-        assert rules["skyplane-fleet-a-gw"]["allowed"] == [
-            {"IPProtocol": "tcp", "ports": [str(GATEWAY_PORT)]}
-        ]
+        assert rules["skyplane-fleet-a-gw"]["allowed"] == [{"IPProtocol": "tcp", "ports": [GATEWAY_PORTS]}]
         assert sorted(rules["skyplane-fleet-a-gw"]["sourceRanges"]) == sorted(
             f"{vm.public_ip}/32" for vm in vms
         )
