@@ -17,15 +17,18 @@ Why tenacity: the bounded wait for a booting VM's SSH port is a retry with backo
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import posixpath
 import shlex
+import socket
 import threading
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paramiko
 from cryptography.hazmat.primitives import serialization
@@ -160,6 +163,7 @@ class RelaySSH:
         self.connect_deadline_s = connect_deadline_s
         self.command_timeout_s = command_timeout_s
         self._client: paramiko.SSHClient | None = None
+        self._forwards: list[_Forward] = []
 
     @property
     def host_id(self) -> str:
@@ -225,9 +229,26 @@ class RelaySSH:
         return self._client
 
     def close(self) -> None:
+        for forward in self._forwards:
+            forward.close()
+        self._forwards.clear()
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    def forward(self, remote_port: int, remote_host: str = "127.0.0.1") -> int:
+        """Forward a port of this worker's loopback to ``remote_host:remote_port`` as seen from the
+        relay, through this session (SSH ``direct-tcpip``); return the local port.
+
+        This is how the worker reaches a gateway's control endpoint, which listens on the relay's
+        loopback only: nothing but SSH from the worker is admitted to a relay.
+        """
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise RelaySSHError(f"relay {self.host_id}: the SSH session is closed; cannot forward a port")
+        forward = _Forward(transport, remote_host, remote_port, self.host_id)
+        self._forwards.append(forward)
+        return forward.port
 
     # -- commands --------------------------------------------------------------------------------
     def run(self, command: str, *, check: bool = True, timeout: float | None = None) -> CommandResult:
@@ -339,6 +360,48 @@ class RelaySSH:
             f"kill -KILL {int(pid)} 2>/dev/null; exit 0",
             timeout=grace_s + 30,
         )
+
+
+class _Forward:
+    """A loopback listener whose every connection is carried to the relay in its own SSH channel."""
+
+    def __init__(self, transport: paramiko.Transport, host: str, port: int, relay: str) -> None:
+        self._transport, self._target, self._relay = transport, (host, port), relay
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._server.getsockname()[1]
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept, name=f"ssh-forward-{self.port}", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, peer = self._server.accept()
+            except OSError:
+                return  # closed
+            try:
+                channel = self._transport.open_channel("direct-tcpip", self._target, peer, timeout=10)
+            except (paramiko.SSHException, OSError, EOFError) as err:
+                log.warning("relay %s: could not forward to %s:%d (%s)", self._relay, *self._target, err)
+                conn.close()
+                continue
+            for a, b in ((conn, channel), (channel, conn)):
+                threading.Thread(target=_pump, args=(a, b), daemon=True).start()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._server.close()
+
+
+def _pump(src: Any, dst: Any) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for end in (src, dst):
+            with contextlib.suppress(OSError):
+                end.close()
 
 
 def package_zip() -> bytes:

@@ -49,7 +49,8 @@ class LocalSSHD:
     """``sshd -D`` on ``address:port`` with its own host key, admitting ``authorized_key`` only.
 
     ``wrap`` prefixes the command line, e.g. ``["ip", "netns", "exec", NS]`` to run it inside a
-    namespace.
+    namespace; ``extra_config`` adds ``sshd_config`` lines (``SetEnv ...`` marks every process started
+    through this sshd, as the emulated relay VMs of :mod:`airflow_skyplane.testing.vms` do).
     """
 
     def __init__(
@@ -59,8 +60,10 @@ class LocalSSHD:
         address: str = "127.0.0.1",
         port: int | None = None,
         wrap: Sequence[str] = (),
+        extra_config: Sequence[str] = (),
     ) -> None:
         self.address = address
+        self._extra = list(extra_config)
         self.port = port or free_port(address if address != "0.0.0.0" else "127.0.0.1")
         self._authorized_key = authorized_key
         self._wrap = list(wrap)
@@ -122,6 +125,7 @@ class LocalSSHD:
                     "X11Forwarding no",
                     "Subsystem sftp internal-sftp",
                     "LogLevel ERROR",
+                    *self._extra,
                 ]
             )
             + "\n"
