@@ -22,6 +22,7 @@ import atexit
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -41,6 +42,78 @@ def _tail(path: Path, lines: int) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def ship_program(session: Any, remote: str, program: Program) -> str:
+    """Hand ``program`` and every file it names (certificates, keys, manifest, uploads) to a relay
+    over SFTP, each 0600 before a byte is written, the program naming the relay's copies; return the
+    program's path on the relay."""
+    raw = program.raw()
+    shipped: dict[str, str] = {}
+
+    def ship(path: str) -> str:
+        if path not in shipped:
+            shipped[path] = f"{remote}/{len(shipped):02d}-{Path(path).name}"
+            session.put(shipped[path], Path(path).read_bytes(), mode=0o600)
+        return shipped[path]
+
+    raw["tls"] = {role: ship(path) for role, path in raw["tls"].items()}
+    if raw.get("cipher_key_file"):
+        raw["cipher_key_file"] = ship(raw["cipher_key_file"])
+    if raw.get("source"):
+        raw["source"] = {**raw["source"], "manifest": ship(raw["source"]["manifest"])}
+    if raw.get("destination", {}).get("uploads_file"):
+        raw["destination"] = {**raw["destination"], "uploads_file": ship(raw["destination"]["uploads_file"])}
+    session.put(f"{remote}/program.json", Program.parse(raw).dumps().encode(), mode=0o600)
+    return f"{remote}/program.json"
+
+
+def launch_over_ssh(
+    session: Any,
+    remote: str,
+    program: Program,
+    region: str,
+    *,
+    python: str,
+    package: str,
+    timeout: float,
+    gateways: dict[str, Any],
+    forward_control: bool,
+) -> SSHGateway:
+    """Ship ``program`` to the relay's folder ``remote``, start the gateway detached with ``package``
+    (this package's zip) on its path, record it in ``gateways`` (so a teardown finds it even if it
+    never becomes ready) and wait for its ready file. With ``forward_control``, its control endpoint
+    (on the relay's loopback) is reached through an SSH port forward."""
+    program_path = ship_program(session, remote, program)
+    pid = session.start_daemon(
+        [python, "-m", "airflow_skyplane.gateway", "--program", program_path,
+         "--ready-file", f"{remote}/ready.json"],
+        workdir=remote,
+        log_path=f"{remote}/gateway.log",
+        env={"PYTHONPATH": package},
+    )  # fmt: skip
+    gateway = SSHGateway(program.gateway_id, region, session, pid, f"{remote}/gateway.log")
+    gateway.control_host = "127.0.0.1" if forward_control else program.control.host
+    gateways[program.gateway_id] = gateway
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        probe = session.run(f"cat {shlex.quote(remote)}/ready.json 2>/dev/null", check=False)
+        if probe.exit_status == 0 and probe.stdout.strip():
+            gateway.info = json.loads(probe.stdout)
+            gateway.listen_port = gateway.info.get("listen_port")
+            port = int(gateway.info["control_port"])
+            gateway.control_port = session.forward(port) if forward_control else port
+            return gateway
+        if not session.is_running(pid):
+            raise TransferError(
+                f"gateway {program.gateway_id} on relay {region} ({session.host_id}) exited while "
+                f"starting; its log ends with:\n{gateway.log_tail()}"
+            )
+        time.sleep(0.1)
+    raise TransferError(
+        f"gateway {program.gateway_id} on relay {region} did not become ready in {timeout:.0f} s; its log "
+        f"ends with:\n{gateway.log_tail()}"
+    )
 
 
 @dataclass
@@ -299,51 +372,10 @@ class LocalRelayBackend:
         remote = f"{self.workdir}/remote-{safe}"  # the relay's own folder ("/opt/skyplane" on a VM)
         session.run(f"mkdir -p -m 700 {remote}")
         package = session.ship_package(remote)
-        raw = program.raw()
-        # every file the program names travels over SFTP, and the program names the relay's copies
-        shipped: dict[str, str] = {}
-
-        def ship(path: str) -> str:
-            if path not in shipped:
-                shipped[path] = f"{remote}/{len(shipped):02d}-{Path(path).name}"
-                session.put(shipped[path], Path(path).read_bytes(), mode=0o600)
-            return shipped[path]
-
-        raw["tls"] = {role: ship(path) for role, path in raw["tls"].items()}
-        if raw.get("cipher_key_file"):
-            raw["cipher_key_file"] = ship(raw["cipher_key_file"])
-        if raw.get("source"):
-            raw["source"] = {**raw["source"], "manifest": ship(raw["source"]["manifest"])}
-        if raw.get("destination", {}).get("uploads_file"):
-            raw["destination"] = {
-                **raw["destination"],
-                "uploads_file": ship(raw["destination"]["uploads_file"]),
-            }
-        session.put(f"{remote}/program.json", Program.parse(raw).dumps().encode(), mode=0o600)
-        pid = session.start_daemon(
-            [sys.executable, "-m", "airflow_skyplane.gateway", "--program", f"{remote}/program.json",
-             "--ready-file", f"{remote}/ready.json"],
-            workdir=remote,
-            log_path=f"{remote}/gateway.log",
-            env={"PYTHONPATH": package},
+        return launch_over_ssh(
+            session, remote, program, region, python=sys.executable, package=package, timeout=timeout,
+            gateways=self.gateways, forward_control=False,  # the region's control link reaches it
         )  # fmt: skip
-        gateway = SSHGateway(program.gateway_id, region, session, pid, f"{remote}/gateway.log")
-        gateway.control_host = program.control.host
-        self.gateways[program.gateway_id] = gateway
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            probe = session.run(f"cat {remote}/ready.json 2>/dev/null", check=False)
-            if probe.exit_status == 0 and probe.stdout.strip():
-                gateway.info = json.loads(probe.stdout)
-                gateway.listen_port = gateway.info.get("listen_port")
-                gateway.control_port = gateway.info.get("control_port")
-                return gateway
-            if not session.is_running(pid):
-                raise TransferError(
-                    f"gateway {program.gateway_id} exited while starting: {gateway.log_tail()}"
-                )
-            time.sleep(0.1)
-        raise TransferError(f"gateway {program.gateway_id} did not become ready in {timeout:.0f} s")
 
     def stop(self, gateway_id: str, timeout: float = 10.0) -> int | None:
         gateway = self.gateways.get(gateway_id)

@@ -335,10 +335,7 @@ class TransferJob:
                 "next_hops": [],
             }
             if not reads:
-                raw["listen"] = {
-                    "host": "0.0.0.0" if self.overlay.regions.get(gid) else "127.0.0.1",
-                    "port": 0,
-                }
+                raw["listen"] = self._listen(gid)
             if (reads or writes) and self.encrypt:
                 raw["cipher_key_file"] = str(key_file)
             if reads:
@@ -362,15 +359,28 @@ class TransferJob:
             programs[gid] = raw
         return programs
 
+    # Where gateways listen and how they reach each other: a backend of relay machines (cloud VMs
+    # over SSH) says so itself; otherwise loopback, or the emulated WAN's addresses.
+    def _listen(self, gid: str) -> dict[str, Any]:
+        region = self.overlay.regions.get(gid)
+        if hasattr(self.backend, "listen_endpoint"):
+            host, port = self.backend.listen_endpoint(region)
+            return {"host": host, "port": port}
+        return {"host": "0.0.0.0" if region else "127.0.0.1", "port": 0}
+
     def _control_host(self, gid: str) -> str:
         """Loopback, or in the emulated WAN the host-facing control address of the gateway's region."""
-        wan = getattr(self.backend, "wan", None)
         region = self.overlay.regions.get(gid)
+        if hasattr(self.backend, "control_host"):
+            return str(self.backend.control_host(region))
+        wan = getattr(self.backend, "wan", None)
         return wan.control_address(region) if wan is not None and region else "127.0.0.1"
 
     def _addresses(self, gid: str) -> list[str]:
-        wan = getattr(self.backend, "wan", None)
         region = self.overlay.regions.get(gid)
+        if hasattr(self.backend, "cert_addresses"):
+            return list(self.backend.cert_addresses(region))
+        wan = getattr(self.backend, "wan", None)
         if wan is None or region is None:
             return []
         return [
@@ -378,8 +388,10 @@ class TransferJob:
         ]
 
     def _hop_endpoint(self, hop: Hop, listen_port: int) -> Endpoint:
-        wan = getattr(self.backend, "wan", None)
         src_region, dst_region = self.overlay.regions.get(hop.src), self.overlay.regions.get(hop.dst)
+        if hasattr(self.backend, "hop_address"):
+            return Endpoint(self.backend.hop_address(src_region, dst_region), listen_port)
+        wan = getattr(self.backend, "wan", None)
         if wan is not None and src_region and dst_region:
             return Endpoint(wan.address(src_region, dst_region), listen_port)
         return Endpoint("127.0.0.1", listen_port)

@@ -1,0 +1,249 @@
+"""Gateways on relay machines reached over SSH: cloud VMs, or the emulated ones of the tests.
+
+A :class:`RelayHosts` is the fleet's set of machines, one per region (:class:`RelayHost`), with the
+fleet's SSH key and host-key pins, and one paramiko session per machine, opened on first use and
+shared by every transfer of the fleet. :meth:`RelayHosts.backend` gives one transfer its gateway
+backend, :class:`SSHRelayBackend`, which has the surface of the local backend
+(:class:`~airflow_skyplane.compute.local.LocalRelayBackend`: ``start``, ``stop``, ``teardown``,
+``running``, ``gateways``) and tells the transfer job where its gateways listen and how they reach
+each other:
+
+* a gateway **listens** on its machine's own address (a VM's private address, which the cloud maps
+  its public one to) on a port of :data:`~airflow_skyplane.compute.relays.GATEWAY_PORTS`, the range
+  the fleet's firewall rules admit from the fleet's own addresses only;
+* other gateways **dial** the machine's data address (its public address, or its private one when
+  the worker and relays share a network: ``relay_address="private"``);
+* its **control endpoint** listens on the machine's loopback only; the worker reaches it through an
+  SSH port forward (:meth:`~airflow_skyplane.compute.ssh.RelaySSH.forward`), so nothing but SSH from
+  the worker's address is ever admitted to a relay.
+
+Starting a gateway: check the relay's Python has the gateway's light dependencies (install them with
+pip from the ``gateway`` extra of this package's metadata when it does not, or fail naming the fix),
+ship this worker's own ``airflow_skyplane`` code as a zip (the exact version of the worker), ship the
+program and every file it names (certificates, keys, the manifest, the uploads) over SFTP with mode
+0600, start ``python -m airflow_skyplane.gateway`` detached, wait for its ready file, forward its
+control port. Teardown stops every gateway and deletes its folder on the relay (keys, credentials).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shlex
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from airflow_skyplane.compute.local import SSHGateway, launch_over_ssh
+from airflow_skyplane.compute.relays import GATEWAY_PORT, GATEWAY_PORT_LAST
+from airflow_skyplane.exceptions import InvalidInputError, TransferError
+
+log = logging.getLogger(__name__)
+
+#: what the gateway imports beyond the standard library on every relay (the store SDKs load lazily)
+_GATEWAY_IMPORTS = "import lz4.frame, cryptography, tenacity"
+
+
+@dataclass
+class RelayHost:
+    """One relay machine: how the worker reaches it over SSH and how gateways reach each other."""
+
+    region: str
+    ssh_host: str
+    data_address: str  # what other gateways dial
+    listen_address: str = "0.0.0.0"  # what its gateways bind (a VM's own private address)
+    ssh_port: int = 22
+    username: str = "ubuntu"
+    host_keys: list[str] = field(default_factory=list)  # pinned before the first connection, if known
+    instance_id: str = ""
+
+
+def gateway_requirements() -> list[str]:
+    """The ``gateway`` extra of this package's installed metadata, for ``pip install`` on a relay."""
+    from importlib import metadata
+
+    try:
+        requires = metadata.requires("airflow-skyplane") or []
+    except metadata.PackageNotFoundError:
+        return []
+    out = []
+    for line in requires:
+        spec, _, marker = line.partition(";")
+        if "extra" in marker and "gateway" in marker:
+            out.append(spec.strip())
+    return out
+
+
+class RelayHosts:
+    """The machines of one fleet, their SSH sessions and the gateway ports given out on each."""
+
+    def __init__(
+        self,
+        fleet_id: str,
+        hosts: Mapping[str, RelayHost],
+        *,
+        python: str = "python3",
+        remote_root: str = "/tmp/airflow-skyplane",  # noqa: S108 - a folder on the relay, 0700
+        connect_deadline_s: float = 300.0,
+        key: Any = None,
+    ) -> None:
+        from airflow_skyplane.compute.ssh import HostKeyPins, SSHKeyPair
+
+        self.fleet_id = fleet_id
+        self.hosts = dict(hosts)
+        self.python = python
+        self.remote_root = f"{remote_root.rstrip('/')}/{fleet_id}"
+        self.connect_deadline_s = connect_deadline_s
+        self.key = key or SSHKeyPair.generate(f"skyplane-fleet-{fleet_id}")
+        preset = {f"{h.ssh_host}:{h.ssh_port}": h.host_keys[0] for h in self.hosts.values() if h.host_keys}
+        # relays whose console showed no host key are pinned at the fleet's first connection
+        self.pins = HostKeyPins(preset, pin_on_first_use=True)
+        self._sessions: dict[str, Any] = {}
+        self._prepared: dict[str, str] = {}  # region -> the package zip on that relay
+        self._ports: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def host(self, region: str | None) -> RelayHost:
+        if region is None or region not in self.hosts:
+            raise InvalidInputError(
+                f"no relay was provisioned in region {region!r}; the fleet has {sorted(self.hosts)}"
+            )
+        return self.hosts[region]
+
+    def session(self, region: str) -> Any:
+        from airflow_skyplane.compute.ssh import RelaySSH
+
+        with self._lock:
+            if region not in self._sessions:
+                host = self.host(region)
+                session = RelaySSH(
+                    host.ssh_host,
+                    port=host.ssh_port,
+                    username=host.username,
+                    key=self.key,
+                    pins=self.pins,
+                    connect_deadline_s=self.connect_deadline_s,
+                )
+                session.connect()
+                self._sessions[region] = session
+            return self._sessions[region]
+
+    def next_port(self, region: str) -> int:
+        with self._lock:
+            port = self._ports.get(region, GATEWAY_PORT)
+            if port > GATEWAY_PORT_LAST:
+                raise TransferError(
+                    f"relay {region} runs {GATEWAY_PORT_LAST - GATEWAY_PORT + 1} gateways already, all the "
+                    "ports its firewall admits: split the transfer into fewer destinations per task"
+                )
+            self._ports[region] = port + 1
+            return port
+
+    def prepare(self, region: str) -> str:
+        """Make sure the relay can run the gateway; ship the package once; return its remote path."""
+        with self._lock:
+            if region in self._prepared:
+                return self._prepared[region]
+        session = self.session(region)
+        session.run(f"mkdir -p -m 700 {shlex.quote(self.remote_root)}")
+        python = shlex.quote(self.python)
+        probe = session.run(f"{python} -c {shlex.quote(_GATEWAY_IMPORTS)}", check=False)
+        if probe.exit_status != 0:
+            requirements = gateway_requirements()
+            log.info("relay %s: installing the gateway's dependencies (%s)", region, ", ".join(requirements))
+            install = session.run(
+                f"{python} -m pip install --quiet --user {' '.join(shlex.quote(r) for r in requirements)}",
+                check=False,
+                timeout=900,
+            )
+            if install.exit_status != 0 or not requirements:
+                raise TransferError(
+                    f"relay {region} ({session.host_id}): {self.python} cannot import the gateway's "
+                    f"dependencies and installing them failed: {(install.stderr or probe.stderr)[-800:]}; "
+                    "use a relay image with `pip install 'airflow-skyplane[gateway]'` done (relay_image), "
+                    "or point relay_python at an interpreter that has them"
+                )
+        package = session.ship_package(self.remote_root)
+        with self._lock:
+            self._prepared[region] = package
+        return package
+
+    def backend(self, tag: str) -> SSHRelayBackend:
+        """The gateway backend of one transfer of the fleet (``tag`` keeps its folders apart)."""
+        return SSHRelayBackend(self, tag)
+
+    def close(self) -> None:
+        """Delete the fleet's folder on every relay reached and close the sessions. Idempotent."""
+        with self._lock:
+            sessions, self._sessions = dict(self._sessions), {}
+            self._prepared.clear()
+        for session in sessions.values():
+            with contextlib.suppress(Exception):
+                session.run(f"rm -rf -- {shlex.quote(self.remote_root)}", check=False)
+            session.close()
+
+
+class SSHRelayBackend:
+    """Start, watch and stop one transfer's gateways on the fleet's relays, over SSH."""
+
+    via_ssh = True  # gateways outlive no SSH session of ours: the worker's death ends nothing here
+    wan = None
+
+    def __init__(self, relays: RelayHosts, tag: str) -> None:
+        self.relays = relays
+        self.tag = "".join(c if c.isalnum() else "-" for c in tag)
+        self.gateways: dict[str, SSHGateway] = {}
+
+    # -- where gateways listen and how they reach each other (read by the transfer job) -----------
+    def listen_endpoint(self, region: str | None) -> tuple[str, int]:
+        host = self.relays.host(region)
+        return host.listen_address, self.relays.next_port(host.region)
+
+    def control_host(self, region: str | None) -> str:
+        return "127.0.0.1"  # the relay's loopback; the worker comes through an SSH port forward
+
+    def hop_address(self, src_region: str | None, dst_region: str | None) -> str:
+        return self.relays.host(dst_region).data_address
+
+    def cert_addresses(self, region: str | None) -> list[str]:
+        host = self.relays.host(region)
+        return sorted({host.data_address, host.listen_address} - {"0.0.0.0"})
+
+    # -- gateways ---------------------------------------------------------------------------------
+    def start(self, program: Any, region: str | None = None, timeout: float = 60.0) -> SSHGateway:
+        host = self.relays.host(region)
+        package = self.relays.prepare(host.region)
+        session = self.relays.session(host.region)
+        safe = "".join(c if c.isalnum() else "-" for c in program.gateway_id)
+        remote = f"{self.relays.remote_root}/{self.tag}-{safe}"
+        session.run(f"mkdir -p -m 700 {shlex.quote(remote)}")
+        return launch_over_ssh(
+            session, remote, program, host.region, python=self.relays.python, package=package,
+            timeout=timeout, gateways=self.gateways, forward_control=True,
+        )  # fmt: skip
+
+    def stop(self, gateway_id: str, timeout: float = 10.0) -> None:
+        gateway = self.gateways.get(gateway_id)
+        if gateway is not None and not gateway.stopped:
+            with contextlib.suppress(Exception):
+                gateway.session.stop(gateway.pid, grace_s=timeout)
+            gateway.stopped = True
+
+    def teardown(self) -> None:
+        for gateway_id in list(self.gateways):
+            self.stop(gateway_id)
+        for gateway in self.gateways.values():
+            folder = str(Path(gateway.log_path).parent)
+            with contextlib.suppress(Exception):
+                gateway.session.run(f"rm -rf -- {shlex.quote(folder)}", check=False)
+
+    def detach(self) -> None:
+        raise InvalidInputError(
+            "a transfer on cloud relays is conducted over the worker's SSH sessions and cannot be "
+            "detached from its task yet: use wait_for_completion=True (and deferrable=False)"
+        )
+
+    def running(self) -> list[str]:
+        return [g for g, gw in self.gateways.items() if gw.alive()]
