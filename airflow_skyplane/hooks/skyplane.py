@@ -52,6 +52,19 @@ class SkyplaneSettings:
     gcp_machine_type: str = "n2-standard-16"
     azure_vm_size: str = "Standard_D32_v5"
     relay_image: Mapping[str, str] = field(default_factory=dict)
+    #: cloud relays: the worker's public address as a CIDR (SSH to the relays is admitted from there)
+    worker_cidr: str | None = None
+    #: how the worker and the gateways reach relays: "public" addresses, or "private" ones (the
+    #: worker shares a network with them: a peered VPC, a VPN)
+    relay_address: str = "public"
+    ssh_port: int = 22
+    ssh_username: str = "ubuntu"
+    #: the interpreter that runs the gateway on a relay (its light dependencies are installed with
+    #: pip when it lacks them)
+    relay_python: str = "python3"
+    #: AWS region ("aws:us-east-1") -> subnet to launch relays in (default: the region's default VPC)
+    aws_subnets: Mapping[str, str] = field(default_factory=dict)
+    azure_resource_group: str | None = None
 
     _INT_LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
         "max_relays_per_region": (1, 64),
@@ -59,6 +72,7 @@ class SkyplaneSettings:
         "connections_per_relay": (1, 256),
         "chunk_size_mb": (1, 256),
         "fleet_ttl_minutes": (5, 7 * 24 * 60),
+        "ssh_port": (1, 65535),
     }
 
     @classmethod
@@ -83,7 +97,13 @@ class SkyplaneSettings:
 
     @classmethod
     def _coerce(cls, name: str, raw: Any, *, origin: str) -> Any:
-        if raw is None and name in ("max_relays", "grid_path", "state_dir"):
+        if raw is None and name in (
+            "max_relays",
+            "grid_path",
+            "state_dir",
+            "worker_cidr",
+            "azure_resource_group",
+        ):
             return None
         if name in ("compression", "encryption", "use_spot"):
             if isinstance(raw, bool):
@@ -127,6 +147,22 @@ class SkyplaneSettings:
                     'such as ["aws:eu-*", "gcp:europe-*"]'
                 )
             return tuple(items)
+        if name == "relay_address":
+            if raw not in ("public", "private"):
+                raise InvalidInputError(
+                    f"{origin}: relay_address={raw!r} is unknown; use 'public' or 'private'"
+                )
+            return raw
+        if name == "aws_subnets":
+            if not isinstance(raw, Mapping) or not all(
+                isinstance(k, str) and k.startswith("aws:") and isinstance(v, str) and v
+                for k, v in raw.items()
+            ):
+                raise InvalidInputError(
+                    f"{origin}: aws_subnets must map AWS regions to subnet ids, "
+                    'e.g. {"aws:us-east-1": "subnet-0abc..."}'
+                )
+            return dict(raw)
         if name == "relay_image":
             if not isinstance(raw, Mapping) or not all(isinstance(v, str) for v in raw.values()):
                 raise InvalidInputError(
@@ -152,6 +188,7 @@ class SkyplaneSettings:
         data = {name: getattr(self, name) for name in self.field_names()}
         data["allowed_regions"] = list(self.allowed_regions)
         data["relay_image"] = dict(self.relay_image)
+        data["aws_subnets"] = dict(self.aws_subnets)
         return data
 
 
@@ -222,7 +259,7 @@ def _config_section() -> dict[str, Any]:
     for key, value in (conf.getsection("skyplane") or {}).items():
         if key not in known:
             continue  # a newer or older package's option: ignore rather than fail every task
-        if key in ("allowed_regions", "relay_image"):
+        if key in ("allowed_regions", "relay_image", "aws_subnets"):
             try:
                 values[key] = json.loads(str(value))
             except json.JSONDecodeError:

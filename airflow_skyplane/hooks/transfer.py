@@ -70,6 +70,7 @@ class FleetTransfer:
         self.fleet_id, self.state_dir, self.request, self.jobs = fleet_id, state_dir, request, jobs
         self.folder = fleets.fleet_dir(state_dir, fleet_id)
         self.deleted: list[int] = []
+        self.cloud: Any = None  # the CloudFleet whose VMs run the gateways, if any
 
     # -- starting ------------------------------------------------------------------------------------
     @classmethod
@@ -89,11 +90,16 @@ class FleetTransfer:
         on_progress: Callable[[Progress], None] | None = None,
         progress_every_s: float = 5.0,
         detached: bool = False,
+        cloud: Any = None,
     ) -> FleetTransfer:
         """Record the fleet, then start one transfer per destination; on any failure tear down all.
 
         Unless ``detached`` (another process will finish the transfer), every gateway watches this
         process and stops if it dies without tearing down (SIGKILL, a lost container).
+
+        With ``cloud`` (a :class:`~airflow_skyplane.compute.cloud.CloudFleet`), one relay VM is
+        rented in every region the overlays name and the gateways of those transfers run there,
+        reached over SSH; a transfer sent directly (no region known) runs its gateways here.
         """
         from airflow_skyplane.compute.local import LocalRelayBackend
         from airflow_skyplane.transfer.job import TransferJob
@@ -106,20 +112,30 @@ class FleetTransfer:
             fcntl.flock(lock, fcntl.LOCK_EX)
             _refuse_overlaps(state_dir, request.destinations)
             owner = {**owner, "pid": os.getpid()}  # the controller, alive while it starts the gateways
-            fleets.FleetRecord(fleet_id, "local", now, now + ttl_s, owner).write(folder)
+            kind = "local" if cloud is None else "cloud"
+            fleets.FleetRecord(fleet_id, kind, now, now + ttl_s, owner).write(folder)
             _private_json(folder / REQUEST_FILE, asdict(request))
         fleet = cls(fleet_id, state_dir, request, [])
+        fleet.cloud = cloud
         try:
+            relays = None
+            regions = [r for overlay in overlays for r in overlay.regions.values() if r]
+            if cloud is not None and regions:
+                relays = cloud.provision(dict.fromkeys(regions, 1), expires_at=now + ttl_s, owner=owner)
             for n, (dst, selection, overlay) in enumerate(
                 zip(destinations, selections, overlays, strict=True)
             ):
                 workdir = folder / str(n)
+                if relays is not None and any(overlay.regions.values()):
+                    backend: Any = relays.backend(str(n))  # its gateways on the relay VMs
+                else:
+                    backend = LocalRelayBackend(workdir, fleet_id=fleet_id)
                 job = TransferJob(
                     source.store,
                     source.prefix,
                     dst.store,
                     dst.prefix,
-                    backend=LocalRelayBackend(workdir, fleet_id=fleet_id),
+                    backend=backend,
                     workdir=workdir,
                     overlay=overlay,
                     objects=selection,
@@ -201,6 +217,12 @@ class FleetTransfer:
                 job.close()
             except Exception as err:  # noqa: BLE001 - tear down the others first, then report
                 errors.append(err)
+        if self.cloud is not None:
+            try:
+                self.cloud.teardown()
+            except Exception as err:  # noqa: BLE001 - the folder (and its cloud.json) stays for a retry
+                errors.append(err)
+                raise TransferError(f"teardown of fleet {self.fleet_id} met errors: {errors}") from None
         fleets.teardown_fleet(self.state_dir, self.fleet_id)
         if errors:
             raise TransferError(f"teardown of fleet {self.fleet_id} met errors: {errors}")
@@ -237,6 +259,10 @@ def teardown(fleet_id: str, state_dir: str) -> list[str]:
         FleetTransfer.attach(fleet_id, state_dir).close()
     except (SkyplaneError, OSError, ValueError, KeyError) as err:
         log.warning("fleet %s: could not reopen its stores to abort its uploads (%s)", fleet_id, err)
+    from airflow_skyplane.compute.cloud import teardown_recorded
+
+    if teardown_recorded(folder, fleet_id):  # its relay VMs, found by tag; raises if any is left
+        running.append("relay VMs")
     fleets.teardown_fleet(state_dir, fleet_id)
     return running
 

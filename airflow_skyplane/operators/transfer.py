@@ -147,7 +147,12 @@ class SkyplaneTransferOperator(BaseOperator):
     :param max_cost_usd: most the transfer may cost (egress and relays), for the planner.
     :param max_relays_per_region: relays the planner may place per region.
     :param allowed_regions: region patterns relays may use (``["aws:eu-*", "gcp:*"]``).
-    :param relay_backend: ``local`` (gateways as processes on the worker: the embedded default).
+    :param relay_backend: ``local`` (gateways as processes on the worker: the embedded default), or
+        relay VMs rented for the transfer through the Airflow cloud hooks: ``aws`` (``EC2Hook``),
+        ``gcp`` (``ComputeEngineHook``), ``azure`` (``AzureComputeHook``), each limiting the relays
+        to its cloud, or ``auto`` (each region's own cloud). One VM per region of the plan, source and
+        destination regions included, bootstrapped over SSH and always torn down; a relay region
+        refused for quota or capacity is planned around (up to three times).
     :param compression: lz4 per chunk where it pays (default on).
     :param encryption: AES-GCM end to end (default on).
     :param chunk_size_mb: chunk size on the wire.
@@ -290,10 +295,18 @@ class SkyplaneTransferOperator(BaseOperator):
         settings = SkyplaneHook(self.skyplane_conn_id).get_settings()
         settings = settings.merged(self.overrides, origin=f"task {self.task_id!r}")
         if settings.relay_backend != "local":
-            raise InvalidInputError(
-                f"relay_backend={settings.relay_backend!r} is not available yet: use relay_backend='local' "
-                "(relays as local processes on the worker)"
-            )
+            if not settings.worker_cidr:
+                raise InvalidInputError(
+                    f"relay_backend={settings.relay_backend!r} rents relay VMs, whose SSH is admitted only "
+                    "from the worker: set worker_cidr (the worker's public address, e.g. '203.0.113.7/32') "
+                    "in the skyplane connection's extra or [skyplane] config"
+                )
+            if not self.wait_for_completion or self.deferrable:
+                raise InvalidInputError(
+                    f"relay_backend={settings.relay_backend!r}: a transfer on cloud relays is conducted over "
+                    "the worker's SSH sessions and cannot detach or defer yet; use wait_for_completion=True "
+                    "and deferrable=False, or relay_backend='local'"
+                )
         if settings.objective == "cost" and self.min_throughput_gbps is None and self.deadline_s is None:
             raise InvalidInputError(
                 "objective='cost' needs deadline or min_throughput_gbps (the cheapest plan that reaches "
@@ -352,11 +365,30 @@ class SkyplaneTransferOperator(BaseOperator):
         return None
 
     # -- plan ----------------------------------------------------------------------------------------
-    def _plan(self, settings: Any, src_region: str | None, dst_regions: Sequence[str], size_gb: float) -> Any:
+    def _plan(
+        self,
+        settings: Any,
+        src_region: str | None,
+        dst_regions: Sequence[str],
+        size_gb: float,
+        excluded: Sequence[str] = (),
+    ) -> Any:
         from airflow_skyplane.planner import NetworkModel, plan_transfer
+        from airflow_skyplane.planner.regions import match_regions
 
         model = NetworkModel.from_csv(settings.grid_path) if settings.grid_path else NetworkModel.default()
         size = max(size_gb, 1e-9)
+        allowed = list(settings.allowed_regions) or None
+        if settings.relay_backend in ("aws", "gcp", "azure"):
+            allowed = allowed or [f"{settings.relay_backend}:*"]
+            for region in (src_region, *dst_regions):
+                if region and not region.startswith(f"{settings.relay_backend}:"):
+                    raise InvalidInputError(
+                        f"relay_backend={settings.relay_backend!r} rents relays in that cloud only, but "
+                        f"{region!r} is elsewhere: use relay_backend='auto' (relays in each region's cloud)"
+                    )
+        if excluded:
+            allowed = [r for r in match_regions(allowed or ["*"], model.regions) if r not in excluded]
         try:
             return plan_transfer(
                 model,
@@ -369,7 +401,7 @@ class SkyplaneTransferOperator(BaseOperator):
                 budget_usd=self.max_cost_usd,
                 max_vms_per_region=settings.max_relays_per_region,
                 max_vms=settings.max_relays,
-                allowed_regions=list(settings.allowed_regions) or None,
+                allowed_regions=allowed,
             )
         except InfeasiblePlanError as err:
             message = str(err)
@@ -430,7 +462,7 @@ class SkyplaneTransferOperator(BaseOperator):
         counts: list[Any],
         spools: list[Any],
     ) -> dict[str, Any]:
-        from airflow_skyplane.hooks.transfer import FleetTransfer, TransferRequest
+        from airflow_skyplane.hooks.transfer import TransferRequest
 
         needed = [spool.bytes for spool in spools]
         src_region = self.source_region or self._region_of(src)
@@ -502,7 +534,8 @@ class SkyplaneTransferOperator(BaseOperator):
         if ti is not None:
             ti.xcom_push(key=FLEET_XCOM_KEY, value=fleet_id)
         summary["fleet_id"] = fleet_id
-        overlays = [self._overlay(plan) for plan in plans]
+        cloud = self._cloud(settings, fleet_id)
+        overlays = [self._overlay(plan, cloud is not None) for plan in plans]
         request = TransferRequest(
             self.source, destinations, self.aws_conn_id, self.gcp_conn_id, self.wasb_conn_id, summary,
             deletes=[list(c.extraneous_keys) for c in counts] if self.delete_extraneous else [],
@@ -514,14 +547,13 @@ class SkyplaneTransferOperator(BaseOperator):
             "map_index": getattr(ti, "map_index", -1),
             "try_number": getattr(ti, "try_number", None),
         }
-        self._fleet = FleetTransfer.start(
+        start = dict(
             fleet_id=fleet_id,
             state_dir=settings.fleets_dir(),
             request=request,
             source=src,
             destinations=dsts,
             selections=spools,
-            overlays=overlays,
             ttl_s=settings.fleet_ttl_minutes * 60.0,
             owner=owner,
             job_options={
@@ -533,6 +565,10 @@ class SkyplaneTransferOperator(BaseOperator):
             },
             on_progress=lambda p: self.log.info("%s", p.line()),
             detached=not self.wait_for_completion or self.deferrable,
+            cloud=cloud,
+        )
+        self._fleet = self._start_fleet(
+            settings, start, overlays, plans, src_region, regions, needed, summary
         )
         if not self.wait_for_completion or self.deferrable:
             self._fleet.detach()
@@ -567,14 +603,84 @@ class SkyplaneTransferOperator(BaseOperator):
             self._fleet.close()
         return self._summary(summary, results, deleted)
 
-    def _overlay(self, plan: Any) -> Any:
+    def _overlay(self, plan: Any, on_vms: bool = False) -> Any:
         from airflow_skyplane.transfer.job import Overlay, overlay_from_plan
 
         if plan is None:
             return Overlay.direct(self.connections_per_hop)
         overlay = overlay_from_plan(plan, max_connections_per_hop=self.connections_per_hop)
-        overlay.regions = dict.fromkeys(overlay.regions)  # local relays: all on this machine
+        if not on_vms:
+            overlay.regions = dict.fromkeys(overlay.regions)  # local relays: all on this machine
         return overlay
+
+    #: test-only: cloud -> relay backend (pointed at an emulator), used instead of the connections'
+    cloud_backends: dict[str, Any] | None = None
+
+    def _cloud(self, settings: Any, fleet_id: str) -> Any:
+        """The fleet's relay VMs for a cloud ``relay_backend``; None for local relays."""
+        if settings.relay_backend == "local":
+            return None
+        from airflow_skyplane.compute.cloud import CloudFleet, CloudOptions
+        from airflow_skyplane.compute.fleets import fleet_dir
+
+        options = CloudOptions(
+            worker_cidr=settings.worker_cidr,
+            relay_address=settings.relay_address,
+            ssh_port=settings.ssh_port,
+            ssh_username=settings.ssh_username,
+            relay_python=settings.relay_python,
+            use_spot=settings.use_spot,
+            aws_conn_id=self.aws_conn_id or "aws_default",
+            aws_instance_type=settings.aws_instance_type,
+            aws_subnets=dict(settings.aws_subnets),
+            gcp_conn_id=self.gcp_conn_id or "google_cloud_default",
+            gcp_machine_type=settings.gcp_machine_type,
+            azure_conn_id=self.azure_conn_id,
+            azure_resource_group=settings.azure_resource_group,
+            azure_vm_size=settings.azure_vm_size,
+            image=dict(settings.relay_image),
+        )
+        return CloudFleet(
+            fleet_id, fleet_dir(settings.fleets_dir(), fleet_id), options, backends=self.cloud_backends
+        )
+
+    def _start_fleet(
+        self,
+        settings: Any,
+        start: dict[str, Any],
+        overlays: list[Any],
+        plans: list[Any],
+        src_region: str | None,
+        regions: list[str],
+        needed: list[int],
+        summary: dict[str, Any],
+    ) -> Any:
+        """Start the fleet; when a cloud refuses a relay region for quota or capacity, plan around it
+        (the next-best plan without that region) and try again, at most three regions."""
+        from airflow_skyplane.compute.relays import RelayCapacityError
+        from airflow_skyplane.hooks.transfer import FleetTransfer
+
+        excluded: list[str] = []
+        while True:
+            try:
+                return FleetTransfer.start(overlays=overlays, **start)
+            except RelayCapacityError as err:
+                fixed = {src_region, *regions}
+                if err.region is None or err.region in fixed or len(excluded) >= 3:
+                    raise
+                excluded.append(err.region)
+                self.log.warning("%s; planning again without %s", err, ", ".join(excluded))
+                plans[:] = [
+                    None if p is None else self._plan(settings, src_region, [r], n / 1e9, excluded)
+                    for p, r, n in zip(plans, regions, needed, strict=True)
+                ]
+                for plan in plans:
+                    if plan is not None:
+                        self.log.info("Planned again (%s):\n%s", plan.solver, plan.to_table())
+                summary["plans"] = [p.to_dict() if p is not None else None for p in plans]
+                summary["excluded_regions"] = list(excluded)
+                overlays[:] = [self._overlay(p, True) for p in plans]
+                start["cloud"] = self._cloud(settings, start["fleet_id"])
 
     def _summary(
         self, base: dict[str, Any], results: Sequence[Any], deleted: Sequence[int] = ()

@@ -49,7 +49,7 @@ OPERATOR_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("chunk size zero", {"chunk_size_mb": 0}, "chunk_size_mb=0"),
     ("chunk size too big", {"chunk_size_mb": 4096}, "chunk_size_mb=4096"),
     ("unknown relay backend", {"relay_backend": "moon"}, "relay_backend='moon'"),
-    ("cloud relays not offered yet", {"relay_backend": "aws"}, "not available yet"),
+    ("cloud relays without the worker's address", {"relay_backend": "aws"}, "set worker_cidr"),
     (
         "region count mismatch",
         {"destination_region": ["aws:us-east-1", "aws:us-west-2"]},

@@ -83,10 +83,20 @@ def test_cost_objective_needs_a_throughput_target(sky_bucket: Callable[[str], st
         op.execute(context={})
 
 
-def test_cloud_relays_are_not_offered_yet(
+def test_cloud_relays_need_the_workers_address_an_attached_task_and_their_cloud(
     sky_bucket: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AIRFLOW__SKYPLANE__RELAY_BACKEND", "aws")
-    op = SkyplaneTransferOperator(task_id="aws", source=sky_bucket("s3"), destination=sky_bucket("gs"))
-    with pytest.raises(InvalidInputError, match="relay_backend='aws' is not available yet"):
+    src, dst = sky_bucket("s3"), sky_bucket("gs")
+    op = SkyplaneTransferOperator(task_id="aws", source=src, destination=dst)
+    with pytest.raises(InvalidInputError, match="relay_backend='aws' rents relay VMs.*set worker_cidr"):
+        op.execute(context={})
+    monkeypatch.setenv("AIRFLOW__SKYPLANE__WORKER_CIDR", "198.51.100.7/32")
+    op = SkyplaneTransferOperator(task_id="aws", source=src, destination=dst, wait_for_completion=False)
+    with pytest.raises(InvalidInputError, match="cannot detach or defer yet"):
+        op.execute(context={})
+    op = SkyplaneTransferOperator(
+        task_id="aws", source=src, destination=dst, destination_region="gcp:us-central1-a"
+    )
+    with pytest.raises(InvalidInputError, match="'gcp:us-central1-a' is elsewhere: use relay_backend='auto'"):
         op.execute(context={})

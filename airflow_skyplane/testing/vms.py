@@ -1,0 +1,148 @@
+"""Emulated relay VMs: moto's EC2 instances brought to life as SSH servers on loopback.
+
+moto (in server mode, in the emulated sky) serves the EC2 API the AWS relay backend calls through
+``EC2Hook``: security groups, key pairs, tagged instances. Its instances are records, not machines;
+:class:`EmulatedVMs` plays the machine's part, as cloud-init would on a real VM:
+
+* :meth:`EmulatedVMs.subnets` makes, per region, a VPC and a subnet whose addresses lie on loopback
+  (``127.<n>.1.0/24``), so that moto gives each instance a private address this machine owns; the
+  operator is told to launch relays there and to reach them on their private addresses
+  (``aws_subnets`` and ``relay_address="private"``, as with a peered VPC);
+* a watcher thread starts, for every running instance of a fleet, an ``sshd`` bound to that
+  instance's address that admits the key pair the instance was launched with (read back from the
+  EC2 API, as cloud-init installs it), and marks every process started through it with
+  ``SKYPLANE_EMULATED_VM=<instance id>``;
+* when the instance is terminated, its sshd stops and every process it started is killed, as a VM's
+  would be.
+
+So the relay bootstrap (paramiko, SFTP hand-over, detached gateway, port-forwarded control endpoint)
+and the data plane between relays run for real; only the VM's kernel is this machine's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+MARKER = "SKYPLANE_EMULATED_VM"
+
+
+class EmulatedVMs:
+    """Start one sshd per running moto instance of a relay fleet; stop it when the instance goes.
+
+    :param client: ``aws region -> boto3 EC2 client`` against the emulated sky's moto server.
+    :param regions: planner regions to watch (``aws:us-east-1``...).
+    :param ssh_port: the port every emulated VM's sshd listens on (each on its own address).
+    """
+
+    def __init__(self, client: Any, regions: Iterable[str], *, ssh_port: int = 2222) -> None:
+        self._client = client
+        self.regions = list(regions)
+        self.ssh_port = ssh_port
+        self.sshd: dict[str, Any] = {}  # instance id -> LocalSSHD
+        self.started: list[str] = []  # every instance that was brought up
+        self.metadata: dict[str, str] = {}  # instance id -> its tags and user-data, as the cloud shows them
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def subnets(self) -> dict[str, str]:
+        """Per region, a subnet on loopback addresses for the relays (``aws_subnets``)."""
+        out = {}
+        for n, region in enumerate(self.regions):
+            ec2 = self._client(region.split(":", 1)[1])
+            vpc = ec2.create_vpc(CidrBlock=f"127.{100 + n}.0.0/16")["Vpc"]["VpcId"]
+            subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=f"127.{100 + n}.1.0/24")["Subnet"]["SubnetId"]
+            out[region] = subnet
+        return out
+
+    def __enter__(self) -> EmulatedVMs:
+        self._thread = threading.Thread(target=self._watch, name="emulated-vms", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        for instance_id in list(self.sshd):
+            self._power_off(instance_id)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                self._sync()
+            except Exception as err:  # noqa: BLE001 - keep watching; the test reads the errors
+                self.errors.append(f"{type(err).__name__}: {err}")
+
+    def _sync(self) -> None:
+        running: dict[str, tuple[str, str, str]] = {}
+        for region in self.regions:
+            ec2 = self._client(region.split(":", 1)[1])
+            pages = ec2.describe_instances(
+                Filters=[{"Name": "tag-key", "Values": ["skyplane:fleet"]},
+                         {"Name": "instance-state-name", "Values": ["running"]}]
+            )  # fmt: skip
+            for reservation in pages["Reservations"]:
+                for instance in reservation["Instances"]:
+                    if instance.get("PrivateIpAddress", "").startswith("127."):
+                        running[instance["InstanceId"]] = (
+                            region, instance["PrivateIpAddress"], instance.get("KeyName", "")
+                        )  # fmt: skip
+        for instance_id in list(self.sshd):
+            if instance_id not in running:
+                self._power_off(instance_id)
+        for instance_id, (region, address, key_name) in running.items():
+            if instance_id not in self.sshd:
+                self._boot(instance_id, region, address, key_name)
+
+    def _boot(self, instance_id: str, region: str, address: str, key_name: str) -> None:
+        from airflow_skyplane.compute.sshd import LocalSSHD
+
+        ec2 = self._client(region.split(":", 1)[1])
+        keys = ec2.describe_key_pairs(KeyNames=[key_name], IncludePublicKey=True)["KeyPairs"]
+        sshd = LocalSSHD(
+            keys[0]["PublicKey"],
+            address=address,
+            port=self.ssh_port,
+            extra_config=[f"SetEnv {MARKER}={instance_id}"],
+        )
+        sshd.start()
+        self.sshd[instance_id] = sshd
+        described = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+        user_data = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+        self.metadata[instance_id] = repr(described.get("Tags")) + repr(user_data.get("UserData"))
+        self.started.append(instance_id)
+
+    def _power_off(self, instance_id: str) -> None:
+        sshd = self.sshd.pop(instance_id, None)
+        if sshd is not None:
+            sshd.stop()
+        for pid in processes_of(instance_id):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+    def live_processes(self) -> list[int]:
+        """Processes still running that an emulated VM started (there must be none after teardown)."""
+        return processes_of(None)
+
+
+def processes_of(instance_id: str | None) -> list[int]:
+    """Pids of processes started through an emulated VM's sshd (any VM's when ``instance_id`` is None)."""
+    wanted = f"{MARKER}={instance_id}".encode() if instance_id else f"{MARKER}=".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if any(var.startswith(wanted) for var in environ.split(b"\0")):
+            pids.append(int(entry.name))
+    return pids

@@ -1,0 +1,185 @@
+"""The operator on AWS relay VMs: rented through ``EC2Hook`` (moto), bootstrapped over SSH, torn down.
+
+moto serves the EC2 API; :class:`~airflow_skyplane.testing.vms.EmulatedVMs` brings each instance to
+life as an sshd on the loopback address moto gave it. Everything after the API call runs for real:
+the paramiko bootstrap, the gateways on the "VMs", the data plane between them, the control
+endpoints through SSH port forwards, and the teardown. After every case: no instance, security
+group or key pair of the fleet, no process any emulated VM started, no fleet record.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import random
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_skyplane.compute.aws import AWSRelayBackend
+from airflow_skyplane.compute.fleets import fleet_ids
+from airflow_skyplane.compute.relays import RelayCapacityError
+from airflow_skyplane.compute.sshd import find_sshd
+from airflow_skyplane.exceptions import TransferError
+from airflow_skyplane.operators.transfer import SkyplaneTransferOperator
+from airflow_skyplane.testing.sky import AZURITE_KEY, EmulatedSky
+from airflow_skyplane.testing.vms import EmulatedVMs
+
+pytestmark = pytest.mark.skipif(find_sshd() is None, reason="needs sshd (Debian package openssh-server)")
+
+REGIONS = ["aws:us-east-1", "aws:eu-west-1", "aws:us-west-2", "aws:eu-central-1"]
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def vms(emulated_sky: EmulatedSky, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatedVMs]:
+    backend = AWSRelayBackend(wait_timeout_s=60)
+    emulated = EmulatedVMs(backend.client, REGIONS)
+    subnets = emulated.subnets()
+    grid = tmp_path / "grid.csv"  # today's scenario: the direct path is congested
+    grid.write_text(
+        "src_region,src_tier,dst_region,dst_tier,throughput_gbps,iperf3_connections\n"
+        "aws:us-east-1,PREMIUM,aws:eu-west-1,PREMIUM,0.3,64\n"
+    )
+    for name, value in {
+        "RELAY_BACKEND": "aws",
+        "WORKER_CIDR": "198.51.100.7/32",
+        "RELAY_ADDRESS": "private",
+        "SSH_PORT": str(emulated.ssh_port),
+        "SSH_USERNAME": getpass.getuser(),  # the emulated VMs' sshd runs as this user
+        "RELAY_PYTHON": sys.executable,
+        "AWS_SUBNETS": json.dumps(subnets),
+        "AWS_INSTANCE_TYPE": "m5.large",
+        "GRID_PATH": str(grid),
+        "ALLOWED_REGIONS": json.dumps(REGIONS),
+    }.items():
+        monkeypatch.setenv(f"AIRFLOW__SKYPLANE__{name}", value)
+    with emulated:
+        yield emulated
+    assert emulated.errors == []
+
+
+def _leftovers(fleet: str) -> dict[str, Any]:
+    found = AWSRelayBackend().resources(fleet, REGIONS)
+    return {r: {k: v for k, v in kinds.items() if v} for r, kinds in found.items() if any(kinds.values())}
+
+
+def _seed(emulated_sky: EmulatedSky, uri: str) -> dict[str, bytes]:
+    rng = random.Random(6)
+    data = {f"part-{n}.bin": rng.randbytes(rng.randrange(1, 400_000)) for n in range(12)}
+    data["big/model.bin"] = rng.randbytes(24 * MiB)
+    store = emulated_sky.open(uri)
+    for key, body in data.items():
+        store.put("in/" + key, body)
+    return data
+
+
+def _assert_nothing_left(vms: EmulatedVMs, state_dir: Path, fleet: str) -> None:
+    assert _leftovers(fleet) == {}, "relay resources of the fleet remain"
+    deadline = time.monotonic() + 10
+    while vms.sshd and time.monotonic() < deadline:
+        time.sleep(0.1)  # the emulated VMs notice their termination at their next look at moto
+    assert vms.live_processes() == [], "a relay VM's process outlived the fleet"
+    assert not vms.sshd, "an emulated VM is still up"
+    assert fleet_ids(state_dir) == []
+
+
+def _operator(src: str, dst: str, **kwargs: Any) -> SkyplaneTransferOperator:
+    return SkyplaneTransferOperator(
+        task_id="to_eu", source=f"{src}/in/", destination=f"{dst}/out/",
+        destination_region="aws:eu-west-1", chunk_size_mb=4, **kwargs,
+    )  # fmt: skip
+
+
+def test_a_transfer_through_aws_relay_vms_is_byte_exact_and_leaves_nothing(
+    emulated_sky: EmulatedSky,
+    sky_bucket: Callable[[str], str],
+    vms: EmulatedVMs,
+    state_dir: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    src, dst = sky_bucket("s3"), sky_bucket("s3")
+    data = _seed(emulated_sky, src)
+    summary = _operator(src, dst).execute(context={})
+    out = emulated_sky.open(dst)
+    for key, body in data.items():
+        assert out.read("out/" + key) == body
+    plan = summary["plans"][0]
+    assert len(plan["relays"]) >= 3, (
+        plan
+    )  # source, relay and destination regions: the congested path is avoided
+    assert len(vms.started) == len(plan["relays"])  # one VM per region of the plan, each reached over SSH
+    assert summary["objects"] == len(data) and summary["checksums_verified"] == len(data)
+    _assert_nothing_left(vms, state_dir, summary["fleet_id"])
+    logged = "".join(capfd.readouterr())
+    shown = json.dumps(summary) + logged + "".join(vms.metadata.values())
+    for secret in ("emulated-secret-key", AZURITE_KEY, "PRIVATE KEY"):
+        assert secret not in shown  # not in the logs, the XCom summary, the VMs' tags or user-data
+    assert summary["fleet_id"] in "".join(vms.metadata.values())  # tagged with the fleet
+
+
+def test_a_relay_that_cannot_run_the_gateway_fails_clearly_and_leaves_nothing(
+    emulated_sky: EmulatedSky,
+    sky_bucket: Callable[[str], str],
+    vms: EmulatedVMs,
+    state_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AIRFLOW__SKYPLANE__RELAY_PYTHON", "/nonexistent/python3")
+    src, dst = sky_bucket("s3"), sky_bucket("s3")
+    _seed(emulated_sky, src)
+    op = _operator(src, dst)
+    with pytest.raises(TransferError, match="relay_python"):
+        op.execute(context={})
+    assert len(vms.started) >= 3
+    assert list(emulated_sky.open(dst).list("out/")) == []
+    [fleet] = {re.search(r"'skyplane:fleet', 'Value': '([^']+)'", m)[1] for m in vms.metadata.values()}  # type: ignore[index]
+    _assert_nothing_left(vms, state_dir, fleet)
+
+
+def test_a_relay_region_out_of_capacity_is_planned_around(
+    emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str], vms: EmulatedVMs, state_dir: Path
+) -> None:
+    src, dst = sky_bucket("s3"), sky_bucket("s3")
+    data = _seed(emulated_sky, src)
+    first = _operator(src, dst, dry_run=True).execute(context={})["plans"][0]
+    relay = next(r for r in first["relays"] if r not in ("aws:us-east-1", "aws:eu-west-1"))
+    refusal = RelayCapacityError(
+        f"{relay}: EC2 refused a relay VM (InsufficientInstanceCapacity)", region=relay
+    )
+    op = _operator(src, dst)
+    op.cloud_backends = {
+        "aws": AWSRelayBackend(wait_timeout_s=60, test_faults={f"before_instances:{relay}": refusal})
+    }
+    summary = op.execute(context={})
+    assert summary["excluded_regions"] == [relay]
+    assert relay not in summary["plans"][0]["relays"]
+    out = emulated_sky.open(dst)
+    assert {k: out.read("out/" + k) for k in data} == data
+    _assert_nothing_left(vms, state_dir, summary["fleet_id"])
+
+
+def test_a_fleet_whose_worker_died_is_torn_down_by_its_id_alone(vms: EmulatedVMs, state_dir: Path) -> None:
+    """What the failure callback does: the fleet id from XCom and cloud.json are enough."""
+    from airflow_skyplane.compute.cloud import CloudFleet, CloudOptions
+    from airflow_skyplane.compute.fleets import FleetRecord, fleet_dir
+    from airflow_skyplane.hooks.transfer import teardown
+
+    folder = fleet_dir(state_dir, "deadworker1")
+    FleetRecord("deadworker1", "cloud", time.time(), time.time() + 600).write(folder)
+    options = CloudOptions(worker_cidr="198.51.100.7/32", relay_address="private", ssh_port=vms.ssh_port,
+                           aws_subnets=json.loads(os.environ["AIRFLOW__SKYPLANE__AWS_SUBNETS"]))  # fmt: skip
+    CloudFleet("deadworker1", folder, options).provision(
+        dict.fromkeys(REGIONS[:3], 1), expires_at=time.time() + 600, owner={"task_id": "t"}
+    )  # the process that rented them forgets them, as a dead worker would
+    assert _leftovers("deadworker1") != {}
+    assert "relay VMs" in teardown("deadworker1", str(state_dir))
+    assert _leftovers("deadworker1") == {}
+    assert teardown("deadworker1", str(state_dir)) == []  # idempotent
+    _assert_nothing_left(vms, state_dir, "deadworker1")
