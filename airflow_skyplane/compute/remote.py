@@ -32,6 +32,7 @@ import logging
 import shlex
 import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,11 @@ class RelayHosts:
         self._ports: dict[str, int] = {}
         self._lock = threading.Lock()
 
+    def remote_dir(self, region: str) -> str:
+        """The fleet's folder on a relay (named by region too: machines that share a disk, as the
+        emulated VMs of the tests do, must not write the same files)."""
+        return f"{self.remote_root}/{''.join(c if c.isalnum() else '-' for c in region)}"
+
     def host(self, region: str | None) -> RelayHost:
         if region is None or region not in self.hosts:
             raise InvalidInputError(
@@ -147,7 +153,7 @@ class RelayHosts:
             if region in self._prepared:
                 return self._prepared[region]
         session = self.session(region)
-        session.run(f"mkdir -p -m 700 {shlex.quote(self.remote_root)}")
+        session.run(f"mkdir -p -m 700 {shlex.quote(self.remote_dir(region))}")
         python = shlex.quote(self.python)
         probe = session.run(f"{python} -c {shlex.quote(_GATEWAY_IMPORTS)}", check=False)
         if probe.exit_status != 0:
@@ -165,10 +171,20 @@ class RelayHosts:
                     "use a relay image with `pip install 'airflow-skyplane[gateway]'` done (relay_image), "
                     "or point relay_python at an interpreter that has them"
                 )
-        package = session.ship_package(self.remote_root)
+        package = session.ship_package(self.remote_dir(region))
         with self._lock:
             self._prepared[region] = package
         return package
+
+    def prepare_all(self, *, parallel: bool = True) -> None:
+        """Bootstrap every relay (SSH reachable, gateway dependencies, package) at once: the waits
+        for booting VMs and the installs overlap instead of adding up. The first error is raised
+        once every relay has finished."""
+        regions = sorted(self.hosts)
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(regions))) if parallel else 1) as pool:
+            futures = [pool.submit(self.prepare, region) for region in regions]
+        for future in futures:
+            future.result()
 
     def backend(self, tag: str) -> SSHRelayBackend:
         """The gateway backend of one transfer of the fleet (``tag`` keeps its folders apart)."""
@@ -181,7 +197,7 @@ class RelayHosts:
             self._prepared.clear()
         for session in sessions.values():
             with contextlib.suppress(Exception):
-                session.run(f"rm -rf -- {shlex.quote(self.remote_root)}", check=False)
+                session.run(f"rm -rf -- {shlex.quote(self.remote_root)}", check=False)  # fleet's only
             session.close()
 
 
@@ -217,7 +233,7 @@ class SSHRelayBackend:
         package = self.relays.prepare(host.region)
         session = self.relays.session(host.region)
         safe = "".join(c if c.isalnum() else "-" for c in program.gateway_id)
-        remote = f"{self.relays.remote_root}/{self.tag}-{safe}"
+        remote = f"{self.relays.remote_dir(host.region)}/{self.tag}-{safe}"
         session.run(f"mkdir -p -m 700 {shlex.quote(remote)}")
         return launch_over_ssh(
             session, remote, program, host.region, python=self.relays.python, package=package,

@@ -173,8 +173,11 @@ def test_a_fleet_whose_worker_died_is_torn_down_by_its_id_alone(vms: EmulatedVMs
 
     folder = fleet_dir(state_dir, "deadworker1")
     FleetRecord("deadworker1", "cloud", time.time(), time.time() + 600).write(folder)
-    options = CloudOptions(worker_cidr="198.51.100.7/32", relay_address="private", ssh_port=vms.ssh_port,
-                           aws_subnets=json.loads(os.environ["AIRFLOW__SKYPLANE__AWS_SUBNETS"]))  # fmt: skip
+    options = CloudOptions(
+        worker_cidr="198.51.100.7/32", relay_address="private", ssh_port=vms.ssh_port,
+        ssh_username=getpass.getuser(), relay_python=sys.executable,
+        aws_subnets=json.loads(os.environ["AIRFLOW__SKYPLANE__AWS_SUBNETS"]),
+    )  # fmt: skip
     CloudFleet("deadworker1", folder, options).provision(
         dict.fromkeys(REGIONS[:3], 1), expires_at=time.time() + 600, owner={"task_id": "t"}
     )  # the process that rented them forgets them, as a dead worker would
