@@ -30,6 +30,7 @@ from typing import Any
 
 from airflow_skyplane.compute.relays import (
     GATEWAY_PORTS,
+    RELAY_USER,
     RelayCapacityError,
     RelayProvisionError,
     RelayVM,
@@ -272,10 +273,11 @@ class AzureRelayBackend:
                     "storageProfile": {"imageReference": dict(spec.image),
                                        "osDisk": {"createOption": "FromImage", "deleteOption": "Delete"}},
                     "osProfile": {
-                        "computerName": name[:15], "adminUsername": "skyplane",
+                        "computerName": name[:15], "adminUsername": RELAY_USER,
                         "customData": custom_data,
                         "linuxConfiguration": {"disablePasswordAuthentication": True, "ssh": {"publicKeys": [
-                            {"path": "/home/skyplane/.ssh/authorized_keys", "keyData": spec.public_key}]}},
+                            {"path": f"/home/{RELAY_USER}/.ssh/authorized_keys",
+                             "keyData": spec.public_key}]}},
                     },
                     "networkProfile": {"networkInterfaces": [
                         {"id": nic["id"], "properties": {"deleteOption": "Delete"}}]},

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airflow_skyplane.compute.relays import RelayVM, check_worker_cidr
+from airflow_skyplane.compute.relays import RELAY_USER, RelayVM, check_worker_cidr
 from airflow_skyplane.compute.remote import RelayHost, RelayHosts
 from airflow_skyplane.exceptions import InvalidInputError
 
@@ -51,6 +51,8 @@ class CloudOptions:
     worker_cidr: str
     relay_address: str = "public"  # or "private": the worker shares a network with the relays
     ssh_port: int = 22
+    #: the login user of AWS relay images (the default Ubuntu image's is "ubuntu"); GCP and Azure
+    #: relays are created with the user "skyplane" holding the fleet's key
     ssh_username: str = "ubuntu"
     relay_python: str = "python3"
     use_spot: bool = False
@@ -227,7 +229,7 @@ class CloudFleet:
             data_address=address,
             listen_address=vm.private_ip or "0.0.0.0",
             ssh_port=self.options.ssh_port,
-            username=self.options.ssh_username,
+            username=self.options.ssh_username if vm.cloud == "aws" else RELAY_USER,
             host_keys=keys,
             instance_id=vm.instance_id,
         )

@@ -33,6 +33,7 @@ from typing import Any
 
 from airflow_skyplane.compute.relays import (
     GATEWAY_PORTS,
+    RELAY_USER,
     RelayCapacityError,
     RelayProvisionError,
     RelayVM,
@@ -279,7 +280,7 @@ class GCPRelayBackend:
                         ],
                     }
                 ],  # fmt: skip
-                "metadata": {"items": [{"key": "ssh-keys", "value": f"skyplane:{spec.public_key}"}]},
+                "metadata": {"items": [{"key": "ssh-keys", "value": f"{RELAY_USER}:{spec.public_key}"}]},
             }
             op = self._insert(compute.instances().insert(project=project, zone=zone, body=body), region, spec)
             self._wait(op, zone, region, spec)

@@ -16,6 +16,8 @@ from airflow_skyplane.exceptions import InvalidInputError, SkyplaneError
 GATEWAY_PORT = 7443
 GATEWAY_PORT_LAST = GATEWAY_PORT + 63
 GATEWAY_PORTS = f"{GATEWAY_PORT}-{GATEWAY_PORT_LAST}"
+#: the user the GCP and Azure backends create on their relays, holding the fleet's SSH key
+RELAY_USER = "skyplane"
 
 
 class RelayCapacityError(SkyplaneError):

@@ -58,6 +58,7 @@ class SkyplaneSettings:
     #: worker shares a network with them: a peered VPC, a VPN)
     relay_address: str = "public"
     ssh_port: int = 22
+    #: the login user of the AWS relay image (GCP and Azure relays get a "skyplane" user)
     ssh_username: str = "ubuntu"
     #: the interpreter that runs the gateway on a relay (its light dependencies are installed with
     #: pip when it lacks them)
