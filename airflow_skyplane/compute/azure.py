@@ -83,6 +83,7 @@ class AzureFleetSpec:
     image: Mapping[str, str] = field(default_factory=lambda: dict(IMAGE))
     use_spot: bool = False
     owner: Mapping[str, Any] = field(default_factory=dict)
+    login_user: str = RELAY_USER  # the admin user created with the fleet's key
 
 
 def _location(region: str) -> str:
@@ -273,10 +274,10 @@ class AzureRelayBackend:
                     "storageProfile": {"imageReference": dict(spec.image),
                                        "osDisk": {"createOption": "FromImage", "deleteOption": "Delete"}},
                     "osProfile": {
-                        "computerName": name[:15], "adminUsername": RELAY_USER,
+                        "computerName": name[:15], "adminUsername": spec.login_user,
                         "customData": custom_data,
                         "linuxConfiguration": {"disablePasswordAuthentication": True, "ssh": {"publicKeys": [
-                            {"path": f"/home/{RELAY_USER}/.ssh/authorized_keys",
+                            {"path": f"/home/{spec.login_user}/.ssh/authorized_keys",
                              "keyData": spec.public_key}]}},
                     },
                     "networkProfile": {"networkInterfaces": [

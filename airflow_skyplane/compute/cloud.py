@@ -51,9 +51,10 @@ class CloudOptions:
     worker_cidr: str
     relay_address: str = "public"  # or "private": the worker shares a network with the relays
     ssh_port: int = 22
-    #: the login user of AWS relay images (the default Ubuntu image's is "ubuntu"); GCP and Azure
-    #: relays are created with the user "skyplane" holding the fleet's key
-    ssh_username: str = "ubuntu"
+    #: the user SSH logs in as: by default "ubuntu" on AWS (the default image's), and on GCP and
+    #: Azure "skyplane", the user their backends create with the fleet's key (set, it is the user
+    #: those backends create, and the login user of a custom AWS image)
+    ssh_username: str | None = None
     relay_python: str = "python3"
     use_spot: bool = False
     aws_conn_id: str | None = "aws_default"
@@ -114,10 +115,16 @@ def _spec(cloud: str, options: CloudOptions, fleet_id: str, regions: dict[str, i
     if cloud == "gcp":
         from airflow_skyplane.compute.gcp import GCPFleetSpec
 
-        return GCPFleetSpec(fleet_id, regions, machine_type=options.gcp_machine_type, **common)
+        return GCPFleetSpec(
+            fleet_id, regions, machine_type=options.gcp_machine_type,
+            login_user=options.ssh_username or RELAY_USER, **common,
+        )  # fmt: skip
     from airflow_skyplane.compute.azure import AzureFleetSpec
 
-    return AzureFleetSpec(fleet_id, regions, vm_size=options.azure_vm_size, **common)
+    return AzureFleetSpec(
+        fleet_id, regions, vm_size=options.azure_vm_size, login_user=options.ssh_username or RELAY_USER,
+        **common,
+    )  # fmt: skip
 
 
 class CloudFleet:
@@ -229,7 +236,7 @@ class CloudFleet:
             data_address=address,
             listen_address=vm.private_ip or "0.0.0.0",
             ssh_port=self.options.ssh_port,
-            username=self.options.ssh_username if vm.cloud == "aws" else RELAY_USER,
+            username=self.options.ssh_username or ("ubuntu" if vm.cloud == "aws" else RELAY_USER),
             host_keys=keys,
             instance_id=vm.instance_id,
         )

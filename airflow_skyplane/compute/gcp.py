@@ -68,6 +68,7 @@ class GCPFleetSpec:
     network_tier: str = "PREMIUM"
     use_spot: bool = False
     owner: Mapping[str, Any] = field(default_factory=dict)
+    login_user: str = RELAY_USER  # the user the fleet's key is given to (ssh-keys metadata)
 
 
 def _zone(region: str) -> str:
@@ -280,7 +281,7 @@ class GCPRelayBackend:
                         ],
                     }
                 ],  # fmt: skip
-                "metadata": {"items": [{"key": "ssh-keys", "value": f"{RELAY_USER}:{spec.public_key}"}]},
+                "metadata": {"items": [{"key": "ssh-keys", "value": f"{spec.login_user}:{spec.public_key}"}]},
             }
             op = self._insert(compute.instances().insert(project=project, zone=zone, body=body), region, spec)
             self._wait(op, zone, region, spec)

@@ -58,8 +58,8 @@ class SkyplaneSettings:
     #: worker shares a network with them: a peered VPC, a VPN)
     relay_address: str = "public"
     ssh_port: int = 22
-    #: the login user of the AWS relay image (GCP and Azure relays get a "skyplane" user)
-    ssh_username: str = "ubuntu"
+    #: the user SSH logs in as on relays (default: "ubuntu" on AWS, "skyplane" on GCP and Azure)
+    ssh_username: str | None = None
     #: the interpreter that runs the gateway on a relay (its light dependencies are installed with
     #: pip when it lacks them)
     relay_python: str = "python3"
@@ -104,6 +104,7 @@ class SkyplaneSettings:
             "state_dir",
             "worker_cidr",
             "azure_resource_group",
+            "ssh_username",
         ):
             return None
         if name in ("compression", "encryption", "use_spot"):

@@ -22,13 +22,18 @@ from urllib.parse import parse_qs, urlparse
 
 
 class FakeGCE:
-    def __init__(self) -> None:
+    """``loopback_addresses``: give instances internal and external addresses on loopback
+    (``127.120.0.N``), so :class:`~airflow_skyplane.testing.vms.EmulatedVMs` can bring them up."""
+
+    def __init__(self, *, loopback_addresses: bool = False) -> None:
+        self.loopback_addresses = loopback_addresses
         self.networks: dict[str, dict[str, Any]] = {}
         self.firewalls: dict[str, dict[str, Any]] = {}
         self.instances: dict[tuple[str, str], dict[str, Any]] = {}  # (zone, name) -> instance
         self.requests: list[tuple[str, str]] = []
         self._faults: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         self._lock = threading.Lock()
+        self.lock = self._lock  # held while the tables change
         self._next_ip = 10
         self._server: ThreadingHTTPServer | None = None
 
@@ -219,9 +224,12 @@ class FakeGCE:
                 return self._error(409, "alreadyExists", f"The resource '{link}/{name}' already exists")
             self._next_ip += 1
             interfaces = [dict(i) for i in body.get("networkInterfaces", [])] or [{}]
-            interfaces[0]["networkIP"] = f"10.128.0.{self._next_ip}"
+            internal, external = (
+                ("127.120.0.", "127.120.0.") if self.loopback_addresses else ("10.128.0.", "34.1.0.")
+            )
+            interfaces[0]["networkIP"] = f"{internal}{self._next_ip}"
             for access in interfaces[0].get("accessConfigs", []):
-                access["natIP"] = f"34.1.0.{self._next_ip}"
+                access["natIP"] = f"{external}{self._next_ip}"
             self.instances[(zone, name)] = {
                 **body,
                 "networkInterfaces": interfaces,

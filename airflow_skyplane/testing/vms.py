@@ -1,4 +1,5 @@
-"""Emulated relay VMs: moto's EC2 instances brought to life as SSH servers on loopback.
+"""Emulated relay VMs: the instances of moto's EC2 (or of the Compute Engine fake) brought to life as
+SSH servers on loopback.
 
 moto (in server mode, in the emulated sky) serves the EC2 API the AWS relay backend calls through
 ``EC2Hook``: security groups, key pairs, tagged instances. Its instances are records, not machines;
@@ -15,6 +16,10 @@ moto (in server mode, in the emulated sky) serves the EC2 API the AWS relay back
 * when the instance is terminated, its sshd stops and every process it started is killed, as a VM's
   would be.
 
+The Compute Engine fake (:class:`~airflow_skyplane.testing.fake_gce.FakeGCE`, with
+``loopback_addresses=True``) gives its instances loopback addresses itself; the authorized key comes
+from their ``ssh-keys`` metadata, as the guest agent installs it.
+
 So the relay bootstrap (paramiko, SFTP hand-over, detached gateway, port-forwarded control endpoint)
 and the data plane between relays run for real; only the VM's kernel is this machine's.
 """
@@ -25,7 +30,7 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +38,22 @@ MARKER = "SKYPLANE_EMULATED_VM"
 
 
 class EmulatedVMs:
-    """Start one sshd per running moto instance of a relay fleet; stop it when the instance goes.
+    """Start one sshd per running relay instance of a cloud emulator; stop it when the instance goes.
 
-    :param client: ``aws region -> boto3 EC2 client`` against the emulated sky's moto server.
-    :param regions: planner regions to watch (``aws:us-east-1``...).
+    :param running: ``() -> {instance id: address}`` of the running relay instances.
+    :param describe: ``instance id -> (authorized public key, metadata text)``, read once at boot;
+        the metadata (tags, labels, user-data, startup script) is kept for tests to search.
     :param ssh_port: the port every emulated VM's sshd listens on (each on its own address).
     """
 
-    def __init__(self, client: Any, regions: Iterable[str], *, ssh_port: int = 2222) -> None:
-        self._client = client
-        self.regions = list(regions)
+    def __init__(
+        self,
+        running: Callable[[], dict[str, str]],
+        describe: Callable[[str], tuple[str, str]],
+        *,
+        ssh_port: int = 2222,
+    ) -> None:
+        self._running, self._describe = running, describe
         self.ssh_port = ssh_port
         self.sshd: dict[str, Any] = {}  # instance id -> LocalSSHD
         self.started: list[str] = []  # every instance that was brought up
@@ -50,9 +61,73 @@ class EmulatedVMs:
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._client: Any = None
+        self.regions: list[str] = []
+
+    @classmethod
+    def on_moto(cls, client: Any, regions: Iterable[str], *, ssh_port: int = 2222) -> EmulatedVMs:
+        """For moto's EC2: ``client`` is ``aws region -> boto3 EC2 client``; ``regions`` the planner
+        regions to watch (``aws:us-east-1``...). Use :meth:`subnets` for the relays' subnets."""
+        regions = list(regions)
+
+        def running() -> dict[str, str]:
+            out = {}
+            for region in regions:
+                pages = client(region.split(":", 1)[1]).describe_instances(
+                    Filters=[{"Name": "tag-key", "Values": ["skyplane:fleet"]},
+                             {"Name": "instance-state-name", "Values": ["running"]}]
+                )  # fmt: skip
+                for reservation in pages["Reservations"]:
+                    for instance in reservation["Instances"]:
+                        address = instance.get("PrivateIpAddress", "")
+                        if address.startswith("127."):
+                            out[instance["InstanceId"]] = f"{region}|{address}"
+            return out
+
+        def describe(instance_id: str) -> tuple[str, str]:
+            region = where[instance_id]
+            ec2 = client(region.split(":", 1)[1])
+            instance = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+            keys = ec2.describe_key_pairs(KeyNames=[instance["KeyName"]], IncludePublicKey=True)["KeyPairs"]
+            user_data = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+            return keys[0]["PublicKey"], repr(instance.get("Tags")) + repr(user_data.get("UserData"))
+
+        where: dict[str, str] = {}
+
+        def running_addresses() -> dict[str, str]:
+            found = running()
+            for instance_id, value in found.items():
+                where[instance_id] = value.split("|", 1)[0]
+            return {instance_id: value.split("|", 1)[1] for instance_id, value in found.items()}
+
+        vms = cls(running_addresses, describe, ssh_port=ssh_port)
+        vms._client, vms.regions = client, regions
+        return vms
+
+    @classmethod
+    def on_fake_gce(cls, gce: Any, *, ssh_port: int = 2222) -> EmulatedVMs:
+        """For :class:`~airflow_skyplane.testing.fake_gce.FakeGCE` started with loopback addresses."""
+
+        def running() -> dict[str, str]:
+            with gce.lock:
+                instances = list(gce.instances.items())
+            return {
+                f"{zone}/{name}": body["networkInterfaces"][0]["networkIP"]
+                for (zone, name), body in instances
+                if body["status"] == "RUNNING" and "skyplane-fleet" in body.get("labels", {})
+            }
+
+        def describe(instance_id: str) -> tuple[str, str]:
+            zone, name = instance_id.split("/", 1)
+            body = gce.instances[(zone, name)]
+            items = {i["key"]: i["value"] for i in body.get("metadata", {}).get("items", [])}
+            key = items["ssh-keys"].split(":", 1)[1]  # "user:ssh-ed25519 AAAA... comment"
+            return key, repr(body.get("labels")) + repr(body.get("metadata"))
+
+        return cls(running, describe, ssh_port=ssh_port)
 
     def subnets(self) -> dict[str, str]:
-        """Per region, a subnet on loopback addresses for the relays (``aws_subnets``)."""
+        """Per region, a moto subnet on loopback addresses for the relays (``aws_subnets``)."""
         out = {}
         for n, region in enumerate(self.regions):
             ec2 = self._client(region.split(":", 1)[1])
@@ -81,49 +156,34 @@ class EmulatedVMs:
                 self.errors.append(f"{type(err).__name__}: {err}")
 
     def _sync(self) -> None:
-        running: dict[str, tuple[str, str, str]] = {}
-        for region in self.regions:
-            ec2 = self._client(region.split(":", 1)[1])
-            pages = ec2.describe_instances(
-                Filters=[{"Name": "tag-key", "Values": ["skyplane:fleet"]},
-                         {"Name": "instance-state-name", "Values": ["running"]}]
-            )  # fmt: skip
-            for reservation in pages["Reservations"]:
-                for instance in reservation["Instances"]:
-                    if instance.get("PrivateIpAddress", "").startswith("127."):
-                        running[instance["InstanceId"]] = (
-                            region, instance["PrivateIpAddress"], instance.get("KeyName", "")
-                        )  # fmt: skip
+        running = self._running()
         for instance_id in list(self.sshd):
             if instance_id not in running:
                 self._power_off(instance_id)
-        for instance_id, (region, address, key_name) in running.items():
+        for instance_id, address in running.items():
             if instance_id not in self.sshd:
-                self._boot(instance_id, region, address, key_name)
+                self._boot(instance_id, address)
 
-    def _boot(self, instance_id: str, region: str, address: str, key_name: str) -> None:
+    def _boot(self, instance_id: str, address: str) -> None:
         from airflow_skyplane.compute.sshd import LocalSSHD
 
-        ec2 = self._client(region.split(":", 1)[1])
-        keys = ec2.describe_key_pairs(KeyNames=[key_name], IncludePublicKey=True)["KeyPairs"]
+        public_key, metadata = self._describe(instance_id)
         sshd = LocalSSHD(
-            keys[0]["PublicKey"],
+            public_key,
             address=address,
             port=self.ssh_port,
-            extra_config=[f"SetEnv {MARKER}={instance_id}"],
+            extra_config=[f"SetEnv {MARKER}={instance_id.replace('/', '.')}"],
         )
         sshd.start()
         self.sshd[instance_id] = sshd
-        described = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
-        user_data = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
-        self.metadata[instance_id] = repr(described.get("Tags")) + repr(user_data.get("UserData"))
         self.started.append(instance_id)
+        self.metadata[instance_id] = metadata
 
     def _power_off(self, instance_id: str) -> None:
         sshd = self.sshd.pop(instance_id, None)
         if sshd is not None:
             sshd.stop()
-        for pid in processes_of(instance_id):
+        for pid in processes_of(instance_id.replace("/", ".")):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
 

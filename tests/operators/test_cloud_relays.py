@@ -40,7 +40,7 @@ MiB = 1024 * 1024
 @pytest.fixture
 def vms(emulated_sky: EmulatedSky, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatedVMs]:
     backend = AWSRelayBackend(wait_timeout_s=60)
-    emulated = EmulatedVMs(backend.client, REGIONS)
+    emulated = EmulatedVMs.on_moto(backend.client, REGIONS)
     subnets = emulated.subnets()
     grid = tmp_path / "grid.csv"  # today's scenario: the direct path is congested
     grid.write_text(
@@ -186,3 +186,61 @@ def test_a_fleet_whose_worker_died_is_torn_down_by_its_id_alone(vms: EmulatedVMs
     assert _leftovers("deadworker1") == {}
     assert teardown("deadworker1", str(state_dir)) == []  # idempotent
     _assert_nothing_left(vms, state_dir, "deadworker1")
+
+
+GCP_ZONES = ["gcp:us-central1-a", "gcp:europe-west4-a", "gcp:us-east4-a", "gcp:europe-west1-b"]
+
+
+@pytest.fixture
+def gce_vms(emulated_sky: EmulatedSky, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from airflow_skyplane.compute.gcp import GCPRelayBackend
+    from airflow_skyplane.testing.fake_gce import FakeGCE
+
+    with FakeGCE(loopback_addresses=True) as gce:
+        url = gce.start()
+        grid = tmp_path / "grid.csv"
+        grid.write_text(
+            "src_region,src_tier,dst_region,dst_tier,throughput_gbps,iperf3_connections\n"
+            "gcp:us-central1-a,PREMIUM,gcp:europe-west4-a,PREMIUM,0.3,64\n"
+        )
+        for name, value in {
+            "RELAY_BACKEND": "gcp",
+            "WORKER_CIDR": "198.51.100.7/32",
+            "SSH_PORT": "2222",
+            "SSH_USERNAME": getpass.getuser(),  # the user the relays are created with, as the sshd runs
+            "RELAY_PYTHON": sys.executable,
+            "GRID_PATH": str(grid),
+            "ALLOWED_REGIONS": json.dumps(GCP_ZONES),
+        }.items():
+            monkeypatch.setenv(f"AIRFLOW__SKYPLANE__{name}", value)
+        with EmulatedVMs.on_fake_gce(gce) as emulated:
+            yield gce, GCPRelayBackend(compute_endpoint=url), emulated
+        assert emulated.errors == []
+
+
+def test_a_transfer_through_gcp_relay_vms_is_byte_exact_and_leaves_nothing(
+    emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str], gce_vms: Any, state_dir: Path
+) -> None:
+    from airflow_skyplane.compute.gcp import _label
+
+    gce, backend, vms = gce_vms
+    src, dst = sky_bucket("s3"), sky_bucket("s3")
+    data = _seed(emulated_sky, src)
+    op = SkyplaneTransferOperator(
+        task_id="to_eu", source=f"{src}/in/", destination=f"{dst}/out/", chunk_size_mb=4,
+        source_region="gcp:us-central1-a", destination_region="gcp:europe-west4-a",
+    )  # fmt: skip
+    op.cloud_backends = {"gcp": backend}
+    summary = op.execute(context={})
+    out = emulated_sky.open(dst)
+    assert {k: out.read("out/" + k) for k in data} == data
+    relays = summary["plans"][0]["relays"]
+    assert len(relays) >= 3 and len(vms.started) == len(relays)
+    fleet = summary["fleet_id"]
+    assert gce.live_instances("skyplane-fleet", _label(fleet)) == []
+    assert [n for n in gce.firewalls if _label(fleet) in n] == []
+    deadline = time.monotonic() + 10
+    while vms.sshd and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not vms.sshd and vms.live_processes() == [] and fleet_ids(state_dir) == []
+    assert "PRIVATE KEY" not in json.dumps(summary) + "".join(vms.metadata.values())
