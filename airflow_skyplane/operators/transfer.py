@@ -512,19 +512,9 @@ class SkyplaneTransferOperator(BaseOperator):
                         f"{self.max_delete}: check the source prefix (a wrong or empty source would empty "
                         "the replica), or raise max_delete"
                     )
-        planned = [(p, n) for p, n in zip(plans, needed, strict=True) if p is not None]
-        summary["plans"] = [p.to_dict() if p is not None else None for p in plans]
-        if planned:
-            summary["predicted_gbps"] = round(min(p.throughput_gbps for p, _ in planned), 4)
-            summary["direct_gbps"] = round(min(p.direct_throughput_gbps for p, _ in planned), 4)
-            summary["estimated_cost_usd"] = round(sum(p.cost_per_gb_usd * n / 1e9 for p, n in planned), 6)
-            if multicast is not None:
-                summary["multicast_plan"] = multicast.to_dict()
-            self.log.info(
-                "Estimate: %.1f MiB to send, %.3f Gbps predicted (direct %.3f Gbps), $%.4f",
-                sum(needed) / MiB, summary["predicted_gbps"], summary["direct_gbps"],
-                summary["estimated_cost_usd"],
-            )  # fmt: skip
+        self._estimate(summary, plans, needed)
+        if multicast is not None and any(p is not None for p in plans):
+            summary["multicast_plan"] = multicast.to_dict()
         if self.plan_only:
             return summary
 
@@ -603,6 +593,20 @@ class SkyplaneTransferOperator(BaseOperator):
             self._fleet.close()
         return self._summary(summary, results, deleted)
 
+    def _estimate(self, summary: dict[str, Any], plans: Sequence[Any], needed: Sequence[int]) -> None:
+        """The plans and their estimate (predicted and direct Gbps, cost) into the summary, and the log."""
+        planned = [(p, n) for p, n in zip(plans, needed, strict=True) if p is not None]
+        summary["plans"] = [p.to_dict() if p is not None else None for p in plans]
+        if planned:
+            summary["predicted_gbps"] = round(min(p.throughput_gbps for p, _ in planned), 4)
+            summary["direct_gbps"] = round(min(p.direct_throughput_gbps for p, _ in planned), 4)
+            summary["estimated_cost_usd"] = round(sum(p.cost_per_gb_usd * n / 1e9 for p, n in planned), 6)
+            self.log.info(
+                "Estimate: %.1f MiB to send, %.3f Gbps predicted (direct %.3f Gbps), $%.4f",
+                sum(needed) / MiB, summary["predicted_gbps"], summary["direct_gbps"],
+                summary["estimated_cost_usd"],
+            )  # fmt: skip
+
     def _overlay(self, plan: Any, on_vms: bool = False) -> Any:
         from airflow_skyplane.transfer.job import Overlay, overlay_from_plan
 
@@ -677,7 +681,7 @@ class SkyplaneTransferOperator(BaseOperator):
                 for plan in plans:
                     if plan is not None:
                         self.log.info("Planned again (%s):\n%s", plan.solver, plan.to_table())
-                summary["plans"] = [p.to_dict() if p is not None else None for p in plans]
+                self._estimate(summary, plans, needed)
                 summary["excluded_regions"] = list(excluded)
                 overlays[:] = [self._overlay(p, True) for p in plans]
                 start["cloud"] = self._cloud(settings, start["fleet_id"])

@@ -160,6 +160,7 @@ def test_a_relay_region_out_of_capacity_is_planned_around(
     summary = op.execute(context={})
     assert summary["excluded_regions"] == [relay]
     assert relay not in summary["plans"][0]["relays"]
+    assert summary["predicted_gbps"] == round(summary["plans"][0]["throughput_gbps"], 4)  # the new plan's
     out = emulated_sky.open(dst)
     assert {k: out.read("out/" + k) for k in data} == data
     _assert_nothing_left(vms, state_dir, summary["fleet_id"])
