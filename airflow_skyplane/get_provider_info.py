@@ -75,6 +75,16 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "aws",
                         "default": "local",
                     },
+                    "worker_cidr": {
+                        "description": (
+                            "Cloud relays: the worker's public address as a CIDR; SSH to the relays "
+                            "is admitted from there only."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "203.0.113.7/32",
+                        "default": None,
+                    },
                     "max_relays_per_region": {
                         "description": "Upper bound on relay VMs the planner may place in one region.",
                         "version_added": "0.1.0",
