@@ -89,11 +89,14 @@ class FleetTransfer:
         on_progress: Callable[[Progress], None] | None = None,
         progress_every_s: float = 5.0,
         detached: bool = False,
+        state_keys: Sequence[str | None] = (),
     ) -> FleetTransfer:
         """Record the fleet, then start one transfer per destination; on any failure tear down all.
 
         Unless ``detached`` (another process will finish the transfer), every gateway watches this
         process and stops if it dies without tearing down (SIGKILL, a lost container).
+        ``state_keys`` (one per destination, or none) makes the transfers resumable (see
+        :mod:`airflow_skyplane.transfer.resume`).
         """
         from airflow_skyplane.compute.local import LocalRelayBackend
         from airflow_skyplane.transfer.job import TransferJob
@@ -126,6 +129,7 @@ class FleetTransfer:
                     expires_at=now + ttl_s,  # every gateway stops itself then, controller or not
                     watch_pid=None if detached else os.getpid(),
                     on_progress=None,
+                    state_key=state_keys[n] if n < len(state_keys) else None,
                     **job_options,
                 )
                 fleet.jobs.append(job)
