@@ -113,7 +113,7 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "state_checkpoint_s": {
                         "description": "Most seconds between two checkpoints of a resumable transfer "
-                        "(it also checkpoints every 64 chunks written).",
+                        "(it also checkpoints after max(4, n/16) chunks written, n those recorded).",
                         "version_added": "0.1.0",
                         "type": "integer",
                         "example": "10",

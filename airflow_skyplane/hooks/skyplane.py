@@ -49,7 +49,7 @@ class SkyplaneSettings:
     state_dir: str | None = None
     #: where a resumable transfer checkpoints itself, at the root of its destination bucket
     state_prefix: str = ".skyplane-state/"
-    #: seconds (at most) between checkpoints of a resumable transfer; also every 64 chunks written
+    #: seconds (at most) between checkpoints of a resumable transfer; also after max(4, n/16) chunks written
     state_checkpoint_s: int = 10
     use_spot: bool = False
     aws_instance_type: str = "m5.8xlarge"

@@ -82,13 +82,17 @@ def discard_states(ti: Any, task: Any) -> None:
 
     states = ti.xcom_pull(task_ids=ti.task_id, key=STATE_XCOM_KEY, map_indexes=ti.map_index) or []
     for uri, key in states:
-        location = open_store(
-            uri,
-            aws_conn_id=getattr(task, "aws_conn_id", None),
-            gcp_conn_id=getattr(task, "gcp_conn_id", None),
-            wasb_conn_id=getattr(task, "wasb_conn_id", None),
-        )
-        aborted = discard_state(location.store, key)
+        try:
+            location = open_store(
+                uri,
+                aws_conn_id=getattr(task, "aws_conn_id", None),
+                gcp_conn_id=getattr(task, "gcp_conn_id", None),
+                wasb_conn_id=getattr(task, "wasb_conn_id", None),
+            )
+            aborted = discard_state(location.store, key)
+        except Exception as err:  # noqa: BLE001 - the other destinations still get cleaned
+            ti.log.warning("could not discard the transfer state %s of %s: %s", key, uri, err)
+            continue
         ti.log.warning("transfer state of %s discarded after the failure: %d upload(s) aborted", uri, aborted)
 
 

@@ -18,7 +18,10 @@ For one source and one destination over an overlay of gateways:
 
 **Resume** (``state_key``): the job checkpoints its uploads and the writing gateway's receipts into an
 object of the destination store (:mod:`.resume`) once its uploads are begun, then whenever
-``state_every_chunks`` new chunks are written or ``state_every_s`` passed, and when it fails. A job
+``state_every_chunks`` new chunks are written (by default the larger of 4 and a sixteenth of those
+already recorded: a kill re-sends at most that many chunks plus those in flight, and rewriting the
+state costs time linear in the chunks over the whole transfer) or ``state_every_s`` passed, and
+when it fails. A job
 started with the key of a state left by a failed try continues it: it reuses the uploads the store
 still holds, sends only the chunks not recorded there, and completes and verifies every object as
 usual; on success it deletes the state (and any upload of its objects a crashed try left behind). A
@@ -261,7 +264,7 @@ class TransferJob:
         progress_every_s: float = 10.0,
         state_key: str | None = None,
         state_every_s: float = 10.0,
-        state_every_chunks: int = 64,
+        state_every_chunks: int | None = None,
         keep_on_failure: bool = True,
     ) -> None:
         self.source, self.source_prefix = source, source_prefix
@@ -290,7 +293,8 @@ class TransferJob:
         # resume: the durable state's key (None: not resumable), what the previous try left that this
         # one reuses (``carried``), the receipts this try's writer returned, and checkpoint bookkeeping
         self.state_key = state_key
-        self.state_every_s, self.state_every_chunks = state_every_s, max(1, state_every_chunks)
+        self.state_every_s = state_every_s
+        self.state_every_chunks = max(1, state_every_chunks) if state_every_chunks else None
         self.keep_on_failure = keep_on_failure
         self.carried: list[dict[str, Any]] = []
         self.receipts: list[dict[str, Any]] = []
@@ -449,7 +453,7 @@ class TransferJob:
     def _fetch_receipts(self) -> None:
         """Append the writer's receipts this job has not seen yet."""
         writer = self.started.get(self.overlay.destination)
-        if writer is not None:
+        if writer is not None and writer.alive():  # a dead writer's receipts died with it
             self.receipts.extend(_get(writer, f"/receipts?since={len(self.receipts)}"))
 
     def checkpoint(self, *, force: bool = False) -> bool:
@@ -463,7 +467,8 @@ class TransferJob:
         pending = len(self.receipts) - self._saved_n
         now = time.monotonic()
         late = now - self._saved_at >= self.state_every_s
-        due = pending >= self.state_every_chunks or (pending > 0 and late)
+        every = self.state_every_chunks or max(4, self._saved_n // 16)
+        due = pending >= every or (pending > 0 and late)
         if not (force or due):
             return False
         resume.save_state(self.destination, self.state_key, self._state())
@@ -762,11 +767,12 @@ class TransferJob:
         A resumable job that failed and will be retried (``keep_on_failure``) instead records what its
         writer wrote in the durable state, and keeps its uploads for the retry."""
         keep = self._keeps_state()
-        if keep:
+        owner = self._state_owner() if self.state_key is not None and not self._succeeded else None
+        if keep and owner == self.transfer_id:  # never over a later try's state, nor bring one back
             try:
                 self.checkpoint(force=True)
             except (TransferError, SkyplaneError, OSError) as err:  # the last checkpoint stands
-                log.warning("could not checkpoint the transfer state at failure: %s", err)
+                log.warning("could not checkpoint the transfer state at failure: %s", str(err)[:300])
         for gw in self.started.values():
             if gw.control_port and gw.alive():
                 try:
@@ -775,7 +781,7 @@ class TransferJob:
                     pass
         self.backend.teardown()
         if not keep:
-            ours = self._state_is_ours()
+            ours = owner in (None, self.transfer_id)
             for upload in self.uploads.values():  # only what was not completed: a failed transfer
                 if ours:
                     self.destination.abort_multipart(upload)
@@ -792,18 +798,18 @@ class TransferJob:
         resumable = self.state_key is not None and self.keep_on_failure
         return resumable and not self._succeeded and not self._state_bad
 
-    def _state_is_ours(self) -> bool:
-        """False when the durable state now belongs to a later try (this job is torn down late, e.g.
-        by a sweeper): its uploads are that try's to finish, not ours to abort."""
-        if self.state_key is None:
-            return True
+    def _state_owner(self) -> str | None:
+        """The transfer that wrote the durable state (None: there is none). Another one than this job
+        means a later try took over (this job is torn down late, e.g. by a sweeper): its uploads are
+        that try's to finish, not ours to abort, and its state not ours to write."""
         from airflow_skyplane.transfer import resume
 
+        assert self.state_key is not None
         try:
             data = resume.load_state(self.destination, self.state_key)
         except (SkyplaneError, OSError):
-            return True
-        return data is None or data.get("transfer_id") == self.transfer_id
+            return self.transfer_id  # cannot tell: act as before resume existed
+        return data.get("transfer_id") if data is not None else None
 
     def run(self) -> TransferResult:
         try:

@@ -45,7 +45,7 @@ src, dst, work, key, chunk, connections = sys.argv[1:7]
 job = TransferJob(
     LocalStore(src), "", LocalStore(dst), "", backend=LocalRelayBackend(work + "/fleet"),
     workdir=work + "/job", overlay=Overlay.direct(int(connections)), chunk_size=int(chunk),
-    state_key=key, state_every_s=0.5, state_every_chunks=2, watch_pid=os.getpid(),
+    state_key=key, watch_pid=os.getpid(),  # checkpoints as often as the operator's defaults
 )
 job.run()
 """
@@ -238,3 +238,28 @@ def test_state_keys_tell_task_instances_apart() -> None:
     for bad in ("", "state", "/abs/", ".skyplane-uploads/x/", "a//b/"):
         with pytest.raises(Exception, match="state_prefix"):
             resume.check_state_prefix(bad)
+
+
+@pytest.mark.parametrize("service", ["s3", "gs", "az", "file"])
+def test_every_store_continues_an_upload_from_its_id_and_part_tokens(
+    service: str, sky_bucket: Callable[[str], str]
+) -> None:
+    """An upload begun and partly written by one client is found, finished and completed by another
+    (a new process has nothing but the upload id and the recorded tokens)."""
+    uri = sky_bucket(service)
+    writer = open_store(uri + "/").store
+    part = b"a" * writer.min_part_size
+    upload = writer.begin_multipart("obj/big.bin")
+    written = [writer.write_part(upload, n, part.replace(b"a", bytes([96 + n]))) for n in (1, 2)]
+
+    reader = open_store(uri + "/").store  # another client, as in the retry
+    again = type(upload)(upload.key, upload.upload_id)
+    found = reader.uploaded_parts(again)
+    assert found is not None
+    assert {n: (p.size, p.token) for n, p in found.items()} == {p.number: (p.size, p.token) for p in written}
+    last = reader.write_part(again, 3, b"tail")
+    reader.complete_multipart(again, [*found.values(), last])
+    body = b"".join(part.replace(b"a", bytes([96 + n])) for n in (1, 2)) + b"tail"
+    assert reader.read("obj/big.bin") == body
+    assert reader.uploaded_parts(again) in (None, {})  # gone once completed (Azure: no blocks left)
+    assert list(reader.list_multipart_uploads()) == []
