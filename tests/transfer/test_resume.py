@@ -264,3 +264,31 @@ def test_every_store_continues_an_upload_from_its_id_and_part_tokens(
     assert reader.read("obj/big.bin") == body
     assert reader.uploaded_parts(again) in (None, {})  # gone once completed (Azure: no blocks left)
     assert list(reader.list_multipart_uploads()) == []
+
+
+def test_the_state_folder_is_never_data_and_bad_settings_name_the_fix(
+    tmp_path: Path, sky_bucket: Callable[[str], str]
+) -> None:
+    from airflow_skyplane.exceptions import InvalidInputError
+    from airflow_skyplane.hooks.skyplane import SkyplaneSettings
+    from airflow_skyplane.operators.transfer import SkyplaneTransferOperator
+
+    root = tmp_path / "bucket"
+    (root / "data").mkdir(parents=True)
+    store = LocalStore(root)
+    store.put("data/a.txt", b"a")
+    store.put(KEY, b"{}")
+    listed = [i.key for i in resume.hide_state(store.list(), resume.DEFAULT_STATE_PREFIX)]
+    assert [i.key for i in store.list()] == [KEY, "data/a.txt"] and listed == ["data/a.txt"]
+
+    with pytest.raises(InvalidInputError, match=r"connection 'x' extra: state_prefix='state'.*ending in '/'"):
+        SkyplaneSettings.from_mapping({"state_prefix": "state"}, origin="connection 'x' extra")
+    with pytest.raises(InvalidInputError, match="resume='yes' must be True or False"):
+        SkyplaneTransferOperator(task_id="t", source="file:///a/", destination="file:///b/", resume="yes")
+    bucket = sky_bucket("s3")
+    op = SkyplaneTransferOperator(
+        task_id="t", source=f"file://{root}/data/", destination=f"{bucket}/.skyplane-state/copy/"
+    )
+    with pytest.raises(InvalidInputError, match="inside the transfer-state folder '.skyplane-state/'"):
+        op.execute(context={})
+    assert list(open_store(bucket + "/").store.list()) == []  # refused before anything was written
