@@ -651,6 +651,7 @@ class TransferJob:
             "keep_on_failure": self.keep_on_failure,
             "resumed_bytes": self.resumed_bytes,
             "discarded": self.discarded,
+            "resumed": self._resumed,
         }
         if self.carried:
             _private_write(self.workdir / "carried.json", json.dumps(self.carried))
@@ -685,6 +686,7 @@ class TransferJob:
         job.state_key = state.get("state_key")
         job.keep_on_failure = state.get("keep_on_failure", True)
         job.resumed_bytes, job.discarded = state.get("resumed_bytes", 0), state.get("discarded", 0)
+        job._resumed = state.get("resumed", False)
         if (folder / "carried.json").exists():
             job.carried = json.loads((folder / "carried.json").read_text())
         with (folder / "objects.jsonl").open(encoding="utf-8") as f:
