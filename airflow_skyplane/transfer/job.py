@@ -46,7 +46,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airflow_skyplane.exceptions import InvalidInputError, ObjectNotFoundError, SkyplaneError, TransferError
+from airflow_skyplane.exceptions import (
+    CredentialsError,
+    InvalidInputError,
+    ObjectNotFoundError,
+    SkyplaneError,
+    StorageError,
+    TransferError,
+)
 from airflow_skyplane.gateway import protocol as proto
 from airflow_skyplane.gateway import tls
 from airflow_skyplane.gateway.program import Endpoint, NextHop, Program
@@ -357,7 +364,11 @@ class TransferJob:
             return None
         from airflow_skyplane.transfer import resume
 
-        data = resume.load_state(self.destination, self.state_key)
+        try:
+            data = resume.load_state(self.destination, self.state_key)
+        except (CredentialsError, OSError) as err:
+            self._not_resumable(err)
+            return None
         if data is None:
             return None
         self._resumed = True
@@ -471,9 +482,24 @@ class TransferJob:
         due = pending >= every or (pending > 0 and late)
         if not (force or due):
             return False
-        resume.save_state(self.destination, self.state_key, self._state())
+        try:
+            resume.save_state(self.destination, self.state_key, self._state())
+        except (StorageError, OSError) as err:
+            if self._saved_n < 0:  # the first one: the state cannot be written here at all
+                self._not_resumable(err)
+            else:  # a passing failure: the previous checkpoint stands, the next one tries again
+                log.warning("checkpoint of the transfer state failed (the next one retries): %s", err)
+            return False
         self._saved_at, self._saved_n = now, len(self.receipts)
         return True
+
+    def _not_resumable(self, err: Exception) -> None:
+        log.warning(
+            "the transfer is not resumable: its state %s cannot be used (%s); allow the destination's "
+            "connection to read and write the state_prefix folder, or pass resume=False",
+            self.destination.describe(self.state_key or ""), err,
+        )  # fmt: skip
+        self.state_key = None
 
     def _sweep_dangling(self) -> None:
         """After a resumed transfer succeeded: abort uploads of its objects that a crashed try began

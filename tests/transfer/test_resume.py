@@ -292,3 +292,18 @@ def test_the_state_folder_is_never_data_and_bad_settings_name_the_fix(
     with pytest.raises(InvalidInputError, match="inside the transfer-state folder '.skyplane-state/'"):
         op.execute(context={})
     assert list(open_store(bucket + "/").store.list()) == []  # refused before anything was written
+
+
+def test_a_state_that_cannot_be_written_leaves_the_transfer_whole_but_not_resumable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(3 * MiB))
+    (dst / ".skyplane-state").write_bytes(b"a file where the state folder would be")
+    store = LocalStore(dst)
+    result = new_job(LocalStore(src), "", store, "copy/", tmp_path / "w", chunk_size=MiB, state_key=KEY).run()
+    assert result.objects == 1 and (dst / "copy/big.bin").read_bytes() == (src / "big.bin").read_bytes()
+    assert "the transfer is not resumable" in caplog.text and "resume=False" in caplog.text
+    assert list(LocalStore(dst).list_multipart_uploads()) == []
