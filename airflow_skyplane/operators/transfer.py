@@ -633,9 +633,14 @@ class SkyplaneTransferOperator(BaseOperator):
         return list(keys)
 
     def _will_retry(self, ti: Any) -> bool:
-        """Whether a failure of this try leaves the task up for retry (then its uploads are kept)."""
-        try_number = getattr(ti, "try_number", None)
-        return isinstance(try_number, int) and try_number <= (self.retries or 0)
+        """Whether a failure of this try leaves the task up for retry (then its uploads are kept):
+        what the API server told the task runner, else ``try_number <= max_tries`` (which counts
+        the tries a clear added)."""
+        should = getattr(getattr(ti, "_ti_context_from_server", None), "should_retry", None)
+        if isinstance(should, bool):
+            return should
+        try_number, max_tries = getattr(ti, "try_number", None), getattr(ti, "max_tries", None)
+        return isinstance(try_number, int) and isinstance(max_tries, int) and try_number <= max_tries
 
     def _overlay(self, plan: Any) -> Any:
         from airflow_skyplane.transfer.job import Overlay, overlay_from_plan
@@ -650,6 +655,11 @@ class SkyplaneTransferOperator(BaseOperator):
         self, base: dict[str, Any], results: Sequence[Any], deleted: Sequence[int] = ()
     ) -> dict[str, Any]:
         summary = summarize(base, results, deleted)
+        if summary["resumed_bytes"]:
+            self.log.info(
+                "Resumed the previous try: %d bytes it had written were not sent again",
+                summary["resumed_bytes"],
+            )
         self.log.info(
             "Sent %d objects, %.1f MiB in %.2f s (%.3f Gbps%s), %d checksums verified",
             summary["objects"], summary["bytes"] / MiB, summary["seconds"], summary["gbps"],

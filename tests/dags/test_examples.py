@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,7 @@ import pytest
 
 from airflow_skyplane.compute.fleets import fleet_ids, gateways_under
 from airflow_skyplane.hooks.storage import open_store
+from airflow_skyplane.hooks.transfer import teardown
 from airflow_skyplane.testing.dagrun import airflow_cli, xcom_return_values
 from airflow_skyplane.testing.sky import AZURITE_KEY, EmulatedSky
 
@@ -174,6 +179,69 @@ def test_a_gateway_killed_midway_fails_the_try_tears_down_and_the_retry_complete
     destination = emulated_sky.open(dst)
     assert list(destination.list(".skyplane-state/")) == []
     assert list(destination.list_multipart_uploads()) == []
+
+
+@pytest.mark.slow
+def test_a_task_killed_midway_is_resumed_by_its_next_try(
+    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str]
+) -> None:
+    """SIGKILL the task's process and its gateways once a quarter is checkpointed; the next try of the
+    same task instance (``tasks test`` on the killed run) continues the S3 multipart upload and sends
+    only the rest; the killed fleet, swept afterwards, harms nothing."""
+    src, dst = sky_bucket("s3"), sky_bucket("s3")
+    rng = random.Random(21)
+    data = {"data/weights.bin": rng.randbytes(64 * MiB), "data/config.json": b'{"k": 1}'}
+    data.update({f"data/shard-{n}.bin": rng.randbytes(4 * MiB) for n in range(4)})
+    total = sum(len(b) for b in data.values())
+    _seed_store = emulated_sky.open(src)
+    for key, body in data.items():
+        _seed_store.put(key, body)
+    env = dict(airflow_env, **emulated_sky.env())
+    env.update(
+        AIRFLOW__CORE__DAGS_FOLDER=str(Path(__file__).parent / "faulty"),
+        RESUMABLE_SOURCE=f"{src}/data/", RESUMABLE_DESTINATION=f"{dst}/copy/",
+    )  # fmt: skip
+    state_dir = env["AIRFLOW__SKYPLANE__STATE_DIR"]
+    replica = emulated_sky.open(dst)
+
+    def recorded() -> int:
+        states = [json.loads(replica.read(i.key)) for i in replica.list(".skyplane-state/")]
+        return sum(r["length"] for s in states for r in s["receipts"])
+
+    airflow = str(Path(sys.executable).parent / "airflow")
+    first = subprocess.Popen(
+        [airflow, "dags", "test", "resumable_copy", "2026-11-02"], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        while (at_kill := recorded()) < total // 4:
+            assert first.poll() is None, "the first try ended before it was killed"
+            time.sleep(0.1)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the task process ...
+        first.wait(timeout=60)
+        for pid in gateways_under(state_dir):  # ... and its gateways
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+    while gateways_under(state_dir):
+        time.sleep(0.1)
+    [killed] = fleet_ids(state_dir)  # nobody tore it down
+    assert [u.key for u in replica.list_multipart_uploads()] == ["copy/weights.bin"]
+
+    with sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db") as db:
+        [(run_id,)] = db.execute("SELECT run_id FROM dag_run WHERE dag_id='resumable_copy'").fetchall()
+    retry = airflow_cli(["tasks", "test", "resumable_copy", "copy", run_id], env, timeout=600)
+    output = retry.stdout + retry.stderr
+    assert retry.returncode == 0, output[-4000:]
+    assert "emulated-secret-key" not in output and gateways_under(state_dir) == []
+    [resumed] = re.findall(r"Resumed the previous try: (\d+) bytes", output)
+    assert at_kill <= int(resumed) < total  # what was checkpointed was not sent again
+    expected = {k[5:]: v for k, v in data.items()}
+    assert _contents(f"{dst}/copy/") == expected
+    assert list(replica.list(".skyplane-state/")) == [] and list(replica.list_multipart_uploads()) == []
+
+    teardown(killed, state_dir)  # the sweeper comes for the killed try's fleet, late
+    assert fleet_ids(state_dir) == [] and _contents(f"{dst}/copy/") == expected
 
 
 def _xcom(home: str, dag_id: str, key: str) -> list[Any]:
