@@ -464,8 +464,20 @@ class TransferJob:
     def _fetch_receipts(self) -> None:
         """Append the writer's receipts this job has not seen yet."""
         writer = self.started.get(self.overlay.destination)
-        if writer is not None and writer.alive():  # a dead writer's receipts died with it
+        if writer is None or not writer.alive():  # a dead writer's receipts died with it
+            return
+        try:
             self.receipts.extend(_get(writer, f"/receipts?since={len(self.receipts)}"))
+        except TransferError:
+            grace = time.monotonic() + 1.0
+            while writer.alive() and time.monotonic() < grace:  # a vanishing peer shows as dead soon
+                time.sleep(0.05)
+            if writer.alive():
+                raise
+            raise TransferError(  # it died between the two calls: say so as poll does
+                f"gateway {writer.gateway_id} exited with code {writer.exit_code} before the transfer "
+                f"finished; its log ends with:\n{writer.log_tail()}"
+            ) from None
 
     def checkpoint(self, *, force: bool = False) -> bool:
         """Write the durable state when it is due (or ``force``); True when it was written."""
