@@ -113,6 +113,22 @@ def get_provider_info() -> dict[str, Any]:
                         "example": "360",
                         "default": "360",
                     },
+                    "state_prefix": {
+                        "description": "Folder at the root of each destination bucket where resumable "
+                        "transfers checkpoint their state for a retry (hidden from listings).",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": ".skyplane-state/",
+                        "default": ".skyplane-state/",
+                    },
+                    "state_checkpoint_s": {
+                        "description": "Most seconds between two checkpoints of a resumable transfer "
+                        "(it also checkpoints after max(4, n/16) chunks written, n those recorded).",
+                        "version_added": "0.1.0",
+                        "type": "integer",
+                        "example": "10",
+                        "default": "10",
+                    },
                 },
             }
         },

@@ -2,9 +2,11 @@
 
 ``GET /status`` returns the counters as JSON (chunks and bytes done, wire bytes, resends, errors,
 throughput); ``GET /receipts`` the parts a writing gateway wrote (what the controller needs to
-complete multipart uploads and verify objects); ``POST /stop`` asks the gateway to finish. On a
-cloud relay the controller reaches it through an SSH port forward; nothing listens to the world.
-Standard library only (``http.server``), as the gateway must run without Airflow.
+complete multipart uploads and verify objects), or with ``?since=N`` those after the first N (the
+controller polls them that way to checkpoint a resumable transfer); ``POST /stop`` asks the
+gateway to finish. On a cloud relay the controller reaches it through an SSH port forward;
+nothing listens to the world. Standard library only (``http.server``), as the gateway must run
+without Airflow.
 """
 
 from __future__ import annotations
@@ -91,9 +93,13 @@ def serve(counters: Counters, host: str, port: int, on_stop: Callable[[], None])
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             if self.path == "/status":
                 self._reply(counters.snapshot())
-            elif self.path == "/receipts":
+            elif self.path == "/receipts" or self.path.startswith("/receipts?since="):
+                since = self.path.partition("?since=")[2]
+                if since and not since.isdigit():
+                    self._reply({"error": f"since={since!r} must be a whole number of receipts"}, 400)
+                    return
                 with counters._lock:
-                    self._reply(list(counters.receipts))
+                    self._reply(counters.receipts[int(since or 0) :])
             else:
                 self._reply({"error": f"unknown path {self.path}: use /status or /receipts"}, 404)
 

@@ -47,6 +47,10 @@ class SkyplaneSettings:
     grid_path: str | None = None
     #: where the local relay backend keeps its fleet records (default ``$AIRFLOW_HOME/skyplane/fleets``)
     state_dir: str | None = None
+    #: where a resumable transfer checkpoints itself, at the root of its destination bucket
+    state_prefix: str = ".skyplane-state/"
+    #: seconds (at most) between checkpoints of a resumable transfer; also after max(4, n/16) chunks written
+    state_checkpoint_s: int = 10
     use_spot: bool = False
     aws_instance_type: str = "m5.8xlarge"
     gcp_machine_type: str = "n2-standard-16"
@@ -74,6 +78,7 @@ class SkyplaneSettings:
         "chunk_size_mb": (1, 256),
         "fleet_ttl_minutes": (5, 7 * 24 * 60),
         "ssh_port": (1, 65535),
+        "state_checkpoint_s": (1, 3600),
     }
 
     @classmethod
@@ -129,6 +134,10 @@ class SkyplaneSettings:
             if not low <= value <= high:
                 raise InvalidInputError(f"{origin}: {name}={value} is out of range; give {low} to {high}")
             return value
+        if name == "state_prefix":
+            from airflow_skyplane.transfer.resume import check_state_prefix
+
+            return check_state_prefix(raw, origin=f"{origin}: state_prefix")
         if name == "relay_backend":
             if raw not in RELAY_BACKENDS:
                 raise InvalidInputError(

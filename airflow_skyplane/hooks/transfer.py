@@ -91,6 +91,7 @@ class FleetTransfer:
         progress_every_s: float = 5.0,
         detached: bool = False,
         cloud: Any = None,
+        state_keys: Sequence[str | None] = (),
     ) -> FleetTransfer:
         """Record the fleet, then start one transfer per destination; on any failure tear down all.
 
@@ -100,6 +101,9 @@ class FleetTransfer:
         With ``cloud`` (a :class:`~airflow_skyplane.compute.cloud.CloudFleet`), one relay VM is
         rented in every region the overlays name and the gateways of those transfers run there,
         reached over SSH; a transfer sent directly (no region known) runs its gateways here.
+
+        ``state_keys`` (one per destination, or none) makes the transfers resumable (see
+        :mod:`airflow_skyplane.transfer.resume`).
         """
         from airflow_skyplane.compute.local import LocalRelayBackend
         from airflow_skyplane.transfer.job import TransferJob
@@ -142,6 +146,7 @@ class FleetTransfer:
                     expires_at=now + ttl_s,  # every gateway stops itself then, controller or not
                     watch_pid=None if detached else os.getpid(),
                     on_progress=None,
+                    state_key=state_keys[n] if n < len(state_keys) else None,
                     **job_options,
                 )
                 fleet.jobs.append(job)

@@ -38,6 +38,8 @@ from airflow_skyplane.exceptions import InfeasiblePlanError, InvalidInputError, 
 MiB = 1024 * 1024
 MODES = ("copy", "sync")
 FLEET_XCOM_KEY = "skyplane_fleet_id"
+#: XCom of the durable transfer states (``[[destination URI, state key], ...]``), for the callback
+STATE_XCOM_KEY = "skyplane_state"
 
 # planner errors speak the CLI's flags; the operator's users know its parameters
 _FLAG_NAMES = {
@@ -69,6 +71,29 @@ def teardown_on_failure(context: Any) -> None:
     running = teardown(fleet_id, state_dir)
     if running:
         ti.log.warning("fleet %s torn down after the failure: stopped %s", fleet_id, ", ".join(running))
+    discard_states(ti, task)
+
+
+def discard_states(ti: Any, task: Any) -> None:
+    """The task failed for good: abort the uploads its resumable transfers kept for a retry, and
+    delete their states (found through XCom, so this works wherever the callback runs)."""
+    from airflow_skyplane.hooks.storage import open_store
+    from airflow_skyplane.transfer.resume import discard_state
+
+    states = ti.xcom_pull(task_ids=ti.task_id, key=STATE_XCOM_KEY, map_indexes=ti.map_index) or []
+    for uri, key in states:
+        try:
+            location = open_store(
+                uri,
+                aws_conn_id=getattr(task, "aws_conn_id", None),
+                gcp_conn_id=getattr(task, "gcp_conn_id", None),
+                wasb_conn_id=getattr(task, "wasb_conn_id", None),
+            )
+            aborted = discard_state(location.store, key)
+        except Exception as err:  # noqa: BLE001 - the other destinations still get cleaned
+            ti.log.warning("could not discard the transfer state %s of %s: %s", key, uri, err)
+            continue
+        ti.log.warning("transfer state of %s discarded after the failure: %d upload(s) aborted", uri, aborted)
 
 
 def summarize(base: dict[str, Any], results: Sequence[Any], deleted: Sequence[int] = ()) -> dict[str, Any]:
@@ -83,8 +108,8 @@ def summarize(base: dict[str, Any], results: Sequence[Any], deleted: Sequence[in
     for entry, uri in zip(per, base["destinations"], strict=True):
         entry["destination"] = uri
     summary["transfers"] = per
-    for key in ("objects", "bytes", "wire_bytes", "resends", "checksums_verified"):
-        summary[key] = sum(r[key] for r in per)
+    for key in ("objects", "bytes", "wire_bytes", "resends", "checksums_verified", "resumed_bytes"):
+        summary[key] = sum(r.get(key, 0) for r in per)
     seconds = round(max((r.seconds for r in results), default=0.0), 3)
     summary["seconds"] = seconds
     summary["gbps"] = round(summary["bytes"] * 8 / seconds / 1e9, 4) if seconds else 0.0
@@ -156,6 +181,10 @@ class SkyplaneTransferOperator(BaseOperator):
     :param compression: lz4 per chunk where it pays (default on).
     :param encryption: AES-GCM end to end (default on).
     :param chunk_size_mb: chunk size on the wire.
+    :param resume: checkpoint the transfer in the destination store (``state_prefix`` setting) so
+        that a retry of this task instance continues where the failed try stopped, sending only
+        what was not written; the failed try keeps its multipart uploads for the retry, and they are
+        aborted once the task fails for good. ``False``: every try starts over.
     :param dry_run: inventory, plan and estimate only; move nothing.
     :param wait_for_completion: when False, return once the relays run, with the fleet id for
         :class:`~airflow_skyplane.sensors.transfer.SkyplaneTransferSensor`.
@@ -204,6 +233,7 @@ class SkyplaneTransferOperator(BaseOperator):
         encryption: bool | None = None,
         chunk_size_mb: int | None = None,
         connections_per_hop: int = 8,
+        resume: bool = True,
         dry_run: bool = False,
         wait_for_completion: bool = True,
         deferrable: bool | None = None,
@@ -272,6 +302,9 @@ class SkyplaneTransferOperator(BaseOperator):
                 f"connections_per_hop={connections_per_hop} is out of range: use 1 to 256"
             )
         self.connections_per_hop = connections_per_hop
+        if not isinstance(resume, bool):
+            raise InvalidInputError(f"resume={resume!r} must be True or False")
+        self.resume = resume
         self.plan_only = dry_run  # BaseOperator has a dry_run() method of its own
         self.wait_for_completion = wait_for_completion
         if deferrable is None:
@@ -414,6 +447,7 @@ class SkyplaneTransferOperator(BaseOperator):
     # -- execute -------------------------------------------------------------------------------------
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_skyplane.transfer.diff import DiffCounts, KeyFilter, Spool, check_patterns, diff, select
+        from airflow_skyplane.transfer.resume import check_destination, hide_state
 
         settings = self._settings()
         destinations = self._destinations()
@@ -423,6 +457,8 @@ class SkyplaneTransferOperator(BaseOperator):
         dsts = [self._open(uri) for uri in destinations]
         for dst, uri in zip(dsts, destinations, strict=True):
             self._check_paths(src, dst, uri)
+            check_destination(settings.state_prefix, dst.prefix, uri)
+        hidden = settings.state_prefix  # checkpoints of transfers are never data to send or diff
         src.store.check_bucket()
         for dst in dsts:
             dst.store.check_bucket()
@@ -434,13 +470,16 @@ class SkyplaneTransferOperator(BaseOperator):
             for dst, count in zip(dsts, counts, strict=True):
                 if self.mode == "sync":
                     items = diff(
-                        src.store.list(src.prefix), dst.store.list(dst.prefix),
+                        hide_state(src.store.list(src.prefix), hidden),
+                        hide_state(dst.store.list(dst.prefix), hidden),
                         source_prefix=src.prefix, destination_prefix=dst.prefix,
                         compare=self.compare, keep=keep, counts=count,
                         keep_extraneous=self.max_delete + 1 if self.delete_extraneous else 0,
                     )  # fmt: skip
                 else:
-                    items = select(src.store.list(src.prefix), source_prefix=src.prefix, keep=keep)
+                    items = select(
+                        hide_state(src.store.list(src.prefix), hidden), source_prefix=src.prefix, keep=keep
+                    )
                 spools.append(Spool(items))
                 if self.mode == "copy":
                     count.new = spools[-1].count
@@ -537,6 +576,7 @@ class SkyplaneTransferOperator(BaseOperator):
             "map_index": getattr(ti, "map_index", -1),
             "try_number": getattr(ti, "try_number", None),
         }
+        state_keys = self._state_keys(ti, settings, destinations)
         start = dict(
             fleet_id=fleet_id,
             state_dir=settings.fleets_dir(),
@@ -552,10 +592,13 @@ class SkyplaneTransferOperator(BaseOperator):
                 "encrypt": settings.encryption,
                 "timeout": self.timeout_s,
                 "test_faults": self.test_faults,
+                "state_every_s": float(settings.state_checkpoint_s),
+                "keep_on_failure": self._will_retry(ti),
             },
             on_progress=lambda p: self.log.info("%s", p.line()),
             detached=not self.wait_for_completion or self.deferrable,
             cloud=cloud,
+            state_keys=state_keys,
         )
         self._fleet = self._start_fleet(
             settings, start, overlays, plans, src_region, regions, needed, summary
@@ -606,6 +649,38 @@ class SkyplaneTransferOperator(BaseOperator):
                 sum(needed) / MiB, summary["predicted_gbps"], summary["direct_gbps"],
                 summary["estimated_cost_usd"],
             )  # fmt: skip
+
+    def _state_keys(self, ti: Any, settings: Any, destinations: list[str]) -> list[str | None]:
+        """The durable state key of each destination (pushed to XCom for the failure callback);
+        none without ``resume`` or outside a task instance (nothing would identify a retry)."""
+        from airflow_skyplane.transfer.resume import state_key
+
+        if not self.resume or ti is None or not getattr(ti, "run_id", None):
+            return []
+        keys = [
+            state_key(
+                settings.state_prefix,
+                dag_id=ti.dag_id,
+                task_id=self.task_id,
+                run_id=ti.run_id,
+                map_index=getattr(ti, "map_index", -1),
+                destination=uri,
+            )
+            for uri in destinations
+        ]
+        pairs = [[uri, key] for uri, key in zip(destinations, keys, strict=True)]
+        ti.xcom_push(key=STATE_XCOM_KEY, value=pairs)
+        return list(keys)
+
+    def _will_retry(self, ti: Any) -> bool:
+        """Whether a failure of this try leaves the task up for retry (then its uploads are kept):
+        what the API server told the task runner, else ``try_number <= max_tries`` (which counts
+        the tries a clear added)."""
+        should = getattr(getattr(ti, "_ti_context_from_server", None), "should_retry", None)
+        if isinstance(should, bool):
+            return should
+        try_number, max_tries = getattr(ti, "try_number", None), getattr(ti, "max_tries", None)
+        return isinstance(try_number, int) and isinstance(max_tries, int) and try_number <= max_tries
 
     def _overlay(self, plan: Any, on_vms: bool = False) -> Any:
         from airflow_skyplane.transfer.job import Overlay, overlay_from_plan
@@ -690,6 +765,11 @@ class SkyplaneTransferOperator(BaseOperator):
         self, base: dict[str, Any], results: Sequence[Any], deleted: Sequence[int] = ()
     ) -> dict[str, Any]:
         summary = summarize(base, results, deleted)
+        if summary["resumed_bytes"]:
+            self.log.info(
+                "Resumed the previous try: %d bytes it had written were not sent again",
+                summary["resumed_bytes"],
+            )
         self.log.info(
             "Sent %d objects, %.1f MiB in %.2f s (%.3f Gbps%s), %d checksums verified",
             summary["objects"], summary["bytes"] / MiB, summary["seconds"], summary["gbps"],

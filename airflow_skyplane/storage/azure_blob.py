@@ -224,6 +224,25 @@ class AzureBlobStore(ObjectStore):
         except Exception as err:  # noqa: BLE001
             self._raise(err, upload.key, "abort")
 
+    def uploaded_parts(self, upload: MultipartUpload) -> dict[int, PartInfo] | None:
+        """The blob's uncommitted blocks of this upload id. Azure keeps them for a week, or until
+        anyone commits a block list to that blob; an upload has no record of its own, so one whose
+        blocks are gone shows as an upload with no parts, and every part is sent again."""
+        from azure.core import exceptions as aexc
+
+        parts: dict[int, PartInfo] = {}
+        try:
+            blocks = self.container.get_blob_client(upload.key).get_block_list("uncommitted")[1]
+        except aexc.ResourceNotFoundError:
+            return parts
+        except Exception as err:  # noqa: BLE001
+            self._raise(err, upload.key, "list the parts of")
+        for block in blocks:
+            upload_id, _, number = base64.b64decode(block.id).decode("ascii", "replace").partition(":")
+            if upload_id == upload.upload_id and number.isdigit():
+                parts[int(number)] = PartInfo(int(number), int(block.size), block.id)
+        return parts
+
     def list_multipart_uploads(self, prefix: str = "") -> Iterator[MultipartUpload]:
         """Blobs that have staged blocks and no committed content (an upload begun and not ended)."""
         try:

@@ -179,6 +179,13 @@ class ObjectStore(abc.ABC):
     def abort_multipart(self, upload: MultipartUpload) -> None:
         """Discard the upload and every part written; idempotent."""
 
+    def uploaded_parts(self, upload: MultipartUpload) -> dict[int, PartInfo] | None:
+        """The parts an upload begun earlier (possibly by another process) holds, by number, so that
+        a resumed transfer can continue it; ``None`` when the upload is gone or the store cannot tell,
+        and then the object is sent again under a new upload. Stores that can continue an upload
+        override this; the default cannot."""
+        return None
+
     @abc.abstractmethod
     def list_multipart_uploads(self, prefix: str = "") -> Iterator[MultipartUpload]:
         """Uploads begun and neither completed nor aborted (to find and clean dangling ones)."""

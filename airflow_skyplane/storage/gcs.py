@@ -205,6 +205,23 @@ class GCSStore(ObjectStore):
             if not isinstance(err, gexc.NotFound):
                 self._raise(err, upload.key, "abort")
 
+    def uploaded_parts(self, upload: MultipartUpload) -> dict[int, PartInfo] | None:
+        """The part objects under the upload's hidden folder (their names are the tokens); ``None``
+        once the marker is gone (completed or aborted)."""
+        folder = self._folder(upload.upload_id)
+        parts: dict[int, PartInfo] = {}
+        marker = False
+        try:
+            for blob in self.client.list_blobs(self.bucket, prefix=folder):
+                leaf = blob.name[len(folder) :]
+                if leaf == "key":
+                    marker = True
+                elif leaf.startswith("part-") and leaf[5:].isdigit():
+                    parts[int(leaf[5:])] = PartInfo(int(leaf[5:]), int(blob.size or 0), blob.name)
+        except Exception as err:  # noqa: BLE001
+            self._raise(err, upload.key, "list the parts of")
+        return parts if marker else None
+
     def list_multipart_uploads(self, prefix: str = "") -> Iterator[MultipartUpload]:
         try:
             for blob in self.client.list_blobs(self.bucket, prefix=UPLOADS_PREFIX):

@@ -210,6 +210,19 @@ class LocalStore(ObjectStore):
     def abort_multipart(self, upload: MultipartUpload) -> None:
         shutil.rmtree(self._uploads / upload.upload_id, ignore_errors=True)
 
+    def uploaded_parts(self, upload: MultipartUpload) -> dict[int, PartInfo] | None:
+        """The part files of the upload's folder (each renamed into place once whole); ``None`` once
+        the folder is gone. Another process on this machine, or on any machine mounting the same
+        directory, continues the upload."""
+        folder = self._uploads / upload.upload_id
+        if not (folder / "key").is_file():
+            return None
+        parts: dict[int, PartInfo] = {}
+        for part in folder.glob("part-*"):
+            if part.name[5:].isdigit():
+                parts[int(part.name[5:])] = PartInfo(int(part.name[5:]), part.stat().st_size, part.name)
+        return parts
+
     def list_multipart_uploads(self, prefix: str = "") -> Iterator[MultipartUpload]:
         if not self._uploads.is_dir():
             return

@@ -206,6 +206,24 @@ class S3Store(ObjectStore):
             if err.response.get("Error", {}).get("Code") != "NoSuchUpload":
                 self._raise(err, upload.key, "abort")
 
+    def uploaded_parts(self, upload: MultipartUpload) -> dict[int, PartInfo] | None:
+        """S3 keeps a multipart upload until it is completed or aborted: its parts (and their ETags,
+        the tokens ``complete`` needs) are listed by upload id from any process."""
+        from botocore.exceptions import ClientError
+
+        parts: dict[int, PartInfo] = {}
+        try:
+            paginator = self.client.get_paginator("list_parts")
+            for page in paginator.paginate(Bucket=self.bucket, Key=upload.key, UploadId=upload.upload_id):
+                for item in page.get("Parts", ()):
+                    number = int(item["PartNumber"])
+                    parts[number] = PartInfo(number, int(item["Size"]), item["ETag"])
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("NoSuchUpload", "404", "NotFound"):
+                return None
+            self._raise(err, upload.key, "list the parts of")
+        return parts
+
     def list_multipart_uploads(self, prefix: str = "") -> Iterator[MultipartUpload]:
         paginator = self.client.get_paginator("list_multipart_uploads")
         try:

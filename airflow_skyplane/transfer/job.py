@@ -14,7 +14,19 @@ For one source and one destination over an overlay of gateways:
    object (size always; the checksum the destination store reports against what was written, and the
    source store's checksum where the algorithms allow);
 6. **always** stop the gateways and, if anything failed, abort every multipart upload begun, so the
-   destination holds complete objects only.
+   destination holds complete objects only - unless the transfer is resumable and will be retried.
+
+**Resume** (``state_key``): the job checkpoints its uploads and the writing gateway's receipts into an
+object of the destination store (:mod:`.resume`) once its uploads are begun, then whenever
+``state_every_chunks`` new chunks are written (by default the larger of 4 and a sixteenth of those
+already recorded: a kill re-sends at most that many chunks plus those in flight, and rewriting the
+state costs time linear in the chunks over the whole transfer) or ``state_every_s`` passed, and
+when it fails. A job
+started with the key of a state left by a failed try continues it: it reuses the uploads the store
+still holds, sends only the chunks not recorded there, and completes and verifies every object as
+usual; on success it deletes the state (and any upload of its objects a crashed try left behind). A
+failed job with ``keep_on_failure`` keeps its uploads and its state for the retry; without, it aborts
+the uploads and deletes the state.
 
 The overlay is a list of hops between named gateways; :func:`overlay_from_plan` makes it from a
 :class:`~airflow_skyplane.planner.plan.TransferPlan`.
@@ -23,6 +35,7 @@ The overlay is a list of hops between named gateways; :func:`overlay_from_plan` 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import urllib.request
@@ -33,7 +46,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airflow_skyplane.exceptions import InvalidInputError, TransferError
+from airflow_skyplane.exceptions import (
+    CredentialsError,
+    InvalidInputError,
+    ObjectNotFoundError,
+    SkyplaneError,
+    StorageError,
+    TransferError,
+)
 from airflow_skyplane.gateway import protocol as proto
 from airflow_skyplane.gateway import tls
 from airflow_skyplane.gateway.program import Endpoint, NextHop, Program
@@ -41,6 +61,8 @@ from airflow_skyplane.storage.base import Checksum, MultipartUpload, ObjectInfo,
 from airflow_skyplane.storage.checksums import from_part_crc32cs, from_part_md5s
 from airflow_skyplane.transfer.chunks import DEFAULT_CHUNK_SIZE, batch_small, plan_chunks
 from airflow_skyplane.transfer.tracker import Progress, aggregate
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -127,6 +149,10 @@ class TransferResult:
     resends: int
     checksums_verified: int
     gateways: dict[str, dict[str, Any]]
+    #: bytes a previous try had written and this one did not send again (resumed transfers)
+    resumed_bytes: int = 0
+    #: objects whose recorded state no longer matched the source (sent again from scratch)
+    discarded: int = 0
 
     @property
     def gbps(self) -> float:
@@ -143,6 +169,8 @@ class TransferResult:
             "gbps": round(self.gbps, 4),
             "resends": self.resends,
             "checksums_verified": self.checksums_verified,
+            "resumed_bytes": self.resumed_bytes,
+            "resumed_objects_discarded": self.discarded,
         }
 
 
@@ -241,6 +269,10 @@ class TransferJob:
         watch_pid: int | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         progress_every_s: float = 10.0,
+        state_key: str | None = None,
+        state_every_s: float = 10.0,
+        state_every_chunks: int | None = None,
+        keep_on_failure: bool = True,
     ) -> None:
         self.source, self.source_prefix = source, source_prefix
         self.destination, self.destination_prefix = destination, destination_prefix
@@ -265,12 +297,30 @@ class TransferJob:
         self.started_at = 0.0
         self._next_report = 0.0
         self._last_status: dict[str, Any] = {}
+        # resume: the durable state's key (None: not resumable), what the previous try left that this
+        # one reuses (``carried``), the receipts this try's writer returned, and checkpoint bookkeeping
+        self.state_key = state_key
+        self.state_every_s = state_every_s
+        self.state_every_chunks = max(1, state_every_chunks) if state_every_chunks else None
+        self.keep_on_failure = keep_on_failure
+        self.carried: list[dict[str, Any]] = []
+        self.receipts: list[dict[str, Any]] = []
+        self.resumed_bytes = 0
+        self.discarded = 0
+        self.chunks_to_send = 0
+        self._kept: dict[str, set[int]] = {}
+        self._resumed = False
+        self._succeeded = False
+        self._state_bad = False
+        self._saved_at = 0.0
+        self._saved_n = -1
 
     # -- steps -----------------------------------------------------------------------------------
     def _inventory(self) -> Path:
         objects = self.objects
         manifest = self.workdir / "manifest.jsonl"
         listed = self.source.list(self.source_prefix) if self.selection is None else self.selection
+        previous = self._load_previous()
         fd = os.open(self.workdir / "objects.jsonl", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as inventory:
 
@@ -283,12 +333,15 @@ class TransferJob:
                     rel = info.key[len(self.source_prefix) :]
                     objects[rel] = info
                     inventory.write(json.dumps(_info_to_json(rel, info)) + "\n")
+                    if previous is not None:
+                        self._resume_object(rel, info, previous)
                     yield rel, info.size
 
             chunks = plan_chunks(listing(), self.chunk_size, min_part_size=self.destination.min_part_size)
             fd = os.open(manifest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for batch in batch_small(chunks):
+                for batch in batch_small(c for c in chunks if c.part_number not in self._kept.get(c.key, ())):
+                    self.chunks_to_send += len(batch)
                     entries = [
                         {"chunk_id": c.chunk_id, "key": c.key, "offset": c.offset, "length": c.length,
                          "object_size": c.object_size, "part_number": c.part_number, "parts": c.parts}
@@ -296,11 +349,176 @@ class TransferJob:
                     ]  # fmt: skip
                     f.write(json.dumps(entries[0] if len(entries) == 1 else {"chunks": entries}) + "\n")
                     for c in batch:
-                        if c.part_number == 1:
+                        if c.is_part and c.key not in self.uploads:
                             self.uploads[c.key] = self.destination.begin_multipart(
                                 self.destination_prefix + c.key
                             )
+        if previous is not None:
+            self._drop_unlisted(previous)
         return manifest
+
+    # -- resume ----------------------------------------------------------------------------------
+    def _load_previous(self) -> dict[str, Any] | None:
+        """The state a previous try left under :attr:`state_key`, when it can be continued."""
+        if self.state_key is None:
+            return None
+        from airflow_skyplane.transfer import resume
+
+        try:
+            data = resume.load_state(self.destination, self.state_key)
+        except (CredentialsError, OSError) as err:
+            self._not_resumable(err)
+            return None
+        if data is None:
+            return None
+        self._resumed = True
+        same_cut = (data.get("chunk_size"), data.get("destination_prefix"), data.get("source_prefix")) == (
+            self.chunk_size, self.destination_prefix, self.source_prefix,
+        )  # fmt: skip
+        if not same_cut:  # parts cut differently (or another layout): nothing recorded lines up
+            for upload in resume.recorded_uploads(data, self.destination_prefix):
+                self.destination.abort_multipart(upload)
+            self.discarded += len(data.get("objects", {}))
+            return None
+        by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in data.get("receipts", []):
+            by_key[r["key"]].append(r)
+        data["receipts_by_key"] = by_key
+        return data
+
+    def _resume_object(self, rel: str, info: ObjectInfo, previous: dict[str, Any]) -> None:
+        """Take over what a previous try wrote of ``rel``, or discard it when it no longer fits."""
+        from airflow_skyplane.transfer import resume
+
+        recorded = previous["objects"].get(rel)
+        if recorded is None:
+            return
+        receipts = previous["receipts_by_key"].get(rel, [])
+        dest_key = self.destination_prefix + rel
+        upload_id = recorded.get("upload_id")
+        upload = MultipartUpload(dest_key, upload_id) if upload_id else None
+        if not resume.same_source(recorded, info):  # the source object changed since: start it over
+            if upload is not None:
+                self.destination.abort_multipart(upload)
+            self.discarded += 1
+            return
+        if upload is None:  # written whole by a single put: keep it if it is still there, whole
+            whole = [r for r in receipts if r["part_number"] == 0 and r["length"] == info.size]
+            if whole:
+                try:
+                    present = self.destination.head(dest_key).size == info.size
+                except ObjectNotFoundError:
+                    present = False
+                if present:
+                    self._keep(rel, whole[-1:])
+            return
+        parts = self.destination.uploaded_parts(upload)
+        if parts is None:  # the upload is gone, or this store cannot continue one: send it again
+            self.destination.abort_multipart(upload)
+            self.discarded += 1
+            return
+        kept = {}
+        for r in receipts:
+            part = parts.get(r["part_number"])
+            same = part is not None and (part.size, part.token) == (r["length"], r["token"])
+            if r["part_number"] and same:
+                kept[r["part_number"]] = r
+        self.uploads[rel] = upload
+        self._keep(rel, list(kept.values()))
+
+    def _keep(self, rel: str, receipts: list[dict[str, Any]]) -> None:
+        self._kept[rel] = {r["part_number"] for r in receipts}
+        self.carried.extend(receipts)
+        self.resumed_bytes += sum(r["length"] for r in receipts)
+
+    def _drop_unlisted(self, previous: dict[str, Any]) -> None:
+        """Abort the recorded uploads of objects this try does not send (deleted at the source since,
+        excluded, or already in place for a sync)."""
+        for rel, recorded in previous["objects"].items():
+            if rel not in self.objects and recorded.get("upload_id"):
+                self.destination.abort_multipart(
+                    MultipartUpload(self.destination_prefix + rel, recorded["upload_id"])
+                )
+
+    def _state(self) -> dict[str, Any]:
+        receipts = self.carried + self.receipts
+        keys = set(self.uploads) | {r["key"] for r in receipts}
+        objects = {}
+        for rel in keys:
+            info = self.objects.get(rel)
+            if info is not None:
+                entry = _info_to_json(rel, info)
+                del entry["key"]
+                entry["upload_id"] = self.uploads[rel].upload_id if rel in self.uploads else None
+                objects[rel] = entry
+        return {
+            "transfer_id": self.transfer_id,
+            "written_at": time.time(),
+            "source_prefix": self.source_prefix,
+            "destination_prefix": self.destination_prefix,
+            "chunk_size": self.chunk_size,
+            "objects": objects,
+            "receipts": receipts,
+        }
+
+    def _fetch_receipts(self) -> None:
+        """Append the writer's receipts this job has not seen yet."""
+        writer = self.started.get(self.overlay.destination)
+        if writer is None or not writer.alive():  # a dead writer's receipts died with it
+            return
+        try:
+            self.receipts.extend(_get(writer, f"/receipts?since={len(self.receipts)}"))
+        except TransferError:
+            grace = time.monotonic() + 1.0
+            while writer.alive() and time.monotonic() < grace:  # a vanishing peer shows as dead soon
+                time.sleep(0.05)
+            if writer.alive():
+                raise
+            raise TransferError(  # it died between the two calls: say so as poll does
+                f"gateway {writer.gateway_id} exited with code {writer.exit_code} before the transfer "
+                f"finished; its log ends with:\n{writer.log_tail()}"
+            ) from None
+
+    def checkpoint(self, *, force: bool = False) -> bool:
+        """Write the durable state when it is due (or ``force``); True when it was written."""
+        if self.state_key is None or self._state_bad:
+            return False
+        from airflow_skyplane.transfer import resume
+
+        if self.started:
+            self._fetch_receipts()
+        pending = len(self.receipts) - self._saved_n
+        now = time.monotonic()
+        late = now - self._saved_at >= self.state_every_s
+        every = self.state_every_chunks or max(4, self._saved_n // 16)
+        due = pending >= every or (pending > 0 and late)
+        if not (force or due):
+            return False
+        try:
+            resume.save_state(self.destination, self.state_key, self._state())
+        except (StorageError, OSError) as err:
+            if self._saved_n < 0:  # the first one: the state cannot be written here at all
+                self._not_resumable(err)
+            else:  # a passing failure: the previous checkpoint stands, the next one tries again
+                log.warning("checkpoint of the transfer state failed (the next one retries): %s", err)
+            return False
+        self._saved_at, self._saved_n = now, len(self.receipts)
+        return True
+
+    def _not_resumable(self, err: Exception) -> None:
+        log.warning(
+            "the transfer is not resumable: its state %s cannot be used (%s); allow the destination's "
+            "connection to read and write the state_prefix folder, or pass resume=False",
+            self.destination.describe(self.state_key or ""), err,
+        )  # fmt: skip
+        self.state_key = None
+
+    def _sweep_dangling(self) -> None:
+        """After a resumed transfer succeeded: abort uploads of its objects that a crashed try began
+        without recording them (killed between beginning an upload and its first checkpoint)."""
+        for upload in self.destination.list_multipart_uploads(self.destination_prefix):
+            if upload.key[len(self.destination_prefix) :] in self.objects:
+                self.destination.abort_multipart(upload)
 
     def _programs(self, manifest: Path) -> dict[str, dict[str, Any]]:
         """One program per gateway, as JSON-able dicts; next hops are added when their ports are known."""
@@ -412,7 +630,8 @@ class TransferJob:
 
     def _complete_and_verify(self, objects: dict[str, ObjectInfo], receipts: list[dict[str, Any]]) -> int:
         by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for r in receipts:
+        latest = {(r["key"], r["part_number"]): r for r in receipts}  # a chunk written twice counts once
+        for r in latest.values():
             by_key[r["key"]].append(r)
         for key, upload in list(self.uploads.items()):
             parts = sorted(by_key[key], key=lambda r: r["part_number"])
@@ -464,7 +683,8 @@ class TransferJob:
         manifest = self._inventory()
         self.bytes_total = sum(o.size for o in self.objects.values())
         self._save()  # the uploads begun are recorded before any gateway runs: a kill now loses none
-        if self.objects:
+        self.checkpoint(force=True)  # ... and in the durable state, for a retry on another worker
+        if self.chunks_to_send:
             self.started = self._start(self._programs(manifest))
             self._save()
 
@@ -477,7 +697,14 @@ class TransferJob:
             "bytes_total": self.bytes_total,
             "started_at": self.started_at,
             "uploads": {k: u.upload_id for k, u in self.uploads.items()},
+            "state_key": self.state_key,
+            "keep_on_failure": self.keep_on_failure,
+            "resumed_bytes": self.resumed_bytes,
+            "discarded": self.discarded,
+            "resumed": self._resumed,
         }
+        if self.carried:
+            _private_write(self.workdir / "carried.json", json.dumps(self.carried))
         tmp = self.workdir / "job.json.tmp"
         _private_write(tmp, json.dumps(state))
         os.replace(tmp, self.workdir / "job.json")
@@ -506,6 +733,12 @@ class TransferJob:
             k: MultipartUpload(job.destination_prefix + k, upload_id)
             for k, upload_id in state["uploads"].items()
         }
+        job.state_key = state.get("state_key")
+        job.keep_on_failure = state.get("keep_on_failure", True)
+        job.resumed_bytes, job.discarded = state.get("resumed_bytes", 0), state.get("discarded", 0)
+        job._resumed = state.get("resumed", False)
+        if (folder / "carried.json").exists():
+            job.carried = json.loads((folder / "carried.json").read_text())
         with (folder / "objects.jsonl").open(encoding="utf-8") as f:
             job.objects = dict(_info_from_json(json.loads(line)) for line in f)
         job.started = dict(backend.gateways)
@@ -515,7 +748,7 @@ class TransferJob:
         statuses = {gid: _get(gw, "/status") for gid, gw in self.started.items()}
         if not statuses:
             return Progress(0, 0, 0, 0, 0.0, 0, 0, ())
-        return aggregate(statuses, [self.overlay.source], self.bytes_total)
+        return aggregate(statuses, [self.overlay.source], self.bytes_total - self.resumed_bytes)
 
     def poll(self) -> bool:
         """True once every chunk is written at the destination; raise TransferError on a failure."""
@@ -544,6 +777,7 @@ class TransferJob:
         if status["errors"]:
             errors = list(dict.fromkeys(status["errors"]))
             raise TransferError(f"gateway {reader.gateway_id} failed: {errors[:3]}")
+        self.checkpoint()
         if status["done"]:
             return True
         if time.time() - self.started_at > self.timeout:
@@ -553,8 +787,17 @@ class TransferJob:
     def finish(self) -> TransferResult:
         """Complete the uploads and verify every object; call once :meth:`poll` says done."""
         statuses = {gid: _get(gw, "/status") for gid, gw in self.started.items()}
-        receipts = _get(self.started[self.overlay.destination], "/receipts") if self.started else []
-        verified = self._complete_and_verify(self.objects, receipts)
+        self._fetch_receipts()
+        try:
+            verified = self._complete_and_verify(self.objects, self.carried + self.receipts)
+        except TransferError:
+            self._state_bad = True  # what was recorded does not hold up: a retry starts over
+            raise
+        if self.state_key is not None:
+            if self._resumed:
+                self._sweep_dangling()
+            self.destination.delete(self.state_key)
+        self._succeeded = True
         reader = statuses.get(self.overlay.source, {})
         return TransferResult(
             transfer_id=self.transfer_id,
@@ -565,11 +808,23 @@ class TransferJob:
             resends=sum(s["resends"] for s in statuses.values()),
             checksums_verified=verified,
             gateways=statuses,
+            resumed_bytes=self.resumed_bytes,
+            discarded=self.discarded,
         )
 
     def close(self) -> None:
         """Stop the gateways; abort every upload not completed (so no partial object appears); delete
-        the secrets. Idempotent; runs after success and failure alike."""
+        the secrets. Idempotent; runs after success and failure alike.
+
+        A resumable job that failed and will be retried (``keep_on_failure``) instead records what its
+        writer wrote in the durable state, and keeps its uploads for the retry."""
+        keep = self._keeps_state()
+        owner = self._state_owner() if self.state_key is not None and not self._succeeded else None
+        if keep and owner == self.transfer_id:  # never over a later try's state, nor bring one back
+            try:
+                self.checkpoint(force=True)
+            except (TransferError, SkyplaneError, OSError) as err:  # the last checkpoint stands
+                log.warning("could not checkpoint the transfer state at failure: %s", str(err)[:300])
         for gw in self.started.values():
             if gw.control_port and gw.alive():
                 try:
@@ -577,14 +832,36 @@ class TransferJob:
                 except OSError:
                     pass
         self.backend.teardown()
-        for upload in self.uploads.values():  # only what was not completed: a failed transfer
-            self.destination.abort_multipart(upload)
+        if not keep:
+            ours = owner in (None, self.transfer_id)
+            for upload in self.uploads.values():  # only what was not completed: a failed transfer
+                if ours:
+                    self.destination.abort_multipart(upload)
+            if self.state_key is not None and ours and not self._succeeded:
+                self.destination.delete(self.state_key)
         self.uploads.clear()
         tidy = getattr(self.destination, "tidy", None)
         if tidy is not None:
             tidy()
-        for name in ("transfer.key", "uploads.json", "job.json"):
+        for name in ("transfer.key", "uploads.json", "job.json", "carried.json"):
             (self.workdir / name).unlink(missing_ok=True)
+
+    def _keeps_state(self) -> bool:
+        resumable = self.state_key is not None and self.keep_on_failure
+        return resumable and not self._succeeded and not self._state_bad
+
+    def _state_owner(self) -> str | None:
+        """The transfer that wrote the durable state (None: there is none). Another one than this job
+        means a later try took over (this job is torn down late, e.g. by a sweeper): its uploads are
+        that try's to finish, not ours to abort, and its state not ours to write."""
+        from airflow_skyplane.transfer import resume
+
+        assert self.state_key is not None
+        try:
+            data = resume.load_state(self.destination, self.state_key)
+        except (SkyplaneError, OSError):
+            return self.transfer_id  # cannot tell: act as before resume existed
+        return data.get("transfer_id") if data is not None else None
 
     def run(self) -> TransferResult:
         try:

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import re
+import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from airflow_skyplane.compute.fleets import fleet_ids, gateways_under
 from airflow_skyplane.hooks.storage import open_store
+from airflow_skyplane.hooks.transfer import teardown
 from airflow_skyplane.testing.dagrun import airflow_cli, xcom_return_values
 from airflow_skyplane.testing.sky import AZURITE_KEY, EmulatedSky
 
@@ -167,3 +175,152 @@ def test_a_gateway_killed_midway_fails_the_try_tears_down_and_the_retry_complete
     assert fleet_ids(env["AIRFLOW__SKYPLANE__STATE_DIR"]) == []  # both fleets torn down
     [summary] = xcom_return_values(env["AIRFLOW_HOME"], "failing_once", "copy")
     assert summary["objects"] == 2
+    # the first try kept its upload and checkpoint for the retry; the retry completed and cleaned both
+    destination = emulated_sky.open(dst)
+    assert list(destination.list(".skyplane-state/")) == []
+    assert list(destination.list_multipart_uploads()) == []
+
+
+@pytest.mark.slow
+def test_a_task_killed_midway_is_resumed_by_its_next_try(
+    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str]
+) -> None:
+    """SIGKILL the task's process and its gateways once a quarter is checkpointed; the next try of the
+    same task instance (``tasks test`` on the killed run) continues the S3 multipart upload and sends
+    only the rest; the killed fleet, swept afterwards, harms nothing."""
+    src, dst = sky_bucket("s3"), sky_bucket("s3")
+    rng = random.Random(21)
+    data = {"data/weights.bin": rng.randbytes(64 * MiB), "data/config.json": b'{"k": 1}'}
+    data.update({f"data/shard-{n}.bin": rng.randbytes(4 * MiB) for n in range(4)})
+    total = sum(len(b) for b in data.values())
+    _seed_store = emulated_sky.open(src)
+    for key, body in data.items():
+        _seed_store.put(key, body)
+    env = dict(airflow_env, **emulated_sky.env())
+    env.update(
+        AIRFLOW__CORE__DAGS_FOLDER=str(Path(__file__).parent / "faulty"),
+        RESUMABLE_SOURCE=f"{src}/data/", RESUMABLE_DESTINATION=f"{dst}/copy/",
+    )  # fmt: skip
+    state_dir = env["AIRFLOW__SKYPLANE__STATE_DIR"]
+    replica = emulated_sky.open(dst)
+
+    def recorded() -> int:
+        states = [json.loads(replica.read(i.key)) for i in replica.list(".skyplane-state/")]
+        return sum(r["length"] for s in states for r in s["receipts"])
+
+    airflow = str(Path(sys.executable).parent / "airflow")
+    first = subprocess.Popen(
+        [airflow, "dags", "test", "resumable_copy", "2026-11-02"], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        while (at_kill := recorded()) < total // 4:
+            assert first.poll() is None, "the first try ended before it was killed"
+            time.sleep(0.1)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the task process ...
+        first.wait(timeout=60)
+        for pid in gateways_under(state_dir):  # ... and its gateways
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+    while gateways_under(state_dir):
+        time.sleep(0.1)
+    [killed] = fleet_ids(state_dir)  # nobody tore it down
+    assert [u.key for u in replica.list_multipart_uploads()] == ["copy/weights.bin"]
+
+    with sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db") as db:
+        [(run_id,)] = db.execute("SELECT run_id FROM dag_run WHERE dag_id='resumable_copy'").fetchall()
+    retry = airflow_cli(["tasks", "test", "resumable_copy", "copy", run_id], env, timeout=600)
+    output = retry.stdout + retry.stderr
+    assert retry.returncode == 0, output[-4000:]
+    assert "emulated-secret-key" not in output and gateways_under(state_dir) == []
+    [resumed] = re.findall(r"Resumed the previous try: (\d+) bytes", output)
+    assert at_kill <= int(resumed) < total  # what was checkpointed was not sent again
+    expected = {k[5:]: v for k, v in data.items()}
+    assert _contents(f"{dst}/copy/") == expected
+    assert list(replica.list(".skyplane-state/")) == [] and list(replica.list_multipart_uploads()) == []
+
+    teardown(killed, state_dir)  # the sweeper comes for the killed try's fleet, late
+    assert fleet_ids(state_dir) == [] and _contents(f"{dst}/copy/") == expected
+
+
+def _xcom(home: str, dag_id: str, key: str) -> list[Any]:
+    with sqlite3.connect(Path(home) / "airflow.db") as db:
+        rows = db.execute("SELECT value FROM xcom WHERE dag_id=? AND key=?", (dag_id, key)).fetchall()
+    values = [json.loads(raw) if isinstance(raw, str | bytes) else raw for (raw,) in rows]
+    return [json.loads(v) if isinstance(v, str) else v for v in values]
+
+
+@pytest.mark.slow
+def test_backfill_of_five_dates_in_parallel_is_byte_exact_and_a_rerun_copies_nothing(
+    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str], tmp_path: Path
+) -> None:
+    """Five ``airflow dags test`` processes at once, one per logical date, each with its own metadata
+    database (a copy of one migrated SQLite file) but one worker's fleet records, as parallel runs on
+    one worker share them."""
+    archive, lake = sky_bucket("s3"), sky_bucket("gs")
+    store = emulated_sky.open(archive)
+    rng = random.Random(15)
+    dates = [f"2026-10-{d:02d}" for d in range(1, 6)]
+    wanted = {}
+    for name in ("events", "sessions", "billing"):
+        for ds in [*dates, "2026-10-06"]:  # a later date that no run copies
+            for n in range(3):
+                body = rng.randbytes(rng.randrange(1, 200_000))
+                store.put(f"{name}/dt={ds}/part-{n}", body)
+                if ds in dates:
+                    wanted[f"{name}/dt={ds}/part-{n}"] = body
+    homes = {}
+    for ds in dates:
+        home = tmp_path / f"home-{ds}"
+        home.mkdir()
+        shutil.copy(Path(airflow_env["AIRFLOW_HOME"]) / "airflow.db", home / "airflow.db")
+        homes[ds] = dict(
+            airflow_env, **emulated_sky.env(), AIRFLOW_HOME=str(home),
+            SKYPLANE_EXAMPLE_ARCHIVE=archive, SKYPLANE_EXAMPLE_LAKE=lake,
+        )  # fmt: skip
+    airflow = str(Path(sys.executable).parent / "airflow")
+    runs = {
+        ds: subprocess.Popen(
+            [airflow, "dags", "test", "backfill_historical", ds],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for ds, env in homes.items()
+    }
+    outputs = {}
+    try:
+        for ds, run in runs.items():
+            outputs[ds] = run.communicate(timeout=900)[0]
+    finally:
+        for run in runs.values():
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    for ds, run in runs.items():
+        assert run.returncode == 0, outputs[ds][-4000:]
+        assert "emulated-secret-key" not in outputs[ds]
+    state_dir = airflow_env["AIRFLOW__SKYPLANE__STATE_DIR"]
+    assert gateways_under(state_dir) == [] and fleet_ids(state_dir) == []
+    assert _contents(lake) == wanted  # every partition byte for byte, nothing else (no state left)
+
+    fleets_seen, state_keys = set(), set()
+    for ds, env in homes.items():
+        summaries = xcom_return_values(env["AIRFLOW_HOME"], "backfill_historical", "backfill_partition")
+        assert [s["objects"] for s in summaries] == [3, 3, 3]
+        assert [t["destination"] for s in summaries for t in s["transfers"]] == [
+            f"{lake}/{name}/dt={ds}/" for name in ("events", "sessions", "billing")
+        ]
+        fleets_seen |= {s["fleet_id"] for s in summaries}
+        pushed = _xcom(env["AIRFLOW_HOME"], "backfill_historical", "skyplane_state")
+        state_keys |= {key for pairs in pushed for _, key in pairs}
+    assert len(fleets_seen) == 15 and len(state_keys) == 15  # a fleet and a state of its own per task
+
+    again = homes[dates[2]]
+    _run(again, "backfill_historical", dates[2])
+    rerun = xcom_return_values(again["AIRFLOW_HOME"], "backfill_historical", "backfill_partition")
+    assert [s["bytes"] for s in rerun] == [0, 0, 0] and [s["objects"] for s in rerun] == [0, 0, 0]
+    assert [s["sync"][0]["unchanged"] for s in rerun] == [3, 3, 3]
+    assert _contents(lake) == wanted
