@@ -488,7 +488,7 @@ class Bench:
 
     def new_bucket(self, dest: Destination, run: str) -> str:
         self.counter += 1
-        name = f"peers-{self.counter:03d}-{run}"[:60].rstrip("-")
+        name = f"peers-{self.counter:03d}-{run.lower()}"[:60].rstrip("-")
         make_bucket(dest.kind, client(dest.kind, dest.server.host_url), name)
         return name
 
