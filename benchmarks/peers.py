@@ -81,9 +81,11 @@ BUCKET = "skyplane-peers-source"
 ACCESS_KEY, SECRET_KEY = "emulated-access-key", "emulated-secret-key"  # noqa: S105
 AWS_REGION = "us-east-1"
 MAX_CONNECTIONS_PER_HOP = 16
-# what one request costs a serial copier beyond its bytes (a GET and a PUT against an emulator), for
-# predicting small-object runs only
-PER_OBJECT_S = 0.03
+# what one object costs a copier beyond its bytes, for predicting small-object runs only: rclone (a
+# GET and a PUT per transfer slot), Airflow's operators (hooks, a temporary file, a head check; about
+# 1 s per object was seen on a busy 2-core machine)
+RCLONE_PER_OBJECT_S = 0.05
+AIRFLOW_PER_OBJECT_S = 0.5
 
 
 def log(message: str) -> None:
@@ -675,9 +677,9 @@ class Bench:
             transfers = 32 if contender.endswith("32") else 4
             # one big object: rclone uploads 4 parts at a time (--s3-upload-concurrency) whatever --transfers
             streams = 4 if big else min(transfers, n)
-            mbit, per = min(direct, streams * cap), PER_OBJECT_S
+            mbit, per = min(direct, streams * cap), RCLONE_PER_OBJECT_S
         else:  # Airflow's operators copy one object after the other, over one connection
-            mbit, streams, per = cap, 1, PER_OBJECT_S
+            mbit, streams, per = cap, 1, AIRFLOW_PER_OBJECT_S
         mbit = min(mbit, write_ceiling)
         return size * 8 / (mbit * 1e6) + n * per / streams + 3.0
 
@@ -812,7 +814,7 @@ def main() -> int:
     parser.add_argument("--flows-to-fill", type=float, default=8.0, help="a TCP flow gets 1/N of a link")
     parser.add_argument("--chunk-mib", type=int, default=8, help="our chunk size (S3 parts are >= 5 MiB)")
     parser.add_argument("--contenders", default="", help="comma-separated subset, e.g. 'ours,rclone-32'")
-    parser.add_argument("--run-budget-s", type=float, default=45.0, help="predicted seconds per run, at most")
+    parser.add_argument("--run-budget-s", type=float, default=36.0, help="predicted seconds per run, at most")
     parser.add_argument("--workloads", default="abc", help="which workloads to run, e.g. 'ab'")
     parser.add_argument("--grid", default=str(GRID), help="the measured grid to take the links from")
     parser.add_argument("--out", default=None, help="folder for peers.json, peers.png and peers.md")
