@@ -897,10 +897,11 @@ def main() -> int:
                     run.ok = True
                     run.gbytes_per_s = run.bytes / run.measured_s / 1e9
                 except Exception as err:  # noqa: BLE001 - a failed contender is reported, not fatal
-                    run.error = f"{type(err).__name__}: {err}"[:2000]
+                    message = f"{type(err).__name__}: {err}"
+                    run.error = message if len(message) <= 2000 else message[:200] + " ... " + message[-1800:]
                 log(f"({w.name}) {contender:>28} -> {dest_key:<8} slice {fraction:<7g} "
                     + (f"{run.measured_s:7.1f} s {run.gbytes_per_s * 1000:8.2f} MB/s" if run.ok
-                       else f"FAILED {run.error[:300] if run.error else ''}")
+                       else f"FAILED {run.error[:120] + ' ... ' + run.error[-300:] if run.error else ''}")
                     + f"  [{len(runs)}/{n_runs}]")  # fmt: skip
     finally:
         bench.stop_testbed()
