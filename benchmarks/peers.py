@@ -567,6 +567,7 @@ class Bench:
         bucket = self.new_bucket(dest, run.contender)
         url = self.url_from(SRC, dest)
         dag_id = f"peers_{self.counter:03d}"
+        folder = prefix.rstrip("/")  # the operator strips f"{s3_prefix}/" from every key it lists
         if dest.kind == "gs":
             task = (
                 "from airflow.providers.google.cloud.transfers.s3_to_gcs import S3ToGCSOperator\n"
@@ -578,7 +579,7 @@ class Bench:
                 "from airflow.providers.microsoft.azure.transfers.s3_to_wasb import "
                 "S3ToAzureBlobStorageOperator\n"
                 f"    S3ToAzureBlobStorageOperator(task_id='copy', s3_bucket={BUCKET!r}, "
-                f"container_name={bucket!r}, s3_prefix={prefix!r}, blob_prefix={prefix!r}, replace=True)\n"
+                f"container_name={bucket!r}, s3_prefix={folder!r}, blob_prefix={folder!r}, replace=True)\n"
             )
         imports, body = task.split("\n", 1)
         dags = self.airflow_home / "dags"
@@ -786,7 +787,8 @@ def table(runs: list[Run]) -> str:
     for r in runs:
         ours = find(runs, r.workload, "ours", r.destination)
         ratio = f"{ours.gbytes_per_s / r.gbytes_per_s:.2f}x" if ours and r.ok and r.gbytes_per_s else "-"
-        seconds = f"{r.measured_s:.1f}" if r.ok else f"failed: {(r.error or '')[:60]}"
+        last = [line.strip() for line in (r.error or "").splitlines() if line.strip()][-1:] or [""]
+        seconds = f"{r.measured_s:.1f}" if r.ok else "failed: " + last[0].replace("|", "/")[:90]
         lines.append(
             f"| ({r.workload}) | {r.contender} | {r.destination} | {r.slice:g} | {r.objects} | "
             f"{r.bytes / MiB:,.1f} | {seconds} | {r.gbytes_per_s * 1000:.1f} | {ratio} |"
