@@ -17,8 +17,9 @@ One invocation builds one testbed and runs every contender on it, on the same da
 * **contenders**, in alternating order from one workload to the next: our data plane with the planned
   overlay (gateways inside the regions' namespaces, from the planner's plan on a grid equal to the
   shaped links); the same forced to the direct path; ``S3ToGCSOperator`` and
-  ``S3ToAzureBlobStorageOperator`` (S3 to wasb; no class is named ``S3ToWasbOperator``) through ``airflow dags test`` run
-  inside the source region's namespace (SQLite in a temporary ``AIRFLOW_HOME``); ``rclone copy``
+  ``S3ToAzureBlobStorageOperator`` (S3 to wasb; no class is named ``S3ToWasbOperator``) through
+  ``airflow dags test`` run inside the source region's namespace (SQLite in a temporary
+  ``AIRFLOW_HOME``); ``rclone copy``
   with its defaults and with ``--transfers 32``, from the source region to the S3-compatible
   destinations (Debian's rclone 1.60 cannot talk to Azurite 3.37).
 * **workloads**: (a) 200 objects of 1-50 MiB, 3 GiB in all, half compressible text and half random;
