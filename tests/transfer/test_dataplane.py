@@ -6,7 +6,6 @@ Each test runs a :class:`TransferJob` with the local relay backend: gateways sta
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -25,23 +24,12 @@ from airflow_skyplane.gateway import protocol as proto
 from airflow_skyplane.gateway import tls
 from airflow_skyplane.hooks.storage import open_store
 from airflow_skyplane.storage.local import LocalStore
+from airflow_skyplane.testing.digest import tree_digest
 from airflow_skyplane.testing.sky import AZURITE_KEY
 from airflow_skyplane.transfer.job import Hop, Overlay, TransferJob
 
 MiB = 1024 * 1024
 RELAYED = Overlay("source", "destination", [Hop("source", "relay", 8), Hop("relay", "destination", 8)])
-
-
-def md5_file(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as f:
-        while block := f.read(8 * MiB):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): md5_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def run(source, sprefix, dest, dprefix, tmp_path: Path, **kwargs) -> tuple:

@@ -7,7 +7,6 @@ Real gateway processes, real stores (local folders for the 2 GiB case, moto for 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import random
@@ -26,6 +25,7 @@ from airflow_skyplane.exceptions import TransferError
 from airflow_skyplane.hooks.storage import open_store
 from airflow_skyplane.storage.base import UPLOADS_PREFIX
 from airflow_skyplane.storage.local import LocalStore
+from airflow_skyplane.testing.digest import tree_digest
 from airflow_skyplane.transfer import resume
 from airflow_skyplane.transfer.job import Overlay, TransferJob
 
@@ -49,18 +49,6 @@ job = TransferJob(
 )
 job.run()
 """
-
-
-def md5_file(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as f:
-        while block := f.read(8 * MiB):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): md5_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def recorded_bytes(store, key: str = KEY) -> int:

@@ -8,7 +8,6 @@ VMs. Needs root, ``ip`` and ``tc``: skipped with the reason otherwise.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -18,16 +17,13 @@ from airflow_skyplane.compute.local import LocalRelayBackend
 from airflow_skyplane.compute.netns import EmulatedWAN, LinkSpec, list_namespaces, missing_requirements
 from airflow_skyplane.planner import NetworkModel, Region, plan_transfer
 from airflow_skyplane.storage.local import LocalStore
+from airflow_skyplane.testing.digest import tree_digest
 from airflow_skyplane.transfer.job import Hop, Overlay, TransferJob, overlay_from_plan
 
 pytestmark = pytest.mark.root
 _why = missing_requirements()
 MiB = 1024 * 1024
 SRC, RELAY, DST = "aws:us-east-1", "aws:us-west-2", "aws:eu-west-1"
-
-
-def _digest(root: Path) -> dict[str, str]:
-    return {p.name: hashlib.md5(p.read_bytes(), usedforsecurity=False).hexdigest() for p in root.iterdir()}
 
 
 @pytest.mark.skipif(_why is not None, reason=_why or "")
@@ -79,7 +75,7 @@ def test_planned_two_hop_transfer_beats_the_slow_direct_link(tmp_path: Path) -> 
             assert backend.running() == []
             assert not list((tmp_path / f"fleet-{name}").glob("remote-*"))  # relays' folders removed
             seconds[name] = result.gateways[SRC]["seconds"]  # the source: from start to the last ACK
-        assert _digest(dst_direct) == _digest(src) == _digest(dst_planned)
+        assert tree_digest(dst_direct) == tree_digest(src) == tree_digest(dst_planned)
     print(f"emulated WAN: direct {seconds['direct']:.2f} s, planned two-hop {seconds['planned']:.2f} s")
     assert seconds["direct"] >= 2.5 * seconds["planned"], seconds
     assert set(list_namespaces()) == before  # no namespace (and so no veth) left behind
