@@ -143,17 +143,23 @@ class FaultProxy:
         self,
         rate_bps: float,
         *,
-        seconds: float,
+        requests: int | None = None,
+        seconds: float | None = None,
         methods: Iterable[str] | None = None,
         path_contains: str = "",
     ) -> None:
-        """Pace the request and response bodies of matching requests to ``rate_bps`` for ``seconds``."""
+        """Pace the request and response bodies of matching requests to ``rate_bps``: the next
+        ``requests`` forwarded ones, or all for ``seconds``. A request answered with an injected error
+        is not paced (and does not count)."""
         if rate_bps <= 0:
             raise ValueError(f"rate_bps={rate_bps} must be > 0")
+        if requests is None and seconds is None:
+            raise ValueError("a fault needs an end: give requests or seconds")
         rule = _Rule(
             frozenset(methods) if methods is not None else None,
             path_contains,
-            until=time.monotonic() + seconds,
+            remaining=requests,
+            until=time.monotonic() + seconds if seconds is not None else None,
             rate_bps=rate_bps,
         )
         with self._lock:
@@ -172,26 +178,26 @@ class FaultProxy:
     def _decide(self, method: str, path: str) -> tuple[int | None, float | None]:
         """(status to inject or None, rate to pace at or None) for one request."""
         with self._lock:
-            status: int | None = None
-            rate: float | None = None
-            for rule in self._rules:
-                if not rule.active() or not rule.matches(method, path):
-                    continue
-                if rule.rate_bps is not None:
-                    rate = rule.rate_bps if rate is None else min(rate, rule.rate_bps)
-                elif status is None:
+            live = [r for r in self._rules if r.active() and r.matches(method, path)]
+            for rule in live:
+                if rule.rate_bps is None:
                     status = rule.statuses[rule._turn % len(rule.statuses)]
                     rule._turn += 1
                     if rule.remaining is not None:
                         rule.remaining -= 1
-            if status is not None:
-                self.counters.injected += 1
-                self.counters.by_status[status] = self.counters.by_status.get(status, 0) + 1
-            else:
-                self.counters.forwarded += 1
-                if rate is not None:
-                    self.counters.throttled += 1
-            return status, rate
+                    self.counters.injected += 1
+                    self.counters.by_status[status] = self.counters.by_status.get(status, 0) + 1
+                    return status, None
+            self.counters.forwarded += 1
+            rate: float | None = None
+            for rule in live:  # throttles only: no error was injected
+                assert rule.rate_bps is not None
+                rate = rule.rate_bps if rate is None else min(rate, rule.rate_bps)
+                if rule.remaining is not None:
+                    rule.remaining -= 1
+            if rate is not None:
+                self.counters.throttled += 1
+            return None, rate
 
 
 class _Handler(BaseHTTPRequestHandler):
