@@ -33,7 +33,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from airflow_skyplane.exceptions import InvalidInputError, TransferError
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential
+
+from airflow_skyplane.exceptions import (
+    BucketNotFoundError,
+    CredentialsError,
+    InvalidInputError,
+    ObjectNotFoundError,
+    StorageError,
+    TransferError,
+)
 from airflow_skyplane.gateway import protocol as proto
 from airflow_skyplane.gateway import tls
 from airflow_skyplane.gateway.program import Endpoint, NextHop, Program
@@ -185,6 +194,25 @@ def _post(gateway: Any, path: str) -> None:
     request = urllib.request.Request(url, method="POST", data=b"")
     with urllib.request.urlopen(request, timeout=10):  # noqa: S310 - a gateway's control endpoint
         pass
+
+
+def _abort(store: ObjectStore, upload: MultipartUpload) -> None:
+    """Abort a multipart upload, retrying what a store refuses for a while (throttling, 5xx)."""
+    for attempt in Retrying(
+        retry=retry_if_exception(
+            lambda e: (
+                isinstance(e, StorageError) and not isinstance(e, CredentialsError | BucketNotFoundError)
+            )
+        ),
+        stop=stop_after_attempt(6) | stop_after_delay(120),
+        wait=wait_exponential(multiplier=0.5, max=10),
+        reraise=True,
+    ):
+        with attempt:
+            try:
+                store.abort_multipart(upload)
+            except ObjectNotFoundError:
+                return  # gone already (an earlier attempt went through)
 
 
 def _info_to_json(rel: str, info: ObjectInfo) -> dict[str, Any]:
@@ -604,14 +632,24 @@ class TransferJob:
                 except OSError:
                     pass
         self.backend.teardown()
-        for upload in self.uploads.values():  # only what was not completed: a failed transfer
-            self.destination.abort_multipart(upload)
+        refused: list[str] = []
+        for upload in list(self.uploads.values()):  # only what was not completed: a failed transfer
+            try:
+                _abort(self.destination, upload)
+            except StorageError as err:  # after retries: keep going, every other upload still goes
+                refused.append(f"{upload.key}: {err}")
         self.uploads.clear()
         tidy = getattr(self.destination, "tidy", None)
         if tidy is not None:
             tidy()
         for name in ("transfer.key", "uploads.json", "job.json"):
             (self.workdir / name).unlink(missing_ok=True)
+        if refused:
+            raise TransferError(
+                f"the destination store refused to abort {len(refused)} multipart upload(s) after retries "
+                f"(first: {refused[0]}); no object was written for them; abort them with the store's "
+                "tools or an expiry rule for incomplete uploads"
+            )
 
     def run(self) -> TransferResult:
         try:
