@@ -126,11 +126,11 @@ def s3_sky(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedSky]:
         yield sky
 
 
-def _s3(endpoint: str, bucket: str) -> S3Store:
+def _s3(endpoint: str, bucket: str, attempts: int = 5) -> S3Store:
     client = boto3.client(
         "s3", endpoint_url=endpoint, region_name=AWS_REGION, aws_access_key_id="emulated-access-key",
         aws_secret_access_key="emulated-secret-key",  # noqa: S106 - moto accepts any key
-        config=Config(retries={"mode": "standard", "max_attempts": 5}),
+        config=Config(retries={"mode": "standard", "max_attempts": attempts}),
     )  # fmt: skip
     return S3Store(client, bucket)
 
@@ -176,6 +176,35 @@ def test_destination_store_errors_and_throttling_are_retried(
             faults_injected=proxy.counters.injected,
         )  # fmt: skip
     assert "emulated-secret-key" not in _logs(tmp_path / "fleet")
+
+
+def test_destination_killed_while_the_store_also_fails_the_cleanup(
+    s3_sky: EmulatedSky, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    data = _dataset(tmp_path / "src", n=2, size=6 * MiB)
+    bucket = s3_sky.make_bucket("s3")[len("s3://") :]
+    with FaultProxy(s3_sky.endpoint("s3")) as proxy:
+        backend = LocalRelayBackend(tmp_path / "fleet")
+        job = TransferJob(
+            LocalStore(tmp_path / "src"), "", _s3(proxy.url, bucket, attempts=2), "copy/", backend=backend,
+            workdir=tmp_path / "job", overlay=RELAYED, chunk_size=5 * MiB, timeout=300,
+            destination_spec=_s3_spec(proxy.url, bucket),
+            test_faults={"destination": {"delay_per_chunk_s": 0.1}},
+        )  # fmt: skip
+
+        def crash() -> None:  # the writer dies, and the store refuses the first aborts as well
+            proxy.fail(requests=5, statuses=(503,), methods=("DELETE",))
+            _kill(backend, "destination")
+
+        outcome, detail = drive(job, crash)
+        assert proxy.counters.by_status.get(503) == 5  # more refusals than the SDK's own retries
+    assert outcome == "failed" and "gateway destination exited with code -9" in str(detail)
+    audit(
+        request, fault="kill the destination gateway, store refuses aborts", backend="local",
+        outcome=outcome, expected=data, destination=_s3(s3_sky.endpoint("s3"), bucket),
+        destination_prefix="copy/", fleet_dirs=[tmp_path / "fleet"], job_dirs=[tmp_path / "job"],
+        running=backend.running, faults_injected=1 + 5, error=detail,
+    )  # fmt: skip
 
 
 def test_a_source_object_overwritten_during_the_transfer(
@@ -330,18 +359,19 @@ def _wan_job(
 
 @pytest.mark.root
 @needs_wan
-def test_wan_relay_killed_mid_transfer(
-    wan: EmulatedWAN, tmp_path: Path, request: pytest.FixtureRequest
+@pytest.mark.parametrize("victim", [RELAY, DST])
+def test_wan_gateway_killed_mid_transfer(
+    wan: EmulatedWAN, tmp_path: Path, request: pytest.FixtureRequest, victim: str
 ) -> None:
     data = _dataset(tmp_path / "src")
     before = own_namespaces()
     job, backend, dst = _wan_job(wan, tmp_path, "kill", test_faults={DST: {"delay_per_chunk_s": 0.05}})
-    outcome, detail = drive(job, lambda: _kill(backend, RELAY))
-    assert outcome == "failed" and f"gateway {RELAY} exited with code -9" in str(detail)
+    outcome, detail = drive(job, lambda: _kill(backend, victim))
+    assert outcome == "failed" and f"gateway {victim} exited with code -9" in str(detail)
     audit(
-        request, fault="kill a relay gateway", backend="wan", outcome=outcome, expected=data,
-        destination=dst, fleet_dirs=[tmp_path / "fleet-kill"], job_dirs=[tmp_path / "job-kill"],
-        running=backend.running, namespaces_before=before, error=detail,
+        request, fault=f"kill the {'relay' if victim == RELAY else 'destination'} gateway", backend="wan",
+        outcome=outcome, expected=data, destination=dst, fleet_dirs=[tmp_path / "fleet-kill"],
+        job_dirs=[tmp_path / "job-kill"], running=backend.running, namespaces_before=before, error=detail,
     )  # fmt: skip
 
 
