@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +21,11 @@ from typing import Any
 import pytest
 
 from airflow_skyplane.compute import fleets
+from airflow_skyplane.compute.local import LocalRelayBackend
 from airflow_skyplane.compute.netns import list_namespaces
+from airflow_skyplane.exceptions import TransferError
+from airflow_skyplane.storage.local import LocalStore
+from airflow_skyplane.transfer.job import TransferJob, _get
 
 #: make test runs a short cut and a small load; make chaos sets these to the full figures
 CUT_SECONDS = float(os.environ.get("SKYPLANE_CHAOS_CUT_S", "3"))
@@ -114,3 +120,44 @@ def audit(
     assert lost == [], f"objects lost or corrupted after {fault}: {lost}"
     assert leaked == [], f"resources left behind after {fault}: {leaked}"
     return entry
+
+
+def drive(
+    job: TransferJob,
+    inject: Callable[[], Any] | None = None,
+    when: Callable[[dict[str, Any]], bool] = lambda status: status["chunks_sent"] >= 1,
+) -> tuple[str, Any]:
+    """Run ``job``, calling ``inject`` once the reading gateway's status satisfies ``when``.
+
+    Returns ("completed", result) or ("failed", the TransferError); always closes the job.
+    """
+    injected = inject is None
+    try:
+        job.start()
+        while True:
+            done = job.poll()
+            if not injected and job.started and when(_get(job.started[job.overlay.source], "/status")):
+                inject()  # type: ignore[misc]
+                injected = True
+                continue
+            if done:
+                break
+            time.sleep(0.02)
+        assert injected, "the transfer finished before the fault could be injected"
+        return "completed", job.finish()
+    except TransferError as err:
+        assert injected, f"the transfer failed before the fault was injected: {err}"
+        return "failed", err
+    finally:
+        job.close()
+
+
+def local_store(path: Path) -> LocalStore:
+    path.mkdir(parents=True, exist_ok=True)
+    return LocalStore(path)
+
+
+def kill_gateway(backend: LocalRelayBackend, gateway_id: str) -> None:
+    gateway = backend.gateways[gateway_id]
+    os.kill(gateway.process.pid, signal.SIGKILL)
+    gateway.process.wait(timeout=30)

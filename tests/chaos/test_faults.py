@@ -22,14 +22,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 from botocore.config import Config
-from chaoslib import CUT_SECONDS, audit, own_namespaces
+from chaoslib import CUT_SECONDS, audit, drive, kill_gateway, local_store, own_namespaces
 
 from airflow_skyplane.compute.local import LocalRelayBackend
 from airflow_skyplane.compute.netns import EmulatedWAN
@@ -39,7 +39,7 @@ from airflow_skyplane.storage.s3 import S3Store
 from airflow_skyplane.testing import wanfaults
 from airflow_skyplane.testing.faultproxy import FaultProxy
 from airflow_skyplane.testing.sky import AWS_REGION, AZURITE_KEY, EmulatedSky
-from airflow_skyplane.transfer.job import Hop, Overlay, TransferJob, _get
+from airflow_skyplane.transfer.job import Hop, Overlay, TransferJob
 
 MiB = 1024 * 1024
 RELAYED = Overlay("source", "destination", [Hop("source", "relay", 4), Hop("relay", "destination", 4)])
@@ -58,59 +58,18 @@ def _dataset(root: Path, n: int = 6, size: int = 3 * MiB, seed: int = 1) -> dict
     return data
 
 
-def drive(
-    job: TransferJob,
-    inject: Callable[[], Any] | None = None,
-    when: Callable[[dict[str, Any]], bool] = lambda status: status["chunks_sent"] >= 1,
-) -> tuple[str, Any]:
-    """Run ``job``, calling ``inject`` once the reading gateway's status satisfies ``when``.
-
-    Returns ("completed", result) or ("failed", the TransferError); always closes the job.
-    """
-    injected = inject is None
-    try:
-        job.start()
-        while True:
-            done = job.poll()
-            if not injected and job.started and when(_get(job.started[job.overlay.source], "/status")):
-                inject()  # type: ignore[misc]
-                injected = True
-                continue
-            if done:
-                break
-            time.sleep(0.02)
-        assert injected, "the transfer finished before the fault could be injected"
-        return "completed", job.finish()
-    except TransferError as err:
-        assert injected, f"the transfer failed before the fault was injected: {err}"
-        return "failed", err
-    finally:
-        job.close()
-
-
-def _local(path: Path) -> LocalStore:
-    path.mkdir(parents=True, exist_ok=True)
-    return LocalStore(path)
-
-
-def _kill(backend: LocalRelayBackend, gateway_id: str) -> None:
-    gateway = backend.gateways[gateway_id]
-    os.kill(gateway.process.pid, signal.SIGKILL)
-    gateway.process.wait(timeout=30)
-
-
 # -- local relay backend -------------------------------------------------------------------------
 @pytest.mark.parametrize("victim", ["relay", "destination"])
 def test_a_gateway_killed_mid_transfer(tmp_path: Path, request: pytest.FixtureRequest, victim: str) -> None:
     data = _dataset(tmp_path / "src")
     backend = LocalRelayBackend(tmp_path / "fleet")
-    dst = _local(tmp_path / "dst")
+    dst = local_store(tmp_path / "dst")
     job = TransferJob(
         LocalStore(tmp_path / "src"), "", dst, "", backend=backend, workdir=tmp_path / "job",
         overlay=RELAYED, chunk_size=1 * MiB, timeout=120,
         test_faults={"destination": {"delay_per_chunk_s": 0.05}},
     )  # fmt: skip
-    outcome, detail = drive(job, lambda: _kill(backend, victim))
+    outcome, detail = drive(job, lambda: kill_gateway(backend, victim))
     assert outcome == "failed"
     assert f"gateway {victim} exited with code -9" in str(detail)  # the cause, named
     audit(
@@ -194,7 +153,7 @@ def test_destination_killed_while_the_store_also_fails_the_cleanup(
 
         def crash() -> None:  # the writer dies, and the store refuses the first aborts as well
             proxy.fail(requests=5, statuses=(503,), methods=("DELETE",))
-            _kill(backend, "destination")
+            kill_gateway(backend, "destination")
 
         outcome, detail = drive(job, crash)
         assert proxy.counters.by_status.get(503) == 5  # more refusals than the SDK's own retries
@@ -219,7 +178,7 @@ def test_a_source_object_overwritten_during_the_transfer(
     with FaultProxy(s3_sky.endpoint("s3")) as proxy:
         proxy.throttle(6 * MiB, seconds=120, methods=("GET",))  # reads take a while: the change lands mid-way
         backend = LocalRelayBackend(tmp_path / "fleet")
-        dst = _local(tmp_path / "dst")
+        dst = local_store(tmp_path / "dst")
         job = TransferJob(
             _s3(proxy.url, bucket), "in/", dst, "", backend=backend, workdir=tmp_path / "job",
             overlay=RELAYED, chunk_size=1 * MiB, timeout=300, source_spec=_s3_spec(proxy.url, bucket),
@@ -348,7 +307,7 @@ def _wan_job(
     wan: EmulatedWAN, tmp_path: Path, name: str, **kwargs: Any
 ) -> tuple[TransferJob, Any, LocalStore]:
     backend = LocalRelayBackend(tmp_path / f"fleet-{name}", wan=wan)
-    dst = _local(tmp_path / f"dst-{name}")
+    dst = local_store(tmp_path / f"dst-{name}")
     overlay = Overlay(SRC, DST, [Hop(SRC, RELAY, 4), Hop(RELAY, DST, 4)], {SRC: SRC, RELAY: RELAY, DST: DST})
     job = TransferJob(
         LocalStore(tmp_path / "src"), "", dst, "", backend=backend, workdir=tmp_path / f"job-{name}",
@@ -366,7 +325,7 @@ def test_wan_gateway_killed_mid_transfer(
     data = _dataset(tmp_path / "src")
     before = own_namespaces()
     job, backend, dst = _wan_job(wan, tmp_path, "kill", test_faults={DST: {"delay_per_chunk_s": 0.05}})
-    outcome, detail = drive(job, lambda: _kill(backend, victim))
+    outcome, detail = drive(job, lambda: kill_gateway(backend, victim))
     assert outcome == "failed" and f"gateway {victim} exited with code -9" in str(detail)
     audit(
         request, fault=f"kill the {'relay' if victim == RELAY else 'destination'} gateway", backend="wan",
