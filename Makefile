@@ -56,7 +56,7 @@ CHAOS_LOAD_OBJECTS ?= 100000
 CHAOS_DAG_RUNS ?= 8
 chaos: install
 	@rm -f .cache/chaos-ledger.jsonl; \
-	SKYPLANE_FUZZ_EXAMPLES=$(CHAOS_EXAMPLES) SKYPLANE_CHAOS_CUT_S=$(CHAOS_CUT_S) \
+	SKYPLANE_CHAOS_FULL=1 SKYPLANE_FUZZ_EXAMPLES=$(CHAOS_EXAMPLES) SKYPLANE_CHAOS_CUT_S=$(CHAOS_CUT_S) \
 	SKYPLANE_CHAOS_LOAD_OBJECTS=$(CHAOS_LOAD_OBJECTS) SKYPLANE_CHAOS_DAG_RUNS=$(CHAOS_DAG_RUNS) \
 	SKYPLANE_CHAOS_LEDGER=$(CURDIR)/.cache/chaos-ledger.jsonl \
 	  $(PY) -m pytest -q -p no:cacheprovider tests/chaos $(PYTEST_ARGS) --junitxml=.cache/chaos.xml; status=$$?; \

@@ -28,6 +28,7 @@ from airflow_skyplane.storage.local import LocalStore
 from airflow_skyplane.transfer.job import TransferJob, _get
 
 #: make test runs a short cut and a small load; make chaos sets these to the full figures
+FULL_TIER = os.environ.get("SKYPLANE_CHAOS_FULL") == "1"
 CUT_SECONDS = float(os.environ.get("SKYPLANE_CHAOS_CUT_S", "3"))
 LOAD_OBJECTS = int(os.environ.get("SKYPLANE_CHAOS_LOAD_OBJECTS", "2000"))
 LOAD_DAG_RUNS = int(os.environ.get("SKYPLANE_CHAOS_DAG_RUNS", "0"))
