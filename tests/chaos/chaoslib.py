@@ -46,6 +46,7 @@ class Audit:
     lost_or_corrupt: list[str] = field(default_factory=list)
     leaked: list[str] = field(default_factory=list)
     error: str = ""
+    transfers: int = 1
 
 
 def own_namespaces() -> set[str]:
@@ -76,6 +77,7 @@ def audit(
     faults_injected: int = 1,
     error: BaseException | None = None,
     allow_missing: Iterable[str] = (),
+    transfers: int = 1,
 ) -> Audit:
     """Check the destination and the leftovers of one faulted transfer; record it; assert.
 
@@ -115,7 +117,7 @@ def audit(
         leaked += [f"namespace {ns}" for ns in sorted(own_namespaces() - set(namespaces_before))]
     entry = Audit(
         request.node.nodeid, fault, backend, outcome, faults_injected, len(expected), len(written),
-        lost, leaked, str(error or "")[:300],
+        lost, leaked, str(error or "")[:300], transfers,
     )  # fmt: skip
     _ledger(entry)
     assert lost == [], f"objects lost or corrupted after {fault}: {lost}"

@@ -59,7 +59,9 @@ def main(path: str, examples: int, ledger: str | None = None) -> int:
         mark = "ok" if e in clean else "FAIL"
         print(f"   {e['backend']:<6}{e['fault'][:52]:<54}{e['outcome']:<10}{mark}")
     print("== load (tests/chaos/test_load.py)")
-    _row("loaded transfers / DAG runs", len(load))
+    _row("load tests", len(load))
+    _row("transfers under load (DAG runs x datasets)", sum(e.get("transfers", 1) for e in load))
+    _row("largest single transfer (objects)", max((e["objects"] for e in load), default=0))
     _row("objects sent byte-exact", sum(e["objects_written"] for e in load if e in clean))
     print("== security (tests/chaos/test_security.py)")
     _row("security checks run", sec_total)

@@ -131,4 +131,5 @@ def test_concurrent_backfill_dag_runs_do_not_interfere(
     audit(
         request, fault="load", backend="local", outcome="completed", expected=wanted,
         destination=emulated_sky.open(lake), fleet_dirs=[state], faults_injected=0,
+        transfers=len(days) * 3,  # one mapped transfer per dataset and day
     )  # fmt: skip
