@@ -54,12 +54,15 @@ CHAOS_EXAMPLES ?= 100000
 CHAOS_CUT_S ?= 30
 CHAOS_LOAD_OBJECTS ?= 100000
 CHAOS_DAG_RUNS ?= 8
+# 100,000 program-parser inputs take 10 to 20 minutes on 2 busy cores: more than make test's 900 s bound
+CHAOS_TIMEOUT_S ?= 3600
 chaos: install
 	@rm -f .cache/chaos-ledger.jsonl; \
 	SKYPLANE_CHAOS_FULL=1 SKYPLANE_FUZZ_EXAMPLES=$(CHAOS_EXAMPLES) SKYPLANE_CHAOS_CUT_S=$(CHAOS_CUT_S) \
 	SKYPLANE_CHAOS_LOAD_OBJECTS=$(CHAOS_LOAD_OBJECTS) SKYPLANE_CHAOS_DAG_RUNS=$(CHAOS_DAG_RUNS) \
 	SKYPLANE_CHAOS_LEDGER=$(CURDIR)/.cache/chaos-ledger.jsonl \
-	  $(PY) -m pytest -q -p no:cacheprovider tests/chaos $(PYTEST_ARGS) --junitxml=.cache/chaos.xml; status=$$?; \
+	  $(PY) -m pytest -q -p no:cacheprovider -o timeout=$(CHAOS_TIMEOUT_S) tests/chaos $(PYTEST_ARGS) \
+	  --junitxml=.cache/chaos.xml; status=$$?; \
 	$(PY) tests/chaos/report.py .cache/chaos.xml $(CHAOS_EXAMPLES) .cache/chaos-ledger.jsonl; exit $$status
 
 lint: install
