@@ -171,6 +171,13 @@ class EmulatedWAN:
             raise InvalidInputError(f"no link from {src!r} to {dst!r} in this WAN")
         return link.b_addr if link.b == dst else link.a_addr
 
+    def interface(self, region: str, peer: str) -> str:
+        """The name, inside ``region``'s namespace, of its end of the link to ``peer``."""
+        link = self._links.get(frozenset((region, peer)))
+        if link is None or region == peer:
+            raise InvalidInputError(f"no link between {region!r} and {peer!r} in this WAN")
+        return link.a_if if link.a == region else link.b_if
+
     def control_address(self, region: str) -> str:
         """The address at which the host reaches ``region`` over its unshaped control link."""
         if region not in self._control_addr:

@@ -426,8 +426,16 @@ class Gateway:
                 if next(self._written) + 1 >= limit:
                     os._exit(17)
 
+    def _maybe_slow_down(self) -> None:
+        """Test-only fault hook (``test_faults["delay_per_chunk_s"]``): a slow writer, so that a fault
+        suite can act while a transfer is surely in flight."""
+        delay = self._faults.get("delay_per_chunk_s")
+        if delay:
+            time.sleep(float(delay))
+
     def _write_chunk(self, header: proto.ChunkHeader, data: bytes | bytearray) -> None:
         assert self.dest is not None
+        self._maybe_slow_down()
         key = self.dest_prefix + header.key
         # The MD5 of what was written is what S3 (ETag of an object or of each part) and a single put
         # elsewhere report; other parts are checked by their CRC and AES-GCM tag, so skip the cost.

@@ -241,6 +241,10 @@ class Program:
         faults = raw.get("test_faults") or {}
         if not isinstance(faults, Mapping):
             raise _fail(f"test_faults is {faults!r}", "leave it out (it is for tests)")
+        try:
+            json.dumps(faults, allow_nan=False)  # it travels in the program: JSON, no NaN or infinity
+        except (TypeError, ValueError):
+            raise _fail(f"test_faults is {faults!r}", "give JSON values only, or leave it out") from None
         control = raw.get("control", {"host": "127.0.0.1", "port": 0})
         return cls(
             transfer_id=tid,

@@ -141,6 +141,12 @@ def _seconds(name: str, value: float | timedelta | None) -> float | None:
     return float(seconds)
 
 
+_KILLED = (
+    "the task was stopped (SIGTERM, on_kill) during the transfer: its fleet was torn down and no "
+    "object was half-written; a retry sends what is missing"
+)
+
+
 class SkyplaneTransferOperator(BaseOperator):
     """Copy (or sync) every object under ``source`` to each ``destination`` through planned relays.
 
@@ -318,6 +324,7 @@ class SkyplaneTransferOperator(BaseOperator):
         self.poll_interval = _seconds("poll_interval", poll_interval) or 5.0
         self.timeout_s = _seconds("timeout_s", timeout_s) or 24 * 3600.0
         self._fleet: Any = None
+        self._killed = False  # on_kill ran (SIGTERM): stop, whatever step execute is at
         #: test-only fault hooks per gateway id, handed to the gateway programs (see the daemon)
         self.test_faults: dict[str, dict[str, Any]] | None = None
 
@@ -603,6 +610,9 @@ class SkyplaneTransferOperator(BaseOperator):
         self._fleet = self._start_fleet(
             settings, start, overlays, plans, src_region, regions, needed, summary
         )
+        if self._killed:  # on_kill ran while the fleet was starting, before there was one to stop
+            self._fleet.close()
+            raise TransferError(_KILLED)
         if not self.wait_for_completion or self.deferrable:
             self._fleet.detach()
             fleet, self._fleet = self._fleet, None
@@ -629,7 +639,9 @@ class SkyplaneTransferOperator(BaseOperator):
             self._fleet.wait()
             results = self._fleet.finish()
             deleted = self._fleet.deleted
-        except TransferError:
+        except TransferError as err:
+            if self._killed:
+                raise TransferError(_KILLED) from err
             self.log.error("Gateway logs:\n%s", self._fleet.gateway_logs())
             raise
         finally:
@@ -794,6 +806,7 @@ class SkyplaneTransferOperator(BaseOperator):
         return self._summary(fleet.request.summary, results, fleet.deleted)
 
     def on_kill(self) -> None:
+        self._killed = True
         if self._fleet is not None:
             self._fleet.close()
 

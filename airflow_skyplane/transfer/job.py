@@ -46,7 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential
+
 from airflow_skyplane.exceptions import (
+    BucketNotFoundError,
     CredentialsError,
     InvalidInputError,
     ObjectNotFoundError,
@@ -183,7 +186,7 @@ def _compare(key: str, side: str, reported: Any, wanted: Any, *, allow_etag: boo
     if reported != wanted:
         raise TransferError(
             f"checksum mismatch for {key!r}: the {side} store reports {reported}, the bytes written give "
-            f"{wanted}; the object is left as written and a rerun sends it again"
+            f"{wanted}"
         )
     return True
 
@@ -213,6 +216,25 @@ def _post(gateway: Any, path: str) -> None:
     request = urllib.request.Request(url, method="POST", data=b"")
     with urllib.request.urlopen(request, timeout=10):  # noqa: S310 - a gateway's control endpoint
         pass
+
+
+def _abort(store: ObjectStore, upload: MultipartUpload) -> None:
+    """Abort a multipart upload, retrying what a store refuses for a while (throttling, 5xx)."""
+    for attempt in Retrying(
+        retry=retry_if_exception(
+            lambda e: (
+                isinstance(e, StorageError) and not isinstance(e, CredentialsError | BucketNotFoundError)
+            )
+        ),
+        stop=stop_after_attempt(6) | stop_after_delay(120),
+        wait=wait_exponential(multiplier=0.5, max=10),
+        reraise=True,
+    ):
+        with attempt:
+            try:
+                store.abort_multipart(upload)
+            except ObjectNotFoundError:
+                return  # gone already (an earlier attempt went through)
 
 
 def _info_to_json(rel: str, info: ObjectInfo) -> dict[str, Any]:
@@ -633,6 +655,16 @@ class TransferJob:
         latest = {(r["key"], r["part_number"]): r for r in receipts}  # a chunk written twice counts once
         for r in latest.values():
             by_key[r["key"]].append(r)
+        # A striped object is read range by range: if it changed meanwhile, its parts may mix two
+        # versions. Check before completing any upload, so such an object never appears (close()
+        # aborts the uploads); a single-range object was read whole, one version.
+        changed = [key for key in self.uploads if key in objects and self._source_changed(key, objects[key])]
+        if changed:
+            raise TransferError(
+                f"source object {self.source.describe(self.source_prefix + changed[0])} changed during the "
+                f"transfer ({len(changed)} object(s) did): nothing was written for it; rerun the transfer "
+                "to copy the new version"
+            )
         for key, upload in list(self.uploads.items()):
             parts = sorted(by_key[key], key=lambda r: r["part_number"])
             self.destination.complete_multipart(
@@ -641,28 +673,57 @@ class TransferJob:
             del self.uploads[key]
         verified = 0
         for key, src in objects.items():
-            parts = sorted(by_key.get(key, []), key=lambda r: r["part_number"])
-            dest_key = self.destination_prefix + key
-            written = sum(r["length"] for r in parts)
-            if written != src.size:
+            try:
+                verified += self._verify_one(key, src, by_key.get(key, []))
+            except TransferError as err:
+                # a short or mismatching object must not stay where readers would take it for a copy
+                dest_key = self.destination_prefix + key
+                try:
+                    self.destination.delete(dest_key)
+                except Exception as cleanup:  # noqa: BLE001 - the verification error is the one to show
+                    raise TransferError(
+                        f"{err}; deleting {self.destination.describe(dest_key)} failed too ({cleanup}): "
+                        "delete it by hand"
+                    ) from err
                 raise TransferError(
-                    f"{self.destination.describe(dest_key)}: the gateways wrote {written} of {src.size} bytes"
-                )
-            dst = self.destination.head(dest_key)
-            if dst.size != src.size:
-                raise TransferError(
-                    f"{self.destination.describe(dest_key)} has {dst.size} bytes, the source {src.size}"
-                )
-            expected = self._expected(parts, dst.checksum.algorithm if dst.checksum else "")
-            # what the destination store holds = what the gateway wrote (any algorithm we can derive);
-            # what the source store reports = what was sent (whole-object algorithms only: an S3
-            # multipart ETag depends on the source's own part sizes)
-            dest_checked = _compare(key, "destination", dst.checksum, expected, allow_etag=True)
-            if not dest_checked:
-                dest_checked = _compare(key, "destination", dst.checksum, src.checksum, allow_etag=False)
-            _compare(key, "source", src.checksum, expected, allow_etag=False)
-            verified += dest_checked
+                    f"{err}; the object was deleted from the destination and a rerun sends it again"
+                ) from err
         return verified
+
+    def _verify_one(self, key: str, src: ObjectInfo, receipts: list[dict[str, Any]]) -> bool:
+        """Check one written object (size, and checksums where comparable); True if a checksum matched."""
+        parts = sorted(receipts, key=lambda r: r["part_number"])
+        dest_key = self.destination_prefix + key
+        written = sum(r["length"] for r in parts)
+        if written != src.size:
+            raise TransferError(
+                f"{self.destination.describe(dest_key)}: the gateways wrote {written} of {src.size} bytes"
+            )
+        dst = self.destination.head(dest_key)
+        if dst.size != src.size:
+            raise TransferError(
+                f"{self.destination.describe(dest_key)} has {dst.size} bytes, the source {src.size}"
+            )
+        expected = self._expected(parts, dst.checksum.algorithm if dst.checksum else "")
+        # what the destination store holds = what the gateway wrote (any algorithm we can derive);
+        # what the source store reports = what was sent (whole-object algorithms only: an S3
+        # multipart ETag depends on the source's own part sizes)
+        dest_checked = _compare(key, "destination", dst.checksum, expected, allow_etag=True)
+        if not dest_checked:
+            dest_checked = _compare(key, "destination", dst.checksum, src.checksum, allow_etag=False)
+        _compare(key, "source", src.checksum, expected, allow_etag=False)
+        return dest_checked
+
+    def _source_changed(self, key: str, listed: ObjectInfo) -> bool:
+        """True when the source object no longer has the size, checksum or mtime it was listed with."""
+        full = self.source_prefix + key
+        now = next((info for info in self.source.list(full) if info.key == full), None)
+        if now is None or now.size != listed.size:
+            return True
+        if now.checksum and listed.checksum and now.checksum.algorithm == listed.checksum.algorithm:
+            if now.checksum != listed.checksum:
+                return True
+        return bool(now.mtime and listed.mtime and now.mtime != listed.mtime)
 
     @staticmethod
     def _expected(parts: list[dict[str, Any]], algorithm: str) -> Any:
@@ -832,11 +893,16 @@ class TransferJob:
                 except OSError:
                     pass
         self.backend.teardown()
+        refused: list[str] = []
         if not keep:
             ours = owner in (None, self.transfer_id)
-            for upload in self.uploads.values():  # only what was not completed: a failed transfer
-                if ours:
-                    self.destination.abort_multipart(upload)
+            for upload in list(self.uploads.values()):  # only what was not completed: a failed transfer
+                if not ours:
+                    continue
+                try:
+                    _abort(self.destination, upload)
+                except StorageError as err:  # after retries: keep going, every other upload still goes
+                    refused.append(f"{upload.key}: {err}")
             if self.state_key is not None and ours and not self._succeeded:
                 self.destination.delete(self.state_key)
         self.uploads.clear()
@@ -845,6 +911,12 @@ class TransferJob:
             tidy()
         for name in ("transfer.key", "uploads.json", "job.json", "carried.json"):
             (self.workdir / name).unlink(missing_ok=True)
+        if refused:
+            raise TransferError(
+                f"the destination store refused to abort {len(refused)} multipart upload(s) after retries "
+                f"(first: {refused[0]}); no object was written for them; abort them with the store's "
+                "tools or an expiry rule for incomplete uploads"
+            )
 
     def _keeps_state(self) -> bool:
         resumable = self.state_key is not None and self.keep_on_failure
