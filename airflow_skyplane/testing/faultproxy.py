@@ -127,17 +127,7 @@ class FaultProxy:
     ) -> None:
         """Answer matching requests with these statuses in turn: the next ``requests`` of them, or
         every one for ``seconds`` (at least one bound is needed, so a fault always ends)."""
-        if requests is None and seconds is None:
-            raise ValueError("a fault needs an end: give requests or seconds")
-        rule = _Rule(
-            frozenset(methods) if methods is not None else None,
-            path_contains,
-            remaining=requests,
-            until=time.monotonic() + seconds if seconds is not None else None,
-            statuses=tuple(statuses),
-        )
-        with self._lock:
-            self._rules.append(rule)
+        self._add_rule(requests, seconds, methods, path_contains, statuses=tuple(statuses))
 
     def throttle(
         self,
@@ -153,6 +143,16 @@ class FaultProxy:
         is not paced (and does not count)."""
         if rate_bps <= 0:
             raise ValueError(f"rate_bps={rate_bps} must be > 0")
+        self._add_rule(requests, seconds, methods, path_contains, rate_bps=rate_bps)
+
+    def _add_rule(
+        self,
+        requests: int | None,
+        seconds: float | None,
+        methods: Iterable[str] | None,
+        path_contains: str,
+        **effect: Any,
+    ) -> None:
         if requests is None and seconds is None:
             raise ValueError("a fault needs an end: give requests or seconds")
         rule = _Rule(
@@ -160,7 +160,7 @@ class FaultProxy:
             path_contains,
             remaining=requests,
             until=time.monotonic() + seconds if seconds is not None else None,
-            rate_bps=rate_bps,
+            **effect,
         )
         with self._lock:
             self._rules.append(rule)
