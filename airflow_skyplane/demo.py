@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         home = work / "airflow-home"
         os.environ["AIRFLOW_HOME"] = str(home)  # never touch ~/airflow
-        from airflow_skyplane.testing.dagrun import airflow_cli, xcom_return_values
+        from airflow_skyplane.testing.dagrun import airflow_cli, migrate, xcom_return_values
         from airflow_skyplane.testing.sky import EmulatedSky, patched_environ
 
         t_start = time.monotonic()
@@ -137,9 +137,10 @@ def main(argv: list[str] | None = None) -> int:
                 SKYPLANE_EXAMPLE_GCS=f"{gcs}/events",
                 SKYPLANE_EXAMPLE_AZURE=f"{azure}/events",
             )
-            migrated = airflow_cli(["db", "migrate"], env)
-            if migrated.returncode:
-                print(migrated.stdout[-3000:], migrated.stderr[-3000:])
+            try:
+                migrate(env["AIRFLOW_HOME"], env)
+            except RuntimeError as err:
+                print(err)
                 return 1
             runs = []
             for attempt in ("first run", "second run"):

@@ -19,7 +19,9 @@ One invocation builds one testbed and runs every contender on it, on the same da
   shaped links); the same forced to the direct path; ``S3ToGCSOperator`` and
   ``S3ToAzureBlobStorageOperator`` (S3 to wasb; no class is named ``S3ToWasbOperator``) through
   ``airflow dags test`` run inside the source region's namespace (SQLite in a temporary
-  ``AIRFLOW_HOME``); ``rclone copy``
+  ``AIRFLOW_HOME``), with the 60 s per-request timeout of ``GCSHook.upload`` stretched by the links'
+  slow-down (1000 / ``--mbit-per-gbps``), as a request that fits in 60 s on a real link takes that
+  much longer here; ``rclone copy``
   with its defaults and with ``--transfers 32``, from the source region to the S3-compatible
   destinations (Debian's rclone 1.60 cannot talk to Azurite 3.37).
 * **workloads**: (a) 200 objects of 1-50 MiB, 3 GiB in all, half compressible text and half random;
@@ -557,12 +559,10 @@ class Bench:
         return env
 
     def migrate_airflow(self) -> None:
-        from airflow_skyplane.testing.dagrun import airflow_cli
+        from airflow_skyplane.testing.dagrun import migrate
 
         (self.airflow_home / "dags").mkdir(parents=True, exist_ok=True)
-        done = airflow_cli(["db", "migrate"], self.airflow_env(), timeout=600)
-        if done.returncode:
-            raise RuntimeError(f"airflow db migrate failed: {done.stderr[-2000:]}")
+        migrate(self.airflow_home, self.airflow_env())
 
     def run_airflow(self, prefix: str, dest: Destination, run: Run) -> None:
         bucket = self.new_bucket(dest, run.contender)
@@ -570,11 +570,18 @@ class Bench:
         dag_id = f"peers_{self.counter:03d}"
         folder = prefix.rstrip("/")  # the operator strips f"{s3_prefix}/" from every key it lists
         if dest.kind == "gs":
+            # GCSHook.upload gives each request 60 s, sized for real links; ours run at
+            # --mbit-per-gbps / 1000 of the measured rates, so a request is given that much longer
+            # (the same request on the real link would take the same share of its 60 s)
+            timeout = round(60 * 1000 / self.k)
             task = (
+                "import functools; from airflow.providers.google.cloud.hooks.gcs import GCSHook; "
+                f"GCSHook.upload = functools.partialmethod(GCSHook.upload, timeout={timeout}); "
                 "from airflow.providers.google.cloud.transfers.s3_to_gcs import S3ToGCSOperator\n"
                 f"    S3ToGCSOperator(task_id='copy', bucket={BUCKET!r}, prefix={prefix!r}, "
                 f"dest_gcs='gs://{bucket}/', replace=True)\n"
             )
+            run.extra["gcs_request_timeout_s"] = timeout
         else:
             task = (
                 "from airflow.providers.microsoft.azure.transfers.s3_to_wasb import "
@@ -621,7 +628,7 @@ class Bench:
                 f"airflow dags test failed ({done.returncode}): {(done.stdout + done.stderr)[-3000:]}"
             )
         task_s = task_seconds(self.airflow_home, dag_id)
-        run.extra = {"dags_test_wall_s": round(run.wall_s, 3), "task_s": task_s}
+        run.extra.update(dags_test_wall_s=round(run.wall_s, 3), task_s=task_s)
         if task_s:
             run.measured_s, run.timed = (
                 task_s,

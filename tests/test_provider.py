@@ -61,7 +61,7 @@ def test_providers_manager_registers_provider_and_connection_type(tmp_path: Path
     assert "password" in found["field_behaviours"]["hidden_fields"]
 
 
-def test_airflow_cli_lists_provider_and_hook(tmp_path: Path) -> None:
+def test_airflow_cli_lists_the_provider(tmp_path: Path) -> None:
     airflow = Path(sys.executable).parent / "airflow"
     env = _fresh_airflow_env(tmp_path)
     providers = subprocess.run(
@@ -74,13 +74,5 @@ def test_airflow_cli_lists_provider_and_hook(tmp_path: Path) -> None:
     )
     names = [p["package_name"] for p in json.loads(providers.stdout)]
     assert "airflow-skyplane" in names
-    hooks = subprocess.run(
-        [str(airflow), "providers", "hooks", "--output", "json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    conn_types = {h["connection_type"]: h for h in json.loads(hooks.stdout)}
-    assert conn_types["skyplane"]["class"] == "airflow_skyplane.hooks.skyplane.SkyplaneHook"
+    # the hook and its connection type are checked through ProvidersManager above: `airflow providers
+    # hooks` reads the same registry but imports every installed provider's hooks (about 50 s here)

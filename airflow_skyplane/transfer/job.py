@@ -198,16 +198,34 @@ def _private_write(path: Path, data: bytes | str) -> Path:
     return path
 
 
+def _settled_dead(gateway: Any, grace_s: float = 1.0) -> bool:
+    """True when ``gateway`` has exited, waiting ``grace_s`` for a peer that is vanishing: its sockets
+    close a moment before its process can be reaped, so a refused connection comes first."""
+    deadline = time.monotonic() + grace_s
+    while gateway.alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not gateway.alive()
+
+
+def _exit_error(gateway: Any) -> TransferError:
+    """The error for a gateway that died mid-transfer: the cause, with the end of its log."""
+    return TransferError(
+        f"gateway {gateway.gateway_id} exited with code {gateway.exit_code} before the transfer finished; "
+        f"its log ends with:\n{gateway.log_tail()}"
+    )
+
+
 def _get(gateway: Any, path: str) -> Any:
     url = f"http://{gateway.control_host}:{gateway.control_port}{path}"
     try:
         with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - a gateway's control endpoint
             return json.loads(r.read())
     except OSError as err:
-        state = "is running" if gateway.alive() else f"exited with code {gateway.exit_code}"
+        if _settled_dead(gateway):
+            raise _exit_error(gateway) from None
         raise TransferError(
-            f"lost the status endpoint of gateway {gateway.gateway_id} ({err}); it {state}; its log ends "
-            f"with:\n{gateway.log_tail()}"
+            f"lost the status endpoint of gateway {gateway.gateway_id} ({err}); it is running; its log "
+            f"ends with:\n{gateway.log_tail()}"
         ) from None
 
 
@@ -488,18 +506,7 @@ class TransferJob:
         writer = self.started.get(self.overlay.destination)
         if writer is None or not writer.alive():  # a dead writer's receipts died with it
             return
-        try:
-            self.receipts.extend(_get(writer, f"/receipts?since={len(self.receipts)}"))
-        except TransferError:
-            grace = time.monotonic() + 1.0
-            while writer.alive() and time.monotonic() < grace:  # a vanishing peer shows as dead soon
-                time.sleep(0.05)
-            if writer.alive():
-                raise
-            raise TransferError(  # it died between the two calls: say so as poll does
-                f"gateway {writer.gateway_id} exited with code {writer.exit_code} before the transfer "
-                f"finished; its log ends with:\n{writer.log_tail()}"
-            ) from None
+        self.receipts.extend(_get(writer, f"/receipts?since={len(self.receipts)}"))
 
     def checkpoint(self, *, force: bool = False) -> bool:
         """Write the durable state when it is due (or ``force``); True when it was written."""
@@ -830,11 +837,7 @@ class TransferJob:
         if dead and (
             status["errors"] or not status["done"]
         ):  # the cause first: a dead gateway makes the others report errors
-            gw = self.started[dead[0]]
-            raise TransferError(
-                f"gateway {dead[0]} exited with code {gw.exit_code} before the transfer finished; "
-                f"its log ends with:\n{gw.log_tail()}"
-            )
+            raise _exit_error(self.started[dead[0]])
         if status["errors"]:
             errors = list(dict.fromkeys(status["errors"]))
             raise TransferError(f"gateway {reader.gateway_id} failed: {errors[:3]}")

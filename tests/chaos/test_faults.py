@@ -213,12 +213,10 @@ with DAG(dag_id="chaos_sigterm", schedule=None, start_date=pendulum.datetime(202
 @pytest.fixture(scope="module")
 def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One migrated metadata database for the module's `airflow dags test` runs (each its own run)."""
-    from airflow_skyplane.testing.dagrun import airflow_cli
+    from airflow_skyplane.testing.dagrun import migrate
 
     home = tmp_path_factory.mktemp("airflow-home")
-    env = dict(os.environ, AIRFLOW_HOME=str(home), AIRFLOW__CORE__LOAD_EXAMPLES="False")
-    migrated = airflow_cli(["db", "migrate"], env, timeout=300)
-    assert migrated.returncode == 0, migrated.stderr[-2000:]
+    migrate(home, dict(os.environ, AIRFLOW__CORE__LOAD_EXAMPLES="False"), timeout=300)
     return home
 
 

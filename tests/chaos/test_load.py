@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from chaoslib import LOAD_DAG_RUNS, LOAD_OBJECTS, audit, drive, local_store
 from airflow_skyplane.compute import fleets
 from airflow_skyplane.compute.local import LocalRelayBackend
 from airflow_skyplane.storage.local import LocalStore
-from airflow_skyplane.testing.dagrun import airflow_cli, xcom_return_values
+from airflow_skyplane.testing.dagrun import migrate, xcom_return_values
 from airflow_skyplane.testing.sky import AZURITE_KEY, EmulatedSky
 from airflow_skyplane.transfer.job import Hop, Overlay, TransferJob
 
@@ -91,11 +90,6 @@ def test_concurrent_backfill_dag_runs_do_not_interfere(
                 store.put(f"{name}/dt={ds}/part-{n}", body)
                 wanted[f"{name}/dt={ds}/part-{n}"] = body
     store.put("events/dt=2026-09-30/part-0", b"a day before the backfill: not copied")
-    # one migrated metadata database, copied: each run has its own (SQLite allows one writer)
-    template = tmp_path / "home-template"
-    env = dict(os.environ, AIRFLOW_HOME=str(template), AIRFLOW__CORE__LOAD_EXAMPLES="False")
-    migrated = airflow_cli(["db", "migrate"], env, timeout=300)
-    assert migrated.returncode == 0, migrated.stderr[-2000:]
     state = tmp_path / "fleets"  # one worker: one state folder for every run
     airflow = str(Path(sys.executable).parent / "airflow")
     runs: dict[str, subprocess.Popen[str]] = {}
@@ -103,8 +97,7 @@ def test_concurrent_backfill_dag_runs_do_not_interfere(
     try:
         for ds in days:
             homes[ds] = tmp_path / f"home-{ds}"
-            homes[ds].mkdir()
-            shutil.copy(template / "airflow.db", homes[ds] / "airflow.db")
+            migrate(homes[ds], dict(os.environ, AIRFLOW__CORE__LOAD_EXAMPLES="False"), timeout=300)
             run_env = dict(os.environ, **emulated_sky.env())
             run_env.update(
                 AIRFLOW_HOME=str(homes[ds]), AIRFLOW__CORE__DAGS_FOLDER=str(DAGS),

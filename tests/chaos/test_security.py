@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import shutil
 import signal
 import socket
@@ -146,10 +147,10 @@ def test_wan_relay_sees_no_plaintext_admits_no_stranger_and_keeps_no_secret(
     )  # fmt: skip
     # the wire: every byte that crosses the relay's link from the source region, headers and payload
     capture = tmp_path / "relay-link.pcap"
-    tcpdump = wan.popen(
-        RELAY, ["tcpdump", "-i", wan.interface(RELAY, SRC), "-s", "0", "-U", "-n", "-w", str(capture)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    link = wan.interface(RELAY, SRC)
+    argv = ["tcpdump", "-i", link, "-s", "0", "-B", "65536", "-U", "-n", "-w", str(capture)]
+    tcpdump = wan.popen(RELAY, argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _await_listening(tcpdump)  # a packet sent before tcpdump listens would be missed
     seen: dict[str, Any] = {}
 
     def observe() -> None:  # while chunks are in flight
@@ -177,7 +178,6 @@ def test_wan_relay_sees_no_plaintext_admits_no_stranger_and_keeps_no_secret(
         seen["remote_dir_mode"] = stat.S_IMODE(remote.stat().st_mode)
 
     try:
-        time.sleep(0.5)  # tcpdump opens its interface (a missed packet only makes the check weaker)
         outcome, result = drive(job, observe)
         _plaintext_through(wan, RELAY, SRC)  # the capture's own control: plaintext does show
         for _ in range(200):  # tcpdump writes what it has read before it is stopped: let it catch up
@@ -246,6 +246,20 @@ for _ in range(100):
 c.sendall(sys.argv[2].encode())
 time.sleep(0.3)
 """
+
+
+def _await_listening(tcpdump: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+    """Return once tcpdump says on stderr that it listens (it says so after opening the interface)."""
+    assert tcpdump.stderr is not None
+    deadline = time.monotonic() + timeout_s
+    said = b""
+    while b"listening on" not in said:
+        left = deadline - time.monotonic()
+        if left <= 0 or tcpdump.poll() is not None:
+            raise AssertionError(f"tcpdump did not start listening: {said.decode(errors='replace')}")
+        ready, _, _ = select.select([tcpdump.stderr], [], [], left)
+        if ready:
+            said += os.read(tcpdump.stderr.fileno(), 4096)
 
 
 def _plaintext_through(wan: EmulatedWAN, receiver: str, sender: str) -> None:

@@ -7,7 +7,6 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -22,7 +21,7 @@ import pytest
 from airflow_skyplane.compute.fleets import fleet_ids, gateways_under
 from airflow_skyplane.hooks.storage import open_store
 from airflow_skyplane.hooks.transfer import teardown
-from airflow_skyplane.testing.dagrun import airflow_cli, xcom_return_values
+from airflow_skyplane.testing.dagrun import airflow_cli, migrate, xcom_return_values
 from airflow_skyplane.testing.sky import AZURITE_KEY, EmulatedSky
 
 pytestmark = pytest.mark.airflow
@@ -39,8 +38,7 @@ def airflow_env(tmp_path: Path) -> dict[str, str]:
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
         AIRFLOW__SKYPLANE__STATE_DIR=str(tmp_path / "fleets"),
     )
-    migrated = airflow_cli(["db", "migrate"], env, timeout=300)
-    assert migrated.returncode == 0, migrated.stderr[-2000:]
+    migrate(env["AIRFLOW_HOME"], env)
     return env
 
 
@@ -102,30 +100,6 @@ def test_nightly_replication_syncs_one_day_to_gcs_and_azure(
     _run(env, "nightly_replication", "2026-11-20")  # a rerun finds everything in place
     [again] = xcom_return_values(env["AIRFLOW_HOME"], "nightly_replication", "sync_day")
     assert again["objects"] == 0 and [s["unchanged"] for s in again["sync"]] == [len(day), len(day)]
-
-
-def test_backfill_historical_maps_over_datasets(
-    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str]
-) -> None:
-    archive, lake = sky_bucket("s3"), sky_bucket("gs")
-    store = emulated_sky.open(archive)
-    rng = random.Random(8)
-    wanted = {}
-    for name in ("events", "sessions", "billing"):
-        for ds in ("2026-10-01", "2026-10-02"):
-            for n in range(3):
-                body = rng.randbytes(rng.randrange(1, 300_000))
-                store.put(f"{name}/dt={ds}/part-{n}", body)
-                if ds == "2026-10-02":
-                    wanted[f"{name}/dt={ds}/part-{n}"] = body
-    env = dict(
-        airflow_env, **emulated_sky.env(), SKYPLANE_EXAMPLE_ARCHIVE=archive, SKYPLANE_EXAMPLE_LAKE=lake
-    )
-    _run(env, "backfill_historical", "2026-10-02")
-    assert _contents(lake) == wanted
-    summaries = xcom_return_values(env["AIRFLOW_HOME"], "backfill_historical", "backfill_partition")
-    assert [s["objects"] for s in summaries] == [3, 3, 3]
-    assert len({s["fleet_id"] for s in summaries}) == 3  # one fleet per mapped task
 
 
 def test_multicast_distribution_defers_and_reaches_three_regions(
@@ -257,7 +231,8 @@ def test_backfill_of_five_dates_in_parallel_is_byte_exact_and_a_rerun_copies_not
 ) -> None:
     """Five ``airflow dags test`` processes at once, one per logical date, each with its own metadata
     database (a copy of one migrated SQLite file) but one worker's fleet records, as parallel runs on
-    one worker share them."""
+    one worker share them. Each run maps over three datasets: a fleet and a state of its own per
+    mapped task, and only its date's partitions copied."""
     archive, lake = sky_bucket("s3"), sky_bucket("gs")
     store = emulated_sky.open(archive)
     rng = random.Random(15)
@@ -273,8 +248,7 @@ def test_backfill_of_five_dates_in_parallel_is_byte_exact_and_a_rerun_copies_not
     homes = {}
     for ds in dates:
         home = tmp_path / f"home-{ds}"
-        home.mkdir()
-        shutil.copy(Path(airflow_env["AIRFLOW_HOME"]) / "airflow.db", home / "airflow.db")
+        migrate(home, airflow_env)
         homes[ds] = dict(
             airflow_env, **emulated_sky.env(), AIRFLOW_HOME=str(home),
             SKYPLANE_EXAMPLE_ARCHIVE=archive, SKYPLANE_EXAMPLE_LAKE=lake,

@@ -1,9 +1,11 @@
-"""Emulated WAN: a planned overlay beats a slow direct link, across shaped network namespaces.
+"""Emulated WAN: a planned overlay routes around a slow direct link, across shaped namespaces.
 
 Three regions as namespaces; the direct link is 4x slower than each link of the two-hop path. The
-planner, given those link rates, routes most of the flow through the relay. Gateways run inside
-their regions' namespaces, started over SSH by paramiko from an sshd in each namespace, as on cloud
-VMs. Needs root, ``ip`` and ``tc``: skipped with the reason otherwise.
+planner, given those link rates, routes most of the flow through the relay, and the relay carries
+that share of the chunks. Gateways run inside their regions' namespaces, started over SSH by
+paramiko from an sshd in each namespace, as on cloud VMs. Needs root, ``ip`` and ``tc``: skipped
+with the reason otherwise. The times are printed, not asserted: the speedup is a figure of
+``benchmarks/peers.py`` (overlay vs. forced direct), measured on a quiet machine.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ SRC, RELAY, DST = "aws:us-east-1", "aws:us-west-2", "aws:eu-west-1"
 
 
 @pytest.mark.skipif(_why is not None, reason=_why or "")
-def test_planned_two_hop_transfer_beats_the_slow_direct_link(tmp_path: Path) -> None:
+def test_planned_two_hop_transfer_routes_around_the_slow_direct_link(tmp_path: Path) -> None:
     direct_mbit, hop_mbit = 25.0, 100.0
     links = {
         (SRC, DST): LinkSpec(direct_mbit),
@@ -58,12 +60,13 @@ def test_planned_two_hop_transfer_beats_the_slow_direct_link(tmp_path: Path) -> 
     for i in range(6):
         (src / f"part-{i}.bin").write_bytes(os.urandom(4 * MiB))
 
+    planned = overlay_from_plan(plan, max_connections_per_hop=8)
     before = set(list_namespaces())
     with EmulatedWAN([SRC, RELAY, DST], links=links) as wan:
-        seconds = {}
+        seconds, chunks = {}, {}
         for name, overlay, out in [
             ("direct", Overlay(SRC, DST, [Hop(SRC, DST, 8)], {SRC: SRC, DST: DST}), dst_direct),
-            ("planned", overlay_from_plan(plan, max_connections_per_hop=8), dst_planned),
+            ("planned", planned, dst_planned),
         ]:
             # bootstrapped as on cloud VMs: sshd in each region, paramiko ships package, program, keys
             backend = LocalRelayBackend(tmp_path / f"fleet-{name}", wan=wan, via_ssh=True)
@@ -75,7 +78,15 @@ def test_planned_two_hop_transfer_beats_the_slow_direct_link(tmp_path: Path) -> 
             assert backend.running() == []
             assert not list((tmp_path / f"fleet-{name}").glob("remote-*"))  # relays' folders removed
             seconds[name] = result.gateways[SRC]["seconds"]  # the source: from start to the last ACK
+            chunks[name] = {gid: s["chunks_received"] for gid, s in result.gateways.items()}
         assert tree_digest(dst_direct) == tree_digest(src) == tree_digest(dst_planned)
     print(f"emulated WAN: direct {seconds['direct']:.2f} s, planned two-hop {seconds['planned']:.2f} s")
-    assert seconds["direct"] >= 2.5 * seconds["planned"], seconds
+    assert set(chunks["direct"]) == {SRC, DST}  # forced direct: no relay started
+    # the relay carried the share of the 24 chunks the plan gave its path, give or take two chunks
+    relay_share = sum(h.weight for h in planned.hops if h.src == SRC and h.dst == RELAY) / sum(
+        h.weight for h in planned.hops if h.src == SRC
+    )
+    assert relay_share >= 0.75
+    assert abs(chunks["planned"][RELAY] - relay_share * 24) <= 2, (chunks, relay_share)
+    assert chunks["planned"][DST] == 24 == chunks["direct"][DST]
     assert set(list_namespaces()) == before  # no namespace (and so no veth) left behind
