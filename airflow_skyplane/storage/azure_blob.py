@@ -109,6 +109,14 @@ class AzureBlobStore(ObjectStore):
             self._raise(err, key, "read")
         return _info(props, key)
 
+    def read(self, key: str) -> bytes:
+        validate_key(key)
+        try:
+            data: bytes = self.container.get_blob_client(key).download_blob().readall()
+            return data
+        except Exception as err:  # noqa: BLE001
+            self._raise(err, key, "read")
+
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         if not self._wants_range(key, offset, length):
             return b""

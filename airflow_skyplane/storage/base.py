@@ -144,10 +144,11 @@ class ObjectStore(abc.ABC):
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         """``length`` bytes from ``offset`` (fewer only at the end of the object)."""
 
+    @abc.abstractmethod
     def read(self, key: str) -> bytes:
-        """The whole object (for small objects; stream large ones with :meth:`read_range`)."""
-        info = self.head(key)
-        return self.read_range(key, 0, info.size) if info.size else b""
+        """The whole object, in one request, so a concurrent ``put`` shows the old object or the new
+        one, never the old length of the new bytes (for small objects; stream large ones with
+        :meth:`read_range`)."""
 
     def exists(self, key: str) -> bool:
         from airflow_skyplane.exceptions import ObjectNotFoundError

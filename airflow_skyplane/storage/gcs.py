@@ -114,6 +114,14 @@ class GCSStore(ObjectStore):
     def head(self, key: str) -> ObjectInfo:
         return _info(self._get(key), key)
 
+    def read(self, key: str) -> bytes:
+        validate_key(key)
+        try:
+            data: bytes = self._bucket.blob(key).download_as_bytes(checksum=None)
+            return data
+        except Exception as err:  # noqa: BLE001
+            self._raise(err, key, "read")
+
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         if not self._wants_range(key, offset, length):
             return b""

@@ -117,6 +117,13 @@ class LocalStore(ObjectStore):
     def head(self, key: str) -> ObjectInfo:
         return self._info(key, self._path(key), checksum=True)
 
+    def read(self, key: str) -> bytes:
+        validate_key(key)
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            raise ObjectNotFoundError(f"object {self.describe(key)} does not exist") from None
+
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         path = self._path(key)
         if not self._wants_range(key, offset, length):

@@ -130,6 +130,14 @@ class S3Store(ObjectStore):
             self._raise(err, key, "read")
         return ObjectInfo(key, int(r["ContentLength"]), etag_checksum(r.get("ETag")), r.get("LastModified"))
 
+    def read(self, key: str) -> bytes:
+        validate_key(key)
+        try:
+            data: bytes = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            return data
+        except Exception as err:  # noqa: BLE001
+            self._raise(err, key, "read")
+
     def read_range(self, key: str, offset: int, length: int) -> bytes:
         if not self._wants_range(key, offset, length):
             return b""

@@ -23,6 +23,7 @@ from airflow_skyplane.hooks.storage import open_store
 from airflow_skyplane.hooks.transfer import teardown
 from airflow_skyplane.testing.dagrun import airflow_cli, migrate, xcom_return_values
 from airflow_skyplane.testing.sky import AZURITE_KEY, EmulatedSky
+from airflow_skyplane.transfer.resume import load_state
 
 pytestmark = pytest.mark.airflow
 DAGS = Path(__file__).resolve().parents[2] / "dags_examples"
@@ -179,8 +180,9 @@ def test_a_task_killed_midway_is_resumed_by_its_next_try(
     replica = emulated_sky.open(dst)
 
     def recorded() -> int:
-        states = [json.loads(replica.read(i.key)) for i in replica.list(".skyplane-state/")]
-        return sum(r["length"] for s in states for r in s["receipts"])
+        # read as the next try reads it, while the task keeps rewriting it
+        states = [load_state(replica, i.key) for i in replica.list(".skyplane-state/")]
+        return sum(r["length"] for s in states if s for r in s["receipts"])
 
     airflow = str(Path(sys.executable).parent / "airflow")
     first = subprocess.Popen(

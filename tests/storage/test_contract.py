@@ -215,6 +215,27 @@ def test_missing_object_is_named(store: ObjectStore) -> None:
     assert "no/such key" in str(err.value) and "does not exist" in str(err.value)
     with pytest.raises(ObjectNotFoundError):
         store.read_range("no/such key", 0, 10)
+    with pytest.raises(ObjectNotFoundError):
+        store.read("no/such key")
+
+
+def test_a_read_racing_overwrites_sees_one_whole_version(store: ObjectStore) -> None:
+    """A checkpoint is rewritten while others read it: every read is one version, whole, never the
+    old version's length of the new version's bytes."""
+    versions = [payload(1000 + 3000 * (n % 2), n) for n in range(40)]
+    store.put("state.json", versions[0])
+
+    def overwrite() -> None:
+        for body in versions[1:]:
+            store.put("state.json", body)
+
+    with ThreadPoolExecutor(1) as pool:
+        writing = pool.submit(overwrite)
+        seen = []
+        while not writing.done():
+            seen.append(store.read("state.json"))
+        writing.result()
+    assert seen and all(body in versions for body in seen)
 
 
 def test_negative_ranges_are_rejected(store: ObjectStore) -> None:
