@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import functools
 import io
 import json
 import os
@@ -62,14 +63,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from airflow_skyplane.testing.sky import azure_connection_string
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ROOT.parent / "shared" / "data" / "throughput_grid_calibration.csv"
@@ -117,78 +118,6 @@ def link_gbps(grid: dict[tuple[str, str], float], a: str, b: str) -> float:
 
 
 # -- servers inside namespaces -------------------------------------------------------------------
-@dataclass
-class NsServer:
-    """One emulator process inside a region's namespace, listening on all its addresses."""
-
-    name: str
-    kind: str  # s3 | gs | az
-    region: str
-    argv: list[str]
-    port: int
-    ready_path: str
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-    host_url: str = ""
-
-    def start(self, wan: Any) -> None:
-        self.host_url = f"http://{wan.control_address(self.region)}:{self.port}"
-        with self.log_path.open("ab") as out:
-            self.process = wan.popen(
-                self.region, self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-
-    def wait_ready(self, deadline: float) -> None:
-        assert self.process is not None
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited ({self.process.returncode}); see {self.log_path}")
-            try:
-                urllib.request.urlopen(self.host_url + self.ready_path, timeout=2).close()  # noqa: S310
-                return
-            except urllib.error.HTTPError:
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"{self.name} did not answer on {self.host_url}; see {self.log_path}")
-
-    def stop(self) -> None:
-        proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
-def server_argv(kind: str, host: str, port: int, azurite: str | None) -> tuple[list[str], str]:
-    if kind == "s3":
-        return [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)], "/moto-api/"
-    if kind == "gs":
-        argv = [sys.executable, "-m", "airflow_skyplane.testing._gcs_emulator", "start", "--host", host,
-                "--port", str(port), "--in-memory", "--quiet"]  # fmt: skip
-        return argv, "/storage/v1/b"
-    assert azurite is not None
-    argv = [azurite, "--blobHost", host, "--blobPort", str(port), "--silent", "--loose",
-            "--skipApiVersionCheck", "--disableTelemetry", "--inMemoryPersistence"]  # fmt: skip
-    return argv, "/devstoreaccount1?comp=list"
-
-
-def azure_connection_string(url: str) -> str:
-    from airflow_skyplane.testing.sky import AZURITE_ACCOUNT, AZURITE_KEY
-
-    return (
-        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-        f"BlobEndpoint={url}/{AZURITE_ACCOUNT};"
-    )
-
-
 def client(kind: str, url: str, pool: int = 32) -> Any:
     if kind == "s3":
         import boto3
@@ -326,6 +255,8 @@ class Body(io.RawIOBase):
 def seed(s3: Any, prefix: str, workload: Workload) -> None:
     from boto3.s3.transfer import TransferConfig
 
+    text_block()  # built once, before the threads: eight threads building it at once crashed CPython 3.11
+
     config = TransferConfig(multipart_chunksize=16 * MiB, max_concurrency=4)
 
     def put(i: int) -> None:
@@ -383,7 +314,7 @@ class Destination:
     key: str  # "far-s3"
     kind: str
     region: str
-    server: NsServer
+    server: Any  # airflow_skyplane.testing.sky.EmulatorServer, served inside its region
 
 
 @dataclass
@@ -415,7 +346,7 @@ class Bench:
             for b in REGIONS[i + 1 :]
         }
         self.flow_cap = {pair: rate / args.flows_to_fill for pair, rate in self.rates.items()}
-        self.servers: list[NsServer] = []
+        self.servers: list[Any] = []
         self.destinations: dict[str, Destination] = {}
         self.wan: Any = None
         self.plans: dict[str, Any] = {}
@@ -453,7 +384,7 @@ class Bench:
     # -- testbed -----------------------------------------------------------------------------------
     def start_testbed(self) -> None:
         from airflow_skyplane.compute.netns import EmulatedWAN, LinkSpec
-        from airflow_skyplane.testing.sky import find_azurite
+        from airflow_skyplane.testing.sky import EmulatorServer, emulator_argv, find_azurite
 
         azurite = find_azurite()
         if azurite is None:
@@ -463,16 +394,19 @@ class Bench:
         layout = [("src-s3", "s3", SRC), ("far-s3", "s3", FAR), ("far-gs", "gs", FAR),
                   ("near-s3", "s3", NEAR), ("near-az", "az", NEAR)]  # fmt: skip
         for key, kind, region in layout:
-            argv, ready = server_argv(kind, "0.0.0.0", PORTS[kind], azurite)  # noqa: S104 - inside a namespace
-            server = NsServer(key, kind, region, argv, PORTS[kind], ready, self.work / f"{key}.log")
-            server.start(self.wan)
+            argv, ready = emulator_argv(kind, "0.0.0.0", PORTS[kind], azurite)  # noqa: S104 - inside a namespace
+            server = EmulatorServer(
+                key, argv, PORTS[kind], ready, self.work / f"{key}.log",
+                host=self.wan.control_address(region), launcher=functools.partial(self.wan.popen, region),
+            )  # fmt: skip
+            server.spawn()
             self.servers.append(server)
             if key != "src-s3":
                 self.destinations[key] = Destination(key, kind, region, server)
         deadline = time.monotonic() + 90
         for server in self.servers:
             server.wait_ready(deadline)
-        self.src_s3 = client("s3", self.servers[0].host_url)
+        self.src_s3 = client("s3", self.servers[0].url)
         self.src_s3.create_bucket(Bucket=BUCKET)
         self.migrate_airflow()
 
@@ -494,7 +428,7 @@ class Bench:
     def new_bucket(self, dest: Destination, run: str) -> str:
         self.counter += 1
         name = f"peers-{self.counter:03d}-{run.lower()}"[:60].rstrip("-")
-        make_bucket(dest.kind, client(dest.kind, dest.server.host_url), name)
+        make_bucket(dest.kind, client(dest.kind, dest.server.url), name)
         return name
 
     # -- ours ------------------------------------------------------------------------------------
@@ -507,7 +441,7 @@ class Bench:
         from airflow_skyplane.transfer.job import TransferJob
 
         bucket = self.new_bucket(dest, run.contender)
-        host_cli = client(dest.kind, dest.server.host_url)
+        host_cli = client(dest.kind, dest.server.url)
         inside = f"http://127.0.0.1:{dest.server.port}"  # the gateway runs in the store's namespace
         if dest.kind == "s3":
             dst_store: Any = S3Store(host_cli, bucket)
@@ -636,7 +570,7 @@ class Bench:
             )
         else:
             run.measured_s, run.timed = run.wall_s, "airflow dags test wall time"
-        run.extra["checked"] = listing(dest.kind, client(dest.kind, dest.server.host_url), bucket)
+        run.extra["checked"] = listing(dest.kind, client(dest.kind, dest.server.url), bucket)
 
     # -- rclone ------------------------------------------------------------------------------------
     def run_rclone(self, prefix: str, dest: Destination, run: Run, transfers: int | None) -> None:
@@ -666,7 +600,7 @@ class Bench:
         run.measured_s, run.timed = run.wall_s, "rclone copy wall time"
         run.extra = {
             "argv": argv[:2] + argv[4:],
-            "checked": listing(dest.kind, client(dest.kind, dest.server.host_url), bucket),
+            "checked": listing(dest.kind, client(dest.kind, dest.server.url), bucket),
         }
 
     # -- prediction, for slicing -------------------------------------------------------------------

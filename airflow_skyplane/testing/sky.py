@@ -36,7 +36,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,23 +68,56 @@ def find_azurite() -> str | None:
     return shutil.which("azurite-blob")
 
 
+def emulator_argv(service: str, host: str, port: int, azurite: str | None = None) -> tuple[list[str], str]:
+    """The command line that serves ``service`` (``s3``, ``gs`` or ``az``) on ``host:port``, and the
+    path that answers once it is up. ``az`` needs the ``azurite-blob`` executable (:func:`find_azurite`)."""
+    if service == "s3":
+        return [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)], "/moto-api/"
+    if service == "gs":
+        argv = [sys.executable, "-m", "airflow_skyplane.testing._gcs_emulator", "start", "--host", host,
+                "--port", str(port), "--in-memory", "--quiet"]  # fmt: skip
+        return argv, "/storage/v1/b"
+    if service == "az" and azurite:
+        argv = [azurite, "--blobHost", host, "--blobPort", str(port), "--silent", "--loose",
+                "--skipApiVersionCheck", "--disableTelemetry", "--inMemoryPersistence"]  # fmt: skip
+        return argv, "/devstoreaccount1?comp=list"
+    raise ValueError(f"no emulator for {service!r} (azurite={azurite!r}): choose from {SERVICES}")
+
+
+def azure_connection_string(blob_url: str) -> str:
+    """The connection string of Azurite's well-known development account served at ``blob_url``."""
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+        f"BlobEndpoint={blob_url}/{AZURITE_ACCOUNT};"
+    )
+
+
 @dataclass
-class _Server:
+class EmulatorServer:
+    """One emulator process: started in its own process group, waited for, stopped by its id.
+
+    ``launcher`` starts the command (``subprocess.Popen`` by default; a network namespace's
+    ``popen`` to serve inside an emulated region), ``host`` is where it is reached from here.
+    """
+
     name: str
     argv: list[str]
     port: int
     ready_path: str
     log: Path
     env: dict[str, str] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    launcher: Callable[..., subprocess.Popen[bytes]] | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def spawn(self) -> None:
+        launch = self.launcher or subprocess.Popen
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
+            self.process = launch(
                 self.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -158,38 +191,21 @@ class EmulatedSky:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.missing: dict[str, str] = {}
-        self._servers: dict[str, _Server] = {}
-        if "s3" in services:
+        self._servers: dict[str, EmulatorServer] = {}
+        azurite = find_azurite() if "az" in services else None
+        if "az" in services and azurite is None:
+            self.missing["az"] = (
+                "Azurite not found: run 'make install' (it needs npm), or set SKYPLANE_AZURITE_BIN to "
+                "an azurite-blob executable"
+            )
+        names = {"s3": ("moto", "moto.log"), "gs": ("gcp-storage-emulator", "gcs.log"),
+                 "az": ("azurite", "azurite.log")}  # fmt: skip
+        for service in (s for s in SERVICES if s in services and s not in self.missing):
             port = free_port()
-            self._servers["s3"] = _Server(
-                "moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                port, "/moto-api/", self.workdir / "moto.log",
-                env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if moto_auth else {},
-            )  # fmt: skip
-        if "gs" in services:
-            port = free_port()
-            self._servers["gs"] = _Server(
-                "gcp-storage-emulator",
-                [sys.executable, "-m", "airflow_skyplane.testing._gcs_emulator", "start",
-                 "--host", "127.0.0.1", "--port", str(port), "--in-memory", "--quiet"],
-                port, "/storage/v1/b", self.workdir / "gcs.log",
-            )  # fmt: skip
-        if "az" in services:
-            azurite = find_azurite()
-            if azurite is None:
-                self.missing["az"] = (
-                    "Azurite not found: run 'make install' (it needs npm), or set SKYPLANE_AZURITE_BIN to "
-                    "an azurite-blob executable"
-                )
-            else:
-                port = free_port()
-                self._servers["az"] = _Server(
-                    "azurite",
-                    [azurite, "--blobHost", "127.0.0.1", "--blobPort", str(port),
-                     "--silent", "--loose", "--skipApiVersionCheck", "--disableTelemetry",
-                     "--inMemoryPersistence"],
-                    port, "/devstoreaccount1?comp=list", self.workdir / "azurite.log",
-                )  # fmt: skip
+            argv, ready = emulator_argv(service, "127.0.0.1", port, azurite)
+            name, log = names[service]
+            env = {"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if service == "s3" and moto_auth else {}
+            self._servers[service] = EmulatorServer(name, argv, port, ready, self.workdir / log, env=env)
 
     # -- life cycle ------------------------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> EmulatedSky:
@@ -224,17 +240,14 @@ class EmulatedSky:
     def endpoint(self, service: str) -> str:
         return self._server(service).url
 
-    def _server(self, service: str) -> _Server:
+    def _server(self, service: str) -> EmulatorServer:
         if service not in self._servers:
             raise LookupError(self.missing.get(service, f"service {service!r} is not part of this sky"))
         return self._servers[service]
 
     # -- connections -----------------------------------------------------------------------------
     def azure_connection_string(self) -> str:
-        return (
-            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-            f"BlobEndpoint={self.endpoint('az')}/{AZURITE_ACCOUNT};"
-        )
+        return azure_connection_string(self.endpoint("az"))
 
     def connections(self) -> dict[str, dict[str, Any]]:
         """Airflow connections (as JSON-able dicts) keyed by their default ids."""
