@@ -349,7 +349,8 @@ class AWSRelayBackend:
         addresses = sorted({a for vm in vms if (a := vm.public_ip or vm.private_ip)})
         if not addresses:
             return
-        for region in spec.regions:
+
+        def admit(region: str, _count: int) -> list[RelayVM]:
             ec2 = self.client(_aws_region(region))
             for group in self._find(ec2, "security-group", spec.fleet_id):
                 ec2.authorize_security_group_ingress(
@@ -360,6 +361,9 @@ class AWSRelayBackend:
                                       for a in addresses]},
                     ],
                 )  # fmt: skip
+            return []
+
+        per_region(spec.regions, admit, parallel=self.parallel_regions)  # a round trip per region, at once
 
     def console_host_keys(self, vm: RelayVM) -> list[str]:
         """The relay's host keys from its console output (empty until cloud-init has printed them)."""

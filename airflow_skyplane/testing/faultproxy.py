@@ -7,7 +7,9 @@ emulator, Azurite); every request is forwarded unchanged, except while a fault i
   ``seconds``) with an HTTP error (500 or 503 by default, alternating), in the S3 error format, after
   reading the request body as a real store does;
 * :meth:`FaultProxy.throttle` paces the bodies of matching requests and responses to a byte rate
-  for a while, as a store that slows a client down does.
+  for a while, as a store that slows a client down does;
+* :meth:`FaultProxy.delay` holds every matching request for a fixed time before forwarding it, as
+  the round trip to a distant region's API endpoint does.
 
 Counters say what happened (``forwarded``, ``injected``, ``throttled``), so a test can assert its
 fault was really exercised. The proxy listens on ``127.0.0.1`` only, forwards only to the one
@@ -46,6 +48,7 @@ class _Rule:
     until: float | None = None
     statuses: tuple[int, ...] = (500, 503)
     rate_bps: float | None = None
+    latency_s: float | None = None
     _turn: int = 0
 
     def matches(self, method: str, path: str) -> bool:
@@ -64,6 +67,7 @@ class FaultCounters:
     forwarded: int = 0
     injected: int = 0
     throttled: int = 0
+    delayed: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
 
 
@@ -145,6 +149,21 @@ class FaultProxy:
             raise ValueError(f"rate_bps={rate_bps} must be > 0")
         self._add_rule(requests, seconds, methods, path_contains, rate_bps=rate_bps)
 
+    def delay(
+        self,
+        latency_s: float,
+        *,
+        requests: int | None = None,
+        seconds: float | None = None,
+        methods: Iterable[str] | None = None,
+        path_contains: str = "",
+    ) -> None:
+        """Hold each matching request ``latency_s`` before forwarding it: the next ``requests`` of
+        them, or all for ``seconds``. Delays of several rules add up."""
+        if latency_s < 0:
+            raise ValueError(f"latency_s={latency_s} must be >= 0")
+        self._add_rule(requests, seconds, methods, path_contains, latency_s=latency_s)
+
     def _add_rule(
         self,
         requests: int | None,
@@ -175,10 +194,19 @@ class FaultProxy:
             return any(r.active() for r in self._rules)
 
     # -- used by the handler ---------------------------------------------------------------------
-    def _decide(self, method: str, path: str) -> tuple[int | None, float | None]:
-        """(status to inject or None, rate to pace at or None) for one request."""
+    def _decide(self, method: str, path: str) -> tuple[int | None, float | None, float]:
+        """(status to inject or None, rate to pace at or None, seconds to wait first) for one request."""
         with self._lock:
             live = [r for r in self._rules if r.active() and r.matches(method, path)]
+            wait = 0.0
+            for rule in [r for r in live if r.latency_s is not None]:
+                assert rule.latency_s is not None
+                wait += rule.latency_s
+                if rule.remaining is not None:
+                    rule.remaining -= 1
+            if wait:
+                self.counters.delayed += 1
+            live = [r for r in live if r.latency_s is None]
             for rule in live:
                 if rule.rate_bps is None:
                     status = rule.statuses[rule._turn % len(rule.statuses)]
@@ -187,7 +215,7 @@ class FaultProxy:
                         rule.remaining -= 1
                     self.counters.injected += 1
                     self.counters.by_status[status] = self.counters.by_status.get(status, 0) + 1
-                    return status, None
+                    return status, None, wait
             self.counters.forwarded += 1
             rate: float | None = None
             for rule in live:  # throttles only: no error was injected
@@ -197,7 +225,7 @@ class FaultProxy:
                     rule.remaining -= 1
             if rate is not None:
                 self.counters.throttled += 1
-            return None, rate
+            return None, rate, wait
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -229,7 +257,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         body = self._body()
-        status, rate = self.owner._decide(self.command, self.path)
+        status, rate, wait = self.owner._decide(self.command, self.path)
+        if wait:
+            time.sleep(wait)
         if status is not None:
             code, message = _S3_ERRORS.get(status, ("ServiceUnavailable", "Injected fault."))
             payload = (
