@@ -14,6 +14,11 @@ Threads, and the bounds that keep memory flat whatever the transfer size:
   of this fleet's CA) before a single byte of a frame is read. A writing gateway decrypts, checks and
   writes each chunk and only then ACKs it; a forwarding gateway ACKs upstream only when its own next
   hop has ACKed, so an ACK at the source means the chunk is written at the destination.
+* **store requests**: a batch of small objects is one frame, but its objects are read from the store
+  (reading gateway) and written to it (writing gateway) through a pool of :data:`STORE_THREADS`
+  threads shared by all connections, so a batch costs about one request's latency per
+  ``STORE_THREADS`` objects rather than one per object, and a gateway never has more than that
+  many small-object requests open at the store.
 * **budget**: a byte semaphore (``max_inflight_mb``) bounds the chunks a gateway holds at once. Each
   chunk takes a slot of twice the chunk size (the bytes read or received, and their decoded or
   sealed copy): a reading gateway takes one before reading a chunk from the store; a receiving
@@ -50,7 +55,8 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +69,10 @@ from airflow_skyplane.gateway.stores import open_spec
 from airflow_skyplane.storage.base import MultipartUpload, ObjectStore
 
 MAX_ATTEMPTS = 5
+# requests a gateway has open at once at its store for the objects of small-object batches: object
+# stores serve each request in tens of milliseconds and many at once, so a batch of 256 objects read or
+# written one after the other would leave a connection idle for seconds
+STORE_THREADS = 32
 HANDSHAKE_TIMEOUT = 10.0
 _STOP = object()
 _COMPRESS: dict[str, proto.Compress] = {"auto": "auto", "always": True, "never": False}
@@ -133,6 +143,7 @@ class Gateway:
                 for key, upload_id in json.loads(Path(uploads_file).read_text()).items():
                     self.uploads[key] = MultipartUpload(self.dest_prefix + key, upload_id)
         self.source_prefix = program.source.get("prefix", "") if program.source else ""
+        self.store_pool = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store")
         self.hop_queues: dict[NextHop, queue.Queue[Any]] = {
             hop: queue.Queue(maxsize=2 * hop.connections) for hop in program.next_hops
         }
@@ -207,8 +218,8 @@ class Gateway:
 
     def _frame_for(self, request: dict[str, Any], attempt: int) -> tuple[int, bytes, bytes, int]:
         """Read and encode a request: (frame type, header bytes, payload, raw bytes)."""
-        if "chunks" in request:  # a batch of small objects, one frame
-            encoded = [self._read_chunk(c, attempt) for c in request["chunks"]]
+        if "chunks" in request:  # a batch of small objects, one frame, read concurrently
+            encoded = self._each(lambda c: self._read_chunk(c, attempt), request["chunks"])
             header, payload = proto.encode_batch(encoded)
             return proto.BATCH, header, payload, sum(c["length"] for c in request["chunks"])
         header_obj, payload = self._read_chunk(request, attempt)
@@ -410,12 +421,21 @@ class Gateway:
             self.counters.error(str(err))
             return False, str(err)
         try:
-            for header, data in decoded:
-                self._write_chunk(header, data)
+            self._each(lambda pair: self._write_chunk(*pair), decoded)
         except Exception as err:  # noqa: BLE001 - a failed write is NACKed and resent; after MAX_ATTEMPTS it fails the transfer
             self.counters.error(f"writing to the destination: {type(err).__name__}: {err}")
             return False, f"the destination store refused the write: {type(err).__name__}: {err}"
         return True, ""
+
+    def _each(self, call: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        """``[call(item) for item in items]``, through the store pool when there are several; every
+        call has ended when it returns or raises (the first error, in the items' order), so nothing
+        of a frame is still being written once it is answered."""
+        if len(items) == 1:
+            return [call(items[0])]
+        futures = [self.store_pool.submit(call, item) for item in items]
+        wait(futures)
+        return [f.result() for f in futures]
 
     def _maybe_die(self) -> None:
         """Test-only fault hook (``test_faults["exit_after_chunks"]``): the process vanishes, as a
@@ -553,6 +573,7 @@ class Gateway:
         if server is not None:
             server.close()
         status.shutdown()
+        self.store_pool.shutdown(wait=False, cancel_futures=True)
         return code
 
 

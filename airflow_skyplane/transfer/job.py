@@ -34,6 +34,7 @@ The overlay is a list of hops between named gateways; :func:`overlay_from_plan` 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -41,7 +42,8 @@ import time
 import urllib.request
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,8 @@ from airflow_skyplane.transfer.chunks import DEFAULT_CHUNK_SIZE, batch_small, pl
 from airflow_skyplane.transfer.tracker import Progress, aggregate
 
 log = logging.getLogger(__name__)
+# HEAD requests of the verification at once: under the 10 connections a boto3 client pools by default
+VERIFY_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -679,9 +683,11 @@ class TransferJob:
             )
             del self.uploads[key]
         verified = 0
-        for key, src in objects.items():
+        for key, outcome in self._verify_all(objects, by_key):
             try:
-                verified += self._verify_one(key, src, by_key.get(key, []))
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                verified += outcome
             except TransferError as err:
                 # a short or mismatching object must not stay where readers would take it for a copy
                 dest_key = self.destination_prefix + key
@@ -696,6 +702,24 @@ class TransferJob:
                     f"{err}; the object was deleted from the destination and a rerun sends it again"
                 ) from err
         return verified
+
+    def _verify_all(
+        self, objects: dict[str, ObjectInfo], by_key: dict[str, list[dict[str, Any]]]
+    ) -> Iterator[tuple[str, bool | BaseException]]:
+        """(key, verified or the error) of every object, in order. One HEAD per object, a few at once:
+        one after the other is most of a small-object transfer's time, as a store answers each in
+        milliseconds to tens of them but serves many at once. Windows of 1,024 keep memory flat."""
+
+        def check(item: tuple[str, ObjectInfo]) -> bool | BaseException:
+            try:
+                return self._verify_one(item[0], item[1], by_key.get(item[0], []))
+            except Exception as err:  # noqa: BLE001 - handed back to the caller, in order
+                return err
+
+        items = iter(objects.items())
+        with ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="verify") as pool:
+            while window := list(itertools.islice(items, 1024)):
+                yield from zip((k for k, _ in window), pool.map(check, window), strict=True)
 
     def _verify_one(self, key: str, src: ObjectInfo, receipts: list[dict[str, Any]]) -> bool:
         """Check one written object (size, and checksums where comparable); True if a checksum matched."""
