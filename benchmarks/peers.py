@@ -272,6 +272,14 @@ def seed(s3: Any, prefix: str, workload: Workload) -> None:
 
 
 # -- emulator ceilings (unshaped, loopback) ------------------------------------------------------
+def timed(threads: int, n: int, call: Callable[[int], Any]) -> float:
+    """Seconds ``threads`` threads take to make ``n`` calls ``call(0) ... call(n - 1)``."""
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(call, range(n)))
+    return time.monotonic() - t0
+
+
 def ceilings(work: Path, scale: float) -> dict[str, Any]:
     from airflow_skyplane.testing.sky import EmulatedSky
 
@@ -279,31 +287,36 @@ def ceilings(work: Path, scale: float) -> dict[str, Any]:
     objects, threads = 16, 8
     size = mib * MiB // objects
     body = os.urandom(size)
-    out: dict[str, Any] = {"bytes_per_probe": mib * MiB, "threads": threads}
+    small, small_threads, small_body = max(50, int(1000 * scale)), 32, os.urandom(16 * 1024)
+    out: dict[str, Any] = {"bytes_per_probe": mib * MiB, "threads": threads,
+                           "small_objects_per_probe": small, "small_threads": small_threads}  # fmt: skip
     with EmulatedSky(work / "ceiling-sky") as sky:
         for kind in sky.services:
             cli = client(kind, sky.endpoint(kind))
             make_bucket(kind, cli, "ceiling")
 
-            def put(i: int, kind: str = kind, cli: Any = cli) -> None:
+            def put(data: bytes, i: int, kind: str = kind, cli: Any = cli) -> None:
+                key = f"{'o' if data is body else 's'}{i}"
                 if kind == "s3":
-                    cli.put_object(Bucket="ceiling", Key=f"o{i}", Body=body)
+                    cli.put_object(Bucket="ceiling", Key=key, Body=data)
                 elif kind == "gs":
-                    cli.bucket("ceiling").blob(f"o{i}").upload_from_string(body)
+                    cli.bucket("ceiling").blob(key).upload_from_string(data)
                 else:
-                    cli.get_blob_client("ceiling", f"o{i}").upload_blob(body, overwrite=True)
+                    cli.get_blob_client("ceiling", key).upload_blob(data, overwrite=True)
 
-            t0 = time.monotonic()
-            with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(put, range(objects)))
-            seconds = time.monotonic() - t0
+            def get(prefix: str, i: int, cli: Any = cli) -> bytes:
+                return cli.get_object(Bucket="ceiling", Key=f"{prefix}{i}")["Body"].read()
+
+            seconds = timed(threads, objects, functools.partial(put, body))
             out[f"{kind}_write_mbit"] = round(mib * MiB * 8 / seconds / 1e6, 1)
+            # requests, not bytes, bound a workload of small objects: writes (and reads) per second
+            seconds = timed(small_threads, small, functools.partial(put, small_body))
+            out[f"{kind}_small_write_per_s"] = round(small / seconds, 1)
             if kind == "s3":
-                t0 = time.monotonic()
-                with ThreadPoolExecutor(threads) as pool:
-                    list(pool.map(lambda i, c=cli: c.get_object(Bucket="ceiling", Key=f"o{i}")["Body"].read(),
-                                  range(objects)))  # fmt: skip
-                out["s3_read_mbit"] = round(mib * MiB * 8 / (time.monotonic() - t0) / 1e6, 1)
+                seconds = timed(threads, objects, functools.partial(get, "o"))
+                out["s3_read_mbit"] = round(mib * MiB * 8 / seconds / 1e6, 1)
+                seconds = timed(small_threads, small, functools.partial(get, "s"))
+                out["s3_small_read_per_s"] = round(small / seconds, 1)
         out["missing"] = dict(sky.missing)
     return out
 
@@ -624,7 +637,13 @@ class Bench:
         else:  # Airflow's operators copy one object after the other, over one connection
             mbit, streams, per = cap, 1, AIRFLOW_PER_OBJECT_S
         mbit = min(mbit, write_ceiling)
-        return size * 8 / (mbit * 1e6) + n * per / streams + 3.0
+        # a parallel copier of small objects is bound by the stores' requests per second, not bytes
+        per_s = [
+            self.ceiling.get(f"{dest.kind}_small_write_per_s") or 0.0,
+            self.ceiling.get("s3_small_read_per_s") or 0.0,
+        ]
+        requests_s = n / min(per_s) if streams > 1 and min(per_s) > 0 else 0.0
+        return max(size * 8 / (mbit * 1e6), requests_s) + n * per / streams + 3.0
 
     def fraction(self, predicted: float, w: Workload) -> float:
         fraction = 1.0
