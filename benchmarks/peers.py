@@ -723,8 +723,9 @@ def chart(runs: list[Run], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     names = sorted({(r.contender, r.destination) for r in runs}, key=lambda cd: (cd[1], cd[0]))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5), sharey=False)
-    for ax, w in zip(axes, ("a", "b", "c"), strict=True):
+    ran = [w for w in ("a", "b", "c") if any(r.workload == w for r in runs)]  # --workloads may pick some
+    fig, axes = plt.subplots(1, len(ran), figsize=(max(8, 5 * len(ran)), 5), sharey=False, squeeze=False)
+    for ax, w in zip(axes[0], ran, strict=True):
         labels, values, colours = [], [], []
         for contender, dest in names:
             r = find(runs, w, contender, dest)
