@@ -27,6 +27,7 @@ from typing import Any
 
 from airflow_skyplane.compute import fleets
 from airflow_skyplane.exceptions import SkyplaneError, TransferError
+from airflow_skyplane.processes import alive
 from airflow_skyplane.storage.base import ObjectInfo
 from airflow_skyplane.transfer.tracker import Progress
 from airflow_skyplane.transfer.tracker import combine as combine
@@ -285,7 +286,7 @@ def _refuse_overlaps(state_dir: str, destinations: Sequence[str]) -> None:
     two transfers into one prefix at once would race on the same objects."""
     for record, running in fleets.list_fleets(state_dir):
         folder = fleets.fleet_dir(state_dir, record.fleet_id)
-        starting = not any(folder.glob(f"*/{fleets.GATEWAYS_FILE}")) and _alive(record.owner.get("pid"))
+        starting = not any(folder.glob(f"*/{fleets.GATEWAYS_FILE}")) and alive(record.owner.get("pid"))
         if not running and not starting:
             continue  # finished, failed or dead: it writes nothing any more
         try:
@@ -303,18 +304,6 @@ def _refuse_overlaps(state_dir: str, destinations: Sequence[str]) -> None:
                         f"{time.time() - record.created_at:.0f} s ago): two transfers must not write one "
                         "prefix at once; wait for it to finish or choose another prefix"
                     )
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid < 1:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _private_json(path: Path, data: Any) -> None:

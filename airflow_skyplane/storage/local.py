@@ -12,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
 from airflow_skyplane.exceptions import BucketNotFoundError, InvalidInputError, ObjectNotFoundError
+from airflow_skyplane.processes import alive
 from airflow_skyplane.storage.base import (
     UPLOADS_PREFIX,
     Checksum,
@@ -28,6 +30,8 @@ from airflow_skyplane.storage.base import (
     validate_key,
     validate_part_number,
 )
+
+_HOST = socket.gethostname().replace("-", "_")
 
 _COPY_BUFFER = 8 * 1024 * 1024
 
@@ -64,7 +68,8 @@ class LocalStore(ObjectStore):
 
     def _temp(self) -> Path:
         self._uploads.mkdir(exist_ok=True)
-        return self._uploads / f"tmp-{uuid.uuid4().hex}"
+        # the writer's host and process in the name: tidy() can tell a killed writer's leftover
+        return self._uploads / f"tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex}"
 
     def _info(self, key: str, path: Path, checksum: bool) -> ObjectInfo:
         try:
@@ -137,11 +142,17 @@ class LocalStore(ObjectStore):
 
     # -- writing ---------------------------------------------------------------------------------
     def tidy(self) -> None:
-        """Remove the hidden upload folder if nothing is in it, so a finished copy leaves no trace.
+        """Remove what killed writers of this machine left (temporary files of a process that is
+        gone), then the hidden upload folder if nothing is in it, so a finished copy leaves no trace.
 
         Call it when no write is in progress (the transfer job does, after its gateways stopped):
         writers create the folder again when they need it, but one removed under a running writer
-        would make that write fail."""
+        would make that write fail. Temporary files of live processes, or of other machines
+        mounting the same folder, are left alone."""
+        for temp in self._uploads.glob("tmp-*"):
+            host, _, pid = temp.name[len("tmp-") :].rpartition("-")[0].rpartition("-")
+            if host == _HOST and pid.isdigit() and not alive(int(pid)):
+                temp.unlink(missing_ok=True)
         try:
             self._uploads.rmdir()
         except OSError:
