@@ -295,8 +295,8 @@ def ceilings(work: Path, scale: float) -> dict[str, Any]:
             cli = client(kind, sky.endpoint(kind))
             make_bucket(kind, cli, "ceiling")
 
-            def put(data: bytes, i: int, kind: str = kind, cli: Any = cli) -> None:
-                key = f"{'o' if data is body else 's'}{i}"
+            def put(prefix: str, data: bytes, i: int, kind: str = kind, cli: Any = cli) -> None:
+                key = f"{prefix}{i}"
                 if kind == "s3":
                     cli.put_object(Bucket="ceiling", Key=key, Body=data)
                 elif kind == "gs":
@@ -307,10 +307,10 @@ def ceilings(work: Path, scale: float) -> dict[str, Any]:
             def get(prefix: str, i: int, cli: Any = cli) -> bytes:
                 return cli.get_object(Bucket="ceiling", Key=f"{prefix}{i}")["Body"].read()
 
-            seconds = timed(threads, objects, functools.partial(put, body))
+            seconds = timed(threads, objects, functools.partial(put, "o", body))
             out[f"{kind}_write_mbit"] = round(mib * MiB * 8 / seconds / 1e6, 1)
             # requests, not bytes, bound a workload of small objects: writes (and reads) per second
-            seconds = timed(small_threads, small, functools.partial(put, small_body))
+            seconds = timed(small_threads, small, functools.partial(put, "s", small_body))
             out[f"{kind}_small_write_per_s"] = round(small / seconds, 1)
             if kind == "s3":
                 seconds = timed(threads, objects, functools.partial(get, "o"))

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_skyplane.exceptions import InvalidInputError
+from airflow_skyplane.processes import alive
 
 FLEET_FILE = "fleet.json"
 GATEWAYS_FILE = "gateways.json"
@@ -96,14 +97,12 @@ def read_gateways(folder: Path) -> dict[str, dict[str, Any]]:
 
 def runs_gateway(pid: int) -> bool:
     """True while ``pid`` is a live (not zombie) process running the gateway module."""
+    if not alive(pid):
+        return False
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        status = Path(f"/proc/{pid}/status").read_text()
+        return GATEWAY_MODULE.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    if "\nState:\tZ" in status or "\nState:\tX" in status:
-        return False
-    return GATEWAY_MODULE.encode() in cmdline
 
 
 def stop_process_group(pid: int, grace_s: float = 10.0) -> bool:

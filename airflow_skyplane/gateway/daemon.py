@@ -66,6 +66,7 @@ from airflow_skyplane.gateway import tls
 from airflow_skyplane.gateway.program import NextHop, Program
 from airflow_skyplane.gateway.status import Counters, serve
 from airflow_skyplane.gateway.stores import open_spec
+from airflow_skyplane.processes import alive
 from airflow_skyplane.storage.base import MultipartUpload, ObjectStore
 
 MAX_ATTEMPTS = 5
@@ -509,15 +510,7 @@ class Gateway:
     def _watch_controller(self, pid: int) -> None:
         """Stop when the controller that waits for this transfer is gone (killed without teardown)."""
         while not self.stop_requested.wait(1.0):
-            try:
-                os.kill(pid, 0)
-                with open(f"/proc/{pid}/status") as f:
-                    zombie = "\nState:\tZ" in f.read()
-            except (ProcessLookupError, FileNotFoundError):
-                zombie = True
-            except (PermissionError, OSError):
-                zombie = False  # alive, not ours to signal
-            if zombie:
+            if not alive(pid):
                 self.counters.error(f"the controller (pid {pid}) is gone: the gateway stopped itself")
                 print(f"gateway: controller {pid} is gone; stopping", file=sys.stderr, flush=True)
                 self.stop_event.set()

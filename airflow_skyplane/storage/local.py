@@ -31,7 +31,7 @@ from airflow_skyplane.storage.base import (
     validate_part_number,
 )
 
-_HOST = socket.gethostname().replace("-", "_")
+_HOST = socket.gethostname().replace("-", "_")  # no "-" in it: the temporary names split on "-"
 
 _COPY_BUFFER = 8 * 1024 * 1024
 
@@ -150,8 +150,8 @@ class LocalStore(ObjectStore):
         would make that write fail. Temporary files of live processes, or of other machines
         mounting the same folder, are left alone."""
         for temp in self._uploads.glob("tmp-*"):
-            host, _, pid = temp.name[len("tmp-") :].rpartition("-")[0].rpartition("-")
-            if host == _HOST and pid.isdigit() and not alive(int(pid)):
+            parts = temp.name.split("-")  # tmp, host, pid, random
+            if len(parts) == 4 and parts[1] == _HOST and parts[2].isdigit() and not alive(int(parts[2])):
                 temp.unlink(missing_ok=True)
         try:
             self._uploads.rmdir()

@@ -43,7 +43,7 @@ import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -683,11 +683,9 @@ class TransferJob:
             )
             del self.uploads[key]
         verified = 0
-        for key, outcome in self._verify_all(objects, by_key):
+        for key, check in self._verify_all(objects, by_key):
             try:
-                if isinstance(outcome, BaseException):
-                    raise outcome
-                verified += outcome
+                verified += check.result()
             except TransferError as err:
                 # a short or mismatching object must not stay where readers would take it for a copy
                 dest_key = self.destination_prefix + key
@@ -705,21 +703,14 @@ class TransferJob:
 
     def _verify_all(
         self, objects: dict[str, ObjectInfo], by_key: dict[str, list[dict[str, Any]]]
-    ) -> Iterator[tuple[str, bool | BaseException]]:
-        """(key, verified or the error) of every object, in order. One HEAD per object, a few at once:
-        one after the other is most of a small-object transfer's time, as a store answers each in
-        milliseconds to tens of them but serves many at once. Windows of 1,024 keep memory flat."""
-
-        def check(item: tuple[str, ObjectInfo]) -> bool | BaseException:
-            try:
-                return self._verify_one(item[0], item[1], by_key.get(item[0], []))
-            except Exception as err:  # noqa: BLE001 - handed back to the caller, in order
-                return err
-
+    ) -> Iterator[tuple[str, Future[bool]]]:
+        """(key, its check) of every object, in order. One HEAD per object, a few at once: one after
+        the other is most of a small-object transfer's time, as a store answers each in milliseconds
+        to tens of them but serves many at once. Windows of 1,024 keep memory flat."""
         items = iter(objects.items())
         with ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="verify") as pool:
             while window := list(itertools.islice(items, 1024)):
-                yield from zip((k for k, _ in window), pool.map(check, window), strict=True)
+                yield from [(k, pool.submit(self._verify_one, k, o, by_key.get(k, []))) for k, o in window]
 
     def _verify_one(self, key: str, src: ObjectInfo, receipts: list[dict[str, Any]]) -> bool:
         """Check one written object (size, and checksums where comparable); True if a checksum matched."""
