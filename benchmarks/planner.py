@@ -16,8 +16,10 @@ Sections (the JSON document is the last line):
   destinations.
 * ``model``: the default model against the held-out split of the grid (pairs the fit never saw,
   ``fit_network_model.split_of``): median relative error on pairs measured below 70% of the source's
-  VM cap, Spearman (with bootstrap 90% intervals), and how often a measurement is at least the
-  conservative rate the planner gives relay hops.
+  VM cap, Spearman (with bootstrap 90% intervals), how often a measurement is at least the
+  conservative rate the planner gives relay hops, the same model without its region factors, and what
+  is left for any region-level model (GCP to GCP pairs against distance, their reverse direction and
+  additive region effects; the Spearman if all pairs but GCP-sourced ones were exact).
 * ``measured``: on random held-out pairs, plans made on the default model (relays limited to the
   grid's regions) run on the measured network: regret against the plan made on the measured network,
   speed against the measured direct path (< 0.95x, >= 1.5x), $/GB against it. The same for two
@@ -51,6 +53,7 @@ from fit_network_model import DEFAULT_GRID, split_of
 from airflow_skyplane.exceptions import PlannerError
 from airflow_skyplane.planner import REGIONS, NetworkModel, TransferPlan, plan_transfer
 from airflow_skyplane.planner.accuracy import spearman
+from airflow_skyplane.planner.model import great_circle_km, model_gbps
 from airflow_skyplane.planner.network import read_grid_csv
 from airflow_skyplane.planner.solver import DEFAULT_CANDIDATE_RELAYS, DEFAULT_TOLERANCE, _direct
 
@@ -220,6 +223,7 @@ def model_section(grid: dict[tuple[str, str], float], rng: random.Random) -> dic
     def rho(ps: Sequence[tuple[str, str]]) -> float:
         return spearman([model.throughput(*p) for p in ps], [grid[p] for p in ps])
 
+    flat = {p: model_gbps(REGIONS[p[0]], REGIONS[p[1]], regional=False) for p in hold}
     boot_err = sorted(hard_error(rng.choices(hard, k=len(hard))) for _ in range(300))
     boot_rho = sorted(rho(rng.choices(hold, k=len(hold))) for _ in range(300))
     return {
@@ -236,7 +240,57 @@ def model_section(grid: dict[tuple[str, str], float], rng: random.Random) -> dic
         "share_measured_at_least_conservative_rate": share(
             [grid[p] >= model.lower_throughput(*p) for p in hold]
         ),
+        "without_region_factors": {
+            "median_abs_rel_error_below_70pct_cap": round(
+                statistics.median(abs(flat[p] - grid[p]) / grid[p] for p in hard), 4
+            ),
+            "spearman_holdout": round(spearman([flat[p] for p in hold], [grid[p] for p in hold]), 4),
+        },
+        "what_is_left": residual_diagnostics(grid, model, hold),
     }
+
+
+def residual_diagnostics(
+    grid: dict[tuple[str, str], float], model: NetworkModel, hold: list[tuple[str, str]]
+) -> dict[str, object]:
+    """Whether any region-level feature could explain what the model misses: GCP to GCP pairs (all
+    measured ones) against distance, their own reverse direction and additive region effects; and the
+    held-out Spearman if every pair but the GCP-sourced ones were predicted exactly."""
+    gg = [p for p in sorted(grid) if p[0].startswith("gcp:") and p[1].startswith("gcp:")]
+    back = [p for p in gg if (p[1], p[0]) in grid]
+    logs = {p: math.log(grid[p]) for p in gg}
+    mean = statistics.fmean(logs.values())
+    src_eff: dict[str, float] = {}
+    dst_eff: dict[str, float] = {}
+    for _ in range(30):  # additive source and destination effects in logs, by alternating means
+        src_eff = _group_means(logs, mean, dst_eff, 0)
+        dst_eff = _group_means(logs, mean, src_eff, 1)
+    left = [v - mean - src_eff[p[0]] - dst_eff[p[1]] for p, v in logs.items()]
+    guess = [grid[p] if not p[0].startswith("gcp:") else model.throughput(*p) for p in hold]
+    return {
+        "gcp_to_gcp_pairs": len(gg),
+        "gcp_to_gcp_spearman_with_distance": round(
+            spearman([great_circle_km(REGIONS[a], REGIONS[b]) for a, b in gg], [grid[p] for p in gg]), 4
+        ),
+        "gcp_to_gcp_spearman_with_reverse_direction": round(
+            spearman([grid[p] for p in back], [grid[(p[1], p[0])] for p in back]), 4
+        ),
+        "gcp_to_gcp_variance_explained_by_source_and_destination": round(
+            1 - statistics.pvariance(left) / statistics.pvariance(list(logs.values())), 4
+        ),
+        "spearman_holdout_if_all_but_gcp_sourced_pairs_were_exact": round(
+            spearman(guess, [grid[p] for p in hold]), 4
+        ),
+    }
+
+
+def _group_means(
+    logs: dict[tuple[str, str], float], mean: float, other: dict[str, float], side: int
+) -> dict[str, float]:
+    sums: dict[str, list[float]] = {}
+    for p, v in logs.items():
+        sums.setdefault(p[side], []).append(v - mean - other.get(p[1 - side], 0.0))
+    return {k: statistics.fmean(v) for k, v in sums.items()}
 
 
 def measured_section(
