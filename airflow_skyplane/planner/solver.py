@@ -273,11 +273,34 @@ class Planner:
         if best is None or best.throughput <= _EPS:
             return None
         floor = max(best.throughput * (1 - self.tolerance), target or 0.0) * (1 - 1e-7)
-        chosen = milp.cheapest(at_least=floor, solver=self._band_solver) or best
-        settled = self._settle(net, chosen, cost_cap, target, at_least=floor) or self._settle(
-            net, best, cost_cap, target
-        )
+        settled = self._settle_near(net, milp, best.throughput, floor, cost_cap, target, self._band_solver)
+        if settled is None:  # whole connections fall short of the floor: the fastest, settled
+            settled = self._settle(net, best, cost_cap, target)
         return None if settled is None else self._drop_idle_relays(net, settled, floor, cost_cap, target)
+
+    def _settle_near(
+        self,
+        net: OverlayNetwork,
+        relaxed: OverlayMILP,
+        top: float,
+        at_least: float,
+        cost_cap: float | None,
+        target: float | None,
+        solver: object = None,
+    ) -> Solution | None:
+        """The lowest $/GB with whole connections at ``T >= at_least``, settled on the cheapest
+        fractional plan at that floor, or (whole connections losing a little to rounding) on one a
+        little faster; None when none reaches the floor."""
+        for margin in (1.0, 1.02, 1.05):
+            aim = min(top, at_least * margin)
+            hint = relaxed.cheapest(at_least=aim, solver=solver)
+            if hint is not None:
+                got = self._settle(net, hint, cost_cap, target, at_least=at_least)
+                if got is not None and got.throughput >= at_least * (1 - 1e-6):
+                    return got
+            if aim >= top:
+                break
+        return None
 
     def _cheapest_at(self, net: OverlayNetwork, target: float) -> Solution | None:
         # whole connections can fall a connection's rate short of what fractional ones reach: then
@@ -355,21 +378,25 @@ class Planner:
             options = []
             for r in sol.relays(net):
                 rest = {v: n for v, n in sol.vms.items() if v != r and n > 0}
-                without = self._milp(net, vms=rest, cost_cap=cost_cap, min_throughput=target).fastest()
-                if without is not None and without.throughput >= floor:  # (fractional: an upper bound)
-                    options.append(without)
-            for without in sorted(options, key=lambda o: -o.throughput):
-                at_least = max(floor, min(band, without.throughput * (1 - 1e-7)))
-                settled = self._settle(net, without, cost_cap, target, at_least=at_least)
-                if (
-                    settled is not None
-                    and settled.throughput >= floor
-                    and settled.cost_per_gb <= sol.cost_per_gb * (1 + 1e-9)
-                ):
-                    sol = settled
+                lp = self._milp(net, vms=rest, cost_cap=cost_cap, min_throughput=target)
+                fast = lp.fastest()  # fractional connections: an upper bound of what whole ones reach
+                if fast is not None and fast.throughput >= floor:
+                    options.append((fast.throughput, lp))
+            better = None
+            for top, lp in sorted(options, key=lambda o: -o[0]):
+                # keep within the tolerance of the fastest if that is no dearer, else go as low as the
+                # tolerance of this plan allows; each from the cheapest fractional flow at that floor
+                keep = max(floor, min(band, top * (1 - 1e-7)))
+                for at_least in dict.fromkeys((keep, floor)):
+                    settled = self._settle_near(net, lp, top, at_least, cost_cap, target)
+                    if settled is not None and settled.cost_per_gb <= sol.cost_per_gb * (1 + 1e-9):
+                        better = settled
+                        break
+                if better is not None:
                     break
-            else:
+            if better is None:
                 return sol
+            sol = better
 
     # -- inputs and errors ----------------------------------------------------------------------------
     def _capacity_matrix(self) -> tuple[dict[str, int], list[list[float]]]:
