@@ -29,6 +29,7 @@ from airflow_skyplane.compute import fleets
 from airflow_skyplane.exceptions import SkyplaneError, TransferError
 from airflow_skyplane.processes import alive
 from airflow_skyplane.storage.base import ObjectInfo
+from airflow_skyplane.transfer.options import TransferOptions
 from airflow_skyplane.transfer.tracker import Progress
 from airflow_skyplane.transfer.tracker import combine as combine
 
@@ -87,7 +88,8 @@ class FleetTransfer:
         overlays: Sequence[Any],
         ttl_s: float,
         owner: dict[str, Any],
-        job_options: dict[str, Any],
+        options: TransferOptions,
+        test_faults: dict[str, dict[str, Any]] | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         progress_every_s: float = 5.0,
         detached: bool = False,
@@ -148,7 +150,8 @@ class FleetTransfer:
                     watch_pid=None if detached else os.getpid(),
                     on_progress=None,
                     state_key=state_keys[n] if n < len(state_keys) else None,
-                    **job_options,
+                    options=options,
+                    test_faults=test_faults,
                 )
                 fleet.jobs.append(job)
                 job.start()

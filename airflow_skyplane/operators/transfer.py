@@ -34,6 +34,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from airflow_skyplane.exceptions import InfeasiblePlanError, InvalidInputError, TransferError
+from airflow_skyplane.transfer.options import TransferOptions
 
 MiB = 1024 * 1024
 MODES = ("copy", "sync")
@@ -184,9 +185,12 @@ class SkyplaneTransferOperator(BaseOperator):
         to its cloud, or ``auto`` (each region's own cloud). One VM per region of the plan, source and
         destination regions included, bootstrapped over SSH and always torn down; a relay region
         refused for quota or capacity is planned around (up to three times).
-    :param compression: lz4 per chunk where it pays (default on).
+    :param compression: lz4 per chunk: ``True`` or ``"auto"`` where a sample shows it pays (the
+        default), ``"always"``, or ``False`` or ``"never"``.
     :param encryption: AES-GCM end to end (default on).
     :param chunk_size_mb: chunk size on the wire.
+    :param connections_per_hop: TCP connections per overlay edge (the cap of a planned edge's; default
+        the ``connections_per_relay`` setting, 8).
     :param resume: checkpoint the transfer in the destination store (``state_prefix`` setting) so
         that a retry of this task instance continues where the failed try stopped, sending only
         what was not written; the failed try keeps its multipart uploads for the retry, and they are
@@ -235,10 +239,10 @@ class SkyplaneTransferOperator(BaseOperator):
         max_relays_per_region: int | None = None,
         allowed_regions: Sequence[str] | None = None,
         relay_backend: str | None = None,
-        compression: bool | None = None,
+        compression: bool | str | None = None,
         encryption: bool | None = None,
         chunk_size_mb: int | None = None,
-        connections_per_hop: int = 8,
+        connections_per_hop: int | None = None,
         resume: bool = True,
         dry_run: bool = False,
         wait_for_completion: bool = True,
@@ -300,10 +304,13 @@ class SkyplaneTransferOperator(BaseOperator):
                 "compression": compression,
                 "encryption": encryption,
                 "chunk_size_mb": chunk_size_mb,
+                "connections_per_relay": connections_per_hop,
             }.items()
             if v is not None
         }
-        if not 1 <= connections_per_hop <= 256:
+        if connections_per_hop is not None and not (
+            isinstance(connections_per_hop, int) and 1 <= connections_per_hop <= 256
+        ):
             raise InvalidInputError(
                 f"connections_per_hop={connections_per_hop} is out of range: use 1 to 256"
             )
@@ -571,7 +578,10 @@ class SkyplaneTransferOperator(BaseOperator):
             ti.xcom_push(key=FLEET_XCOM_KEY, value=fleet_id)
         summary["fleet_id"] = fleet_id
         cloud = self._cloud(settings, fleet_id)
-        overlays = [self._overlay(plan, cloud is not None) for plan in plans]
+        options = TransferOptions.from_settings(
+            settings, timeout=self.timeout_s, keep_on_failure=self._will_retry(ti)
+        )
+        overlays = [self._overlay(plan, options, cloud is not None) for plan in plans]
         request = TransferRequest(
             self.source, destinations, self.aws_conn_id, self.gcp_conn_id, self.wasb_conn_id, summary,
             deletes=[list(c.extraneous_keys) for c in counts] if self.delete_extraneous else [],
@@ -593,15 +603,8 @@ class SkyplaneTransferOperator(BaseOperator):
             selections=spools,
             ttl_s=settings.fleet_ttl_minutes * 60.0,
             owner=owner,
-            job_options={
-                "chunk_size": settings.chunk_size_mb * MiB,
-                "compress": "auto" if settings.compression else "never",
-                "encrypt": settings.encryption,
-                "timeout": self.timeout_s,
-                "test_faults": self.test_faults,
-                "state_every_s": float(settings.state_checkpoint_s),
-                "keep_on_failure": self._will_retry(ti),
-            },
+            options=options,
+            test_faults=self.test_faults,
             on_progress=lambda p: self.log.info("%s", p.line()),
             detached=not self.wait_for_completion or self.deferrable,
             cloud=cloud,
@@ -694,12 +697,12 @@ class SkyplaneTransferOperator(BaseOperator):
         try_number, max_tries = getattr(ti, "try_number", None), getattr(ti, "max_tries", None)
         return isinstance(try_number, int) and isinstance(max_tries, int) and try_number <= max_tries
 
-    def _overlay(self, plan: Any, on_vms: bool = False) -> Any:
+    def _overlay(self, plan: Any, options: TransferOptions, on_vms: bool = False) -> Any:
         from airflow_skyplane.transfer.job import Overlay, overlay_from_plan
 
         if plan is None:
-            return Overlay.direct(self.connections_per_hop)
-        overlay = overlay_from_plan(plan, max_connections_per_hop=self.connections_per_hop)
+            return Overlay.direct(options.connections_per_hop)
+        overlay = overlay_from_plan(plan, max_connections_per_hop=options.connections_per_hop)
         if not on_vms:
             overlay.regions = dict.fromkeys(overlay.regions)  # local relays: all on this machine
         return overlay
@@ -770,7 +773,7 @@ class SkyplaneTransferOperator(BaseOperator):
                         self.log.info("Planned again (%s):\n%s", plan.solver, plan.to_table())
                 self._estimate(summary, plans, needed)
                 summary["excluded_regions"] = list(excluded)
-                overlays[:] = [self._overlay(p, True) for p in plans]
+                overlays[:] = [self._overlay(p, start["options"], True) for p in plans]
                 start["cloud"] = self._cloud(settings, start["fleet_id"])
 
     def _summary(

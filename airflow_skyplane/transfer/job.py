@@ -44,9 +44,9 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential
 
@@ -64,8 +64,12 @@ from airflow_skyplane.gateway import tls
 from airflow_skyplane.gateway.program import Endpoint, NextHop, Program
 from airflow_skyplane.storage.base import Checksum, MultipartUpload, ObjectInfo, ObjectStore, PartInfo
 from airflow_skyplane.storage.checksums import from_part_crc32cs, from_part_md5s
-from airflow_skyplane.transfer.chunks import DEFAULT_CHUNK_SIZE, batch_small, plan_chunks
+from airflow_skyplane.transfer.chunks import batch_small, plan_chunks
+from airflow_skyplane.transfer.options import TransferKnobs, TransferOptions
 from airflow_skyplane.transfer.tracker import Progress, aggregate
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 log = logging.getLogger(__name__)
 # HEAD requests of the verification at once: under the 10 connections a boto3 client pools by default
@@ -288,6 +292,9 @@ class TransferJob:
     :param objects: the source objects to send (full keys, under ``source_prefix``), e.g. a listing
         filtered by include/exclude patterns or by a diff against the destination; by default every
         object under ``source_prefix``.
+    :param options: how the bytes move (:class:`~airflow_skyplane.transfer.options.TransferOptions`);
+        keywords named like its fields (``chunk_size=``, ``compress=`` ...) override some of them.
+    :param test_faults: test-only: faults per gateway id, written into its program (see the daemon).
     """
 
     def __init__(
@@ -301,22 +308,16 @@ class TransferJob:
         workdir: str | os.PathLike[str],
         overlay: Overlay | None = None,
         objects: Iterable[ObjectInfo] | None = None,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
-        compress: str = "auto",
-        encrypt: bool = True,
-        max_inflight_mb: int = 128,
+        options: TransferOptions | None = None,
         source_spec: dict[str, Any] | None = None,
         destination_spec: dict[str, Any] | None = None,
         test_faults: dict[str, dict[str, Any]] | None = None,
-        timeout: float = 3600.0,
         expires_at: float | None = None,
         watch_pid: int | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         progress_every_s: float = 10.0,
         state_key: str | None = None,
-        state_every_s: float = 10.0,
-        state_every_chunks: int | None = None,
-        keep_on_failure: bool = True,
+        **knobs: Unpack[TransferKnobs],
     ) -> None:
         self.source, self.source_prefix = source, source_prefix
         self.destination, self.destination_prefix = destination, destination_prefix
@@ -324,10 +325,8 @@ class TransferJob:
         self.workdir = Path(workdir)
         self.overlay = overlay or Overlay.direct()
         self.selection = objects
-        self.chunk_size = chunk_size
-        self.compress, self.encrypt, self.max_inflight_mb = compress, encrypt, max_inflight_mb
+        self.options = replace(options or TransferOptions(), **knobs)
         self.test_faults = test_faults or {}
-        self.timeout = timeout
         self.expires_at = expires_at
         self.watch_pid = watch_pid
         self.on_progress = on_progress
@@ -344,9 +343,6 @@ class TransferJob:
         # resume: the durable state's key (None: not resumable), what the previous try left that this
         # one reuses (``carried``), the receipts this try's writer returned, and checkpoint bookkeeping
         self.state_key = state_key
-        self.state_every_s = state_every_s
-        self.state_every_chunks = max(1, state_every_chunks) if state_every_chunks else None
-        self.keep_on_failure = keep_on_failure
         self.carried: list[dict[str, Any]] = []
         self.receipts: list[dict[str, Any]] = []
         self.resumed_bytes = 0
@@ -381,7 +377,9 @@ class TransferJob:
                         self._resume_object(rel, info, previous)
                     yield rel, info.size
 
-            chunks = plan_chunks(listing(), self.chunk_size, min_part_size=self.destination.min_part_size)
+            chunks = plan_chunks(
+                listing(), self.options.chunk_size, min_part_size=self.destination.min_part_size
+            )
             fd = os.open(manifest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 for batch in batch_small(c for c in chunks if c.part_number not in self._kept.get(c.key, ())):
@@ -417,7 +415,7 @@ class TransferJob:
             return None
         self._resumed = True
         same_cut = (data.get("chunk_size"), data.get("destination_prefix"), data.get("source_prefix")) == (
-            self.chunk_size, self.destination_prefix, self.source_prefix,
+            self.options.chunk_size, self.destination_prefix, self.source_prefix,
         )  # fmt: skip
         if not same_cut:  # parts cut differently (or another layout): nothing recorded lines up
             for upload in resume.recorded_uploads(data, self.destination_prefix):
@@ -500,7 +498,7 @@ class TransferJob:
             "written_at": time.time(),
             "source_prefix": self.source_prefix,
             "destination_prefix": self.destination_prefix,
-            "chunk_size": self.chunk_size,
+            "chunk_size": self.options.chunk_size,
             "objects": objects,
             "receipts": receipts,
         }
@@ -522,8 +520,8 @@ class TransferJob:
             self._fetch_receipts()
         pending = len(self.receipts) - self._saved_n
         now = time.monotonic()
-        late = now - self._saved_at >= self.state_every_s
-        every = self.state_every_chunks or max(4, self._saved_n // 16)
+        late = now - self._saved_at >= self.options.state_every_s
+        every = self.options.state_every_chunks or max(4, self._saved_n // 16)
         due = pending >= every or (pending > 0 and late)
         if not (force or due):
             return False
@@ -579,15 +577,15 @@ class TransferJob:
                 "gateway_id": gid,
                 "tls": {"cert": str(cert), "key": str(key), "ca": str(self.workdir / "ca.pem")},
                 "control": {"host": self._control_host(gid), "port": 0},
-                "compress": self.compress,
-                "encrypt": self.encrypt,
-                "max_inflight_mb": self.max_inflight_mb,
-                "chunk_size_mb": max(1, -(-self.chunk_size // (1024 * 1024))),
+                "compress": self.options.compress,
+                "encrypt": self.options.encrypt,
+                "max_inflight_mb": self.options.max_inflight_mb,
+                "chunk_size_mb": self.options.chunk_size_mb,
                 "next_hops": [],
             }
             if not reads:
                 raw["listen"] = self._listen(gid)
-            if (reads or writes) and self.encrypt:
+            if (reads or writes) and self.options.encrypt:
                 raw["cipher_key_file"] = str(key_file)
             if reads:
                 raw["source"] = {
@@ -781,7 +779,7 @@ class TransferJob:
             "started_at": self.started_at,
             "uploads": {k: u.upload_id for k, u in self.uploads.items()},
             "state_key": self.state_key,
-            "keep_on_failure": self.keep_on_failure,
+            "keep_on_failure": self.options.keep_on_failure,
             "resumed_bytes": self.resumed_bytes,
             "discarded": self.discarded,
             "resumed": self._resumed,
@@ -817,7 +815,7 @@ class TransferJob:
             for k, upload_id in state["uploads"].items()
         }
         job.state_key = state.get("state_key")
-        job.keep_on_failure = state.get("keep_on_failure", True)
+        job.options = replace(job.options, keep_on_failure=state.get("keep_on_failure", True))
         job.resumed_bytes, job.discarded = state.get("resumed_bytes", 0), state.get("discarded", 0)
         job._resumed = state.get("resumed", False)
         if (folder / "carried.json").exists():
@@ -859,8 +857,8 @@ class TransferJob:
         self.checkpoint()
         if status["done"]:
             return True
-        if time.time() - self.started_at > self.timeout:
-            raise TransferError(f"transfer did not finish in {self.timeout:.0f} s (status {status})")
+        if time.time() - self.started_at > self.options.timeout:
+            raise TransferError(f"transfer did not finish in {self.options.timeout:.0f} s (status {status})")
         return False
 
     def finish(self) -> TransferResult:
@@ -937,7 +935,7 @@ class TransferJob:
             )
 
     def _keeps_state(self) -> bool:
-        resumable = self.state_key is not None and self.keep_on_failure
+        resumable = self.state_key is not None and self.options.keep_on_failure
         return resumable and not self._succeeded and not self._state_bad
 
     def _state_owner(self) -> str | None:
