@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,28 @@ class LocalRelayBackend:
             )
         return backend
 
+    # -- where gateways listen and how they reach each other (GatewayLauncher) ---------------------
+    @property
+    def same_machine(self) -> bool:
+        return not self.via_ssh  # a gateway started over SSH outlives no process of ours
+
+    def listen_endpoint(self, region: str | None) -> tuple[str, int]:
+        return ("0.0.0.0" if region else "127.0.0.1"), 0
+
+    def control_host(self, region: str | None) -> str:
+        """Loopback, or in the emulated WAN the host-facing control address of the region."""
+        return self.wan.control_address(region) if self.wan is not None and region else "127.0.0.1"
+
+    def hop_address(self, src_region: str | None, dst_region: str | None) -> str:
+        if self.wan is not None and src_region and dst_region:
+            return str(self.wan.address(src_region, dst_region))
+        return "127.0.0.1"
+
+    def cert_addresses(self, region: str | None, peers: Sequence[str | None]) -> list[str]:
+        if self.wan is None or region is None:
+            return []
+        return [self.wan.address(peer or "", region) for peer in peers]
+
     def _record(self) -> None:
         """Write ``gateways.json``, so the fleet can be found and torn down by its id alone."""
         if self.via_ssh:
@@ -377,19 +400,19 @@ class LocalRelayBackend:
             gateways=self.gateways, forward_control=False,  # the region's control link reaches it
         )  # fmt: skip
 
-    def stop(self, gateway_id: str, timeout: float = 10.0) -> int | None:
+    def stop(self, gateway_id: str, timeout: float = 10.0) -> None:
         gateway = self.gateways.get(gateway_id)
         if gateway is None:
-            return None
+            return
         if isinstance(gateway, SSHGateway):
             if not gateway.stopped:
                 with contextlib.suppress(Exception):
                     gateway.session.stop(gateway.pid, grace_s=timeout)
                 gateway.stopped = True
-            return None
+            return
         if isinstance(gateway, AttachedGateway):
             fleets.stop_process_group(gateway.pid, timeout)
-            return gateway.exit_code
+            return
         proc = gateway.process
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -400,7 +423,6 @@ class LocalRelayBackend:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=timeout)
-        return proc.returncode
 
     def teardown(self) -> None:
         atexit.unregister(self.teardown)

@@ -31,7 +31,7 @@ import contextlib
 import logging
 import shlex
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +40,7 @@ from typing import Any
 from airflow_skyplane.compute.local import SSHGateway, launch_over_ssh
 from airflow_skyplane.compute.relays import GATEWAY_PORT, GATEWAY_PORT_LAST
 from airflow_skyplane.exceptions import InvalidInputError, TransferError
+from airflow_skyplane.gateway.program import Program
 
 log = logging.getLogger(__name__)
 
@@ -204,15 +205,16 @@ class RelayHosts:
 class SSHRelayBackend:
     """Start, watch and stop one transfer's gateways on the fleet's relays, over SSH."""
 
-    via_ssh = True  # gateways outlive no SSH session of ours: the worker's death ends nothing here
-    wan = None
-
     def __init__(self, relays: RelayHosts, tag: str) -> None:
         self.relays = relays
         self.tag = "".join(c if c.isalnum() else "-" for c in tag)
         self.gateways: dict[str, SSHGateway] = {}
 
-    # -- where gateways listen and how they reach each other (read by the transfer job) -----------
+    # -- where gateways listen and how they reach each other (GatewayLauncher) ---------------------
+    @property
+    def same_machine(self) -> bool:
+        return False  # the relays cannot watch the worker's processes; they stop at the fleet's expiry
+
     def listen_endpoint(self, region: str | None) -> tuple[str, int]:
         host = self.relays.host(region)
         return host.listen_address, self.relays.next_port(host.region)
@@ -223,12 +225,12 @@ class SSHRelayBackend:
     def hop_address(self, src_region: str | None, dst_region: str | None) -> str:
         return self.relays.host(dst_region).data_address
 
-    def cert_addresses(self, region: str | None) -> list[str]:
+    def cert_addresses(self, region: str | None, peers: Sequence[str | None] = ()) -> list[str]:
         host = self.relays.host(region)
         return sorted({host.data_address, host.listen_address} - {"0.0.0.0"})
 
     # -- gateways ---------------------------------------------------------------------------------
-    def start(self, program: Any, region: str | None = None, timeout: float = 60.0) -> SSHGateway:
+    def start(self, program: Program, region: str | None = None, timeout: float = 60.0) -> SSHGateway:
         host = self.relays.host(region)
         package = self.relays.prepare(host.region)
         session = self.relays.session(host.region)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_skyplane.compute import fleets
+from airflow_skyplane.compute.launcher import GatewayLauncher
 from airflow_skyplane.exceptions import SkyplaneError, TransferError
 from airflow_skyplane.processes import alive
 from airflow_skyplane.storage.base import ObjectInfo
@@ -134,7 +135,7 @@ class FleetTransfer:
             ):
                 workdir = folder / str(n)
                 if relays is not None and any(overlay.regions.values()):
-                    backend: Any = relays.backend(str(n))  # its gateways on the relay VMs
+                    backend: GatewayLauncher = relays.backend(str(n))  # its gateways on the relay VMs
                 else:
                     backend = LocalRelayBackend(workdir, fleet_id=fleet_id)
                 job = TransferJob(

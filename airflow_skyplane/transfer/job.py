@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential
 
+from airflow_skyplane.compute.launcher import GatewayHandle, GatewayLauncher
 from airflow_skyplane.exceptions import (
     BucketNotFoundError,
     CredentialsError,
@@ -206,7 +207,7 @@ def _private_write(path: Path, data: bytes | str) -> Path:
     return path
 
 
-def _settled_dead(gateway: Any, grace_s: float = 1.0) -> bool:
+def _settled_dead(gateway: GatewayHandle, grace_s: float = 1.0) -> bool:
     """True when ``gateway`` has exited, waiting ``grace_s`` for a peer that is vanishing: its sockets
     close a moment before its process can be reaped, so a refused connection comes first."""
     deadline = time.monotonic() + grace_s
@@ -215,7 +216,7 @@ def _settled_dead(gateway: Any, grace_s: float = 1.0) -> bool:
     return not gateway.alive()
 
 
-def _exit_error(gateway: Any) -> TransferError:
+def _exit_error(gateway: GatewayHandle) -> TransferError:
     """The error for a gateway that died mid-transfer: the cause, with the end of its log."""
     return TransferError(
         f"gateway {gateway.gateway_id} exited with code {gateway.exit_code} before the transfer finished; "
@@ -223,7 +224,7 @@ def _exit_error(gateway: Any) -> TransferError:
     )
 
 
-def _get(gateway: Any, path: str) -> Any:
+def _get(gateway: GatewayHandle, path: str) -> Any:
     url = f"http://{gateway.control_host}:{gateway.control_port}{path}"
     try:
         with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - a gateway's control endpoint
@@ -237,7 +238,7 @@ def _get(gateway: Any, path: str) -> Any:
         ) from None
 
 
-def _post(gateway: Any, path: str) -> None:
+def _post(gateway: GatewayHandle, path: str) -> None:
     url = f"http://{gateway.control_host}:{gateway.control_port}{path}"
     request = urllib.request.Request(url, method="POST", data=b"")
     with urllib.request.urlopen(request, timeout=10):  # noqa: S310 - a gateway's control endpoint
@@ -304,7 +305,7 @@ class TransferJob:
         destination: ObjectStore,
         destination_prefix: str,
         *,
-        backend: Any,
+        backend: GatewayLauncher,
         workdir: str | os.PathLike[str],
         overlay: Overlay | None = None,
         objects: Iterable[ObjectInfo] | None = None,
@@ -336,7 +337,7 @@ class TransferJob:
         self._source_spec, self._destination_spec = source_spec, destination_spec
         self.uploads: dict[str, MultipartUpload] = {}
         self.objects: dict[str, ObjectInfo] = {}
-        self.started: dict[str, Any] = {}
+        self.started: dict[str, GatewayHandle] = {}
         self.started_at = 0.0
         self._next_report = 0.0
         self._last_status: dict[str, Any] = {}
@@ -601,58 +602,40 @@ class TransferJob:
                 }
             if self.expires_at is not None:
                 raw["expires_at"] = self.expires_at
-            if self.watch_pid is not None and not getattr(self.backend, "via_ssh", False):
+            if self.watch_pid is not None and self.backend.same_machine:
                 raw["watch_pid"] = self.watch_pid
             if gid in self.test_faults:
                 raw["test_faults"] = self.test_faults[gid]
             programs[gid] = raw
         return programs
 
-    # Where gateways listen and how they reach each other: a backend of relay machines (cloud VMs
-    # over SSH) says so itself; otherwise loopback, or the emulated WAN's addresses.
+    # Where gateways listen and how they reach each other: the launcher says.
     def _listen(self, gid: str) -> dict[str, Any]:
-        region = self.overlay.regions.get(gid)
-        if hasattr(self.backend, "listen_endpoint"):
-            host, port = self.backend.listen_endpoint(region)
-            return {"host": host, "port": port}
-        return {"host": "0.0.0.0" if region else "127.0.0.1", "port": 0}
+        host, port = self.backend.listen_endpoint(self.overlay.regions.get(gid))
+        return {"host": host, "port": port}
 
     def _control_host(self, gid: str) -> str:
-        """Loopback, or in the emulated WAN the host-facing control address of the gateway's region."""
-        region = self.overlay.regions.get(gid)
-        if hasattr(self.backend, "control_host"):
-            return str(self.backend.control_host(region))
-        wan = getattr(self.backend, "wan", None)
-        return wan.control_address(region) if wan is not None and region else "127.0.0.1"
+        return self.backend.control_host(self.overlay.regions.get(gid))
 
     def _addresses(self, gid: str) -> list[str]:
-        region = self.overlay.regions.get(gid)
-        if hasattr(self.backend, "cert_addresses"):
-            return list(self.backend.cert_addresses(region))
-        wan = getattr(self.backend, "wan", None)
-        if wan is None or region is None:
-            return []
-        return [
-            wan.address(self.overlay.regions[h.src] or "", region) for h in self.overlay.hops if h.dst == gid
-        ]
+        peers = [self.overlay.regions.get(h.src) for h in self.overlay.hops if h.dst == gid]
+        return self.backend.cert_addresses(self.overlay.regions.get(gid), peers)
 
     def _hop_endpoint(self, hop: Hop, listen_port: int) -> Endpoint:
         src_region, dst_region = self.overlay.regions.get(hop.src), self.overlay.regions.get(hop.dst)
-        if hasattr(self.backend, "hop_address"):
-            return Endpoint(self.backend.hop_address(src_region, dst_region), listen_port)
-        wan = getattr(self.backend, "wan", None)
-        if wan is not None and src_region and dst_region:
-            return Endpoint(wan.address(src_region, dst_region), listen_port)
-        return Endpoint("127.0.0.1", listen_port)
+        return Endpoint(self.backend.hop_address(src_region, dst_region), listen_port)
 
-    def _start(self, programs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        started: dict[str, Any] = {}
+    def _start(self, programs: dict[str, dict[str, Any]]) -> dict[str, GatewayHandle]:
+        started: dict[str, GatewayHandle] = {}
         for gid in self.overlay.gateways():
             raw = programs[gid]
             hops = []
             for hop in self.overlay.hops:
                 if hop.src == gid:
-                    endpoint = self._hop_endpoint(hop, started[hop.dst].listen_port)
+                    port = started[hop.dst].listen_port
+                    if port is None:
+                        raise TransferError(f"gateway {hop.dst} started but reported no listening port")
+                    endpoint = self._hop_endpoint(hop, port)
                     hops.append(NextHop(hop.dst, endpoint.host, endpoint.port, hop.connections, hop.weight))
             raw["next_hops"] = [h.__dict__ for h in hops]
             program = Program.parse(raw)
@@ -792,7 +775,12 @@ class TransferJob:
 
     @classmethod
     def attach(
-        cls, workdir: str | os.PathLike[str], source: ObjectStore, destination: ObjectStore, *, backend: Any
+        cls,
+        workdir: str | os.PathLike[str],
+        source: ObjectStore,
+        destination: ObjectStore,
+        *,
+        backend: GatewayLauncher,
     ) -> TransferJob:
         """The job :meth:`start` recorded in ``workdir``, with its running gateways (``backend``)."""
         folder = Path(workdir)
@@ -922,9 +910,7 @@ class TransferJob:
             if self.state_key is not None and ours and not self._succeeded:
                 self.destination.delete(self.state_key)
         self.uploads.clear()
-        tidy = getattr(self.destination, "tidy", None)
-        if tidy is not None:
-            tidy()
+        self.destination.tidy()
         for name in ("transfer.key", "uploads.json", "job.json", "carried.json"):
             (self.workdir / name).unlink(missing_ok=True)
         if refused:
