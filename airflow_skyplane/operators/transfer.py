@@ -9,7 +9,7 @@ The operator only conducts; each step is a module of its own:
 3. **plan** the overlay when the regions are known (:mod:`airflow_skyplane.planner`), logging the plan
    table, its cost estimate and the direct-path baseline;
 4. **provision and transfer**: start the fleet of gateways under one fleet id
-   (:class:`~airflow_skyplane.hooks.transfer.FleetTransfer`), logging a progress line every few
+   (:class:`~airflow_skyplane.transfer.fleet.FleetTransfer`), logging a progress line every few
    seconds; or leave it running and return (``wait_for_completion=False``, for
    :class:`~airflow_skyplane.sensors.transfer.SkyplaneTransferSensor`), or defer to
    :class:`~airflow_skyplane.triggers.transfer.SkyplaneTransferTrigger` (``deferrable=True``);
@@ -35,6 +35,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_skyplane.exceptions import InfeasiblePlanError, InvalidInputError, TransferError
 from airflow_skyplane.transfer.options import TransferOptions
+from airflow_skyplane.transfer.summary import summarize
 
 MiB = 1024 * 1024
 MODES = ("copy", "sync")
@@ -58,7 +59,7 @@ def teardown_on_failure(context: Any) -> None:
     died; it needs only the fleet id from XCom and the fleet records. Idempotent.
     """
     from airflow_skyplane.hooks.skyplane import SkyplaneHook
-    from airflow_skyplane.hooks.transfer import teardown
+    from airflow_skyplane.transfer.fleet import teardown
 
     ti = context.get("ti") if hasattr(context, "get") else None
     task = context.get("task") if hasattr(context, "get") else None
@@ -95,27 +96,6 @@ def discard_states(ti: Any, task: Any) -> None:
             ti.log.warning("could not discard the transfer state %s of %s: %s", key, uri, err)
             continue
         ti.log.warning("transfer state of %s discarded after the failure: %d upload(s) aborted", uri, aborted)
-
-
-def summarize(base: dict[str, Any], results: Sequence[Any], deleted: Sequence[int] = ()) -> dict[str, Any]:
-    """The XCom summary of a finished transfer: ``base`` (plans, diff counts) and the results."""
-    summary = {**base, "status": "done"}
-    if "sync" in summary:
-        summary["sync"] = [
-            {**counts, "deleted": deleted[n] if n < len(deleted) else 0}
-            for n, counts in enumerate(summary["sync"])
-        ]
-    per = [r.summary() for r in results]
-    for entry, uri in zip(per, base["destinations"], strict=True):
-        entry["destination"] = uri
-    summary["transfers"] = per
-    for key in ("objects", "bytes", "wire_bytes", "resends", "checksums_verified", "resumed_bytes"):
-        summary[key] = sum(r.get(key, 0) for r in per)
-    seconds = round(max((r.seconds for r in results), default=0.0), 3)
-    summary["seconds"] = seconds
-    summary["gbps"] = round(summary["bytes"] * 8 / seconds / 1e9, 4) if seconds else 0.0
-    summary["wire_to_raw"] = round(summary["wire_bytes"] / summary["bytes"], 4) if summary["bytes"] else None
-    return summary
 
 
 def with_callback(
@@ -515,7 +495,7 @@ class SkyplaneTransferOperator(BaseOperator):
         counts: list[Any],
         spools: list[Any],
     ) -> dict[str, Any]:
-        from airflow_skyplane.hooks.transfer import TransferRequest
+        from airflow_skyplane.transfer.fleet import TransferRequest
 
         needed = [spool.bytes for spool in spools]
         src_region = self.source_region or self._region_of(src)
@@ -598,9 +578,6 @@ class SkyplaneTransferOperator(BaseOperator):
             fleet_id=fleet_id,
             state_dir=settings.fleets_dir(),
             request=request,
-            source=src,
-            destinations=dsts,
-            selections=spools,
             ttl_s=settings.fleet_ttl_minutes * 60.0,
             owner=owner,
             options=options,
@@ -608,11 +585,11 @@ class SkyplaneTransferOperator(BaseOperator):
             on_progress=lambda p: self.log.info("%s", p.line()),
             detached=not self.wait_for_completion or self.deferrable,
             cloud=cloud,
-            state_keys=state_keys,
         )
         self._fleet = self._start_fleet(
-            settings, start, overlays, plans, src_region, regions, needed, summary
-        )
+            settings, start, (src, dsts, spools, state_keys), overlays, plans, src_region, regions, needed,
+            summary,
+        )  # fmt: skip
         if self._killed:  # on_kill ran while the fleet was starting, before there was one to stop
             self._fleet.close()
             raise TransferError(_KILLED)
@@ -649,7 +626,7 @@ class SkyplaneTransferOperator(BaseOperator):
             raise
         finally:
             self._fleet.close()
-        return self._summary(summary, results, deleted)
+        return self._summary(summarize(summary, results, deleted))
 
     def _estimate(self, summary: dict[str, Any], plans: Sequence[Any], needed: Sequence[int]) -> None:
         """The plans and their estimate (predicted and direct Gbps, cost) into the summary, and the log."""
@@ -742,6 +719,7 @@ class SkyplaneTransferOperator(BaseOperator):
         self,
         settings: Any,
         start: dict[str, Any],
+        stores: tuple[Any, list[Any], list[Any], list[str | None]],
         overlays: list[Any],
         plans: list[Any],
         src_region: str | None,
@@ -752,12 +730,13 @@ class SkyplaneTransferOperator(BaseOperator):
         """Start the fleet; when a cloud refuses a relay region for quota or capacity, plan around it
         (the next-best plan without that region) and try again, at most three regions."""
         from airflow_skyplane.compute.relays import RelayCapacityError
-        from airflow_skyplane.hooks.transfer import FleetTransfer
+        from airflow_skyplane.transfer.fleet import FleetTransfer, FleetWork
 
+        src, dsts, spools, state_keys = stores
         excluded: list[str] = []
         while True:
             try:
-                return FleetTransfer.start(overlays=overlays, **start)
+                return FleetTransfer.start(work=FleetWork(src, dsts, spools, overlays, state_keys), **start)
             except RelayCapacityError as err:
                 fixed = {src_region, *regions}
                 if err.region is None or err.region in fixed or len(excluded) >= 3:
@@ -776,10 +755,8 @@ class SkyplaneTransferOperator(BaseOperator):
                 overlays[:] = [self._overlay(p, start["options"], True) for p in plans]
                 start["cloud"] = self._cloud(settings, start["fleet_id"])
 
-    def _summary(
-        self, base: dict[str, Any], results: Sequence[Any], deleted: Sequence[int] = ()
-    ) -> dict[str, Any]:
-        summary = summarize(base, results, deleted)
+    def _summary(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Log the summary of a finished transfer; return it (for XCom)."""
         if summary["resumed_bytes"]:
             self.log.info(
                 "Resumed the previous try: %d bytes it had written were not sent again",
@@ -788,25 +765,20 @@ class SkyplaneTransferOperator(BaseOperator):
         self.log.info(
             "Sent %d objects, %.1f MiB in %.2f s (%.3f Gbps%s), %d checksums verified",
             summary["objects"], summary["bytes"] / MiB, summary["seconds"], summary["gbps"],
-            f", predicted {base['predicted_gbps']:.3f}" if "predicted_gbps" in base else "",
+            f", predicted {summary['predicted_gbps']:.3f}" if "predicted_gbps" in summary else "",
             summary["checksums_verified"],
         )  # fmt: skip
         return summary
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after the trigger fired: finish (complete and verify) and tear down, or fail."""
-        from airflow_skyplane.hooks.transfer import FleetTransfer, teardown
+        from airflow_skyplane.transfer.fleet import FleetTransfer, teardown
 
         fleet_id, state_dir = event["fleet_id"], event["state_dir"]
         if event.get("status") != "done":
             teardown(fleet_id, state_dir)
             raise TransferError(f"transfer on fleet {fleet_id} failed: {event.get('message')}")
-        fleet = FleetTransfer.attach(fleet_id, state_dir)
-        try:
-            results = fleet.finish()
-        finally:
-            fleet.close()
-        return self._summary(fleet.request.summary, results, fleet.deleted)
+        return self._summary(FleetTransfer.complete(fleet_id, state_dir))
 
     def on_kill(self) -> None:
         self._killed = True

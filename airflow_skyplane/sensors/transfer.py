@@ -35,26 +35,20 @@ def _state_dir(conn_id: str) -> str:
     return str(SkyplaneHook(conn_id).get_settings().fleets_dir())
 
 
+def _complete(fleet_id: str, state_dir: str) -> dict[str, Any]:
+    from airflow_skyplane.transfer.fleet import FleetTransfer
+
+    return FleetTransfer.complete(fleet_id, state_dir)
+
+
 def _teardown_sensor_fleet(context: Any) -> None:
     """``on_failure_callback`` of the transfer sensor: the fleet it watched is torn down."""
-    from airflow_skyplane.hooks.transfer import teardown
+    from airflow_skyplane.transfer.fleet import teardown
 
     task = context.get("task")
     fleet_id = getattr(task, "fleet_id", None)
     if fleet_id:
         teardown(fleet_id, _state_dir(getattr(task, "skyplane_conn_id", "skyplane_default")))
-
-
-def _finish(fleet_id: str, state_dir: str) -> dict[str, Any]:
-    from airflow_skyplane.hooks.transfer import FleetTransfer
-    from airflow_skyplane.operators.transfer import summarize
-
-    fleet = FleetTransfer.attach(fleet_id, state_dir)
-    try:
-        results = fleet.finish()
-    finally:
-        fleet.close()
-    return summarize(fleet.request.summary, results, fleet.deleted)
 
 
 class SkyplaneTransferSensor(BaseSensorOperator):
@@ -108,7 +102,7 @@ class SkyplaneTransferSensor(BaseSensorOperator):
 
     def poke(self, context: Any) -> bool | PokeReturnValue:
         from airflow_skyplane.compute.fleets import check_fleet_id, fleet_dir
-        from airflow_skyplane.hooks.transfer import teardown
+        from airflow_skyplane.transfer.fleet import teardown
         from airflow_skyplane.transfer.tracker import poll_fleet
 
         state_dir = _state_dir(self.skyplane_conn_id)
@@ -119,15 +113,15 @@ class SkyplaneTransferSensor(BaseSensorOperator):
         if status.state == "failed":
             teardown(self.fleet_id, state_dir)
             raise TransferError(f"transfer on fleet {self.fleet_id} failed: {status.message}")
-        return PokeReturnValue(is_done=True, xcom_value=_finish(self.fleet_id, state_dir))
+        return PokeReturnValue(is_done=True, xcom_value=_complete(self.fleet_id, state_dir))
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
-        from airflow_skyplane.hooks.transfer import teardown
+        from airflow_skyplane.transfer.fleet import teardown
 
         if event.get("status") != "done":
             teardown(event["fleet_id"], event["state_dir"])
             raise TransferError(f"transfer on fleet {event['fleet_id']} failed: {event.get('message')}")
-        return _finish(event["fleet_id"], event["state_dir"])
+        return _complete(event["fleet_id"], event["state_dir"])
 
 
 class SkyplaneReplicaSensor(BaseSensorOperator):

@@ -35,7 +35,8 @@ from airflow_skyplane.compute.sshd import find_sshd
 from airflow_skyplane.hooks.storage import open_store
 from airflow_skyplane.storage.local import LocalStore
 from airflow_skyplane.testing.sky import AZURITE_KEY
-from airflow_skyplane.transfer.job import Hop, Overlay, TransferJob, _get
+from airflow_skyplane.transfer.control import status as gateway_status
+from airflow_skyplane.transfer.job import Hop, Overlay, TransferJob
 
 MiB = 1024 * 1024
 SRC, RELAY, DST = "aws:us-east-1", "aws:us-west-2", "aws:eu-west-1"
@@ -163,7 +164,7 @@ def test_wan_relay_sees_no_plaintext_admits_no_stranger_and_keeps_no_secret(
         assert intruder.stdout, intruder.stderr
         seen["intruder"] = json.loads(intruder.stdout.strip().splitlines()[-1])
         for _ in range(100):  # the relay counts a rejected peer once its handshake thread gives up
-            seen["rejected_peers"] = _get(relay, "/status")["rejected_peers"]
+            seen["rejected_peers"] = gateway_status(relay)["rejected_peers"]
             if seen["rejected_peers"] >= 2:
                 break
             time.sleep(0.1)

@@ -170,7 +170,7 @@ def test_a_fleet_whose_worker_died_is_torn_down_by_its_id_alone(vms: EmulatedVMs
     """What the failure callback does: the fleet id from XCom and cloud.json are enough."""
     from airflow_skyplane.compute.cloud import CloudFleet, CloudOptions
     from airflow_skyplane.compute.fleets import FleetRecord, fleet_dir
-    from airflow_skyplane.hooks.transfer import teardown
+    from airflow_skyplane.transfer.fleet import teardown
 
     folder = fleet_dir(state_dir, "deadworker1")
     FleetRecord("deadworker1", "cloud", time.time(), time.time() + 600).write(folder)

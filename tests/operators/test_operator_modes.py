@@ -23,10 +23,10 @@ from airflow_skyplane.exceptions import (
     TransferError,
 )
 from airflow_skyplane.hooks.storage import open_store
-from airflow_skyplane.hooks.transfer import teardown
 from airflow_skyplane.operators.transfer import SkyplaneTransferOperator
 from airflow_skyplane.sensors.transfer import SkyplaneReplicaSensor, SkyplaneTransferSensor
 from airflow_skyplane.testing.sky import AZURITE_KEY, EmulatedSky
+from airflow_skyplane.transfer.fleet import teardown
 from airflow_skyplane.triggers.transfer import SkyplaneTransferTrigger
 
 MiB = 1024 * 1024
