@@ -372,12 +372,7 @@ class SkyplaneTransferOperator(BaseOperator):
         )
 
     def _check_paths(self, src: Any, dst: Any, dst_uri: str) -> None:
-        same_bucket = (src.uri.scheme, src.uri.bucket, src.uri.account) == (
-            dst.uri.scheme,
-            dst.uri.bucket,
-            dst.uri.account,
-        )
-        if same_bucket and (dst.prefix.startswith(src.prefix) or src.prefix.startswith(dst.prefix)):
+        if src.uri.overlaps(dst.uri):
             raise InvalidInputError(
                 f"destination={dst_uri!r} overlaps source={self.source!r}: the copy would read "
                 "what it writes; choose a destination outside the source prefix"
@@ -385,11 +380,9 @@ class SkyplaneTransferOperator(BaseOperator):
 
     @staticmethod
     def _region_of(location: Any) -> str | None:
-        store = location.store
-        if store.scheme == "s3":
-            region = getattr(store.client.meta, "region_name", None)
-            return f"aws:{region}" if region else None
-        return None
+        from airflow_skyplane.storage.kinds import store_kind
+
+        return store_kind(location.store.scheme).region(location.store)
 
     # -- plan ----------------------------------------------------------------------------------------
     def _plan(

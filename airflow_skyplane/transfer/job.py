@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from airflow_skyplane.compute.launcher import GatewayHandle, GatewayLauncher
 from airflow_skyplane.exceptions import SkyplaneError, StorageError, TransferError
 from airflow_skyplane.storage.base import MultipartUpload, ObjectInfo, ObjectStore
+from airflow_skyplane.storage.kinds import StoreSpec, store_kind
 from airflow_skyplane.transfer import control, manifest, resume, verify, wiring
 from airflow_skyplane.transfer.control import Receipt
 from airflow_skyplane.transfer.options import TransferKnobs, TransferOptions
@@ -78,8 +79,8 @@ class TransferJob:
         overlay: Overlay | None = None,
         objects: Iterable[ObjectInfo] | None = None,
         options: TransferOptions | None = None,
-        source_spec: wiring.StoreSpec | None = None,
-        destination_spec: wiring.StoreSpec | None = None,
+        source_spec: StoreSpec | None = None,
+        destination_spec: StoreSpec | None = None,
         test_faults: Mapping[str, Mapping[str, object]] | None = None,
         expires_at: float | None = None,
         watch_pid: int | None = None,
@@ -148,7 +149,8 @@ class TransferJob:
             self._save()
 
     def _wiring(self, manifest_path: Path) -> wiring.Wiring:
-        from airflow_skyplane.transfer.stores import store_spec
+        def store_spec(store: ObjectStore) -> StoreSpec:  # with the connection's credentials
+            return store_kind(store.scheme).spec(store)
 
         return wiring.Wiring(
             transfer_id=self.transfer_id,

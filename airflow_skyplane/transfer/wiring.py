@@ -25,12 +25,11 @@ from airflow_skyplane.gateway import protocol as proto
 from airflow_skyplane.gateway import tls
 from airflow_skyplane.gateway.program import Endpoint, NextHop, Program
 from airflow_skyplane.storage.base import MultipartUpload
+from airflow_skyplane.storage.kinds import StoreSpec
 from airflow_skyplane.transfer.manifest import private_write
 from airflow_skyplane.transfer.options import TransferOptions
 from airflow_skyplane.transfer.overlay import Overlay
 
-#: a store as a gateway opens it without Airflow (see :mod:`airflow_skyplane.gateway.stores`)
-StoreSpec = Mapping[str, object]
 #: the files of a job's work folder that hold secrets (deleted when the job is closed)
 SECRET_FILES = ("transfer.key", "uploads.json")
 
