@@ -165,7 +165,7 @@ class EmulatedVMs:
                 self._boot(instance_id, address)
 
     def _boot(self, instance_id: str, address: str) -> None:
-        from airflow_skyplane.compute.sshd import LocalSSHD
+        from airflow_skyplane.testing.sshd import LocalSSHD
 
         public_key, metadata = self._describe(instance_id)
         sshd = LocalSSHD(

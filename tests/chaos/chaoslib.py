@@ -22,9 +22,9 @@ import pytest
 
 from airflow_skyplane.compute import fleets
 from airflow_skyplane.compute.local import LocalRelayBackend
-from airflow_skyplane.compute.netns import list_namespaces
 from airflow_skyplane.exceptions import TransferError
 from airflow_skyplane.storage.local import LocalStore
+from airflow_skyplane.testing.netns import list_namespaces
 from airflow_skyplane.transfer import control
 from airflow_skyplane.transfer.job import TransferJob
 

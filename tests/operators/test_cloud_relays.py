@@ -25,10 +25,10 @@ import pytest
 from airflow_skyplane.compute.aws import AWSRelayBackend
 from airflow_skyplane.compute.fleets import fleet_ids
 from airflow_skyplane.compute.relays import RelayCapacityError
-from airflow_skyplane.compute.sshd import find_sshd
 from airflow_skyplane.exceptions import TransferError
 from airflow_skyplane.operators.transfer import SkyplaneTransferOperator
 from airflow_skyplane.testing.sky import AZURITE_KEY, EmulatedSky
+from airflow_skyplane.testing.sshd import find_sshd
 from airflow_skyplane.testing.vms import EmulatedVMs
 
 pytestmark = pytest.mark.skipif(find_sshd() is None, reason="needs sshd (Debian package openssh-server)")

@@ -1,10 +1,11 @@
 """An emulated wide-area network on one Linux machine: one network namespace per region.
 
-The local relay backend uses it to reproduce a multi-region overlay on a laptop or a CI runner:
-every region is a network namespace; every pair of regions is joined by its own veth pair, shaped
-with ``tc`` to an aggregate link rate and a cap on each TCP flow (distance and loss cap single
-flows on a real wide-area path; that is why Skyplane opens many connections per edge). The host
-(where the Airflow worker runs) reaches every region over an unshaped control link.
+The tests and benchmarks use it (with the launchers of :mod:`.wan_relays`) to reproduce a
+multi-region overlay on a laptop or a CI runner: every region is a network namespace; every pair of
+regions is joined by its own veth pair, shaped with ``tc`` to an aggregate link rate and a cap on
+each TCP flow (distance and loss cap single flows on a real wide-area path; that is why Skyplane
+opens many connections per edge). The host (where the Airflow worker runs) reaches every region
+over an unshaped control link.
 
 Shaping uses only what this kind of kernel has (``netem``, ``fq``, ``sfq`` and the ``flow``
 classifier may be missing): an ``htb`` parent class at the link rate, 256 child classes each
