@@ -178,10 +178,15 @@ class LocalRelayBackend:
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         return env
 
+    def _command(self, argv: list[str], region: str | None) -> list[str]:
+        """The command line that runs a gateway of ``region`` (the emulated WAN wraps it to run in
+        the region's network namespace)."""
+        return argv
+
     def _popen(self, argv: list[str], region: str | None, log: IO[bytes]) -> subprocess.Popen[bytes]:
-        """Run a gateway's command in its own session (the emulated WAN runs it in its region)."""
+        """Run a gateway's command in its own session."""
         return subprocess.Popen(
-            argv,
+            self._command(argv, region),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

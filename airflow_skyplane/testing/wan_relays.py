@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
-from typing import IO
 
 from airflow_skyplane.compute.local import LocalRelayBackend, safe_name
 from airflow_skyplane.compute.remote import SSHGateway, launch_over_ssh
@@ -52,18 +50,8 @@ class WANRelayBackend(LocalRelayBackend):
     def cert_addresses(self, region: str | None, peers: Sequence[str | None]) -> list[str]:
         return [self.wan.address(peer or "", region) for peer in peers] if region else []
 
-    def _popen(self, argv: list[str], region: str | None, log: IO[bytes]) -> subprocess.Popen[bytes]:
-        if region is None:
-            return super()._popen(argv, region, log)
-        return self.wan.popen(
-            region,
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self._env(),
-            start_new_session=True,
-        )
+    def _command(self, argv: list[str], region: str | None) -> list[str]:
+        return self.wan.command(region, argv) if region is not None else argv
 
 
 class WANSSHRelayBackend(WANRelayBackend):
