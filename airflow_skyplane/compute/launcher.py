@@ -19,6 +19,7 @@ A started gateway is a :class:`GatewayHandle`. Region names are the planner's (`
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from airflow_skyplane.gateway.program import Program
@@ -51,6 +52,19 @@ class GatewayHandle(Protocol):
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of its log, for error messages."""
+
+
+@dataclass
+class StartedGateway:
+    """What every launcher records of a gateway it started (its handles add how it runs)."""
+
+    gateway_id: str
+    region: str | None
+    listen_port: int | None = None
+    control_port: int | None = None
+    control_host: str = "127.0.0.1"
+    #: the gateway's ready file: its bound ports
+    info: dict[str, object] = field(default_factory=dict)
 
 
 class GatewayLauncher(Protocol):

@@ -26,12 +26,12 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from airflow_skyplane.compute import fleets
-from airflow_skyplane.compute.launcher import GatewayHandle
+from airflow_skyplane.compute.launcher import GatewayHandle, StartedGateway
 from airflow_skyplane.exceptions import TransferError
 from airflow_skyplane.gateway.program import Program
 
@@ -48,17 +48,13 @@ def safe_name(gateway_id: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in gateway_id)
 
 
-@dataclass
-class LocalGateway:
-    gateway_id: str
-    region: str | None
+@dataclass(kw_only=True)
+class LocalGateway(StartedGateway):
+    """A gateway process this backend started (its child)."""
+
     process: subprocess.Popen[bytes]
     program_path: Path
     log_path: Path
-    listen_port: int | None = None
-    control_port: int | None = None
-    control_host: str = "127.0.0.1"
-    info: dict[str, Any] = field(default_factory=dict)
 
     def log_tail(self, lines: int = 30) -> str:
         return _tail(self.log_path, lines)
@@ -71,22 +67,16 @@ class LocalGateway:
         return self.process.returncode
 
 
-@dataclass
-class AttachedGateway:
+@dataclass(kw_only=True)
+class AttachedGateway(StartedGateway):
     """A gateway started by another process (a task that deferred or returned), found by its record.
 
-    The same surface as :class:`LocalGateway`; liveness comes from ``/proc`` (see
-    :func:`~airflow_skyplane.compute.fleets.runs_gateway`), since the gateway is not our child.
+    Liveness comes from ``/proc`` (see :func:`~airflow_skyplane.compute.fleets.runs_gateway`), since
+    the gateway is not our child.
     """
 
-    gateway_id: str
-    region: str | None
     pid: int
     log_path: Path
-    listen_port: int | None = None
-    control_port: int | None = None
-    control_host: str = "127.0.0.1"
-    info: dict[str, Any] = field(default_factory=dict)
 
     def log_tail(self, lines: int = 30) -> str:
         return _tail(self.log_path, lines)
@@ -117,13 +107,13 @@ class LocalRelayBackend:
         backend = cls(workdir, fleet_id=fleet_id)
         for gid, raw in fleets.read_gateways(backend.workdir).items():
             backend.gateways[gid] = AttachedGateway(
-                gid,
-                raw.get("region"),
-                raw["pid"],
-                Path(raw["log"]),
-                raw.get("listen_port"),
-                raw.get("control_port"),
-                raw.get("control_host", "127.0.0.1"),
+                gateway_id=gid,
+                region=raw.get("region"),
+                pid=raw["pid"],
+                log_path=Path(raw["log"]),
+                listen_port=raw.get("listen_port"),
+                control_port=raw.get("control_port"),
+                control_host=raw.get("control_host", "127.0.0.1"),
             )
         return backend
 
@@ -207,7 +197,13 @@ class LocalRelayBackend:
         argv += ["--ready-file", str(ready_path)]
         with log_path.open("ab") as log:
             process = self._popen(argv, region, log)
-        gateway = LocalGateway(program.gateway_id, region, process, program_path, log_path)
+        gateway = LocalGateway(
+            gateway_id=program.gateway_id,
+            region=region,
+            process=process,
+            program_path=program_path,
+            log_path=log_path,
+        )
         gateway.control_host = program.control.host
         self.gateways[program.gateway_id] = gateway
         self._record()
@@ -220,12 +216,15 @@ class LocalRelayBackend:
                 )
             if ready_path.exists():
                 try:
-                    gateway.info = json.loads(ready_path.read_text())
+                    ready = json.loads(ready_path.read_text())
                 except json.JSONDecodeError:
                     time.sleep(0.02)
                     continue
-                gateway.listen_port = gateway.info.get("listen_port")
-                gateway.control_port = gateway.info.get("control_port")
+                gateway.info = ready
+                gateway.listen_port, gateway.control_port = (
+                    ready.get("listen_port"),
+                    ready.get("control_port"),
+                )
                 self._record()
                 return gateway
             time.sleep(0.02)

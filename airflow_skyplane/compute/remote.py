@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airflow_skyplane.compute.launcher import StartedGateway
 from airflow_skyplane.compute.relays import GATEWAY_PORT, GATEWAY_PORT_LAST
 from airflow_skyplane.exceptions import InvalidInputError, TransferError
 from airflow_skyplane.gateway.program import Program
@@ -64,19 +65,14 @@ class RelayHost:
     instance_id: str = ""
 
 
-@dataclass
-class SSHGateway:
-    """A gateway started over SSH on a relay machine; the surface of a ``GatewayHandle``."""
+@dataclass(kw_only=True)
+class SSHGateway(StartedGateway):
+    """A gateway started over SSH on a relay machine."""
 
-    gateway_id: str
-    region: str
     session: RelaySSH
     pid: int
+    #: its log on the relay
     log_path: str
-    listen_port: int | None = None
-    control_port: int | None = None
-    control_host: str = "127.0.0.1"
-    info: dict[str, Any] = field(default_factory=dict)
     stopped: bool = False
 
     def alive(self) -> bool:
@@ -146,16 +142,22 @@ def launch_over_ssh(
         log_path=f"{remote}/gateway.log",
         env={"PYTHONPATH": package},
     )  # fmt: skip
-    gateway = SSHGateway(program.gateway_id, region, session, pid, f"{remote}/gateway.log")
+    gateway = SSHGateway(
+        gateway_id=program.gateway_id,
+        region=region,
+        session=session,
+        pid=pid,
+        log_path=f"{remote}/gateway.log",
+    )
     gateway.control_host = "127.0.0.1" if forward_control else program.control.host
     gateways[program.gateway_id] = gateway
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         probe = session.run(f"cat {shlex.quote(remote)}/ready.json 2>/dev/null", check=False)
         if probe.exit_status == 0 and probe.stdout.strip():
-            gateway.info = json.loads(probe.stdout)
-            gateway.listen_port = gateway.info.get("listen_port")
-            port = int(gateway.info["control_port"])
+            ready = json.loads(probe.stdout)
+            gateway.info, gateway.listen_port = ready, ready.get("listen_port")
+            port = int(ready["control_port"])
             gateway.control_port = session.forward(port) if forward_control else port
             return gateway
         if not session.is_running(pid):
