@@ -256,51 +256,19 @@ def _shape(ns: str, dev: str, spec: LinkSpec) -> None:
     """htb at the link rate; with a flow cap, 256 classes chosen by a hash of the TCP source port."""
     rate = f"{spec.rate_mbit:g}mbit"
     tc = ["ip", "netns", "exec", ns, "tc"]
+
+    def add_class(parent: str, classid: str, guaranteed: str, ceiling: str) -> None:
+        _run([*tc, "class", "add", "dev", dev, "parent", parent, "classid", classid, "htb", "rate",
+              guaranteed, "ceil", ceiling])  # fmt: skip
+
+    default = "1" if spec.flow_cap_mbit is None else "ffff"
+    _run([*tc, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", default])
+    add_class("1:", "1:1", rate, rate)
     if spec.flow_cap_mbit is None:
-        _run([*tc, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "1"])
-        _run(
-            [
-                *tc,
-                "class",
-                "add",
-                "dev",
-                dev,
-                "parent",
-                "1:",
-                "classid",
-                "1:1",
-                "htb",
-                "rate",
-                rate,
-                "ceil",
-                rate,
-            ]
-        )
         return
     cap = f"{min(spec.flow_cap_mbit, spec.rate_mbit):g}mbit"
-    _run([*tc, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "ffff"])
-    _run(
-        [*tc, "class", "add", "dev", dev, "parent", "1:", "classid", "1:1", "htb", "rate", rate, "ceil", rate]
-    )
     # Traffic that is not TCP over IPv4 (ARP, ICMP) shares one class capped like a flow.
-    _run(
-        [
-            *tc,
-            "class",
-            "add",
-            "dev",
-            dev,
-            "parent",
-            "1:1",
-            "classid",
-            "1:ffff",
-            "htb",
-            "rate",
-            "8kbit",
-            "ceil",
-            cap,
-        ]
-    )
+    add_class("1:1", "1:ffff", "8kbit", cap)
     batch = []
     for bucket in range(_FLOW_CLASSES):
         batch.append(f"class add dev {dev} parent 1:1 classid 1:{0x100 + bucket:x} htb rate 8kbit ceil {cap}")
