@@ -29,7 +29,7 @@ def get_provider_info() -> dict[str, Any]:
         "hooks": [
             {
                 "integration-name": "Skyplane",
-                "python-modules": ["airflow_skyplane.hooks.skyplane", "airflow_skyplane.hooks.transfer"],
+                "python-modules": ["airflow_skyplane.hooks.skyplane"],
             },
         ],
         "operators": [

@@ -25,8 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from airflow_skyplane.compute.local import LocalRelayBackend
 from airflow_skyplane.storage.local import LocalStore
+from airflow_skyplane.testing.wan_relays import local_relays as LocalRelayBackend
 from airflow_skyplane.transfer.job import Hop, Overlay, TransferJob
 
 MiB = 1024 * 1024
@@ -124,7 +124,7 @@ def main() -> None:
         wan = None
         link = "loopback"
         if os.geteuid() == 0:
-            from airflow_skyplane.compute.netns import EmulatedWAN, LinkSpec, missing_requirements
+            from airflow_skyplane.testing.netns import EmulatedWAN, LinkSpec, missing_requirements
 
             if missing_requirements() is None:
                 wan = EmulatedWAN(["a", "b"], links={("a", "b"): LinkSpec(args.wan_mbit)}).start()

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from airflow.sdk import BaseHook
 
 from airflow_skyplane.exceptions import ConnectionNotFoundError, InvalidInputError
+from airflow_skyplane.transfer.options import COMPRESSION_MODES
 
 RELAY_BACKENDS = ("local", "aws", "gcp", "azure", "auto")
 OBJECTIVES = ("throughput", "cost")
@@ -39,9 +40,11 @@ class SkyplaneSettings:
     max_relays_per_region: int = 1
     max_relays: int | None = None
     allowed_regions: tuple[str, ...] = ()
-    connections_per_relay: int = 32
+    #: TCP connections per overlay edge (the operator's ``connections_per_hop`` overrides it)
+    connections_per_relay: int = 8
     chunk_size_mb: int = 32
-    compression: bool = True
+    #: True or "auto" (lz4 where it pays), "always", or False or "never"
+    compression: bool | str = True
     encryption: bool = True
     fleet_ttl_minutes: int = 360
     grid_path: str | None = None
@@ -112,6 +115,8 @@ class SkyplaneSettings:
             "ssh_username",
         ):
             return None
+        if name == "compression" and raw in COMPRESSION_MODES:
+            return raw
         if name in ("compression", "encryption", "use_spot"):
             if isinstance(raw, bool):
                 return raw
@@ -120,7 +125,8 @@ class SkyplaneSettings:
                 return True
             if text in ("false", "0", "no", "off"):
                 return False
-            raise InvalidInputError(f"{origin}: {name}={raw!r} is not a boolean; use true or false")
+            modes = " or one of auto, always, never" if name == "compression" else ""
+            raise InvalidInputError(f"{origin}: {name}={raw!r} is not a boolean; use true or false{modes}")
         if name in cls._INT_LIMITS:
             low, high = cls._INT_LIMITS[name]
             try:

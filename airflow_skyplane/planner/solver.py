@@ -187,7 +187,8 @@ class Planner:
         if self.max_vms is not None and self.max_vms < 1 + len(dsts):
             raise InfeasiblePlanError(
                 f"--max-vms {self.max_vms} is below the {1 + len(dsts)} gateways the source and "
-                f"{len(dsts)} destination(s) need: raise --max-vms to at least {1 + len(dsts)}"
+                f"{len(dsts)} destination(s) need: raise --max-vms to at least {1 + len(dsts)}",
+                limits=("max_vms",),
             )
         self._check_paths(src, dsts)
         nodes = self.candidates(src, dsts)
@@ -202,7 +203,8 @@ class Planner:
                 raise InfeasiblePlanError(
                     f"the cheapest plan reaching {target:.3g} Gbps costs ${per_gb:.4f}/GB but "
                     f"{_cap_name(budget_usd, size_gb, cost_cap)}: raise it to at least "
-                    f"{_cap_value(budget_usd, size_gb, per_gb)} or lower the throughput target"
+                    f"{_cap_value(budget_usd, size_gb, per_gb)} or lower the throughput target",
+                    limits=(_cap_limit(budget_usd), _target_limit(deadline_s)),
                 )
         else:
             best = self._solve(nodes, src, dsts, cost_cap=cost_cap, min_throughput=target, then_cheapest=True)
@@ -296,7 +298,8 @@ class Planner:
                 raise InfeasiblePlanError(
                     f"no path from {src!r} to {d!r} over {where}: every route has a hop with no measured "
                     f"throughput; allow more relay regions (--allowed-regions) or use a grid that measures "
-                    f"these pairs"
+                    f"these pairs",
+                    limits=("allowed_regions",),
                 )
 
     def _solve(
@@ -439,17 +442,21 @@ class Planner:
         if self.max_vms is not None and used >= self.max_vms:
             limit = f"at most {self.max_vms} VMs (--max-vms)"
             fix = "raise --max-vms"
+            vms: tuple[str, ...] = ("max_vms",)
         else:
             limit = f"at most {self.max_vms_per_region} VM(s) per region (--max-vms-per-region)"
             fix = "raise --max-vms-per-region" + ("" if self.max_vms is None else " or --max-vms")
+            vms = ("max_vms_per_region",) if self.max_vms is None else ("max_vms_per_region", "max_vms")
         if size_gb is not None and deadline_s is not None:
             return InfeasiblePlanError(
                 f"deadline {deadline_s:g} s for {size_gb:g} GB needs {target:.3g} Gbps but {limit} reach "
-                f"{reach:.3g} Gbps: {fix} or the deadline (at least {size_gb * 8 / max(reach, _EPS):.0f} s)"
+                f"{reach:.3g} Gbps: {fix} or the deadline (at least {size_gb * 8 / max(reach, _EPS):.0f} s)",
+                limits=("deadline_s", *vms),
             )
         return InfeasiblePlanError(
             f"--min-throughput-gbps {target:g} is out of reach: {limit} reach {reach:.3g} Gbps; "
-            f"{fix} or lower the target to at most {reach:.3g}"
+            f"{fix} or lower the target to at most {reach:.3g}",
+            limits=("min_throughput_gbps", *vms),
         )
 
     def _cost_infeasible(
@@ -473,14 +480,16 @@ class Planner:
                     return InfeasiblePlanError(
                         f"the cheapest plan reaching {target:.3g} Gbps costs ${per_gb:.4f}/GB but "
                         f"{_cap_name(budget_usd, size_gb, cost_cap)}: raise it to at least "
-                        f"{_cap_value(budget_usd, size_gb, per_gb)} or lower the throughput target"
+                        f"{_cap_value(budget_usd, size_gb, per_gb)} or lower the throughput target",
+                        limits=(_cap_limit(budget_usd), "min_throughput_gbps"),
                     )
         if cost_cap is None:
             fix = "raise --max-vms" if self.max_vms is not None else "raise --max-vms-per-region"
             return InfeasiblePlanError(
                 f"no route from {src!r} to {', '.join(map(repr, dsts))} fits the VM limits "
                 f"(--max-vms {self.max_vms}, --max-vms-per-region {self.max_vms_per_region}): the routes "
-                f"that exist need more relay VMs; {fix} or allow other regions"
+                f"that exist need more relay VMs; {fix} or allow other regions",
+                limits=("max_vms" if self.max_vms is not None else "max_vms_per_region", "allowed_regions"),
             )
         floor = self.min_cost_per_gb(nodes, src, dsts)
         direct = _direct(self.model, src, dsts, {src: 1, **dict.fromkeys(dsts, 1)}, self.connections_per_vm)
@@ -488,7 +497,8 @@ class Planner:
         return InfeasiblePlanError(
             f"{direct_txt}the cheapest plan costs ${floor:.4f}/GB but "
             f"{_cap_name(budget_usd, size_gb, cost_cap)}: "
-            f"raise it to at least {_cap_value(budget_usd, size_gb, floor)}"
+            f"raise it to at least {_cap_value(budget_usd, size_gb, floor)}",
+            limits=(_cap_limit(budget_usd),),
         )
 
     def _to_plan(
@@ -678,6 +688,16 @@ def _cap_name(budget_usd: float | None, size_gb: float | None, cost_cap: float) 
     if budget_usd is not None and size_gb is not None:
         return f"--budget-usd {budget_usd:g} for {size_gb:g} GB allows ${cost_cap:.4f}/GB"
     return f"--max-cost-per-gb is {cost_cap:g}"
+
+
+def _cap_limit(budget_usd: float | None) -> str:
+    """The name of the cost cap a plan is held to (the planner's keyword)."""
+    return "budget_usd" if budget_usd is not None else "max_cost_per_gb"
+
+
+def _target_limit(deadline_s: float | None) -> str:
+    """The name of the throughput target a plan must reach (the planner's keyword)."""
+    return "deadline_s" if deadline_s is not None else "min_throughput_gbps"
 
 
 def _cap_value(budget_usd: float | None, size_gb: float | None, per_gb: float) -> str:

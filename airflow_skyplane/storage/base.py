@@ -195,6 +195,9 @@ class ObjectStore(abc.ABC):
     def delete(self, key: str) -> None:
         """Delete one object; deleting an absent object is not an error."""
 
+    def tidy(self) -> None:  # noqa: B027 - optional: stores that leave local traces override it
+        """Remove what writers killed on this machine left behind; called once no write runs."""
+
     # -- helpers ---------------------------------------------------------------------------------
     def _wants_range(self, key: str, offset: int, length: int) -> bool:
         """Check a ``read_range`` call; False when it asks for no bytes at all."""

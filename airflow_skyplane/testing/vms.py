@@ -165,7 +165,7 @@ class EmulatedVMs:
                 self._boot(instance_id, address)
 
     def _boot(self, instance_id: str, address: str) -> None:
-        from airflow_skyplane.compute.sshd import LocalSSHD
+        from airflow_skyplane.testing.sshd import LocalSSHD
 
         public_key, metadata = self._describe(instance_id)
         sshd = LocalSSHD(
@@ -188,8 +188,9 @@ class EmulatedVMs:
                 os.kill(pid, signal.SIGKILL)
 
     def live_processes(self) -> list[int]:
-        """Processes still running that an emulated VM started (there must be none after teardown)."""
-        return processes_of(None)
+        """Processes still running that one of these emulated VMs started (there must be none after
+        teardown). Only these VMs': other test runs on the machine bring up VMs of their own."""
+        return sorted({pid for instance in self.started for pid in processes_of(instance)})
 
 
 def processes_of(instance_id: str | None) -> list[int]:

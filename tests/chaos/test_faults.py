@@ -31,14 +31,14 @@ import pytest
 from botocore.config import Config
 from chaoslib import CUT_SECONDS, FULL_TIER, audit, drive, kill_gateway, local_store, own_namespaces
 
-from airflow_skyplane.compute.local import LocalRelayBackend
-from airflow_skyplane.compute.netns import EmulatedWAN
 from airflow_skyplane.exceptions import TransferError
 from airflow_skyplane.storage.local import LocalStore
 from airflow_skyplane.storage.s3 import S3Store
 from airflow_skyplane.testing import wanfaults
 from airflow_skyplane.testing.faultproxy import FaultProxy
+from airflow_skyplane.testing.netns import EmulatedWAN
 from airflow_skyplane.testing.sky import AWS_REGION, AZURITE_KEY, EmulatedSky
+from airflow_skyplane.testing.wan_relays import local_relays as LocalRelayBackend
 from airflow_skyplane.transfer.job import Hop, Overlay, TransferJob
 
 MiB = 1024 * 1024

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from airflow_skyplane.compute.netns import (
+from airflow_skyplane.exceptions import InvalidInputError
+from airflow_skyplane.testing.netns import (
     EmulatedWAN,
     EmulatedWANError,
     LinkSpec,
@@ -21,7 +22,6 @@ from airflow_skyplane.compute.netns import (
     missing_requirements,
     sweep_stale,
 )
-from airflow_skyplane.exceptions import InvalidInputError
 
 pytestmark = pytest.mark.root
 _why = missing_requirements()
@@ -124,7 +124,7 @@ def test_sweep_removes_namespaces_of_a_dead_process() -> None:
     script = textwrap.dedent(
         """
         import sys, time
-        from airflow_skyplane.compute.netns import EmulatedWAN
+        from airflow_skyplane.testing.netns import EmulatedWAN
         wan = EmulatedWAN(["x", "y"]).start()
         print("ready", flush=True)
         time.sleep(60)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from airflow_skyplane.compute.local import LocalRelayBackend
-from airflow_skyplane.compute.netns import EmulatedWAN, LinkSpec, list_namespaces, missing_requirements
 from airflow_skyplane.planner import NetworkModel, Region, plan_transfer
 from airflow_skyplane.storage.local import LocalStore
 from airflow_skyplane.testing.digest import tree_digest
+from airflow_skyplane.testing.netns import EmulatedWAN, LinkSpec, list_namespaces, missing_requirements
+from airflow_skyplane.testing.wan_relays import local_relays as LocalRelayBackend
 from airflow_skyplane.transfer.job import Hop, Overlay, TransferJob, overlay_from_plan
 
 pytestmark = pytest.mark.root
