@@ -251,6 +251,39 @@ def _aws_fleets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sky(args: argparse.Namespace) -> int:
+    """The emulated sky outside pytest (see airflow_skyplane.testing.localsky): the environment goes
+    to stdout (for `eval "$(airflow-skyplane sky up)"`) or to --env-file, everything else to stderr."""
+    from airflow_skyplane.testing import localsky
+
+    folder = args.dir or str(localsky.default_sky_dir())
+    if args.sky_command == "up":
+        record = localsky.sky_up(
+            folder, services=args.service or localsky.SERVICES, buckets=args.bucket or (),
+            timeout_s=args.timeout_s,
+        )  # fmt: skip
+        print(localsky.summary(record), file=sys.stderr)
+        if args.env_file:
+            localsky.write_env_file(args.env_file, record)
+            print(
+                f"environment written to {args.env_file}: load it with '. {args.env_file}'", file=sys.stderr
+            )
+        else:
+            print(localsky.env_text(record), end="")
+        print(f"stop it with: {PROG} sky down" + (f" --dir {args.dir}" if args.dir else ""), file=sys.stderr)
+        return 0
+    if args.sky_command == "env":
+        found = localsky.read_record(folder)
+        if not found or not localsky.running(found):
+            raise _UsageError(f"no emulated sky runs from {folder}: '{PROG} sky up' starts one")
+        print(localsky.env_text(found), end="")
+        return 0
+    stopped = localsky.sky_down(folder)
+    names = ", ".join(f"{p['name']} (pid {p['pid']})" for p in stopped) or "nothing was still running"
+    print(f"emulated sky in {folder}: stopped {names}; record removed")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG, description="Plan overlay transfers between cloud regions (no Airflow needed)."
@@ -324,6 +357,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cloud", choices=("local", "aws"), default="local")
     t.add_argument("--region", action="append", metavar="REGION", help="with --cloud aws (repeatable)")
     t.set_defaults(func=_cmd_fleets)
+
+    sky = sub.add_parser(
+        "sky", help="the emulated sky (moto, GCS emulator, Azurite) on loopback, for trying DAGs locally"
+    )
+    ssub = sky.add_subparsers(dest="sky_command", required=True, parser_class=_Parser)
+    up = ssub.add_parser("up", help="start the emulators, create buckets, print the environment to export")
+    up.add_argument(
+        "--bucket",
+        action="append",
+        metavar="URI",
+        help="create this bucket: s3://a, gs://b, az://c (repeatable)",
+    )
+    up.add_argument(
+        "--service", action="append", choices=("s3", "gs", "az"), help="emulate only these (default: all)"
+    )
+    up.add_argument("--env-file", metavar="FILE", help="write the environment to FILE instead of stdout")
+    up.add_argument("--timeout-s", type=float, default=60.0, metavar="S", help="wait this long for start")
+    ssub.add_parser("env", help="print the environment of the running sky again")
+    ssub.add_parser("down", help="stop the emulators that 'sky up' started (by their recorded pids)")
+    for c in ssub.choices.values():
+        c.add_argument(
+            "--dir", metavar="DIR", help="where the sky is recorded (default $AIRFLOW_HOME/skyplane/sky)"
+        )
+        c.set_defaults(func=_cmd_sky)
     return parser
 
 
