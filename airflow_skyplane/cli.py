@@ -322,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver", choices=("auto", "cbc", "highs"), default="auto")
     p.add_argument("--time-limit-s", type=float, metavar="S", help="solver time limit")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    p.add_argument("--png", metavar="FILE", help="also draw the overlay to FILE (needs matplotlib)")
+    p.add_argument(
+        "--png", metavar="FILE", help="also draw the overlay on a map to FILE (needs the 'plot' extra)"
+    )
     p.set_defaults(func=_cmd_plan)
 
     g = sub.add_parser("grid", help="network grid tools")

@@ -190,16 +190,12 @@ def main(argv: list[str] | None = None) -> int:
                 verdict = "byte-identical to the source" if exact[uri] else "DIFFERENT"
                 print(f"{uri}: {len(got)} objects, {verdict}")
 
-            from airflow_skyplane.planner.plan import TransferPlan
-            from airflow_skyplane.planner.render import render_plan_png
+            from airflow_skyplane.planner.render import write_plan_pictures
 
-            pictures = []
-            for n, raw in enumerate(runs[0].get("plans") or []):
-                if raw is None:
-                    continue
-                path = output / f"nightly_replication-plan-{n}.png"
-                render_plan_png(TransferPlan.from_dict(raw), str(path))
-                pictures.append(str(path))
+            pictures = [
+                str(p)
+                for p in write_plan_pictures(runs[0].get("plans") or [], output, "nightly_replication-plan")
+            ]
 
         first = runs[0]
         print("\nXCom summary of the first run (plans left out):")
