@@ -20,7 +20,6 @@ state behind.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_skyplane.exceptions import InvalidInputError, PlannerError
+from airflow_skyplane.files import replaced_whole
 from airflow_skyplane.planner.regions import REGIONS
 
 if TYPE_CHECKING:
@@ -347,17 +347,8 @@ def render_plan_png(
 ) -> None:
     """Draw ``plan`` to the PNG file ``path``, written whole or not at all."""
     fig = plan_figure(plan, coordinates)
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
-    try:
+    with replaced_whole(path, what="the plan picture") as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, target)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise InvalidInputError(
-            f"cannot write the plan picture {str(path)!r}: {err.strerror or err}; pick a writable path"
-        ) from None
 
 
 def write_plan_pictures(

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_skyplane.exceptions import InvalidInputError
+from airflow_skyplane.files import replaced_whole
 from airflow_skyplane.processes import alive, start_ticks
 from airflow_skyplane.testing.sky import SERVICES, EmulatedSky, missing_emulator
 
@@ -157,11 +158,8 @@ def sky_up(
 
 
 def _write_record(root: Path, record: Mapping[str, Any]) -> None:
-    tmp = root / (RECORD + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(record, handle, indent=1)
-    os.replace(tmp, root / RECORD)
+    with replaced_whole(root / RECORD, what="the sky record", mode=0o600) as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
 
 
 def sky_down(folder: str | os.PathLike[str], grace_s: float = 10.0) -> list[dict[str, Any]]:
@@ -220,19 +218,8 @@ def env_text(record: Mapping[str, Any]) -> str:
 
 def write_env_file(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
     """Write :func:`env_text` to ``path`` (owner-only, atomically)."""
-    target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(env_text(record))
-        os.replace(tmp, target)
-    except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise InvalidInputError(
-            f"cannot write --env-file {str(path)!r}: {err.strerror or err}; pick a writable path"
-        ) from None
+    with replaced_whole(path, what="--env-file", mode=0o600) as tmp:
+        tmp.write_text(env_text(record))
 
 
 def summary(record: Mapping[str, Any]) -> str:
