@@ -106,3 +106,26 @@ def test_fleets_teardown_of_a_recorded_fleet_removes_it(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "fleet f-0a1b2c3d: stopped 0 gateway(s), removed its record"
     assert fleet_ids(tmp_path) == []
+
+
+def test_fleets_teardown_on_aws_of_an_unknown_fleet_fails(
+    emulated_sky: object, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The AWS path: fleets are found by their tags (here in moto), with boto3's own credentials."""
+    import json
+
+    from airflow_skyplane.cli import main
+
+    conn = json.loads(os.environ["AIRFLOW_CONN_AWS_DEFAULT"])
+    monkeypatch.setenv("AWS_ENDPOINT_URL", conn["extra"]["endpoint_url"])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", conn["login"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", conn["password"])
+    assert main(["fleets", "teardown", "nosuchfleet", "--cloud", "aws", "--region", "aws:us-east-1"]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.strip() == (
+        "airflow-skyplane: error: no fleet 'nosuchfleet' has resources in aws:us-east-1 ('airflow-skyplane "
+        "fleets list --cloud aws' shows the fleets there; add the --region it runs in)"
+    )
+    assert main(["fleets", "list", "--cloud", "aws", "--region", "aws:us-east-1"]) == 0
+    assert capsys.readouterr().out.strip() == "no fleets found in aws:us-east-1"
