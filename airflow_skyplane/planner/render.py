@@ -129,66 +129,10 @@ def plan_figure(plan: TransferPlan, coordinates: Mapping[str, tuple[float, float
     )  # fmt: skip
     _graticule(ax, centre, (x0, x1, y0, y1))
 
-    top = max((e.gbps for e in edges), default=1.0)
-    widest = 5.0 if len(edges) <= 6 else 2.5  # many hops: thinner, or they hide each other
-    labels = []
+    labels: list[Any] = []
     anchors: list[tuple[float, float]] = []  # the point each label names
-    into: dict[str, int] = {}
-    for e in edges:
-        # hops into one region bend alternately left and right, further each time, so that two routes
-        # to a destination (direct and through a nearby relay) stay apart
-        k = into[e.dst] = into.get(e.dst, -1) + 1
-        bend = 0.12 * (1 + k // 2) * (-1 if k % 2 else 1)
-        (xa, ya), (xb, yb) = where[e.src], where[e.dst]
-        ax.annotate(
-            "",
-            xy=(xb, yb),
-            xytext=(xa, ya),
-            arrowprops={
-                "arrowstyle": "-|>,head_length=0.6,head_width=0.35",
-                "lw": (width := 1.0 + widest * e.gbps / top),
-                "mutation_scale": 10 + 2.5 * width,  # the head grows with the line, or it disappears in it
-                "color": "#2b2b2b",
-                "alpha": 0.75,
-                "shrinkA": 7,
-                "shrinkB": 9,
-                "connectionstyle": f"arc3,rad={bend}",
-            },
-            zorder=3,
-            gid=f"hop {e.src} {e.dst}",
-        )
-        # the middle of matplotlib's arc3 curve: half-way, pushed aside by half the bend
-        mx, my = (xa + xb) / 2 + bend * (yb - ya) / 2, (ya + yb) / 2 - bend * (xb - xa) / 2
-        anchors.append((mx, my))
-        labels.append(
-            ax.text(mx, my, _gbps(e.gbps), fontsize=8, ha="center", va="center", zorder=4,
-                    bbox={"boxstyle": "round,pad=0.2", "fc": "#fffbe6", "ec": "#888888", "lw": 0.5})
-        )  # fmt: skip
-    lift = 0.02 * (y1 - y0)  # node labels start just above their marker
-    markers = []
-    for region in regions:
-        x, y = where[region]
-        role = roles.get(region, "relay")
-        colour = CLOUDS.get(region.split(":")[0], ("", "#888888"))[1]
-        markers.append(
-            ax.scatter(
-                [x],
-                [y],
-                s=MARKER_SIZE,
-                marker=ROLES[role],
-                c=colour,
-                edgecolors="black",
-                linewidths=1.0,
-                zorder=5,
-            )
-        )
-        vms = plan.relays.get(region, 0)
-        text = f"{region}\n{vms} VM{'s' if vms != 1 else ''}" if vms else region
-        anchors.append((x, y))
-        labels.append(
-            ax.text(x, y + lift, text, fontsize=8.5, ha="center", va="bottom", zorder=6, linespacing=1.1,
-                    bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85})
-        )  # fmt: skip
+    top, widest = _draw_hops(ax, edges, where, labels, anchors)
+    markers = _draw_regions(ax, plan, regions, roles, where, 0.02 * (y1 - y0), labels, anchors)
 
     speed = plan.speedup_over_direct
     ax.set_title(
@@ -276,6 +220,75 @@ def _connect(ax: Any, text: Any, anchor: tuple[float, float]) -> None:
             arrowprops={"arrowstyle": "-", "color": "#555555", "lw": 0.6, "shrinkA": 0, "shrinkB": 4,
                         "patchA": text.get_bbox_patch()},
         )  # fmt: skip
+
+
+def _draw_hops(
+    ax: Any,
+    edges: list[Any],
+    where: Mapping[str, tuple[float, float]],
+    labels: list[Any],
+    anchors: list[tuple[float, float]],
+) -> tuple[float, float]:
+    """Each hop an arrow as wide as its share of the fastest, with its Gbps label (added to
+    ``labels``, its point to ``anchors``); returns the fastest hop's Gbps and the widest extra line width."""
+    top = max((e.gbps for e in edges), default=1.0)
+    widest = 5.0 if len(edges) <= 6 else 2.5  # many hops: thinner, or they hide each other
+    into: dict[str, int] = {}
+    for e in edges:
+        # hops into one region bend alternately left and right, further each time, so that two routes
+        # to a destination (direct and through a nearby relay) stay apart
+        k = into[e.dst] = into.get(e.dst, -1) + 1
+        bend = 0.12 * (1 + k // 2) * (-1 if k % 2 else 1)
+        (xa, ya), (xb, yb) = where[e.src], where[e.dst]
+        width = 1.0 + widest * e.gbps / top
+        ax.annotate(
+            "", xy=(xb, yb), xytext=(xa, ya), zorder=3, gid=f"hop {e.src} {e.dst}",
+            arrowprops={
+                "arrowstyle": "-|>,head_length=0.6,head_width=0.35", "lw": width,
+                "mutation_scale": 10 + 2.5 * width,  # the head grows with the line, or it disappears in it
+                "color": "#2b2b2b", "alpha": 0.75, "shrinkA": 7, "shrinkB": 9,
+                "connectionstyle": f"arc3,rad={bend}",
+            },
+        )  # fmt: skip
+        # the middle of matplotlib's arc3 curve: half-way, pushed aside by half the bend
+        mx, my = (xa + xb) / 2 + bend * (yb - ya) / 2, (ya + yb) / 2 - bend * (xb - xa) / 2
+        anchors.append((mx, my))
+        labels.append(
+            ax.text(mx, my, _gbps(e.gbps), fontsize=8, ha="center", va="center", zorder=4,
+                    bbox={"boxstyle": "round,pad=0.2", "fc": "#fffbe6", "ec": "#888888", "lw": 0.5})
+        )  # fmt: skip
+    return top, widest
+
+
+def _draw_regions(
+    ax: Any,
+    plan: TransferPlan,
+    regions: list[str],
+    roles: Mapping[str, str],
+    where: Mapping[str, tuple[float, float]],
+    lift: float,
+    labels: list[Any],
+    anchors: list[tuple[float, float]],
+) -> list[Any]:
+    """Each region a marker (shape: role, colour: cloud) labelled with its name and VM count, the
+    label ``lift`` above it; returns the markers."""
+    markers = []
+    for region in regions:
+        x, y = where[region]
+        colour = CLOUDS.get(region.split(":")[0], ("", "#888888"))[1]
+        marker = ROLES[roles.get(region, "relay")]
+        markers.append(
+            ax.scatter([x], [y], s=MARKER_SIZE, marker=marker, c=colour, edgecolors="black", linewidths=1.0,
+                       zorder=5)
+        )  # fmt: skip
+        vms = plan.relays.get(region, 0)
+        text = f"{region}\n{vms} VM{'s' if vms != 1 else ''}" if vms else region
+        anchors.append((x, y))
+        labels.append(
+            ax.text(x, y + lift, text, fontsize=8.5, ha="center", va="bottom", zorder=6, linespacing=1.1,
+                    bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85})
+        )  # fmt: skip
+    return markers
 
 
 def _relief(centre: float) -> Any:
