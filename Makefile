@@ -39,8 +39,9 @@ azurite:
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# `make demo MIB=200` for a smaller day's partition (default 1536 MiB)
 demo: install
-	$(PY) -m airflow_skyplane.demo
+	$(PY) -m airflow_skyplane.demo $(if $(MIB),--mib $(MIB))
 
 bench: install
 	@for b in benchmarks/*.py; do \

@@ -65,7 +65,11 @@ def test_plan_with_grid_and_deadline() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["plan", "aws:moon-1", "aws:eu-west-1"], "unknown region 'aws:moon-1': known regions look like"),
+        (["plan", "aws:moon-1", "aws:eu-west-1"], "unknown region 'aws:moon-1' (SRC): did you mean"),
+        (
+            ["plan", "aws:us-east-1", "azure:europe-west4-a"],
+            "unknown region 'azure:europe-west4-a' (DST): did you mean gcp:europe-west4-a? names look like",
+        ),
         (
             ["plan", "aws:us-east-1", "aws:eu-west-1", "--max-cost-per-gb", "0.001"],
             "raise it to at least 0.02",
