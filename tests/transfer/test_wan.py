@@ -3,8 +3,8 @@
 Three regions as namespaces; the direct link is 4x slower than each link of the two-hop path. The
 planner, given those link rates, routes most of the flow through the relay, and the relay carries
 that share of the chunks. Gateways run inside their regions' namespaces, started over SSH by
-paramiko from an sshd in each namespace, as on cloud VMs. Needs root, ``ip`` and ``tc``: skipped
-with the reason otherwise. The times are printed, not asserted: the speedup is a figure of
+paramiko from an sshd in each namespace, as on cloud VMs. Needs root, ``ip``, ``tc`` and ``sshd``:
+skipped with the reason otherwise. The times are printed, not asserted: the speedup is a figure of
 ``benchmarks/peers.py`` (overlay vs. forced direct), measured on a quiet machine.
 """
 
@@ -18,17 +18,16 @@ import pytest
 from airflow_skyplane.planner import NetworkModel, Region, plan_transfer
 from airflow_skyplane.storage.local import LocalStore
 from airflow_skyplane.testing.digest import tree_digest
-from airflow_skyplane.testing.netns import EmulatedWAN, LinkSpec, list_namespaces, missing_requirements
+from airflow_skyplane.testing.netns import EmulatedWAN, LinkSpec, list_namespaces
 from airflow_skyplane.testing.wan_relays import local_relays as LocalRelayBackend
 from airflow_skyplane.transfer.job import Hop, Overlay, TransferJob, overlay_from_plan
 
 pytestmark = pytest.mark.root
-_why = missing_requirements()
 MiB = 1024 * 1024
 SRC, RELAY, DST = "aws:us-east-1", "aws:us-west-2", "aws:eu-west-1"
 
 
-@pytest.mark.skipif(_why is not None, reason=_why or "")
+@pytest.mark.requires("netns", "sshd")
 def test_planned_two_hop_transfer_routes_around_the_slow_direct_link(tmp_path: Path) -> None:
     direct_mbit, hop_mbit = 25.0, 100.0
     links = {
