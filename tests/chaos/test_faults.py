@@ -184,9 +184,9 @@ def test_a_source_object_overwritten_during_the_transfer(
         )  # fmt: skip
         outcome, detail = drive(job, lambda: direct.put("in/table.bin", new))
         proxy.clear()
-    # either version whole, never a mix of both; a failure must say the source changed
-    if outcome == "failed":
-        assert "changed during the transfer" in str(detail), detail
+    # a striped object that changed mid-way fails the transfer, and nothing is written for it
+    assert outcome == "failed" and "changed during the transfer" in str(detail), detail
+    assert "table.bin" not in {info.key for info in dst.list()}
     audit(
         request, fault="source object overwritten mid-transfer", backend="local", outcome=outcome,
         expected={"table.bin": [old, new], "steady.txt": b"unchanged\n"}, destination=dst,
