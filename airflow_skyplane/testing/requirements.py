@@ -11,15 +11,17 @@ under ``CI=true``.
 name            needed by                                   how to get it
 ==============  ==========================================  ========================================
 ``netns``       the emulated-WAN tests                      root, and Debian's iproute2 (``ip``, ``tc``)
-``sshd``        relays bootstrapped over SSH                Debian's openssh-server
+``sshd``        relays bootstrapped over SSH                Debian's openssh-server; without root,
+                                                            an account that is not locked
 ``nft``         link faults on the emulated WAN             Debian's nftables
 ``iperf3``      the link-shaping test                       Debian's iperf3
 ``tcpdump``     the wire capture of the security suite      Debian's tcpdump
 ``azurite``     the Azure Blob tests, the demo              ``make install`` (npm: Debian's nodejs, npm)
-``matplotlib``  the plan drawings                           ``make install`` (the ``dev`` extra)
 ==============  ==========================================  ========================================
 
-``rclone`` is needed by ``benchmarks/peers.py`` only; ``make install`` installs it with the others.
+``matplotlib`` (the plan drawings) and ``google_crc32c`` (the CRC32C combination test) are Python
+packages that ``make install`` installs. ``rclone`` is needed by ``benchmarks/peers.py`` only;
+``make install`` installs its Debian package with the others.
 
 Run as a script, with any Python 3 (this file uses the standard library only, so it runs before
 ``.venv`` exists)::
@@ -30,6 +32,7 @@ Run as a script, with any Python 3 (this file uses the standard library only, so
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -78,10 +81,34 @@ def _netns() -> str | None:
     return missing_requirements()
 
 
+@functools.cache
 def _sshd() -> str | None:
     from airflow_skyplane.testing.sshd import find_sshd
 
-    return None if find_sshd() else "needs `sshd` (Debian package openssh-server)"
+    if not find_sshd():
+        return "needs `sshd` (Debian package openssh-server)"
+    return None if os.geteuid() == 0 else _login_refused()
+
+
+def _login_refused() -> str | None:
+    """Without root, a local sshd can log in only the user running it, and refuses a locked account
+    (``nobody``'s, a service account's): try it once, as the tests would."""
+    from airflow_skyplane.compute.ssh import HostKeyPins, RelaySSH, SSHKeyPair
+    from airflow_skyplane.exceptions import SkyplaneError
+    from airflow_skyplane.testing.sshd import LocalSSHD
+
+    key = SSHKeyPair.generate("skyplane-requirements-probe")
+    sshd = LocalSSHD(key.public_openssh)
+    try:
+        with sshd, RelaySSH("127.0.0.1", port=sshd.port, username=sshd.username, key=key,
+                            pins=HostKeyPins(), connect_deadline_s=10):  # fmt: skip
+            return None
+    except SkyplaneError as err:
+        return (
+            f"a local sshd without root did not log in user {sshd.username!r} ({type(err).__name__}; "
+            "sshd refuses locked accounts, such as nobody's): run as root, or as a user whose account "
+            "is not locked"
+        )
 
 
 def _azurite() -> str | None:
