@@ -23,7 +23,7 @@ install: system-packages $(VENV)/.installed azurite
 # cannot make a virtualenv (Debian's python3 without it has no ensurepip).
 .PHONY: system-packages
 system-packages:
-	@missing="$$($(PYTHON) airflow_skyplane/testing/requirements.py packages)"; \
+	@missing="$$($(PYTHON) -I airflow_skyplane/testing/requirements.py packages)"; \
 	if [ ! -x $(UV) ] && ! $(PYTHON) -c 'import ensurepip' 2>/dev/null; then missing="$$missing python3-venv"; fi; \
 	missing="$$(echo $$missing)"; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \

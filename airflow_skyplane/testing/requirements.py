@@ -24,10 +24,10 @@ packages that ``make install`` installs. ``rclone`` is needed by ``benchmarks/pe
 ``make install`` installs its Debian package with the others.
 
 Run as a script, with any Python 3 (this file uses the standard library only, so it runs before
-``.venv`` exists)::
+``.venv`` exists; ``-I`` keeps this folder's modules off ``sys.path``)::
 
-    python3 airflow_skyplane/testing/requirements.py packages  # Debian packages missing, one a line
-    python3 -m airflow_skyplane.testing.requirements notice     # one line: which tests will skip, why
+    python3 -I airflow_skyplane/testing/requirements.py packages  # missing Debian packages, one a line
+    .venv/bin/python -m airflow_skyplane.testing.requirements notice  # one line: what will skip, why
 """
 
 from __future__ import annotations
