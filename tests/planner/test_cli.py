@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from airflow_skyplane.testing.plugin import require, skip_missing
+
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 CALIBRATION = SHARED / "throughput_grid_calibration.csv"
 
@@ -41,7 +43,7 @@ def test_plan_json() -> None:
 
 
 def test_plan_table_and_png(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib", reason="--png needs matplotlib")
+    require("matplotlib")  # --png draws with it
     png = tmp_path / "p.png"
     done = run("plan", "aws:us-east-1", "gcp:europe-west4-a", "azure:westeurope", "--png", str(png))
     assert done.returncode == 0, done.stderr
@@ -51,7 +53,7 @@ def test_plan_table_and_png(tmp_path: Path) -> None:
 
 def test_plan_with_grid_and_deadline() -> None:
     if not CALIBRATION.exists():
-        pytest.skip(f"{CALIBRATION} is absent (shared reference data beside the repository)")
+        skip_missing(f"{CALIBRATION} is absent (shared reference data beside the repository)")
     done = run(
         "plan", "gcp:us-central1-a", "aws:eu-west-1", "--grid", str(CALIBRATION),
         "--size-gb", "100", "--deadline-s", "300", "--max-vms-per-region", "4", "--json",
