@@ -52,7 +52,17 @@ class PlannerError(SkyplaneError):
 
 
 class InfeasiblePlanError(PlannerError):
-    """No plan satisfies the constraints; the message names the binding limit and how to relax it."""
+    """No plan satisfies the constraints; the message names the binding limit and how to relax it.
+
+    ``limits`` names the binding limits as data, by the planner's keyword arguments
+    (``max_vms_per_region``, ``max_vms``, ``min_throughput_gbps``, ``deadline_s``, ``budget_usd``,
+    ``max_cost_per_gb``, ``allowed_regions``), so that a caller with other names for them (the
+    operator's parameters) can name them in its own words.
+    """
+
+    def __init__(self, message: str, *, limits: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.limits = limits
 
 
 class GridError(InvalidInputError):

@@ -2,7 +2,7 @@
 
 One invocation builds one testbed and runs every contender on it, on the same data:
 
-* **network**: four regions as network namespaces (:class:`~airflow_skyplane.compute.netns.EmulatedWAN`),
+* **network**: four regions as network namespaces (:class:`~airflow_skyplane.testing.netns.EmulatedWAN`),
   every pair joined by a veth link shaped with ``tc`` htb to a scaled-down slice of the measured grid
   ``../shared/data/throughput_grid_calibration.csv`` (read at run time): ``--mbit-per-gbps`` Mbit/s
   of link per measured Gbps, and a cap on each TCP flow of 1/``--flows-to-fill`` of the link (a single
@@ -396,7 +396,7 @@ class Bench:
 
     # -- testbed -----------------------------------------------------------------------------------
     def start_testbed(self) -> None:
-        from airflow_skyplane.compute.netns import EmulatedWAN, LinkSpec
+        from airflow_skyplane.testing.netns import EmulatedWAN, LinkSpec
         from airflow_skyplane.testing.sky import EmulatorServer, emulator_argv, find_azurite
 
         azurite = find_azurite()
@@ -446,11 +446,11 @@ class Bench:
 
     # -- ours ------------------------------------------------------------------------------------
     def run_ours(self, prefix: str, dest: Destination, overlay: Any, run: Run) -> None:
-        from airflow_skyplane.compute.local import LocalRelayBackend
         from airflow_skyplane.storage.azure_blob import AzureBlobStore
         from airflow_skyplane.storage.gcs import GCSStore
         from airflow_skyplane.storage.s3 import S3Store
         from airflow_skyplane.testing.sky import GCP_PROJECT
+        from airflow_skyplane.testing.wan_relays import local_relays as LocalRelayBackend
         from airflow_skyplane.transfer.job import TransferJob
 
         bucket = self.new_bucket(dest, run.contender)
@@ -784,7 +784,7 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="folder for peers.json, peers.png and peers.md")
     parser.add_argument("--deadline-s", type=float, default=1800.0, help="stop starting runs after this")
     args = parser.parse_args()
-    from airflow_skyplane.compute.netns import missing_requirements
+    from airflow_skyplane.testing.netns import missing_requirements
 
     why = missing_requirements()
     if why or shutil.which("rclone") is None:

@@ -1,12 +1,16 @@
-"""Where relays run and how they are reached.
+"""Where relays run and how they are reached: clouds and local processes.
 
-- :mod:`.netns`: an emulated wide-area network on one Linux machine (regions as network namespaces,
-  links shaped with ``tc``), for the local relay backend.
-- :mod:`.ssh`: bootstrap of a relay over SSH with paramiko (pinned host keys, private file hand-over,
-  detached gateway start), the same for cloud VMs and local relays.
-- :mod:`.sshd`: a throwaway OpenSSH server, one per emulated region, so local relays are bootstrapped
-  exactly like cloud VMs.
+- :mod:`.launcher`: the seam between a transfer's controller and what runs its gateways
+  (``GatewayLauncher``, ``GatewayHandle``).
+- :mod:`.local`: gateways as processes on this machine, on loopback (the embedded default).
+- :mod:`.remote`: gateways on relay machines reached over SSH (a fleet's relay hosts, one transfer's
+  launcher on them); :mod:`.ssh`: the bootstrap over SSH with paramiko (pinned host keys, private
+  file hand-over, detached gateway start).
+- :mod:`.cloud`: a fleet's relay VMs across clouds, through :mod:`.aws` (``EC2Hook``), :mod:`.gcp`
+  (``ComputeEngineHook``) and :mod:`.azure` (``AzureComputeHook``), each importing its Airflow hook
+  lazily; :mod:`.relays`: what they share.
+- :mod:`.fleets`: the fleet records on the worker (find, tear down and sweep fleets by id).
 
-Nothing here imports Airflow; the cloud backends (built on Airflow's EC2, Compute Engine and Azure
-compute hooks) will import it lazily.
+The emulation the tests run these against (the emulated WAN of network namespaces, a throwaway
+sshd, emulated relay VMs) lives beside the emulated sky, in :mod:`airflow_skyplane.testing`.
 """

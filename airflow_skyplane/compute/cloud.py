@@ -9,12 +9,14 @@ return them in every path.
    failure callback, the cleanup operator) even if this process dies in the middle of provisioning;
 2. :meth:`CloudFleet.provision` rents one VM per region of the plans, every cloud in parallel (and,
    inside each backend, every region in parallel), each VM tagged with the fleet id and its expiry
-   and set to terminate itself then, and bootstraps them all at once (SSH reachable, the gateway's
+   and set to stop then (AWS and GCP delete it, Azure deallocates it), and bootstraps them
+   all at once (SSH reachable, the gateway's
    dependencies, this package); on any failure everything made so far is removed and the error
    (quota and capacity errors name the region, the quota and the fix) is raised;
 3. the VMs become :class:`~airflow_skyplane.compute.remote.RelayHost` entries: reached over SSH on
-   their public address (or private, ``relay_address="private"``), host keys pinned from the cloud's
-   console output where it shows them, else at the fleet's first connection;
+   their public address (or private, ``relay_address="private"``), host keys pinned at the fleet's
+   first connection (trust on first use) unless the console output shows them already (AWS only;
+   a new instance's is usually still empty);
 4. :meth:`CloudFleet.teardown` (idempotent) closes the SSH sessions and removes every resource of
    the fleet, found by tag.
 
@@ -32,11 +34,14 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_skyplane.compute.relays import RELAY_USER, RelayVM, check_worker_cidr
 from airflow_skyplane.compute.remote import RelayHost, RelayHosts
 from airflow_skyplane.exceptions import InvalidInputError
+
+if TYPE_CHECKING:
+    from airflow_skyplane.hooks.skyplane import SkyplaneSettings
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +71,34 @@ class CloudOptions:
     azure_resource_group: str | None = None
     azure_vm_size: str = "Standard_D32_v5"
     image: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: SkyplaneSettings,
+        *,
+        aws_conn_id: str | None,
+        gcp_conn_id: str | None,
+        azure_conn_id: str,
+    ) -> CloudOptions:
+        """The options of the ``skyplane`` settings, with the task's cloud connections."""
+        return cls(
+            worker_cidr=settings.worker_cidr or "",
+            relay_address=settings.relay_address,
+            ssh_port=settings.ssh_port,
+            ssh_username=settings.ssh_username,
+            relay_python=settings.relay_python,
+            use_spot=settings.use_spot,
+            aws_conn_id=aws_conn_id or "aws_default",
+            aws_instance_type=settings.aws_instance_type,
+            aws_subnets=dict(settings.aws_subnets),
+            gcp_conn_id=gcp_conn_id or "google_cloud_default",
+            gcp_machine_type=settings.gcp_machine_type,
+            azure_conn_id=azure_conn_id,
+            azure_resource_group=settings.azure_resource_group,
+            azure_vm_size=settings.azure_vm_size,
+            image=dict(settings.relay_image),
+        )
 
     def __post_init__(self) -> None:
         check_worker_cidr(self.worker_cidr)

@@ -3,10 +3,8 @@
 A :class:`RelayHosts` is the fleet's set of machines, one per region (:class:`RelayHost`), with the
 fleet's SSH key and host-key pins, and one paramiko session per machine, opened on first use and
 shared by every transfer of the fleet. :meth:`RelayHosts.backend` gives one transfer its gateway
-backend, :class:`SSHRelayBackend`, which has the surface of the local backend
-(:class:`~airflow_skyplane.compute.local.LocalRelayBackend`: ``start``, ``stop``, ``teardown``,
-``running``, ``gateways``) and tells the transfer job where its gateways listen and how they reach
-each other:
+backend, :class:`SSHRelayBackend`, a :class:`~airflow_skyplane.compute.launcher.GatewayLauncher`
+that also tells the transfer job where its gateways listen and how they reach each other:
 
 * a gateway **listens** on its machine's own address (a VM's private address, which the cloud maps
   its public one to) on a port of :data:`~airflow_skyplane.compute.relays.GATEWAY_PORTS`, the range
@@ -28,18 +26,24 @@ control port. Teardown stops every gateway and deletes its folder on the relay (
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shlex
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from airflow_skyplane.compute.local import SSHGateway, launch_over_ssh
+from airflow_skyplane.compute.launcher import StartedGateway
 from airflow_skyplane.compute.relays import GATEWAY_PORT, GATEWAY_PORT_LAST
 from airflow_skyplane.exceptions import InvalidInputError, TransferError
+from airflow_skyplane.gateway.program import Program
+
+if TYPE_CHECKING:
+    from airflow_skyplane.compute.ssh import RelaySSH
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,113 @@ class RelayHost:
     username: str = "ubuntu"
     host_keys: list[str] = field(default_factory=list)  # pinned before the first connection, if known
     instance_id: str = ""
+
+
+@dataclass(kw_only=True)
+class SSHGateway(StartedGateway):
+    """A gateway started over SSH on a relay machine."""
+
+    session: RelaySSH
+    pid: int
+    #: its log on the relay
+    log_path: str
+    stopped: bool = False
+
+    def alive(self) -> bool:
+        return not self.stopped and bool(self.session.is_running(self.pid))
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.alive() else -1
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            data = self.session.get(self.log_path)
+        except Exception as err:  # noqa: BLE001 - only for an error message
+            return f"(log unavailable: {err})"
+        return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+def ship_program(session: RelaySSH, remote: str, program: Program) -> str:
+    """Hand ``program`` and every file it names (certificates, keys, manifest, uploads) to a relay
+    over SFTP, each 0600 before a byte is written, the program naming the relay's copies; return the
+    program's path on the relay."""
+    shipped: dict[str, str] = {}
+
+    def ship(path: str) -> str:
+        if path not in shipped:
+            shipped[path] = f"{remote}/{len(shipped):02d}-{Path(path).name}"
+            session.put(shipped[path], Path(path).read_bytes(), mode=0o600)
+        return shipped[path]
+
+    source, destination = program.source, program.destination
+    on_relay = replace(
+        program,
+        tls={role: ship(path) for role, path in program.tls.items()},
+        cipher_key_file=ship(program.cipher_key_file) if program.cipher_key_file else None,
+        source={**source, "manifest": ship(source["manifest"])} if source else None,
+        destination=(
+            {**destination, "uploads_file": ship(destination["uploads_file"])}
+            if destination and destination.get("uploads_file")
+            else destination
+        ),
+    )
+    session.put(f"{remote}/program.json", on_relay.dumps().encode(), mode=0o600)
+    return f"{remote}/program.json"
+
+
+def launch_over_ssh(
+    session: RelaySSH,
+    remote: str,
+    program: Program,
+    region: str,
+    *,
+    python: str,
+    package: str,
+    timeout: float,
+    gateways: dict[str, Any],
+    forward_control: bool,
+) -> SSHGateway:
+    """Ship ``program`` to the relay's folder ``remote``, start the gateway detached with ``package``
+    (this package's zip) on its path, record it in ``gateways`` (so a teardown finds it even if it
+    never becomes ready) and wait for its ready file. With ``forward_control``, its control endpoint
+    (on the relay's loopback) is reached through an SSH port forward."""
+    program_path = ship_program(session, remote, program)
+    pid = session.start_daemon(
+        [python, "-m", "airflow_skyplane.gateway", "--program", program_path,
+         "--ready-file", f"{remote}/ready.json"],
+        workdir=remote,
+        log_path=f"{remote}/gateway.log",
+        env={"PYTHONPATH": package},
+    )  # fmt: skip
+    gateway = SSHGateway(
+        gateway_id=program.gateway_id,
+        region=region,
+        session=session,
+        pid=pid,
+        log_path=f"{remote}/gateway.log",
+    )
+    gateway.control_host = "127.0.0.1" if forward_control else program.control.host
+    gateways[program.gateway_id] = gateway
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        probe = session.run(f"cat {shlex.quote(remote)}/ready.json 2>/dev/null", check=False)
+        if probe.exit_status == 0 and probe.stdout.strip():
+            ready = json.loads(probe.stdout)
+            gateway.info, gateway.listen_port = ready, ready.get("listen_port")
+            port = int(ready["control_port"])
+            gateway.control_port = session.forward(port) if forward_control else port
+            return gateway
+        if not session.is_running(pid):
+            raise TransferError(
+                f"gateway {program.gateway_id} on relay {region} ({session.host_id}) exited while "
+                f"starting; its log ends with:\n{gateway.log_tail()}"
+            )
+        time.sleep(0.1)
+    raise TransferError(
+        f"gateway {program.gateway_id} on relay {region} did not become ready in {timeout:.0f} s; its log "
+        f"ends with:\n{gateway.log_tail()}"
+    )
 
 
 def gateway_requirements() -> list[str]:
@@ -204,15 +315,16 @@ class RelayHosts:
 class SSHRelayBackend:
     """Start, watch and stop one transfer's gateways on the fleet's relays, over SSH."""
 
-    via_ssh = True  # gateways outlive no SSH session of ours: the worker's death ends nothing here
-    wan = None
-
     def __init__(self, relays: RelayHosts, tag: str) -> None:
         self.relays = relays
         self.tag = "".join(c if c.isalnum() else "-" for c in tag)
         self.gateways: dict[str, SSHGateway] = {}
 
-    # -- where gateways listen and how they reach each other (read by the transfer job) -----------
+    # -- where gateways listen and how they reach each other (GatewayLauncher) ---------------------
+    @property
+    def same_machine(self) -> bool:
+        return False  # the relays cannot watch the worker's processes; they stop at the fleet's expiry
+
     def listen_endpoint(self, region: str | None) -> tuple[str, int]:
         host = self.relays.host(region)
         return host.listen_address, self.relays.next_port(host.region)
@@ -223,12 +335,12 @@ class SSHRelayBackend:
     def hop_address(self, src_region: str | None, dst_region: str | None) -> str:
         return self.relays.host(dst_region).data_address
 
-    def cert_addresses(self, region: str | None) -> list[str]:
+    def cert_addresses(self, region: str | None, peers: Sequence[str | None] = ()) -> list[str]:
         host = self.relays.host(region)
         return sorted({host.data_address, host.listen_address} - {"0.0.0.0"})
 
     # -- gateways ---------------------------------------------------------------------------------
-    def start(self, program: Any, region: str | None = None, timeout: float = 60.0) -> SSHGateway:
+    def start(self, program: Program, region: str | None = None, timeout: float = 60.0) -> SSHGateway:
         host = self.relays.host(region)
         package = self.relays.prepare(host.region)
         session = self.relays.session(host.region)

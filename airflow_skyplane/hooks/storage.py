@@ -2,7 +2,8 @@
 
 Each cloud store gets its SDK client from the Airflow hook of its provider, so every option a
 connection can carry (credentials, role assumption, endpoint, proxies, retries) applies as it does to
-Airflow's own transfer operators:
+Airflow's own transfer operators. Which hook and which connection is the store kind's
+(:mod:`airflow_skyplane.storage.kinds`):
 
 ============  ======================  ===============================  ===========================
 scheme        hook                    default connection id            client
@@ -23,11 +24,8 @@ from dataclasses import dataclass
 
 from airflow_skyplane.exceptions import ConnectionNotFoundError, InvalidInputError, SkyplaneError
 from airflow_skyplane.storage.base import ObjectStore
+from airflow_skyplane.storage.kinds import ConnectionKind, store_kind
 from airflow_skyplane.storage.uri import StorageURI, parse_uri
-
-DEFAULT_CONN_IDS = {"s3": "aws_default", "gs": "google_cloud_default", "az": "wasb_default"}
-_CONN_TYPES = {"s3": "aws", "gs": "google_cloud_platform", "az": "wasb"}
-_EXTRAS = {"s3": "amazon", "gs": "google", "az": "azure"}
 
 
 @dataclass(frozen=True)
@@ -39,7 +37,7 @@ class Location:
     uri: StorageURI
 
 
-def _require_connection(conn_id: str, scheme: str, uri: str, *, optional: bool) -> bool:
+def _require_connection(conn_id: str, kind: ConnectionKind, uri: str, *, optional: bool) -> bool:
     """True when the connection exists; raise when it must exist and does not."""
     from airflow.sdk import BaseHook
     from airflow.sdk.exceptions import AirflowNotFoundException
@@ -52,17 +50,10 @@ def _require_connection(conn_id: str, scheme: str, uri: str, *, optional: bool) 
         env = "AIRFLOW_CONN_" + conn_id.upper().replace("-", "_")
         raise ConnectionNotFoundError(
             f"Airflow connection {conn_id!r} (needed for {uri}) does not exist: create it with "
-            f"'airflow connections add {conn_id} --conn-type {_CONN_TYPES[scheme]} ...' or set {env}, "
+            f"'airflow connections add {conn_id} --conn-type {kind.conn_type} ...' or set {env}, "
             "or pass the id of an existing connection"
         ) from None
     return True
-
-
-def _missing_provider(scheme: str, err: ImportError) -> InvalidInputError:
-    return InvalidInputError(
-        f"{scheme}:// URIs need the {_EXTRAS[scheme]} provider ({err.name} is not installed): "
-        f"pip install 'airflow-skyplane[{_EXTRAS[scheme]}]'"
-    )
 
 
 def open_store(
@@ -79,47 +70,22 @@ def open_store(
     credentials fail here with a clear message rather than in the middle of a transfer.
     """
     parsed = parse_uri(uri)
-    store: ObjectStore
-    if parsed.scheme == "file":
-        from airflow_skyplane.storage.local import LocalStore
+    kind = store_kind(parsed.scheme)
+    connection = kind.connection
+    if connection is None:  # local files: nothing to probe beyond what the adapter checks
+        return Location(kind.open(parsed, None, exists=False, uri=uri), parsed.prefix, parsed)
 
-        return Location(LocalStore(parsed.bucket), parsed.prefix, parsed)
-
-    given = {"s3": aws_conn_id, "gs": gcp_conn_id, "az": wasb_conn_id}[parsed.scheme]
-    conn_id = given or DEFAULT_CONN_IDS[parsed.scheme]
-    optional = given is None and parsed.scheme in ("s3", "gs")
-    exists = _require_connection(conn_id, parsed.scheme, uri, optional=optional)
-
+    given = {"aws_conn_id": aws_conn_id, "gcp_conn_id": gcp_conn_id, "wasb_conn_id": wasb_conn_id}
+    conn_id = given.get(connection.param) or connection.default_id
+    optional = given.get(connection.param) is None and connection.default_optional
+    exists = _require_connection(conn_id, connection, uri, optional=optional)
     try:
-        if parsed.scheme == "s3":
-            from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-            from airflow_skyplane.storage.s3 import S3Store
-
-            store = S3Store(
-                S3Hook(aws_conn_id=conn_id if exists else None).get_conn(), parsed.bucket, conn_id=conn_id
-            )
-        elif parsed.scheme == "gs":
-            from airflow.providers.google.cloud.hooks.gcs import GCSHook
-
-            from airflow_skyplane.storage.gcs import GCSStore
-
-            store = GCSStore(GCSHook(gcp_conn_id=conn_id).get_conn(), parsed.bucket, conn_id=conn_id)
-        else:
-            from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
-
-            from airflow_skyplane.storage.azure_blob import AzureBlobStore
-
-            client = WasbHook(wasb_conn_id=conn_id).get_conn()
-            if parsed.account and client.account_name != parsed.account:
-                raise InvalidInputError(
-                    f"{uri} names storage account {parsed.account!r} but connection {conn_id!r} is for "
-                    f"account {client.account_name!r}: use a connection for {parsed.account!r}, or write "
-                    "the URI as az://container/prefix"
-                )
-            store = AzureBlobStore(client, parsed.bucket, conn_id=conn_id)
+        store = kind.open(parsed, conn_id, exists=exists, uri=uri)
     except ImportError as err:
-        raise _missing_provider(parsed.scheme, err) from None
+        raise InvalidInputError(
+            f"{parsed.scheme}:// URIs need the {connection.extra} provider ({err.name} is not installed): "
+            f"pip install 'airflow-skyplane[{connection.extra}]'"
+        ) from None
     except SkyplaneError:
         raise
     except Exception as err:  # noqa: BLE001 - hooks raise many kinds of credential errors

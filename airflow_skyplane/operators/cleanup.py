@@ -60,7 +60,7 @@ class SkyplaneCleanupOperator(BaseOperator):
     def execute(self, context: Any) -> list[str]:
         from airflow_skyplane.compute import fleets
         from airflow_skyplane.hooks.skyplane import SkyplaneHook
-        from airflow_skyplane.hooks.transfer import teardown
+        from airflow_skyplane.transfer.fleet import teardown
 
         state_dir = SkyplaneHook(self.skyplane_conn_id).get_settings().fleets_dir()
         now = time.time()

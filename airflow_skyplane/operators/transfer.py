@@ -5,21 +5,23 @@ The operator only conducts; each step is a module of its own:
 1. **resolve** the URIs through the Airflow hooks and connections (:mod:`airflow_skyplane.hooks.storage`)
    and check every parameter, before anything is listed or started;
 2. **inventory**: list the source (filtered by ``include``/``exclude``) and, in ``sync`` mode, diff it
-   against each destination by a streaming merge (:mod:`airflow_skyplane.transfer.diff`);
-3. **plan** the overlay when the regions are known (:mod:`airflow_skyplane.planner`), logging the plan
-   table, its cost estimate and the direct-path baseline;
+   against each destination by a streaming merge (:mod:`airflow_skyplane.transfer.inventory`, the
+   same the replica sensor uses);
+3. **plan** the overlay when the regions are known (:mod:`airflow_skyplane.operators.planning`),
+   logging the plan table, its cost estimate and the direct-path baseline;
 4. **provision and transfer**: start the fleet of gateways under one fleet id
-   (:class:`~airflow_skyplane.hooks.transfer.FleetTransfer`), logging a progress line every few
+   (:class:`~airflow_skyplane.transfer.fleet.FleetTransfer`), logging a progress line every few
    seconds; or leave it running and return (``wait_for_completion=False``, for
    :class:`~airflow_skyplane.sensors.transfer.SkyplaneTransferSensor`), or defer to
    :class:`~airflow_skyplane.triggers.transfer.SkyplaneTransferTrigger` (``deferrable=True``);
 5. **verify** every object and **tear down**, always: in ``finally``, in :meth:`on_kill`, and in the
-   ``on_failure_callback`` the operator adds to the task (beside any the user gives), each finding
-   the fleet by its id alone, which the task pushes to XCom (key ``skyplane_fleet_id``) before it
-   starts a single gateway.
+   ``on_failure_callback`` the operator adds to the task (:mod:`airflow_skyplane.operators.callbacks`,
+   beside any the user gives), each finding the fleet by its id alone, which the task pushes to XCom
+   (key ``skyplane_fleet_id``) before it starts a single gateway.
 
 Settings come from the operator's arguments, then the ``skyplane`` connection, then ``[skyplane]``
-(:class:`~airflow_skyplane.hooks.skyplane.SkyplaneHook`). The summary it returns (and so pushes to
+(:class:`~airflow_skyplane.hooks.skyplane.SkyplaneHook`), and reach the gateways as one
+:class:`~airflow_skyplane.transfer.options.TransferOptions`. The summary it returns (and so pushes to
 XCom) holds no credential.
 """
 
@@ -29,101 +31,30 @@ import math
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_skyplane.exceptions import InfeasiblePlanError, InvalidInputError, TransferError
+from airflow_skyplane.exceptions import InvalidInputError, TransferError
+from airflow_skyplane.operators.callbacks import (
+    FLEET_XCOM_KEY,
+    push_state_keys,
+    teardown_on_failure,
+    will_retry,
+    with_callback,
+)
+from airflow_skyplane.transfer.inventory import MODES
+from airflow_skyplane.transfer.options import TransferOptions
+from airflow_skyplane.transfer.summary import summarize
+
+if TYPE_CHECKING:
+    from airflow_skyplane.hooks.skyplane import SkyplaneSettings
+    from airflow_skyplane.hooks.storage import Location
+    from airflow_skyplane.operators.planning import TransferPlanner
+    from airflow_skyplane.transfer.diff import DiffCounts, Spool
+    from airflow_skyplane.transfer.fleet import FleetTransfer
 
 MiB = 1024 * 1024
-MODES = ("copy", "sync")
-FLEET_XCOM_KEY = "skyplane_fleet_id"
-#: XCom of the durable transfer states (``[[destination URI, state key], ...]``), for the callback
-STATE_XCOM_KEY = "skyplane_state"
-
-# planner errors speak the CLI's flags; the operator's users know its parameters
-_FLAG_NAMES = {
-    "--max-vms-per-region": "max_relays_per_region",
-    "--max-vms": "max_relays (skyplane connection)",
-    "--min-throughput-gbps": "min_throughput_gbps",
-    "--max-cost-per-gb": "max_cost_usd",
-}
-
-
-def teardown_on_failure(context: Any) -> None:
-    """The ``on_failure_callback`` every transfer task gets: tear its fleet down by its id.
-
-    Runs in the failed task's process, or wherever Airflow runs callbacks of a task whose worker
-    died; it needs only the fleet id from XCom and the fleet records. Idempotent.
-    """
-    from airflow_skyplane.hooks.skyplane import SkyplaneHook
-    from airflow_skyplane.hooks.transfer import teardown
-
-    ti = context.get("ti") if hasattr(context, "get") else None
-    task = context.get("task") if hasattr(context, "get") else None
-    if ti is None:
-        return
-    fleet_id = ti.xcom_pull(task_ids=ti.task_id, key=FLEET_XCOM_KEY, map_indexes=ti.map_index)
-    if not fleet_id:
-        return
-    conn_id = getattr(task, "skyplane_conn_id", "skyplane_default")
-    state_dir = SkyplaneHook(conn_id).get_settings().fleets_dir()
-    running = teardown(fleet_id, state_dir)
-    if running:
-        ti.log.warning("fleet %s torn down after the failure: stopped %s", fleet_id, ", ".join(running))
-    discard_states(ti, task)
-
-
-def discard_states(ti: Any, task: Any) -> None:
-    """The task failed for good: abort the uploads its resumable transfers kept for a retry, and
-    delete their states (found through XCom, so this works wherever the callback runs)."""
-    from airflow_skyplane.hooks.storage import open_store
-    from airflow_skyplane.transfer.resume import discard_state
-
-    states = ti.xcom_pull(task_ids=ti.task_id, key=STATE_XCOM_KEY, map_indexes=ti.map_index) or []
-    for uri, key in states:
-        try:
-            location = open_store(
-                uri,
-                aws_conn_id=getattr(task, "aws_conn_id", None),
-                gcp_conn_id=getattr(task, "gcp_conn_id", None),
-                wasb_conn_id=getattr(task, "wasb_conn_id", None),
-            )
-            aborted = discard_state(location.store, key)
-        except Exception as err:  # noqa: BLE001 - the other destinations still get cleaned
-            ti.log.warning("could not discard the transfer state %s of %s: %s", key, uri, err)
-            continue
-        ti.log.warning("transfer state of %s discarded after the failure: %d upload(s) aborted", uri, aborted)
-
-
-def summarize(base: dict[str, Any], results: Sequence[Any], deleted: Sequence[int] = ()) -> dict[str, Any]:
-    """The XCom summary of a finished transfer: ``base`` (plans, diff counts) and the results."""
-    summary = {**base, "status": "done"}
-    if "sync" in summary:
-        summary["sync"] = [
-            {**counts, "deleted": deleted[n] if n < len(deleted) else 0}
-            for n, counts in enumerate(summary["sync"])
-        ]
-    per = [r.summary() for r in results]
-    for entry, uri in zip(per, base["destinations"], strict=True):
-        entry["destination"] = uri
-    summary["transfers"] = per
-    for key in ("objects", "bytes", "wire_bytes", "resends", "checksums_verified", "resumed_bytes"):
-        summary[key] = sum(r.get(key, 0) for r in per)
-    seconds = round(max((r.seconds for r in results), default=0.0), 3)
-    summary["seconds"] = seconds
-    summary["gbps"] = round(summary["bytes"] * 8 / seconds / 1e9, 4) if seconds else 0.0
-    summary["wire_to_raw"] = round(summary["wire_bytes"] / summary["bytes"], 4) if summary["bytes"] else None
-    return summary
-
-
-def with_callback(
-    given: Callable[..., Any] | Sequence[Callable[..., Any]] | None, ours: Callable[..., Any]
-) -> list[Callable[..., Any]]:
-    """The user's failure callback(s), then ours: composing, never replacing, what the user passed."""
-    if given is None:
-        return [ours]
-    return [given, ours] if callable(given) else [*given, ours]
 
 
 def _as_list(value: str | Sequence[str] | None) -> list[str]:
@@ -184,9 +115,12 @@ class SkyplaneTransferOperator(BaseOperator):
         to its cloud, or ``auto`` (each region's own cloud). One VM per region of the plan, source and
         destination regions included, bootstrapped over SSH and always torn down; a relay region
         refused for quota or capacity is planned around (up to three times).
-    :param compression: lz4 per chunk where it pays (default on).
+    :param compression: lz4 per chunk: ``True`` or ``"auto"`` where a sample shows it pays (the
+        default), ``"always"``, or ``False`` or ``"never"``.
     :param encryption: AES-GCM end to end (default on).
     :param chunk_size_mb: chunk size on the wire.
+    :param connections_per_hop: TCP connections per overlay edge (the cap of a planned edge's; default
+        the ``connections_per_relay`` setting, 8).
     :param resume: checkpoint the transfer in the destination store (``state_prefix`` setting) so
         that a retry of this task instance continues where the failed try stopped, sending only
         what was not written; the failed try keeps its multipart uploads for the retry, and they are
@@ -235,10 +169,10 @@ class SkyplaneTransferOperator(BaseOperator):
         max_relays_per_region: int | None = None,
         allowed_regions: Sequence[str] | None = None,
         relay_backend: str | None = None,
-        compression: bool | None = None,
+        compression: bool | str | None = None,
         encryption: bool | None = None,
         chunk_size_mb: int | None = None,
-        connections_per_hop: int = 8,
+        connections_per_hop: int | None = None,
         resume: bool = True,
         dry_run: bool = False,
         wait_for_completion: bool = True,
@@ -300,10 +234,13 @@ class SkyplaneTransferOperator(BaseOperator):
                 "compression": compression,
                 "encryption": encryption,
                 "chunk_size_mb": chunk_size_mb,
+                "connections_per_relay": connections_per_hop,
             }.items()
             if v is not None
         }
-        if not 1 <= connections_per_hop <= 256:
+        if connections_per_hop is not None and not (
+            isinstance(connections_per_hop, int) and 1 <= connections_per_hop <= 256
+        ):
             raise InvalidInputError(
                 f"connections_per_hop={connections_per_hop} is out of range: use 1 to 256"
             )
@@ -323,13 +260,11 @@ class SkyplaneTransferOperator(BaseOperator):
             )
         self.poll_interval = _seconds("poll_interval", poll_interval) or 5.0
         self.timeout_s = _seconds("timeout_s", timeout_s) or 24 * 3600.0
-        self._fleet: Any = None
+        self._fleet: FleetTransfer | None = None
         self._killed = False  # on_kill ran (SIGTERM): stop, whatever step execute is at
-        #: test-only fault hooks per gateway id, handed to the gateway programs (see the daemon)
-        self.test_faults: dict[str, dict[str, Any]] | None = None
 
     # -- resolve -------------------------------------------------------------------------------------
-    def _settings(self) -> Any:
+    def _settings(self) -> SkyplaneSettings:
         from airflow_skyplane.hooks.skyplane import SkyplaneHook
 
         settings = SkyplaneHook(self.skyplane_conn_id).get_settings()
@@ -377,84 +312,25 @@ class SkyplaneTransferOperator(BaseOperator):
             )
         return regions  # type: ignore[return-value]
 
-    def _open(self, uri: str) -> Any:
+    def _open(self, uri: str) -> Location:
         from airflow_skyplane.hooks.storage import open_store
 
         return open_store(
             uri, aws_conn_id=self.aws_conn_id, gcp_conn_id=self.gcp_conn_id, wasb_conn_id=self.wasb_conn_id
         )
 
-    def _check_paths(self, src: Any, dst: Any, dst_uri: str) -> None:
-        same_bucket = (src.uri.scheme, src.uri.bucket, src.uri.account) == (
-            dst.uri.scheme,
-            dst.uri.bucket,
-            dst.uri.account,
-        )
-        if same_bucket and (dst.prefix.startswith(src.prefix) or src.prefix.startswith(dst.prefix)):
+    def _check_paths(self, src: Location, dst: Location, dst_uri: str) -> None:
+        if src.uri.overlaps(dst.uri):
             raise InvalidInputError(
                 f"destination={dst_uri!r} overlaps source={self.source!r}: the copy would read "
                 "what it writes; choose a destination outside the source prefix"
             )
 
-    @staticmethod
-    def _region_of(location: Any) -> str | None:
-        store = location.store
-        if store.scheme == "s3":
-            region = getattr(store.client.meta, "region_name", None)
-            return f"aws:{region}" if region else None
-        return None
-
-    # -- plan ----------------------------------------------------------------------------------------
-    def _plan(
-        self,
-        settings: Any,
-        src_region: str | None,
-        dst_regions: Sequence[str],
-        size_gb: float,
-        excluded: Sequence[str] = (),
-    ) -> Any:
-        from airflow_skyplane.planner import NetworkModel, plan_transfer
-        from airflow_skyplane.planner.regions import match_regions
-
-        model = NetworkModel.from_csv(settings.grid_path) if settings.grid_path else NetworkModel.default()
-        size = max(size_gb, 1e-9)
-        allowed = list(settings.allowed_regions) or None
-        if settings.relay_backend in ("aws", "gcp", "azure"):
-            allowed = allowed or [f"{settings.relay_backend}:*"]
-            for region in (src_region, *dst_regions):
-                if region and not region.startswith(f"{settings.relay_backend}:"):
-                    raise InvalidInputError(
-                        f"relay_backend={settings.relay_backend!r} rents relays in that cloud only, but "
-                        f"{region!r} is elsewhere: use relay_backend='auto' (relays in each region's cloud)"
-                    )
-        if excluded:
-            allowed = [r for r in match_regions(allowed or ["*"], model.regions) if r not in excluded]
-        try:
-            return plan_transfer(
-                model,
-                src_region,  # type: ignore[arg-type]
-                list(dst_regions) if len(dst_regions) > 1 else dst_regions[0],
-                objective=settings.objective,
-                min_throughput_gbps=self.min_throughput_gbps,
-                size_gb=size if (self.deadline_s is not None or self.max_cost_usd is not None) else None,
-                deadline_s=self.deadline_s,
-                budget_usd=self.max_cost_usd,
-                max_vms_per_region=settings.max_relays_per_region,
-                max_vms=settings.max_relays,
-                allowed_regions=allowed,
-            )
-        except InfeasiblePlanError as err:
-            message = str(err)
-            for flag, name in _FLAG_NAMES.items():
-                message = message.replace(flag, name)
-            if self.deadline_s is not None and "deadline" in message:
-                message = message.replace("deadline ", "deadline=", 1)
-            raise InfeasiblePlanError(f"task {self.task_id!r}: {message}") from None
-
     # -- execute -------------------------------------------------------------------------------------
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow_skyplane.transfer.diff import DiffCounts, KeyFilter, Spool, check_patterns, diff, select
-        from airflow_skyplane.transfer.resume import check_destination, hide_state
+        from airflow_skyplane.transfer import inventory
+        from airflow_skyplane.transfer.diff import DiffCounts, KeyFilter, Spool, check_patterns
+        from airflow_skyplane.transfer.resume import check_destination
 
         settings = self._settings()
         destinations = self._destinations()
@@ -465,7 +341,6 @@ class SkyplaneTransferOperator(BaseOperator):
         for dst, uri in zip(dsts, destinations, strict=True):
             self._check_paths(src, dst, uri)
             check_destination(settings.state_prefix, dst.prefix, uri)
-        hidden = settings.state_prefix  # checkpoints of transfers are never data to send or diff
         src.store.check_bucket()
         for dst in dsts:
             dst.store.check_bucket()
@@ -475,21 +350,13 @@ class SkyplaneTransferOperator(BaseOperator):
         spools: list[Spool] = []
         try:
             for dst, count in zip(dsts, counts, strict=True):
-                if self.mode == "sync":
-                    items = diff(
-                        hide_state(src.store.list(src.prefix), hidden),
-                        hide_state(dst.store.list(dst.prefix), hidden),
-                        source_prefix=src.prefix, destination_prefix=dst.prefix,
-                        compare=self.compare, keep=keep, counts=count,
-                        keep_extraneous=self.max_delete + 1 if self.delete_extraneous else 0,
-                    )  # fmt: skip
-                else:
-                    items = select(
-                        hide_state(src.store.list(src.prefix), hidden), source_prefix=src.prefix, keep=keep
-                    )
+                items = inventory.to_send(
+                    src, dst, mode=self.mode, compare=self.compare, keep=keep,
+                    state_prefix=settings.state_prefix, counts=count,
+                    keep_extraneous=self.max_delete + 1 if self.delete_extraneous else 0,
+                )  # fmt: skip
                 spools.append(Spool(items))
-                if self.mode == "copy":
-                    count.new = spools[-1].count
+            self._check_deletes(destinations, counts)
             return self._plan_and_send(
                 context, settings, src, dsts, destinations, dst_regions, counts, spools
             )
@@ -497,43 +364,54 @@ class SkyplaneTransferOperator(BaseOperator):
             for spool in spools:
                 spool.close()
 
+    def _check_deletes(self, destinations: list[str], counts: list[DiffCounts]) -> None:
+        """Log what ``sync`` found; refuse to delete more than ``max_delete`` at any destination."""
+        if self.mode != "sync":
+            return
+        fate = "kept"
+        if self.delete_extraneous:
+            fate = "would be deleted: dry run" if self.plan_only else "to delete once all is verified"
+        for uri, c in zip(destinations, counts, strict=True):
+            self.log.info(
+                "sync %s: %d new, %d changed, %d unchanged, %d only at the destination (%s)",
+                uri, c.new, c.changed, c.unchanged, c.extraneous, fate,
+            )  # fmt: skip
+            if self.delete_extraneous and c.extraneous > self.max_delete:
+                raise InvalidInputError(
+                    f"sync would delete {c.extraneous} objects under {uri}, more than max_delete="
+                    f"{self.max_delete}: check the source prefix (a wrong or empty source would empty "
+                    "the replica), or raise max_delete"
+                )
+
+    def _planner(self, settings: SkyplaneSettings) -> TransferPlanner:
+        from airflow_skyplane.operators.planning import TransferPlanner
+
+        return TransferPlanner(
+            settings, task_id=self.task_id, min_throughput_gbps=self.min_throughput_gbps,
+            deadline_s=self.deadline_s, max_cost_usd=self.max_cost_usd, log=self.log,
+        )  # fmt: skip
+
     def _plan_and_send(
         self,
         context: Any,
-        settings: Any,
-        src: Any,
-        dsts: list[Any],
+        settings: SkyplaneSettings,
+        src: Location,
+        dsts: list[Location],
         destinations: list[str],
         dst_regions: list[str | None],
-        counts: list[Any],
-        spools: list[Any],
+        counts: list[DiffCounts],
+        spools: list[Spool],
     ) -> dict[str, Any]:
-        from airflow_skyplane.hooks.transfer import TransferRequest
+        from airflow_skyplane.operators.launch import start_fleet
+        from airflow_skyplane.operators.planning import region_of
+        from airflow_skyplane.transfer.fleet import FleetWork, TransferRequest
 
+        planner = self._planner(settings)
         needed = [spool.bytes for spool in spools]
-        src_region = self.source_region or self._region_of(src)
-        regions: list[str] = [r or self._region_of(d) or "" for r, d in zip(dst_regions, dsts, strict=True)]
-        plans: list[Any] = []
-        for uri, region, n in zip(destinations, regions, needed, strict=True):
-            if not src_region or not region:
-                self.log.info(
-                    "No region known for %s: sending it directly (pass source_region and "
-                    "destination_region, e.g. 'aws:us-east-1', to plan relays)",
-                    self.source if not src_region else uri,
-                )
-                plans.append(None)
-            elif region == src_region:
-                self.log.info("%s is in the source's region %s: sending it directly", uri, region)
-                plans.append(None)
-            else:
-                plan = self._plan(settings, src_region, [region], n / 1e9)
-                self.log.info("Planned overlay to %s (%s):\n%s", uri, plan.solver, plan.to_table())
-                plans.append(plan)
-        multicast = None
-        remote = list(dict.fromkeys(r for r, p in zip(regions, plans, strict=True) if p is not None))
-        if src_region and len(remote) > 1:
-            multicast = self._plan(settings, src_region, remote, max(needed) / 1e9)
-            self.log.info("Multicast plan, for its cost estimate:\n%s", multicast.to_table())
+        regions = [r or region_of(d) or "" for r, d in zip(dst_regions, dsts, strict=True)]
+        planning = planner.plan_destinations(
+            self.source, self.source_region or region_of(src), regions, destinations, needed
+        )
         summary: dict[str, Any] = {
             "source": self.source,
             "destinations": destinations,
@@ -544,23 +422,8 @@ class SkyplaneTransferOperator(BaseOperator):
         }
         if self.mode == "sync":
             summary["sync"] = [c.as_dict() for c in counts]
-            fate = "kept"
-            if self.delete_extraneous:
-                fate = "would be deleted: dry run" if self.plan_only else "to delete once all is verified"
-            for uri, c in zip(destinations, counts, strict=True):
-                self.log.info(
-                    "sync %s: %d new, %d changed, %d unchanged, %d only at the destination (%s)",
-                    uri, c.new, c.changed, c.unchanged, c.extraneous, fate,
-                )  # fmt: skip
-                if self.delete_extraneous and c.extraneous > self.max_delete:
-                    raise InvalidInputError(
-                        f"sync would delete {c.extraneous} objects under {uri}, more than max_delete="
-                        f"{self.max_delete}: check the source prefix (a wrong or empty source would empty "
-                        "the replica), or raise max_delete"
-                    )
-        self._estimate(summary, plans, needed)
-        if multicast is not None and any(p is not None for p in plans):
-            summary["multicast_plan"] = multicast.to_dict()
+        summary.update(planning.estimate())
+        planner.log_estimate(planning)
         if self.plan_only:
             return summary
 
@@ -570,52 +433,26 @@ class SkyplaneTransferOperator(BaseOperator):
         if ti is not None:
             ti.xcom_push(key=FLEET_XCOM_KEY, value=fleet_id)
         summary["fleet_id"] = fleet_id
-        cloud = self._cloud(settings, fleet_id)
-        overlays = [self._overlay(plan, cloud is not None) for plan in plans]
         request = TransferRequest(
             self.source, destinations, self.aws_conn_id, self.gcp_conn_id, self.wasb_conn_id, summary,
             deletes=[list(c.extraneous_keys) for c in counts] if self.delete_extraneous else [],
         )  # fmt: skip
-        owner = {
-            "dag_id": getattr(ti, "dag_id", None),
-            "run_id": getattr(ti, "run_id", None),
-            "task_id": self.task_id,
-            "map_index": getattr(ti, "map_index", -1),
-            "try_number": getattr(ti, "try_number", None),
-        }
-        state_keys = self._state_keys(ti, settings, destinations)
-        start = dict(
-            fleet_id=fleet_id,
-            state_dir=settings.fleets_dir(),
-            request=request,
-            source=src,
-            destinations=dsts,
-            selections=spools,
-            ttl_s=settings.fleet_ttl_minutes * 60.0,
-            owner=owner,
-            job_options={
-                "chunk_size": settings.chunk_size_mb * MiB,
-                "compress": "auto" if settings.compression else "never",
-                "encrypt": settings.encryption,
-                "timeout": self.timeout_s,
-                "test_faults": self.test_faults,
-                "state_every_s": float(settings.state_checkpoint_s),
-                "keep_on_failure": self._will_retry(ti),
-            },
-            on_progress=lambda p: self.log.info("%s", p.line()),
-            detached=not self.wait_for_completion or self.deferrable,
-            cloud=cloud,
-            state_keys=state_keys,
+        options = TransferOptions.from_settings(
+            settings, timeout=self.timeout_s, keep_on_failure=will_retry(ti)
         )
-        self._fleet = self._start_fleet(
-            settings, start, overlays, plans, src_region, regions, needed, summary
+        state_keys = (
+            push_state_keys(ti, self.task_id, settings.state_prefix, destinations) if self.resume else []
         )
+        self._fleet = start_fleet(
+            self, settings, planner, planning, ti, request, options,
+            lambda overlays: FleetWork(src, dsts, spools, overlays, state_keys),
+        )  # fmt: skip
         if self._killed:  # on_kill ran while the fleet was starting, before there was one to stop
             self._fleet.close()
             raise TransferError(_KILLED)
         if not self.wait_for_completion or self.deferrable:
             self._fleet.detach()
-            fleet, self._fleet = self._fleet, None
+            self._fleet = None
             if not self.wait_for_completion:
                 self.log.info(
                     "Transfer running on fleet %s; SkyplaneTransferSensor(fleet_id=...) waits for it",
@@ -634,149 +471,21 @@ class SkyplaneTransferOperator(BaseOperator):
                 method_name="execute_complete",
                 timeout=timedelta(seconds=self.timeout_s),
             )
-            del fleet  # unreachable: defer raises
+        fleet = self._fleet
         try:
-            self._fleet.wait()
-            results = self._fleet.finish()
-            deleted = self._fleet.deleted
+            fleet.wait()
+            results = fleet.finish()
         except TransferError as err:
             if self._killed:
                 raise TransferError(_KILLED) from err
-            self.log.error("Gateway logs:\n%s", self._fleet.gateway_logs())
+            self.log.error("Gateway logs:\n%s", fleet.gateway_logs())
             raise
         finally:
-            self._fleet.close()
-        return self._summary(summary, results, deleted)
+            fleet.close()
+        return self._summary(summarize(summary, results, fleet.deleted))
 
-    def _estimate(self, summary: dict[str, Any], plans: Sequence[Any], needed: Sequence[int]) -> None:
-        """The plans and their estimate (predicted and direct Gbps, cost) into the summary, and the log."""
-        planned = [(p, n) for p, n in zip(plans, needed, strict=True) if p is not None]
-        summary["plans"] = [p.to_dict() if p is not None else None for p in plans]
-        if planned:
-            summary["predicted_gbps"] = round(min(p.throughput_gbps for p, _ in planned), 4)
-            summary["direct_gbps"] = round(min(p.direct_throughput_gbps for p, _ in planned), 4)
-            summary["estimated_cost_usd"] = round(sum(p.cost_per_gb_usd * n / 1e9 for p, n in planned), 6)
-            self.log.info(
-                "Estimate: %.1f MiB to send, %.3f Gbps predicted (direct %.3f Gbps), $%.4f",
-                sum(needed) / MiB, summary["predicted_gbps"], summary["direct_gbps"],
-                summary["estimated_cost_usd"],
-            )  # fmt: skip
-
-    def _state_keys(self, ti: Any, settings: Any, destinations: list[str]) -> list[str | None]:
-        """The durable state key of each destination (pushed to XCom for the failure callback);
-        none without ``resume`` or outside a task instance (nothing would identify a retry)."""
-        from airflow_skyplane.transfer.resume import state_key
-
-        if not self.resume or ti is None or not getattr(ti, "run_id", None):
-            return []
-        keys = [
-            state_key(
-                settings.state_prefix,
-                dag_id=ti.dag_id,
-                task_id=self.task_id,
-                run_id=ti.run_id,
-                map_index=getattr(ti, "map_index", -1),
-                destination=uri,
-            )
-            for uri in destinations
-        ]
-        pairs = [[uri, key] for uri, key in zip(destinations, keys, strict=True)]
-        ti.xcom_push(key=STATE_XCOM_KEY, value=pairs)
-        return list(keys)
-
-    def _will_retry(self, ti: Any) -> bool:
-        """Whether a failure of this try leaves the task up for retry (then its uploads are kept):
-        what the API server told the task runner, else ``try_number <= max_tries`` (which counts
-        the tries a clear added)."""
-        should = getattr(getattr(ti, "_ti_context_from_server", None), "should_retry", None)
-        if isinstance(should, bool):
-            return should
-        try_number, max_tries = getattr(ti, "try_number", None), getattr(ti, "max_tries", None)
-        return isinstance(try_number, int) and isinstance(max_tries, int) and try_number <= max_tries
-
-    def _overlay(self, plan: Any, on_vms: bool = False) -> Any:
-        from airflow_skyplane.transfer.job import Overlay, overlay_from_plan
-
-        if plan is None:
-            return Overlay.direct(self.connections_per_hop)
-        overlay = overlay_from_plan(plan, max_connections_per_hop=self.connections_per_hop)
-        if not on_vms:
-            overlay.regions = dict.fromkeys(overlay.regions)  # local relays: all on this machine
-        return overlay
-
-    #: test-only: cloud -> relay backend (pointed at an emulator), used instead of the connections'
-    cloud_backends: dict[str, Any] | None = None
-
-    def _cloud(self, settings: Any, fleet_id: str) -> Any:
-        """The fleet's relay VMs for a cloud ``relay_backend``; None for local relays."""
-        if settings.relay_backend == "local":
-            return None
-        from airflow_skyplane.compute.cloud import CloudFleet, CloudOptions
-        from airflow_skyplane.compute.fleets import fleet_dir
-
-        options = CloudOptions(
-            worker_cidr=settings.worker_cidr,
-            relay_address=settings.relay_address,
-            ssh_port=settings.ssh_port,
-            ssh_username=settings.ssh_username,
-            relay_python=settings.relay_python,
-            use_spot=settings.use_spot,
-            aws_conn_id=self.aws_conn_id or "aws_default",
-            aws_instance_type=settings.aws_instance_type,
-            aws_subnets=dict(settings.aws_subnets),
-            gcp_conn_id=self.gcp_conn_id or "google_cloud_default",
-            gcp_machine_type=settings.gcp_machine_type,
-            azure_conn_id=self.azure_conn_id,
-            azure_resource_group=settings.azure_resource_group,
-            azure_vm_size=settings.azure_vm_size,
-            image=dict(settings.relay_image),
-        )
-        return CloudFleet(
-            fleet_id, fleet_dir(settings.fleets_dir(), fleet_id), options, backends=self.cloud_backends
-        )
-
-    def _start_fleet(
-        self,
-        settings: Any,
-        start: dict[str, Any],
-        overlays: list[Any],
-        plans: list[Any],
-        src_region: str | None,
-        regions: list[str],
-        needed: list[int],
-        summary: dict[str, Any],
-    ) -> Any:
-        """Start the fleet; when a cloud refuses a relay region for quota or capacity, plan around it
-        (the next-best plan without that region) and try again, at most three regions."""
-        from airflow_skyplane.compute.relays import RelayCapacityError
-        from airflow_skyplane.hooks.transfer import FleetTransfer
-
-        excluded: list[str] = []
-        while True:
-            try:
-                return FleetTransfer.start(overlays=overlays, **start)
-            except RelayCapacityError as err:
-                fixed = {src_region, *regions}
-                if err.region is None or err.region in fixed or len(excluded) >= 3:
-                    raise
-                excluded.append(err.region)
-                self.log.warning("%s; planning again without %s", err, ", ".join(excluded))
-                plans[:] = [
-                    None if p is None else self._plan(settings, src_region, [r], n / 1e9, excluded)
-                    for p, r, n in zip(plans, regions, needed, strict=True)
-                ]
-                for plan in plans:
-                    if plan is not None:
-                        self.log.info("Planned again (%s):\n%s", plan.solver, plan.to_table())
-                self._estimate(summary, plans, needed)
-                summary["excluded_regions"] = list(excluded)
-                overlays[:] = [self._overlay(p, True) for p in plans]
-                start["cloud"] = self._cloud(settings, start["fleet_id"])
-
-    def _summary(
-        self, base: dict[str, Any], results: Sequence[Any], deleted: Sequence[int] = ()
-    ) -> dict[str, Any]:
-        summary = summarize(base, results, deleted)
+    def _summary(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Log the summary of a finished transfer; return it (for XCom)."""
         if summary["resumed_bytes"]:
             self.log.info(
                 "Resumed the previous try: %d bytes it had written were not sent again",
@@ -785,25 +494,20 @@ class SkyplaneTransferOperator(BaseOperator):
         self.log.info(
             "Sent %d objects, %.1f MiB in %.2f s (%.3f Gbps%s), %d checksums verified",
             summary["objects"], summary["bytes"] / MiB, summary["seconds"], summary["gbps"],
-            f", predicted {base['predicted_gbps']:.3f}" if "predicted_gbps" in base else "",
+            f", predicted {summary['predicted_gbps']:.3f}" if "predicted_gbps" in summary else "",
             summary["checksums_verified"],
         )  # fmt: skip
         return summary
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after the trigger fired: finish (complete and verify) and tear down, or fail."""
-        from airflow_skyplane.hooks.transfer import FleetTransfer, teardown
+        from airflow_skyplane.transfer.fleet import FleetTransfer, teardown
 
         fleet_id, state_dir = event["fleet_id"], event["state_dir"]
         if event.get("status") != "done":
             teardown(fleet_id, state_dir)
             raise TransferError(f"transfer on fleet {fleet_id} failed: {event.get('message')}")
-        fleet = FleetTransfer.attach(fleet_id, state_dir)
-        try:
-            results = fleet.finish()
-        finally:
-            fleet.close()
-        return self._summary(fleet.request.summary, results, fleet.deleted)
+        return self._summary(FleetTransfer.complete(fleet_id, state_dir))
 
     def on_kill(self) -> None:
         self._killed = True

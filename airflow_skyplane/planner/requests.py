@@ -81,6 +81,16 @@ def cap_name(budget_usd: float | None, size_gb: float | None, cost_cap: float) -
     return f"--max-cost-per-gb is {cost_cap:g}"
 
 
+def cap_limit(budget_usd: float | None) -> str:
+    """The name of the cost cap a plan is held to (the planner's keyword)."""
+    return "budget_usd" if budget_usd is not None else "max_cost_per_gb"
+
+
+def target_limit(deadline_s: float | None) -> str:
+    """The name of the throughput target a plan must reach (the planner's keyword)."""
+    return "deadline_s" if deadline_s is not None else "min_throughput_gbps"
+
+
 def cap_value(budget_usd: float | None, size_gb: float | None, per_gb: float) -> str:
     if budget_usd is not None and size_gb is not None:
         return f"--budget-usd {math.ceil(per_gb * size_gb * 100) / 100:.2f}"

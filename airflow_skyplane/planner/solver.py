@@ -51,10 +51,12 @@ from airflow_skyplane.planner.plan import PlanEdge, TransferPlan
 from airflow_skyplane.planner.regions import match_regions
 from airflow_skyplane.planner.requests import (
     OBJECTIVES,
+    cap_limit,
     cap_name,
     cap_value,
     check_int,
     check_tolerance,
+    target_limit,
     targets,
 )
 
@@ -136,7 +138,8 @@ class Planner:
         if self.max_vms is not None and self.max_vms < 1 + len(dsts):
             raise InfeasiblePlanError(
                 f"--max-vms {self.max_vms} is below the {1 + len(dsts)} gateways the source and "
-                f"{len(dsts)} destination(s) need: raise --max-vms to at least {1 + len(dsts)}"
+                f"{len(dsts)} destination(s) need: raise --max-vms to at least {1 + len(dsts)}",
+                limits=("max_vms",),
             )
         self._check_paths(src, dsts)
         net = self.network(self.candidates(src, dsts), src, dsts)
@@ -150,7 +153,8 @@ class Planner:
                 raise InfeasiblePlanError(
                     f"the cheapest plan reaching {target:.3g} Gbps costs ${sol.cost_per_gb:.4f}/GB but "
                     f"{cap_name(budget_usd, size_gb, cost_cap)}: raise it to at least "
-                    f"{cap_value(budget_usd, size_gb, sol.cost_per_gb)} or lower the throughput target"
+                    f"{cap_value(budget_usd, size_gb, sol.cost_per_gb)} or lower the throughput target",
+                    limits=(cap_limit(budget_usd), target_limit(deadline_s)),
                 )
         else:
             found = self._fastest_then_cheapest(net, cost_cap, target)
@@ -463,30 +467,35 @@ class Planner:
                 raise InfeasiblePlanError(
                     f"no path from {src!r} to {d!r} over {where}: every route has a hop with no measured "
                     f"throughput; allow more relay regions (--allowed-regions) or use a grid that measures "
-                    f"these pairs"
+                    f"these pairs",
+                    limits=("allowed_regions",),
                 )
 
-    def _limit(self, best: Solution | None) -> tuple[str, str]:
+    def _limit(self, best: Solution | None) -> tuple[str, str, tuple[str, ...]]:
+        """The VM limit that binds a plan, the fix, and the limits' names (the planner's keywords)."""
         used = 0 if best is None else sum(best.vms.values())
         if self.max_vms is not None and used >= self.max_vms:
-            return f"at most {self.max_vms} VMs (--max-vms)", "raise --max-vms"
+            return f"at most {self.max_vms} VMs (--max-vms)", "raise --max-vms", ("max_vms",)
         fix = "raise --max-vms-per-region" + ("" if self.max_vms is None else " or --max-vms")
-        return f"at most {self.max_vms_per_region} VM(s) per region (--max-vms-per-region)", fix
+        vms = ("max_vms_per_region",) if self.max_vms is None else ("max_vms_per_region", "max_vms")
+        return f"at most {self.max_vms_per_region} VM(s) per region (--max-vms-per-region)", fix, vms
 
     def _throughput_infeasible(
         self, net: OverlayNetwork, target: float, size_gb: float | None, deadline_s: float | None
     ) -> InfeasiblePlanError:
         best = self._reach(net)
         reach = 0.0 if best is None else best.throughput
-        limit, fix = self._limit(best)
+        limit, fix, vms = self._limit(best)
         if size_gb is not None and deadline_s is not None:
             return InfeasiblePlanError(
                 f"deadline {deadline_s:g} s for {size_gb:g} GB needs {target:.3g} Gbps but {limit} reach "
-                f"{reach:.3g} Gbps: {fix} or the deadline (at least {size_gb * 8 / max(reach, _EPS):.0f} s)"
+                f"{reach:.3g} Gbps: {fix} or the deadline (at least {size_gb * 8 / max(reach, _EPS):.0f} s)",
+                limits=("deadline_s", *vms),
             )
         return InfeasiblePlanError(
             f"--min-throughput-gbps {target:g} is out of reach: {limit} reach {reach:.3g} Gbps; "
-            f"{fix} or lower the target to at most {math.floor(reach * 1000) / 1000:.3f}"
+            f"{fix} or lower the target to at most {math.floor(reach * 1000) / 1000:.3f}",
+            limits=("min_throughput_gbps", *vms),
         )
 
     def _cost_infeasible(
@@ -508,14 +517,16 @@ class Planner:
                     return InfeasiblePlanError(
                         f"the cheapest plan reaching {target:.3g} Gbps costs ${per_gb:.4f}/GB but "
                         f"{cap_name(budget_usd, size_gb, cost_cap)}: raise it to at least "
-                        f"{cap_value(budget_usd, size_gb, per_gb)} or lower the throughput target"
+                        f"{cap_value(budget_usd, size_gb, per_gb)} or lower the throughput target",
+                        limits=(cap_limit(budget_usd), "min_throughput_gbps"),
                     )
         if cost_cap is None:
             fix = "raise --max-vms" if self.max_vms is not None else "raise --max-vms-per-region"
             return InfeasiblePlanError(
                 f"no route from {net.src!r} to {', '.join(map(repr, net.dsts))} fits the VM limits "
                 f"(--max-vms {self.max_vms}, --max-vms-per-region {self.max_vms_per_region}): the routes "
-                f"that exist need more relay VMs; {fix} or allow other regions"
+                f"that exist need more relay VMs; {fix} or allow other regions",
+                limits=("max_vms" if self.max_vms is not None else "max_vms_per_region", "allowed_regions"),
             )
         floor = self.min_cost_per_gb(net)
         direct = _direct(self.model, net.src, net.dsts, {}, self.connections_per_vm)
@@ -523,7 +534,8 @@ class Planner:
         return InfeasiblePlanError(
             f"{direct_txt}the cheapest plan costs ${floor:.4f}/GB but "
             f"{cap_name(budget_usd, size_gb, cost_cap)}: "
-            f"raise it to at least {cap_value(budget_usd, size_gb, floor)}"
+            f"raise it to at least {cap_value(budget_usd, size_gb, floor)}",
+            limits=(cap_limit(budget_usd),),
         )
 
     def _to_plan(

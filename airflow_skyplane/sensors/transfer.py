@@ -10,8 +10,10 @@ the triggerer (:class:`~airflow_skyplane.triggers.transfer.SkyplaneTransferTrigg
 
 ``SkyplaneReplicaSensor`` succeeds once every source object under a prefix (filtered by
 ``include``/``exclude``) is at the destination with the same size and checksum (or size and
-modification time, per ``compare``): the same streaming diff as ``mode="sync"``. In deferrable
-mode it sleeps between pokes in the triggerer.
+modification time, per ``compare``): the operator's inventory for ``mode="sync"``
+(:mod:`airflow_skyplane.transfer.inventory`), which leaves the transfer-state folder out, so a bucket
+that is both a destination and a source is in sync once the operator would copy nothing. In
+deferrable mode it sleeps between pokes in the triggerer.
 
 Both work in ``poke`` and ``reschedule`` modes. With local relays, the sensor runs where the
 transfer's relays run (the worker's machine).
@@ -27,34 +29,13 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_skyplane.exceptions import TransferError
+from airflow_skyplane.operators.callbacks import fleets_dir, teardown_sensor_fleet, with_callback
 
 
-def _state_dir(conn_id: str) -> str:
-    from airflow_skyplane.hooks.skyplane import SkyplaneHook
+def _complete(fleet_id: str, state_dir: str) -> dict[str, Any]:
+    from airflow_skyplane.transfer.fleet import FleetTransfer
 
-    return str(SkyplaneHook(conn_id).get_settings().fleets_dir())
-
-
-def _teardown_sensor_fleet(context: Any) -> None:
-    """``on_failure_callback`` of the transfer sensor: the fleet it watched is torn down."""
-    from airflow_skyplane.hooks.transfer import teardown
-
-    task = context.get("task")
-    fleet_id = getattr(task, "fleet_id", None)
-    if fleet_id:
-        teardown(fleet_id, _state_dir(getattr(task, "skyplane_conn_id", "skyplane_default")))
-
-
-def _finish(fleet_id: str, state_dir: str) -> dict[str, Any]:
-    from airflow_skyplane.hooks.transfer import FleetTransfer
-    from airflow_skyplane.operators.transfer import summarize
-
-    fleet = FleetTransfer.attach(fleet_id, state_dir)
-    try:
-        results = fleet.finish()
-    finally:
-        fleet.close()
-    return summarize(fleet.request.summary, results, fleet.deleted)
+    return FleetTransfer.complete(fleet_id, state_dir)
 
 
 class SkyplaneTransferSensor(BaseSensorOperator):
@@ -78,10 +59,8 @@ class SkyplaneTransferSensor(BaseSensorOperator):
         on_failure_callback: Callable[..., Any] | list[Callable[..., Any]] | None = None,
         **kwargs: Any,
     ) -> None:
-        from airflow_skyplane.operators.transfer import with_callback
-
         super().__init__(
-            on_failure_callback=with_callback(on_failure_callback, _teardown_sensor_fleet), **kwargs
+            on_failure_callback=with_callback(on_failure_callback, teardown_sensor_fleet), **kwargs
         )
         self.fleet_id = fleet_id
         self.skyplane_conn_id = skyplane_conn_id
@@ -97,7 +76,7 @@ class SkyplaneTransferSensor(BaseSensorOperator):
         self.defer(
             trigger=SkyplaneTransferTrigger(
                 fleet_id=check_fleet_id(self.fleet_id),
-                state_dir=_state_dir(self.skyplane_conn_id),
+                state_dir=fleets_dir(self.skyplane_conn_id),
                 poll_interval=float(self.poke_interval)
                 if isinstance(self.poke_interval, int | float)
                 else 5.0,
@@ -108,10 +87,10 @@ class SkyplaneTransferSensor(BaseSensorOperator):
 
     def poke(self, context: Any) -> bool | PokeReturnValue:
         from airflow_skyplane.compute.fleets import check_fleet_id, fleet_dir
-        from airflow_skyplane.hooks.transfer import teardown
+        from airflow_skyplane.transfer.fleet import teardown
         from airflow_skyplane.transfer.tracker import poll_fleet
 
-        state_dir = _state_dir(self.skyplane_conn_id)
+        state_dir = fleets_dir(self.skyplane_conn_id)
         status = poll_fleet(fleet_dir(state_dir, check_fleet_id(self.fleet_id)))
         self.log.info("fleet %s: %s", self.fleet_id, status.progress.line())
         if status.state == "running":
@@ -119,15 +98,15 @@ class SkyplaneTransferSensor(BaseSensorOperator):
         if status.state == "failed":
             teardown(self.fleet_id, state_dir)
             raise TransferError(f"transfer on fleet {self.fleet_id} failed: {status.message}")
-        return PokeReturnValue(is_done=True, xcom_value=_finish(self.fleet_id, state_dir))
+        return PokeReturnValue(is_done=True, xcom_value=_complete(self.fleet_id, state_dir))
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
-        from airflow_skyplane.hooks.transfer import teardown
+        from airflow_skyplane.transfer.fleet import teardown
 
         if event.get("status") != "done":
             teardown(event["fleet_id"], event["state_dir"])
             raise TransferError(f"transfer on fleet {event['fleet_id']} failed: {event.get('message')}")
-        return _finish(event["fleet_id"], event["state_dir"])
+        return _complete(event["fleet_id"], event["state_dir"])
 
 
 class SkyplaneReplicaSensor(BaseSensorOperator):
@@ -138,6 +117,9 @@ class SkyplaneReplicaSensor(BaseSensorOperator):
     :param compare: ``checksum`` (default), ``size_mtime``, ``size`` or ``exists``, as in ``sync``.
     :param include: glob pattern(s) of the objects that must be replicated.
     :param exclude: glob pattern(s) of objects that need not be.
+    :param skyplane_conn_id: the ``skyplane`` connection, whose ``state_prefix`` names the folder of
+        transfer state that is never data (so a bucket that is also a transfer's destination is in
+        sync when the operator would copy nothing).
     :param deferrable: sleep between pokes in the triggerer instead of a worker slot.
     """
 
@@ -155,6 +137,7 @@ class SkyplaneReplicaSensor(BaseSensorOperator):
         aws_conn_id: str | None = None,
         gcp_conn_id: str | None = None,
         wasb_conn_id: str | None = None,
+        skyplane_conn_id: str = "skyplane_default",
         deferrable: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -167,11 +150,14 @@ class SkyplaneReplicaSensor(BaseSensorOperator):
         self.source, self.destination, self.compare = source, destination, compare
         self.include, self.exclude = include, exclude
         self.aws_conn_id, self.gcp_conn_id, self.wasb_conn_id = aws_conn_id, gcp_conn_id, wasb_conn_id
+        self.skyplane_conn_id = skyplane_conn_id
         self.deferrable = deferrable
 
     def _check(self) -> dict[str, int]:
+        from airflow_skyplane.hooks.skyplane import SkyplaneHook
         from airflow_skyplane.hooks.storage import open_store
-        from airflow_skyplane.transfer.diff import DiffCounts, KeyFilter, check_patterns, diff
+        from airflow_skyplane.transfer import inventory
+        from airflow_skyplane.transfer.diff import DiffCounts, KeyFilter, check_patterns
 
         conns: dict[str, Any] = {
             "aws_conn_id": self.aws_conn_id,
@@ -181,22 +167,12 @@ class SkyplaneReplicaSensor(BaseSensorOperator):
         src, dst = open_store(self.source, **conns), open_store(self.destination, **conns)
         counts = DiffCounts()
         keep = KeyFilter(check_patterns("include", self.include), check_patterns("exclude", self.exclude))
-        missing = [  # stop at the fifth difference: not in sync is all a poke needs to know
-            info.key
-            for _, info in zip(
-                range(5),
-                diff(
-                    src.store.list(src.prefix),
-                    dst.store.list(dst.prefix),
-                    source_prefix=src.prefix,
-                    destination_prefix=dst.prefix,
-                    compare=self.compare,
-                    keep=keep,
-                    counts=counts,
-                ),  # fmt: skip
-                strict=False,
-            )
-        ]
+        state_prefix = SkyplaneHook(self.skyplane_conn_id).get_settings().state_prefix
+        to_send = inventory.to_send(
+            src, dst, mode="sync", compare=self.compare, keep=keep, state_prefix=state_prefix, counts=counts
+        )
+        # stop at the fifth difference: not in sync is all a poke needs to know
+        missing = [info.key for _, info in zip(range(5), to_send, strict=False)]
         result = counts.as_dict()
         if missing:
             self.log.info("%s is not in sync yet, e.g. %s", self.destination, ", ".join(missing))

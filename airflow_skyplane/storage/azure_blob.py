@@ -16,7 +16,7 @@ import base64
 import hashlib
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NoReturn
 
 from airflow_skyplane.exceptions import (
@@ -37,6 +37,8 @@ from airflow_skyplane.storage.base import (
     validate_key,
     validate_part_number,
 )
+from airflow_skyplane.storage.kinds import ConnectionKind, StoreKind, StoreSpec, need, text
+from airflow_skyplane.storage.uri import StorageURI
 
 
 def _block_id(upload_id: str, number: int) -> str:
@@ -276,3 +278,70 @@ class AzureBlobStore(ObjectStore):
             return
         except Exception as err:  # noqa: BLE001
             self._raise(err, key, "delete")
+
+
+class AzureBlobKind(StoreKind):
+    """``az://``: ``WasbHook`` in the task; a plain ``BlobServiceClient`` from the spec on a relay.
+
+    Spec: ``container``, and ``connection_string`` (a shared key, also what a connection string
+    carries) or ``account_url`` + ``credential`` (a SAS token, or none: anonymous). A connection that
+    signs in with an Azure AD identity cannot be handed to a relay.
+    """
+
+    scheme = "az"
+    connection = ConnectionKind("wasb_conn_id", "wasb_default", "wasb", "azure")
+
+    def open(self, location: StorageURI, conn_id: str | None, *, exists: bool, uri: str) -> ObjectStore:
+        from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
+
+        assert conn_id is not None  # a kind with a connection is always given one (the default)
+        client = WasbHook(wasb_conn_id=conn_id).get_conn()
+        if location.account and client.account_name != location.account:
+            raise InvalidInputError(
+                f"{uri} names storage account {location.account!r} but connection {conn_id!r} is for "
+                f"account {client.account_name!r}: use a connection for {location.account!r}, or write "
+                "the URI as az://container/prefix"
+            )
+        return AzureBlobStore(client, location.bucket, conn_id=conn_id)
+
+    def spec(self, store: ObjectStore) -> StoreSpec:
+        assert isinstance(store, AzureBlobStore)
+        client = store.client
+        credential = client.credential
+        if hasattr(credential, "account_key"):  # shared key (also what a connection string carries)
+            endpoint = client.url.rstrip("/")
+            protocol = endpoint.split(":", 1)[0]
+            return {
+                "scheme": "az",
+                "container": store.bucket,
+                "connection_string": (
+                    f"DefaultEndpointsProtocol={protocol};AccountName={credential.account_name};"
+                    f"AccountKey={credential.account_key};BlobEndpoint={endpoint};"
+                ),
+            }
+        if isinstance(credential, str) or credential is None:  # SAS token in the URL or anonymous
+            return {
+                "scheme": "az",
+                "container": store.bucket,
+                "account_url": client.url,
+                "credential": credential,
+            }
+        raise InvalidInputError(
+            f"{store.uri}: relays cannot reuse the connection's {type(credential).__name__} credential; give "
+            "the wasb connection a shared key, SAS token or connection string"
+        )
+
+    def open_spec(self, spec: Mapping[str, object]) -> ObjectStore:
+        from azure.storage.blob import BlobServiceClient
+
+        connection_string = text(spec, "connection_string")
+        if connection_string:
+            service = BlobServiceClient.from_connection_string(connection_string)
+        else:
+            service = BlobServiceClient(
+                account_url=need(spec, "account_url"), credential=text(spec, "credential")
+            )
+        return AzureBlobStore(service, need(spec, "container"))
+
+
+KIND = AzureBlobKind()

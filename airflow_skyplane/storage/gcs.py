@@ -11,8 +11,9 @@ computes for every object, composed ones included.
 from __future__ import annotations
 
 import builtins
+import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NoReturn
 
 from airflow_skyplane.exceptions import (
@@ -35,6 +36,8 @@ from airflow_skyplane.storage.base import (
     validate_part_number,
 )
 from airflow_skyplane.storage.checksums import b64_to_hex
+from airflow_skyplane.storage.kinds import ConnectionKind, StoreKind, StoreSpec, need, text
+from airflow_skyplane.storage.uri import StorageURI
 
 COMPOSE_LIMIT = 32  # sources per compose request
 
@@ -252,3 +255,57 @@ class GCSStore(ObjectStore):
             return
         except Exception as err:  # noqa: BLE001
             self._raise(err, key, "delete")
+
+
+class GCSKind(StoreKind):
+    """``gs://``: ``GCSHook`` in the task; a plain ``storage.Client`` from the spec on a relay.
+
+    Spec: ``bucket``, ``project``, and ``emulator_host`` (then anonymous) or ``service_account_info``;
+    without either, the relay's own identity (its service account).
+    """
+
+    scheme = "gs"
+    connection = ConnectionKind(
+        "gcp_conn_id", "google_cloud_default", "google_cloud_platform", "google", default_optional=True
+    )
+
+    def open(self, location: StorageURI, conn_id: str | None, *, exists: bool, uri: str) -> ObjectStore:
+        from airflow.providers.google.cloud.hooks.gcs import GCSHook
+
+        assert conn_id is not None  # a kind with a connection is always given one (the default)
+        return GCSStore(GCSHook(gcp_conn_id=conn_id).get_conn(), location.bucket, conn_id=conn_id)
+
+    def spec(self, store: ObjectStore) -> StoreSpec:
+        assert isinstance(store, GCSStore)
+        spec: StoreSpec = {"scheme": "gs", "bucket": store.bucket, "project": store.client.project}
+        if os.environ.get("STORAGE_EMULATOR_HOST"):
+            spec["emulator_host"] = os.environ["STORAGE_EMULATOR_HOST"]
+        return spec
+
+    def open_spec(self, spec: Mapping[str, object]) -> ObjectStore:
+        from google.cloud import storage
+
+        project, emulator, account = (
+            text(spec, "project"),
+            text(spec, "emulator_host"),
+            spec.get("service_account_info"),
+        )
+        if emulator:
+            from google.auth.credentials import AnonymousCredentials
+
+            client = storage.Client(
+                project=project or "anonymous",
+                credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+                client_options={"api_endpoint": emulator},
+            )
+        elif account:
+            from google.oauth2 import service_account
+
+            creds = service_account.Credentials.from_service_account_info(account)  # type: ignore[no-untyped-call]
+            client = storage.Client(project=project, credentials=creds)
+        else:
+            client = storage.Client(project=project)
+        return GCSStore(client, need(spec, "bucket"))
+
+
+KIND = GCSKind()

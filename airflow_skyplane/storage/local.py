@@ -14,7 +14,7 @@ import os
 import shutil
 import socket
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,6 +30,8 @@ from airflow_skyplane.storage.base import (
     validate_key,
     validate_part_number,
 )
+from airflow_skyplane.storage.kinds import StoreKind, StoreSpec, need
+from airflow_skyplane.storage.uri import StorageURI
 
 _HOST = socket.gethostname().replace("-", "_")  # no "-" in it: the temporary names split on "-"
 
@@ -265,3 +267,22 @@ class LocalStore(ObjectStore):
             except OSError:
                 break
             parent = parent.parent
+
+
+class LocalKind(StoreKind):
+    """``file://``: a folder of this machine, or of a relay that mounts the same path. Spec: ``root``."""
+
+    scheme = "file"
+
+    def open(self, location: StorageURI, conn_id: str | None, *, exists: bool, uri: str) -> ObjectStore:
+        return LocalStore(location.bucket)
+
+    def spec(self, store: ObjectStore) -> StoreSpec:
+        assert isinstance(store, LocalStore)
+        return {"scheme": "file", "root": str(store.root)}
+
+    def open_spec(self, spec: Mapping[str, object]) -> ObjectStore:
+        return LocalStore(need(spec, "root"))
+
+
+KIND = LocalKind()

@@ -8,7 +8,7 @@ and ``<md5 of part md5s>-<parts>`` of a multipart one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NoReturn
 
 from airflow_skyplane.exceptions import (
@@ -29,6 +29,8 @@ from airflow_skyplane.storage.base import (
     validate_key,
     validate_part_number,
 )
+from airflow_skyplane.storage.kinds import ConnectionKind, StoreKind, StoreSpec, need, text
+from airflow_skyplane.storage.uri import StorageURI
 
 _CREDENTIAL_CODES = {
     "AccessDenied",
@@ -247,3 +249,65 @@ class S3Store(ObjectStore):
             self.client.delete_object(Bucket=self.bucket, Key=key)
         except Exception as err:  # noqa: BLE001
             self._raise(err, key, "delete")
+
+
+class S3Kind(StoreKind):
+    """``s3://``: ``S3Hook`` in the task; a plain boto3 client from the spec on a relay.
+
+    Spec: ``bucket``, ``region``, ``endpoint_url``, and the connection's credentials resolved by the
+    hook (a role assumed) and frozen for the relay: ``access_key_id``, ``secret_access_key``,
+    ``session_token`` (without them, the relay's default credential chain).
+    """
+
+    scheme = "s3"
+    connection = ConnectionKind("aws_conn_id", "aws_default", "aws", "amazon", default_optional=True)
+
+    def open(self, location: StorageURI, conn_id: str | None, *, exists: bool, uri: str) -> ObjectStore:
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        client = S3Hook(aws_conn_id=conn_id if exists else None).get_conn()
+        return S3Store(client, location.bucket, conn_id=conn_id)
+
+    def spec(self, store: ObjectStore) -> StoreSpec:
+        assert isinstance(store, S3Store)
+        spec: StoreSpec = {
+            "scheme": "s3",
+            "bucket": store.bucket,
+            "region": store.client.meta.region_name,
+            "endpoint_url": store.client.meta.endpoint_url,
+        }
+        if store.conn_id:
+            from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+            frozen = S3Hook(aws_conn_id=store.conn_id).get_credentials()
+            spec.update(
+                access_key_id=frozen.access_key,
+                secret_access_key=frozen.secret_key,
+                session_token=frozen.token,
+            )
+        return spec
+
+    def open_spec(self, spec: Mapping[str, object]) -> ObjectStore:
+        import boto3
+        from botocore.config import Config
+
+        client = boto3.client(
+            "s3",
+            region_name=text(spec, "region"),
+            endpoint_url=text(spec, "endpoint_url"),
+            aws_access_key_id=text(spec, "access_key_id"),
+            aws_secret_access_key=text(spec, "secret_access_key"),
+            aws_session_token=text(spec, "session_token"),
+            # one pooled connection per gateway thread, and the SDK's adaptive retries
+            config=Config(max_pool_connections=64, retries={"mode": "adaptive", "max_attempts": 8}),
+        )
+        return S3Store(client, need(spec, "bucket"))
+
+    def region(self, store: ObjectStore) -> str | None:
+        """The region of the connection's client (``region_name`` in its extra, or the SDK's)."""
+        assert isinstance(store, S3Store)
+        region = store.client.meta.region_name
+        return f"aws:{region}" if region else None
+
+
+KIND = S3Kind()

@@ -56,6 +56,11 @@ class StorageURI:
             return f"https://{self.account}.blob.core.windows.net/{self.bucket}/{self.prefix}"
         return f"{self.scheme}://{self.bucket}/{self.prefix}"
 
+    def overlaps(self, other: StorageURI) -> bool:
+        """True when the two prefixes share objects: the same bucket, one prefix inside the other."""
+        same = (self.scheme, self.bucket, self.account) == (other.scheme, other.bucket, other.account)
+        return same and (self.prefix.startswith(other.prefix) or other.prefix.startswith(self.prefix))
+
     def join(self, key: str) -> str:
         """The URI of ``key`` (a key relative to the bucket)."""
         base = StorageURI(self.scheme, self.bucket, "", self.account)

@@ -21,7 +21,7 @@ TABLE = "skyfault"
 
 def missing_requirements() -> str | None:
     """Why link faults cannot be injected here, or None when they can."""
-    from airflow_skyplane.compute.netns import missing_requirements as wan_missing
+    from airflow_skyplane.testing.netns import missing_requirements as wan_missing
 
     why = wan_missing()
     if why:

@@ -171,12 +171,12 @@ class Spool:
         import json
         import tempfile
 
-        from airflow_skyplane.transfer.job import _info_to_json
+        from airflow_skyplane.transfer.manifest import object_record
 
         self._file = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 - closed by close()
         self.count = self.bytes = 0
         for info in items:
-            self._file.write(json.dumps(_info_to_json(info.key, info)) + "\n")
+            self._file.write(json.dumps(object_record(info.key, info)) + "\n")
             self.count += 1
             self.bytes += info.size
         self._file.flush()
@@ -184,11 +184,11 @@ class Spool:
     def __iter__(self) -> Iterator[ObjectInfo]:
         import json
 
-        from airflow_skyplane.transfer.job import _info_from_json
+        from airflow_skyplane.transfer.manifest import object_from_record
 
         self._file.seek(0)
         for line in self._file:
-            yield _info_from_json(json.loads(line))[1]
+            yield object_from_record(json.loads(line))[1]
 
     def close(self) -> None:
         self._file.close()

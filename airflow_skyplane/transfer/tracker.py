@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from airflow_skyplane.transfer.control import GatewayStatus
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class Progress:
         )
 
 
-def aggregate(statuses: Mapping[str, Mapping[str, Any]], readers: list[str], bytes_total: int) -> Progress:
+def aggregate(statuses: Mapping[str, GatewayStatus], readers: list[str], bytes_total: int) -> Progress:
     """Fleet progress from each gateway's ``/status`` (``readers``: the source gateways)."""
     done = sum(statuses[g]["chunks_sent"] for g in readers if g in statuses)
     totals = [statuses[g].get("total_chunks") for g in readers if g in statuses]
@@ -101,7 +102,7 @@ def poll_fleet(folder: str | Path) -> FleetStatus:
             job = json.loads((sub / "job.json").read_text())
         except FileNotFoundError:
             return FleetStatus("failed", _EMPTY, f"transfer {sub.name} of the fleet has no job record")
-        statuses: dict[str, Any] = {}
+        statuses: dict[str, GatewayStatus] = {}
         for gid, gw in fleets.read_gateways(sub).items():
             url = f"http://{gw.get('control_host', '127.0.0.1')}:{gw['control_port']}/status"
             try:

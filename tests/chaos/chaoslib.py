@@ -22,16 +22,18 @@ import pytest
 
 from airflow_skyplane.compute import fleets
 from airflow_skyplane.compute.local import LocalRelayBackend
-from airflow_skyplane.compute.netns import list_namespaces
 from airflow_skyplane.exceptions import TransferError
 from airflow_skyplane.storage.local import LocalStore
-from airflow_skyplane.transfer.job import TransferJob, _get
+from airflow_skyplane.testing.netns import list_namespaces
+from airflow_skyplane.transfer import control
+from airflow_skyplane.transfer.job import TransferJob
 
 #: make test runs a short cut and a small load; make chaos sets these to the full figures
 FULL_TIER = os.environ.get("SKYPLANE_CHAOS_FULL") == "1"
 CUT_SECONDS = float(os.environ.get("SKYPLANE_CHAOS_CUT_S", "3"))
 LOAD_OBJECTS = int(os.environ.get("SKYPLANE_CHAOS_LOAD_OBJECTS", "2000"))
-LOAD_DAG_RUNS = int(os.environ.get("SKYPLANE_CHAOS_DAG_RUNS", "0"))
+#: concurrent DAG runs of the load suite: a full-tier test, so only make chaos runs them
+LOAD_DAG_RUNS = int(os.environ.get("SKYPLANE_CHAOS_DAG_RUNS", "8" if FULL_TIER else "0"))
 
 
 @dataclass
@@ -139,7 +141,7 @@ def drive(
         job.start()
         while True:
             done = job.poll()
-            if not injected and job.started and when(_get(job.started[job.overlay.source], "/status")):
+            if not injected and job.started and when(control.status(job.started[job.overlay.source])):
                 inject()  # type: ignore[misc]
                 injected = True
                 continue

@@ -15,7 +15,6 @@ import json
 import os
 import random
 import select
-import shutil
 import signal
 import socket
 import stat
@@ -30,27 +29,19 @@ import pytest
 from chaoslib import drive, local_store, own_namespaces
 
 from airflow_skyplane.compute.local import LocalRelayBackend
-from airflow_skyplane.compute.netns import EmulatedWAN, missing_requirements
-from airflow_skyplane.compute.sshd import find_sshd
 from airflow_skyplane.hooks.storage import open_store
 from airflow_skyplane.storage.local import LocalStore
+from airflow_skyplane.testing.netns import EmulatedWAN
 from airflow_skyplane.testing.sky import AZURITE_KEY
-from airflow_skyplane.transfer.job import Hop, Overlay, TransferJob, _get
+from airflow_skyplane.testing.wan_relays import WANSSHRelayBackend
+from airflow_skyplane.transfer.control import status as gateway_status
+from airflow_skyplane.transfer.job import Hop, Overlay, TransferJob
 
 MiB = 1024 * 1024
 SRC, RELAY, DST = "aws:us-east-1", "aws:us-west-2", "aws:eu-west-1"
 MARKER = b"MARKER-9f2c41-DO-NOT-LEAK-MARKER"
 CONTROL = b"CONTROL-3b7e55-PLAINTEXT-ON-PURPOSE"
-_why = (
-    missing_requirements()
-    or (
-        "the wire capture needs `tcpdump` (Debian package tcpdump)"
-        if shutil.which("tcpdump") is None
-        else None
-    )
-    or ("relays over SSH need `sshd` (Debian package openssh-server)" if find_sshd() is None else None)
-)
-needs_wan = pytest.mark.skipif(_why is not None, reason=_why or "")
+needs_wan = pytest.mark.requires("netns", "tcpdump", "sshd")
 
 
 def _marked_source(root: Path) -> dict[str, bytes]:
@@ -137,7 +128,7 @@ def test_wan_relay_sees_no_plaintext_admits_no_stranger_and_keeps_no_secret(
     """One transfer through a relay bootstrapped over SSH, as on a cloud VM, observed from everywhere."""
     data = _marked_source(tmp_path / "src")
     fleet, jobdir = tmp_path / "fleet", tmp_path / "job"
-    backend = LocalRelayBackend(fleet, wan=wan, via_ssh=True)
+    backend = WANSSHRelayBackend(fleet, wan)
     dst = local_store(tmp_path / "dst")
     overlay = Overlay(SRC, DST, [Hop(SRC, RELAY, 4), Hop(RELAY, DST, 4)], {SRC: SRC, RELAY: RELAY, DST: DST})
     job = TransferJob(
@@ -163,7 +154,7 @@ def test_wan_relay_sees_no_plaintext_admits_no_stranger_and_keeps_no_secret(
         assert intruder.stdout, intruder.stderr
         seen["intruder"] = json.loads(intruder.stdout.strip().splitlines()[-1])
         for _ in range(100):  # the relay counts a rejected peer once its handshake thread gives up
-            seen["rejected_peers"] = _get(relay, "/status")["rejected_peers"]
+            seen["rejected_peers"] = gateway_status(relay)["rejected_peers"]
             if seen["rejected_peers"] >= 2:
                 break
             time.sleep(0.1)

@@ -20,9 +20,9 @@ import pytest
 
 from airflow_skyplane.compute.fleets import fleet_ids, gateways_under
 from airflow_skyplane.hooks.storage import open_store
-from airflow_skyplane.hooks.transfer import teardown
 from airflow_skyplane.testing.dagrun import airflow_cli, migrate, xcom_return_values
 from airflow_skyplane.testing.sky import AZURITE_KEY, EmulatedSky
+from airflow_skyplane.transfer.fleet import teardown
 from airflow_skyplane.transfer.resume import load_state
 
 pytestmark = pytest.mark.airflow

@@ -25,13 +25,12 @@ import pytest
 from airflow_skyplane.compute.aws import AWSRelayBackend
 from airflow_skyplane.compute.fleets import fleet_ids
 from airflow_skyplane.compute.relays import RelayCapacityError
-from airflow_skyplane.compute.sshd import find_sshd
 from airflow_skyplane.exceptions import TransferError
 from airflow_skyplane.operators.transfer import SkyplaneTransferOperator
 from airflow_skyplane.testing.sky import AZURITE_KEY, EmulatedSky
 from airflow_skyplane.testing.vms import EmulatedVMs
 
-pytestmark = pytest.mark.skipif(find_sshd() is None, reason="needs sshd (Debian package openssh-server)")
+pytestmark = pytest.mark.requires("sshd")
 
 REGIONS = ["aws:us-east-1", "aws:eu-west-1", "aws:us-west-2", "aws:eu-central-1"]
 MiB = 1024 * 1024
@@ -170,7 +169,7 @@ def test_a_fleet_whose_worker_died_is_torn_down_by_its_id_alone(vms: EmulatedVMs
     """What the failure callback does: the fleet id from XCom and cloud.json are enough."""
     from airflow_skyplane.compute.cloud import CloudFleet, CloudOptions
     from airflow_skyplane.compute.fleets import FleetRecord, fleet_dir
-    from airflow_skyplane.hooks.transfer import teardown
+    from airflow_skyplane.transfer.fleet import teardown
 
     folder = fleet_dir(state_dir, "deadworker1")
     FleetRecord("deadworker1", "cloud", time.time(), time.time() + 600).write(folder)

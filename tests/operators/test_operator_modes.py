@@ -23,10 +23,10 @@ from airflow_skyplane.exceptions import (
     TransferError,
 )
 from airflow_skyplane.hooks.storage import open_store
-from airflow_skyplane.hooks.transfer import teardown
 from airflow_skyplane.operators.transfer import SkyplaneTransferOperator
 from airflow_skyplane.sensors.transfer import SkyplaneReplicaSensor, SkyplaneTransferSensor
 from airflow_skyplane.testing.sky import AZURITE_KEY, EmulatedSky
+from airflow_skyplane.transfer.fleet import teardown
 from airflow_skyplane.triggers.transfer import SkyplaneTransferTrigger
 
 MiB = 1024 * 1024
@@ -248,6 +248,48 @@ def test_replica_sensor_waits_for_sync(emulated_sky: EmulatedSky, sky_bucket: Ca
     assert isinstance(done, PokeReturnValue) and done.is_done and done.xcom_value["unchanged"] == 4
 
 
+def test_replica_sensor_sees_a_chain_in_sync_where_the_middle_bucket_holds_transfer_state(
+    sky_bucket: Callable[[str], str], tmp_path: Path
+) -> None:
+    """A -> B -> C, B a destination and a source: a failed resumable try into B leaves its state
+    (and uploads) under B's .skyplane-state/; the operator never copies that folder on to C, and the
+    replica sensor, listing the same way, reports both links in sync."""
+    from airflow_skyplane.compute.local import LocalRelayBackend
+    from airflow_skyplane.transfer import resume
+    from airflow_skyplane.transfer.job import Overlay, TransferJob
+
+    a, b, c = sky_bucket("file"), sky_bucket("file"), sky_bucket("file")
+    data = _dataset(6, seed=11)
+    a_store, b_store = open_store(a).store, open_store(b).store
+    for key, body in data.items():
+        a_store.put(key, body)
+    SkyplaneTransferOperator(task_id="a_to_b", source=a, destination=b).execute(context={})
+    a_store.put("later/big.bin", random.Random(12).randbytes(6 * MiB))
+    key = resume.state_key(
+        resume.DEFAULT_STATE_PREFIX, dag_id="d", task_id="t", run_id="r", map_index=-1, destination=b
+    )
+    failed = TransferJob(
+        a_store, "later/", b_store, "later/", backend=LocalRelayBackend(tmp_path / "fleet"),
+        workdir=tmp_path / "job", overlay=Overlay.direct(2), chunk_size=MiB, state_key=key,
+        test_faults={"destination": {"exit_after_chunks": 2}},
+    )  # fmt: skip
+    with pytest.raises(TransferError, match="exited"):
+        failed.run()
+    assert b_store.exists(key) and [u.key for u in b_store.list_multipart_uploads()] == ["later/big.bin"]
+
+    SkyplaneTransferOperator(task_id="b_to_c", source=b, destination=c).execute(context={})
+    replica = [i.key for i in open_store(c).store.list()]
+    assert sorted(replica) == sorted(data) and not any(
+        k.startswith(resume.DEFAULT_STATE_PREFIX) for k in replica
+    )
+    a_to_b = SkyplaneReplicaSensor(task_id="ab", source=a, destination=b, exclude="later/*").poke(context={})
+    b_to_c = SkyplaneReplicaSensor(task_id="bc", source=b, destination=c).poke(context={})
+    assert isinstance(a_to_b, PokeReturnValue) and a_to_b.is_done
+    assert isinstance(b_to_c, PokeReturnValue) and b_to_c.is_done
+    assert b_to_c.xcom_value == {"new": 0, "changed": 0, "unchanged": len(data), "extraneous": 0}
+    assert b_store.exists(key)  # the state is still in B, and was never taken for data
+
+
 def test_lineage_names_source_and_destinations() -> None:
     op = SkyplaneTransferOperator(
         task_id="l", source="s3://src-bucket/data/", destination=["gs://dst-bucket/copy/", "az://cont/x/"]
@@ -299,6 +341,30 @@ def test_bad_input_fails_before_anything_starts(
             context={}
         )
     assert fleets.fleet_ids(state_dir) == []
+    assert list(open_store(dst).store.list()) == []
+
+
+def test_an_infeasible_plan_names_the_binding_limits_by_the_operators_parameters(
+    sky_bucket: Callable[[str], str],
+) -> None:
+    from airflow_skyplane.planner import NetworkModel, plan_transfer
+
+    with pytest.raises(InfeasiblePlanError) as planner:
+        plan_transfer(
+            NetworkModel.default(), "aws:us-east-1", "azure:westeurope", objective="cost", size_gb=1.0,
+            deadline_s=0.001, max_vms_per_region=1,
+        )  # fmt: skip
+    assert planner.value.limits == ("deadline_s", "max_vms_per_region")
+    src, dst = sky_bucket("file"), sky_bucket("file")
+    open_store(src).store.put("d/x.bin", random.Random(0).randbytes(MiB))
+    op = SkyplaneTransferOperator(
+        task_id="tight", source=f"{src}/d/", destination=dst, source_region="aws:us-east-1",
+        destination_region="azure:westeurope", objective="cost", deadline=0.001, max_relays_per_region=1,
+    )  # fmt: skip
+    with pytest.raises(InfeasiblePlanError) as task:
+        op.execute(context={})
+    assert task.value.limits == ("deadline", "max_relays_per_region")
+    assert "deadline=0.001" in str(task.value) and "max_relays_per_region=1" in str(task.value)
     assert list(open_store(dst).store.list()) == []
 
 

@@ -18,6 +18,7 @@ from airflow_skyplane.storage.base import ObjectStore
 from airflow_skyplane.storage.checksums import compute
 from airflow_skyplane.storage.local import LocalStore
 from airflow_skyplane.storage.uri import parse_uri
+from airflow_skyplane.testing.plugin import require
 from airflow_skyplane.testing.sky import EmulatedSky
 
 STORES = ["file", "s3", "gs", "az"]
@@ -259,7 +260,9 @@ def test_invalid_keys_are_rejected_before_any_write(store: ObjectStore) -> None:
 def test_crc32c_of_parts_combines_to_the_crc32c_of_the_whole() -> None:
     import random
 
-    google_crc32c = pytest.importorskip("google_crc32c")
+    require("google_crc32c")
+    import google_crc32c
+
     from airflow_skyplane.storage.checksums import compute, from_part_crc32cs
 
     rng = random.Random(7)
@@ -267,3 +270,24 @@ def test_crc32c_of_parts_combines_to_the_crc32c_of_the_whole() -> None:
         parts = [rng.randbytes(rng.randrange(0, 70_000)) for _ in range(rng.randrange(1, 7))]
         combined = from_part_crc32cs([(google_crc32c.value(p), len(p)) for p in parts])
         assert combined == compute("crc32c", [b"".join(parts)])
+
+
+@pytest.mark.parametrize("scheme", STORES)
+def test_a_store_kind_opens_through_airflow_and_again_on_a_relay_from_its_spec(
+    scheme: str, sky_bucket: Callable[[str], str]
+) -> None:
+    """The registry's four jobs for each kind: open through the Airflow hook, the gateway's spec,
+    the store opened again from that spec as a relay does (no Airflow), its region."""
+    from airflow_skyplane.hooks.storage import open_store
+    from airflow_skyplane.storage.kinds import store_kind
+    from airflow_skyplane.testing.sky import AWS_REGION
+
+    location = open_store(sky_bucket(scheme))
+    kind = store_kind(scheme)
+    assert kind.scheme == location.store.scheme == scheme
+    location.store.put("kind/from-the-task.txt", b"written in the task")
+    relay = kind.open_spec(kind.spec(location.store))
+    assert relay.read("kind/from-the-task.txt") == b"written in the task"
+    relay.put("kind/from-the-relay.txt", b"written on the relay")
+    assert location.store.read("kind/from-the-relay.txt") == b"written on the relay"
+    assert kind.region(location.store) == (f"aws:{AWS_REGION}" if scheme == "s3" else None)

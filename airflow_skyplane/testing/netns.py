@@ -1,10 +1,11 @@
 """An emulated wide-area network on one Linux machine: one network namespace per region.
 
-The local relay backend uses it to reproduce a multi-region overlay on a laptop or a CI runner:
-every region is a network namespace; every pair of regions is joined by its own veth pair, shaped
-with ``tc`` to an aggregate link rate and a cap on each TCP flow (distance and loss cap single
-flows on a real wide-area path; that is why Skyplane opens many connections per edge). The host
-(where the Airflow worker runs) reaches every region over an unshaped control link.
+The tests and benchmarks use it (with the launchers of :mod:`.wan_relays`) to reproduce a
+multi-region overlay on a laptop or a CI runner: every region is a network namespace; every pair of
+regions is joined by its own veth pair, shaped with ``tc`` to an aggregate link rate and a cap on
+each TCP flow (distance and loss cap single flows on a real wide-area path; that is why Skyplane
+opens many connections per edge). The host (where the Airflow worker runs) reaches every region
+over an unshaped control link.
 
 Shaping uses only what this kind of kernel has (``netem``, ``fq``, ``sfq`` and the ``flow``
 classifier may be missing): an ``htb`` parent class at the link rate, 256 child classes each
@@ -255,51 +256,19 @@ def _shape(ns: str, dev: str, spec: LinkSpec) -> None:
     """htb at the link rate; with a flow cap, 256 classes chosen by a hash of the TCP source port."""
     rate = f"{spec.rate_mbit:g}mbit"
     tc = ["ip", "netns", "exec", ns, "tc"]
+
+    def add_class(parent: str, classid: str, guaranteed: str, ceiling: str) -> None:
+        _run([*tc, "class", "add", "dev", dev, "parent", parent, "classid", classid, "htb", "rate",
+              guaranteed, "ceil", ceiling])  # fmt: skip
+
+    default = "1" if spec.flow_cap_mbit is None else "ffff"
+    _run([*tc, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", default])
+    add_class("1:", "1:1", rate, rate)
     if spec.flow_cap_mbit is None:
-        _run([*tc, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "1"])
-        _run(
-            [
-                *tc,
-                "class",
-                "add",
-                "dev",
-                dev,
-                "parent",
-                "1:",
-                "classid",
-                "1:1",
-                "htb",
-                "rate",
-                rate,
-                "ceil",
-                rate,
-            ]
-        )
         return
     cap = f"{min(spec.flow_cap_mbit, spec.rate_mbit):g}mbit"
-    _run([*tc, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "ffff"])
-    _run(
-        [*tc, "class", "add", "dev", dev, "parent", "1:", "classid", "1:1", "htb", "rate", rate, "ceil", rate]
-    )
     # Traffic that is not TCP over IPv4 (ARP, ICMP) shares one class capped like a flow.
-    _run(
-        [
-            *tc,
-            "class",
-            "add",
-            "dev",
-            dev,
-            "parent",
-            "1:1",
-            "classid",
-            "1:ffff",
-            "htb",
-            "rate",
-            "8kbit",
-            "ceil",
-            cap,
-        ]
-    )
+    add_class("1:1", "1:ffff", "8kbit", cap)
     batch = []
     for bucket in range(_FLOW_CLASSES):
         batch.append(f"class add dev {dev} parent 1:1 classid 1:{0x100 + bucket:x} htb rate 8kbit ceil {cap}")

@@ -1,6 +1,7 @@
-"""A throwaway OpenSSH server for local relays.
+"""A throwaway OpenSSH server for emulated relay machines.
 
-In emulated-WAN mode every region namespace runs one of these, so relays are bootstrapped with
+On the emulated WAN every region namespace can run one of these (:mod:`.wan_relays`), and every
+emulated relay VM is one (:mod:`.vms`), so relays are bootstrapped with
 paramiko exactly as cloud VMs are (:mod:`airflow_skyplane.compute.ssh`). It listens on the address
 it is given (loopback, or a namespace's own address), accepts only the fleet's public key, uses a
 host key generated for it (so tests can pin it), and is stopped by pid.

@@ -20,17 +20,26 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from airflow_skyplane.compute import fleets
+from airflow_skyplane.compute.launcher import GatewayLauncher
 from airflow_skyplane.exceptions import SkyplaneError, TransferError
 from airflow_skyplane.processes import alive
 from airflow_skyplane.storage.base import ObjectInfo
-from airflow_skyplane.transfer.tracker import Progress
-from airflow_skyplane.transfer.tracker import combine as combine
+from airflow_skyplane.storage.uri import parse_uri
+from airflow_skyplane.transfer.job import TransferJob
+from airflow_skyplane.transfer.options import TransferOptions
+from airflow_skyplane.transfer.overlay import Overlay
+from airflow_skyplane.transfer.summary import Summary, TransferResult, summarize
+from airflow_skyplane.transfer.tracker import Progress, combine
+
+if TYPE_CHECKING:
+    from airflow_skyplane.compute.cloud import CloudFleet
+    from airflow_skyplane.hooks.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +56,15 @@ class TransferRequest:
     gcp_conn_id: str | None = None
     wasb_conn_id: str | None = None
     #: the part of the task's summary known before the transfer ran (plans, diff counts)
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: Summary = field(default_factory=dict)
     #: per destination, keys (relative to its prefix) to delete once every object is verified
     #: (``sync`` with ``delete_extraneous``); bounded by the operator's ``max_delete``
     deletes: list[list[str]] = field(default_factory=list)
 
-    def open_stores(self) -> tuple[Any, list[Any]]:
+    def open_stores(self) -> tuple[Location, list[Location]]:
         from airflow_skyplane.hooks.storage import open_store
 
-        def opened(uri: str) -> Any:
+        def opened(uri: str) -> Location:
             return open_store(
                 uri,
                 aws_conn_id=self.aws_conn_id,
@@ -66,12 +75,28 @@ class TransferRequest:
         return opened(self.source), [opened(d) for d in self.destinations]
 
 
+@dataclass(frozen=True)
+class FleetWork:
+    """What one fleet runs: per destination, its store, the objects it needs and its overlay."""
+
+    source: Location
+    destinations: Sequence[Location]
+    selections: Sequence[Iterable[ObjectInfo]]
+    overlays: Sequence[Overlay]
+    #: per destination, the key of its resumable transfer's state (none: not resumable)
+    state_keys: Sequence[str | None] = ()
+
+
 class FleetTransfer:
-    def __init__(self, fleet_id: str, state_dir: str, request: TransferRequest, jobs: list[Any]) -> None:
+    def __init__(
+        self, fleet_id: str, state_dir: str, request: TransferRequest, jobs: list[TransferJob]
+    ) -> None:
         self.fleet_id, self.state_dir, self.request, self.jobs = fleet_id, state_dir, request, jobs
         self.folder = fleets.fleet_dir(state_dir, fleet_id)
         self.deleted: list[int] = []
-        self.cloud: Any = None  # the CloudFleet whose VMs run the gateways, if any
+        self.cloud: CloudFleet | None = None  # the relay VMs that run the gateways, if any
+        self._on_progress: Callable[[Progress], None] | None = None
+        self._every = 5.0
 
     # -- starting ------------------------------------------------------------------------------------
     @classmethod
@@ -81,18 +106,15 @@ class FleetTransfer:
         fleet_id: str,
         state_dir: str,
         request: TransferRequest,
-        source: Any,
-        destinations: Sequence[Any],
-        selections: Sequence[Iterable[ObjectInfo]],
-        overlays: Sequence[Any],
+        work: FleetWork,
+        options: TransferOptions,
         ttl_s: float,
-        owner: dict[str, Any],
-        job_options: dict[str, Any],
+        owner: Mapping[str, object],
         on_progress: Callable[[Progress], None] | None = None,
         progress_every_s: float = 5.0,
         detached: bool = False,
-        cloud: Any = None,
-        state_keys: Sequence[str | None] = (),
+        cloud: CloudFleet | None = None,
+        test_faults: Mapping[str, Mapping[str, object]] | None = None,
     ) -> FleetTransfer:
         """Record the fleet, then start one transfer per destination; on any failure tear down all.
 
@@ -103,11 +125,10 @@ class FleetTransfer:
         rented in every region the overlays name and the gateways of those transfers run there,
         reached over SSH; a transfer sent directly (no region known) runs its gateways here.
 
-        ``state_keys`` (one per destination, or none) makes the transfers resumable (see
+        ``work.state_keys`` (one per destination, or none) makes the transfers resumable (see
         :mod:`airflow_skyplane.transfer.resume`).
         """
         from airflow_skyplane.compute.local import LocalRelayBackend
-        from airflow_skyplane.transfer.job import TransferJob
 
         folder = fleets.fleet_dir(state_dir, fleet_id)
         now = time.time()
@@ -116,39 +137,40 @@ class FleetTransfer:
         with open(Path(state_dir) / ".lock", "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             _refuse_overlaps(state_dir, request.destinations)
-            owner = {**owner, "pid": os.getpid()}  # the controller, alive while it starts the gateways
+            recorded = {**owner, "pid": os.getpid()}  # the controller, alive while it starts the gateways
             kind = "local" if cloud is None else "cloud"
-            fleets.FleetRecord(fleet_id, kind, now, now + ttl_s, owner).write(folder)
+            fleets.FleetRecord(fleet_id, kind, now, now + ttl_s, recorded).write(folder)
             _private_json(folder / REQUEST_FILE, asdict(request))
         fleet = cls(fleet_id, state_dir, request, [])
         fleet.cloud = cloud
         try:
             relays = None
-            regions = [r for overlay in overlays for r in overlay.regions.values() if r]
+            regions = [r for overlay in work.overlays for r in overlay.regions.values() if r]
             if cloud is not None and regions:
-                relays = cloud.provision(dict.fromkeys(regions, 1), expires_at=now + ttl_s, owner=owner)
+                relays = cloud.provision(dict.fromkeys(regions, 1), expires_at=now + ttl_s, owner=recorded)
             for n, (dst, selection, overlay) in enumerate(
-                zip(destinations, selections, overlays, strict=True)
+                zip(work.destinations, work.selections, work.overlays, strict=True)
             ):
                 workdir = folder / str(n)
+                backend: GatewayLauncher
                 if relays is not None and any(overlay.regions.values()):
-                    backend: Any = relays.backend(str(n))  # its gateways on the relay VMs
+                    backend = relays.backend(str(n))  # its gateways on the relay VMs
                 else:
                     backend = LocalRelayBackend(workdir, fleet_id=fleet_id)
                 job = TransferJob(
-                    source.store,
-                    source.prefix,
+                    work.source.store,
+                    work.source.prefix,
                     dst.store,
                     dst.prefix,
                     backend=backend,
                     workdir=workdir,
                     overlay=overlay,
                     objects=selection,
+                    options=options,
+                    test_faults=test_faults,
                     expires_at=now + ttl_s,  # every gateway stops itself then, controller or not
                     watch_pid=None if detached else os.getpid(),
-                    on_progress=None,
-                    state_key=state_keys[n] if n < len(state_keys) else None,
-                    **job_options,
+                    state_key=work.state_keys[n] if n < len(work.state_keys) else None,
                 )
                 fleet.jobs.append(job)
                 job.start()
@@ -162,7 +184,6 @@ class FleetTransfer:
     def attach(cls, fleet_id: str, state_dir: str) -> FleetTransfer:
         """The fleet another process started, with its stores opened again through the hooks."""
         from airflow_skyplane.compute.local import LocalRelayBackend
-        from airflow_skyplane.transfer.job import TransferJob
 
         folder = fleets.fleet_dir(state_dir, fleet_id)
         try:
@@ -181,13 +202,20 @@ class FleetTransfer:
             jobs.append(TransferJob.attach(workdir, source.store, dst.store, backend=backend))
         return cls(fleet_id, state_dir, request, jobs)
 
-    # -- watching ------------------------------------------------------------------------------------
-    _on_progress: Callable[[Progress], None] | None = None
-    _every: float = 5.0
+    @classmethod
+    def complete(cls, fleet_id: str, state_dir: str) -> Summary:
+        """Finish the fleet another process left running (every chunk is written): complete, verify,
+        delete what ``sync`` was asked to delete, tear down; the task's summary."""
+        fleet = cls.attach(fleet_id, state_dir)
+        try:
+            results = fleet.finish()
+        finally:
+            fleet.close()
+        return summarize(fleet.request.summary, results, fleet.deleted)
 
+    # -- watching ------------------------------------------------------------------------------------
     def progress(self) -> Progress:
-        parts = [job.progress() for job in self.jobs]
-        return combine(parts)
+        return combine([job.progress() for job in self.jobs])
 
     def poll(self) -> bool:
         """True when every destination has every chunk; raise TransferError on a gateway failure."""
@@ -203,7 +231,7 @@ class FleetTransfer:
         if self._on_progress is not None:
             self._on_progress(self.progress())
 
-    def finish(self) -> list[Any]:
+    def finish(self) -> list[TransferResult]:
         """Complete the uploads and verify every object, per destination (results in order); then,
         and only then, delete the extraneous objects ``sync`` was asked to delete."""
         results = [job.finish() for job in self.jobs]
@@ -273,14 +301,6 @@ def teardown(fleet_id: str, state_dir: str) -> list[str]:
     return running
 
 
-def _overlaps(a: str, b: str) -> bool:
-    from airflow_skyplane.storage.uri import parse_uri
-
-    x, y = parse_uri(a), parse_uri(b)
-    same = (x.scheme, x.bucket, x.account) == (y.scheme, y.bucket, y.account)
-    return same and (x.prefix.startswith(y.prefix) or y.prefix.startswith(x.prefix))
-
-
 def _refuse_overlaps(state_dir: str, destinations: Sequence[str]) -> None:
     """Fail when a live fleet on this machine writes into one of ``destinations`` (or around it):
     two transfers into one prefix at once would race on the same objects."""
@@ -295,7 +315,7 @@ def _refuse_overlaps(state_dir: str, destinations: Sequence[str]) -> None:
             continue
         for ours in destinations:
             for other in theirs.get("destinations", []):
-                if _overlaps(ours, other):
+                if parse_uri(ours).overlaps(parse_uri(other)):
                     owner = record.owner
                     who = ".".join(str(owner.get(k)) for k in ("dag_id", "task_id") if owner.get(k))
                     raise TransferError(
@@ -306,7 +326,7 @@ def _refuse_overlaps(state_dir: str, destinations: Sequence[str]) -> None:
                     )
 
 
-def _private_json(path: Path, data: Any) -> None:
+def _private_json(path: Path, data: object) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(data, f)

@@ -1,0 +1,235 @@
+"""Planning the operator's transfer: one overlay plan per destination region, its estimate, re-plans.
+
+For each destination whose region and the source's are known and differ, the planner
+(:mod:`airflow_skyplane.planner`, pure) gets the task's objective and limits - its own arguments,
+then the ``skyplane`` settings - and the bytes the destination needs; otherwise the destination is
+sent directly. With several remote destinations the multicast plan is made too, for its cost
+estimate. When a cloud refuses a relay region for quota or capacity, :meth:`TransferPlanner.replan`
+plans again without it.
+
+A plan that cannot be made fails with :class:`~airflow_skyplane.exceptions.InfeasiblePlanError`
+naming the binding limits by the operator's parameters (the planner names them by its own keywords
+in ``limits``; its message speaks the CLI's flags).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from airflow_skyplane.exceptions import InfeasiblePlanError, InvalidInputError
+
+if TYPE_CHECKING:
+    from airflow_skyplane.hooks.skyplane import SkyplaneSettings
+    from airflow_skyplane.hooks.storage import Location
+    from airflow_skyplane.planner.plan import TransferPlan
+    from airflow_skyplane.transfer.options import TransferOptions
+    from airflow_skyplane.transfer.overlay import Overlay
+
+MiB = 1024 * 1024
+
+
+class Logger(Protocol):
+    """What the planner logs through (a task's logger)."""
+
+    def info(self, event: str, *args: Any) -> object: ...
+
+
+def region_of(location: Location) -> str | None:
+    """The planner's name of a store's region, when its kind can tell (an S3 connection's region)."""
+    from airflow_skyplane.storage.kinds import store_kind
+
+    return store_kind(location.store.scheme).region(location.store)
+
+
+@dataclass
+class Planning:
+    """The plans of one task's transfer, per destination (None: sent directly)."""
+
+    source_region: str | None
+    #: per destination, its region ("" when unknown)
+    regions: list[str]
+    #: per destination, the bytes it needs
+    needed: list[int]
+    plans: list[TransferPlan | None]
+    multicast: TransferPlan | None = None
+    #: relay regions a cloud refused, planned around
+    excluded: list[str] = field(default_factory=list)
+
+    def estimate(self) -> dict[str, Any]:
+        """The plans and their estimate (predicted and direct Gbps, cost), for the summary."""
+        planned = [(p, n) for p, n in zip(self.plans, self.needed, strict=True) if p is not None]
+        out: dict[str, Any] = {"plans": [p.to_dict() if p is not None else None for p in self.plans]}
+        if planned:
+            out["predicted_gbps"] = round(min(p.throughput_gbps for p, _ in planned), 4)
+            out["direct_gbps"] = round(min(p.direct_throughput_gbps for p, _ in planned), 4)
+            out["estimated_cost_usd"] = round(sum(p.cost_per_gb_usd * n / 1e9 for p, n in planned), 6)
+        if self.multicast is not None and planned:
+            out["multicast_plan"] = self.multicast.to_dict()
+        if self.excluded:
+            out["excluded_regions"] = list(self.excluded)
+        return out
+
+    def overlays(self, options: TransferOptions, *, on_vms: bool) -> list[Overlay]:
+        """One overlay per destination: its plan's, or the direct path; on local relays every
+        gateway runs on this machine, so the overlays name no region."""
+        from airflow_skyplane.transfer.overlay import Overlay, overlay_from_plan
+
+        overlays = []
+        for plan in self.plans:
+            if plan is None:
+                overlays.append(Overlay.direct(options.connections_per_hop))
+                continue
+            overlay = overlay_from_plan(plan, max_connections_per_hop=options.connections_per_hop)
+            if not on_vms:
+                overlay.regions = dict.fromkeys(overlay.regions)
+            overlays.append(overlay)
+        return overlays
+
+
+#: the planner's names of its limits -> the operator's parameter (or setting) that sets each
+OPERATOR_NAMES = {
+    "max_vms_per_region": "max_relays_per_region",
+    "max_vms": "max_relays",
+    "min_throughput_gbps": "min_throughput_gbps",
+    "deadline_s": "deadline",
+    "budget_usd": "max_cost_usd",
+    "max_cost_per_gb": "max_cost_usd",
+    "allowed_regions": "allowed_regions",
+}
+
+
+class TransferPlanner:
+    """Plans for one task, with its objective and limits."""
+
+    def __init__(
+        self,
+        settings: SkyplaneSettings,
+        *,
+        task_id: str,
+        min_throughput_gbps: float | None,
+        deadline_s: float | None,
+        max_cost_usd: float | None,
+        log: Logger,
+    ) -> None:
+        self.settings, self.task_id, self.log = settings, task_id, log
+        self.min_throughput_gbps, self.deadline_s, self.max_cost_usd = (
+            min_throughput_gbps,
+            deadline_s,
+            max_cost_usd,
+        )
+
+    def plan_destinations(
+        self,
+        source_uri: str,
+        source_region: str | None,
+        regions: Sequence[str],
+        uris: Sequence[str],
+        needed: Sequence[int],
+    ) -> Planning:
+        """A plan per destination (logged), and the multicast plan for the estimate."""
+        plans: list[TransferPlan | None] = []
+        for uri, region, n in zip(uris, regions, needed, strict=True):
+            if not source_region or not region:
+                self.log.info(
+                    "No region known for %s: sending it directly (pass source_region and "
+                    "destination_region, e.g. 'aws:us-east-1', to plan relays)",
+                    source_uri if not source_region else uri,
+                )
+                plans.append(None)
+            elif region == source_region:
+                self.log.info("%s is in the source's region %s: sending it directly", uri, region)
+                plans.append(None)
+            else:
+                plan = self.plan(source_region, [region], n / 1e9)
+                self.log.info("Planned overlay to %s (%s):\n%s", uri, plan.solver, plan.to_table())
+                plans.append(plan)
+        planning = Planning(source_region, list(regions), list(needed), plans)
+        remote = list(dict.fromkeys(r for r, p in zip(regions, plans, strict=True) if p is not None))
+        if source_region and len(remote) > 1:
+            planning.multicast = self.plan(source_region, remote, max(needed) / 1e9)
+            self.log.info("Multicast plan, for its cost estimate:\n%s", planning.multicast.to_table())
+        return planning
+
+    def replan(self, planning: Planning, excluded_region: str) -> None:
+        """Plan every planned destination again without ``excluded_region`` (and those before)."""
+        planning.excluded.append(excluded_region)
+        planning.plans = [
+            None if p is None else self.plan(planning.source_region, [r], n / 1e9, planning.excluded)
+            for p, r, n in zip(planning.plans, planning.regions, planning.needed, strict=True)
+        ]
+        for plan in planning.plans:
+            if plan is not None:
+                self.log.info("Planned again (%s):\n%s", plan.solver, plan.to_table())
+
+    def log_estimate(self, planning: Planning) -> None:
+        estimate = planning.estimate()
+        if "predicted_gbps" in estimate:
+            self.log.info(
+                "Estimate: %.1f MiB to send, %.3f Gbps predicted (direct %.3f Gbps), $%.4f",
+                sum(planning.needed) / MiB, estimate["predicted_gbps"], estimate["direct_gbps"],
+                estimate["estimated_cost_usd"],
+            )  # fmt: skip
+
+    def plan(
+        self,
+        src_region: str | None,
+        dst_regions: Sequence[str],
+        size_gb: float,
+        excluded: Sequence[str] = (),
+    ) -> TransferPlan:
+        from airflow_skyplane.planner import NetworkModel, plan_transfer
+        from airflow_skyplane.planner.regions import match_regions
+
+        settings = self.settings
+        model = NetworkModel.from_csv(settings.grid_path) if settings.grid_path else NetworkModel.default()
+        size = max(size_gb, 1e-9)
+        allowed = list(settings.allowed_regions) or None
+        if settings.relay_backend in ("aws", "gcp", "azure"):
+            allowed = allowed or [f"{settings.relay_backend}:*"]
+            for region in (src_region, *dst_regions):
+                if region and not region.startswith(f"{settings.relay_backend}:"):
+                    raise InvalidInputError(
+                        f"relay_backend={settings.relay_backend!r} rents relays in that cloud only, but "
+                        f"{region!r} is elsewhere: use relay_backend='auto' (relays in each region's cloud)"
+                    )
+        if excluded:
+            allowed = [r for r in match_regions(allowed or ["*"], model.regions) if r not in excluded]
+        try:
+            return plan_transfer(
+                model,
+                src_region,  # type: ignore[arg-type]
+                list(dst_regions) if len(dst_regions) > 1 else dst_regions[0],
+                objective=settings.objective,
+                min_throughput_gbps=self.min_throughput_gbps,
+                size_gb=size if (self.deadline_s is not None or self.max_cost_usd is not None) else None,
+                deadline_s=self.deadline_s,
+                budget_usd=self.max_cost_usd,
+                max_vms_per_region=settings.max_relays_per_region,
+                max_vms=settings.max_relays,
+                allowed_regions=allowed,
+            )
+        except InfeasiblePlanError as err:
+            raise self._infeasible(err) from None
+
+    def _infeasible(self, err: InfeasiblePlanError) -> InfeasiblePlanError:
+        """The planner's error, with the binding limits named as the task sets them."""
+        values = {
+            "max_relays_per_region": self.settings.max_relays_per_region,
+            "max_relays": self.settings.max_relays,
+            "min_throughput_gbps": self.min_throughput_gbps,
+            "deadline": self.deadline_s,
+            "max_cost_usd": self.max_cost_usd,
+            "allowed_regions": list(self.settings.allowed_regions) or None,
+        }
+        names = list(dict.fromkeys(OPERATOR_NAMES.get(limit, limit) for limit in err.limits))
+        setting = {"max_relays"}  # only in the skyplane connection or [skyplane]
+        shown = [
+            f"{name}={values.get(name)!r}" + (" (skyplane connection)" if name in setting else "")
+            for name in names
+        ]
+        held = f"no plan within {', '.join(shown)}: " if shown else ""
+        return InfeasiblePlanError(
+            f"task {self.task_id!r}: {held}the planner says: {err}", limits=tuple(names)
+        )

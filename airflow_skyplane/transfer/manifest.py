@@ -1,0 +1,160 @@
+"""The inventory of one transfer, written once to private files of its work folder.
+
+* ``objects.jsonl``: one record per source object to send (key relative to the source prefix, size,
+  checksum, modification time), what the job completes and verifies, also from another process;
+* ``manifest.jsonl``: the chunks the reading gateway sends (striped parts and batches of small
+  objects, :mod:`.chunks`), one line per frame.
+
+Writing the manifest begins a multipart upload at the destination for every striped object not begun
+yet (a resumed transfer reuses the uploads it continues). An object record is also how the durable
+state of a resumable transfer (:mod:`.resume`) and the spooled selection (:mod:`.diff`) keep an
+object: :func:`object_record` and :func:`object_from_record`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TextIO, TypedDict
+
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential
+
+from airflow_skyplane.exceptions import (
+    BucketNotFoundError,
+    CredentialsError,
+    InvalidInputError,
+    ObjectNotFoundError,
+    StorageError,
+)
+from airflow_skyplane.storage.base import Checksum, MultipartUpload, ObjectInfo, ObjectStore
+from airflow_skyplane.transfer.chunks import batch_small, plan_chunks
+
+OBJECTS_FILE = "objects.jsonl"
+MANIFEST_FILE = "manifest.jsonl"
+
+
+class ObjectRecord(TypedDict):
+    key: str
+    size: int
+    checksum: list[str] | None  # [algorithm, value]
+    mtime: str | None  # ISO 8601
+
+
+def object_record(key: str, info: ObjectInfo) -> ObjectRecord:
+    return {
+        "key": key,
+        "size": info.size,
+        "checksum": [info.checksum.algorithm, info.checksum.value] if info.checksum else None,
+        "mtime": info.mtime.isoformat() if info.mtime else None,
+    }
+
+
+def object_from_record(raw: ObjectRecord) -> tuple[str, ObjectInfo]:
+    recorded, when = raw.get("checksum"), raw.get("mtime")
+    checksum = Checksum(recorded[0], recorded[1]) if recorded else None
+    mtime = datetime.fromisoformat(when) if when else None
+    return raw["key"], ObjectInfo(raw["key"], raw["size"], checksum, mtime)
+
+
+def read_objects(workdir: Path) -> dict[str, ObjectInfo]:
+    """The objects a job recorded in its work folder (relative key -> the source's object)."""
+    with (workdir / OBJECTS_FILE).open(encoding="utf-8") as f:
+        return dict(object_from_record(json.loads(line)) for line in f)
+
+
+@dataclass
+class Manifest:
+    """What the inventory wrote: the manifest's path and the number of chunks to send."""
+
+    path: Path
+    chunks: int
+
+
+def write_manifest(
+    workdir: Path,
+    listed: Iterable[ObjectInfo],
+    *,
+    source_prefix: str,
+    destination: ObjectStore,
+    destination_prefix: str,
+    chunk_size: int,
+    objects: dict[str, ObjectInfo],
+    uploads: dict[str, MultipartUpload],
+    on_object: Callable[[str, ObjectInfo], None] = lambda rel, info: None,
+    kept: Mapping[str, set[int]] | None = None,
+) -> Manifest:
+    """Record ``listed`` (full keys under ``source_prefix``) and cut it into the manifest's chunks.
+
+    ``objects`` (relative key -> object) and ``uploads`` fill as the listing is read, so that what
+    was begun is known even when this fails half-way. ``on_object`` sees each object before its
+    chunks are cut, so it can fill ``kept`` (relative key -> part numbers a previous try wrote, which
+    are not sent again) and ``uploads`` (uploads it continues); an upload is begun for every other
+    striped object.
+    """
+    kept = kept if kept is not None else {}
+    manifest = workdir / MANIFEST_FILE
+    sent = 0
+    with _private_text(workdir / OBJECTS_FILE) as inventory:
+
+        def listing() -> Iterator[tuple[str, int]]:
+            for info in listed:
+                if not info.key.startswith(source_prefix):
+                    raise InvalidInputError(
+                        f"object {info.key!r} is not under the source prefix {source_prefix!r}"
+                    )
+                rel = info.key[len(source_prefix) :]
+                objects[rel] = info
+                inventory.write(json.dumps(object_record(rel, info)) + "\n")
+                on_object(rel, info)
+                yield rel, info.size
+
+        chunks = plan_chunks(listing(), chunk_size, min_part_size=destination.min_part_size)
+        with _private_text(manifest) as f:
+            for batch in batch_small(c for c in chunks if c.part_number not in kept.get(c.key, ())):
+                sent += len(batch)
+                entries = [
+                    {"chunk_id": c.chunk_id, "key": c.key, "offset": c.offset, "length": c.length,
+                     "object_size": c.object_size, "part_number": c.part_number, "parts": c.parts}
+                    for c in batch
+                ]  # fmt: skip
+                f.write(json.dumps(entries[0] if len(entries) == 1 else {"chunks": entries}) + "\n")
+                for c in batch:
+                    if c.is_part and c.key not in uploads:
+                        uploads[c.key] = destination.begin_multipart(destination_prefix + c.key)
+    return Manifest(manifest, sent)
+
+
+def private_write(path: Path, data: bytes | str) -> Path:
+    """Write ``path`` readable by this user only (mode 0600 before a byte is written)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def _private_text(path: Path) -> TextIO:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    return os.fdopen(fd, "w", encoding="utf-8")
+
+
+def abort_upload(store: ObjectStore, upload: MultipartUpload) -> None:
+    """Abort a multipart upload, retrying what a store refuses for a while (throttling, 5xx)."""
+    for attempt in Retrying(
+        retry=retry_if_exception(
+            lambda e: (
+                isinstance(e, StorageError) and not isinstance(e, CredentialsError | BucketNotFoundError)
+            )
+        ),
+        stop=stop_after_attempt(6) | stop_after_delay(120),
+        wait=wait_exponential(multiplier=0.5, max=10),
+        reraise=True,
+    ):
+        with attempt:
+            try:
+                store.abort_multipart(upload)
+            except ObjectNotFoundError:
+                return  # gone already (an earlier attempt went through)

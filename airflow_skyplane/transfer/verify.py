@@ -1,0 +1,156 @@
+"""Complete a transfer's multipart uploads from the writer's receipts, then verify every object.
+
+Each object is checked at the destination (one HEAD, :data:`VERIFY_THREADS` at once): its size, and
+its checksum against what the gateways wrote (MD5, the S3 multipart ETag, or the CRC32C a GCS
+composed object reports, derived from the receipts) and, where the algorithms allow, against the
+source store's own checksum. An object that fails is deleted from the destination, so nothing that
+looks like a copy and is not one stays there. A striped object whose source changed while its parts
+were read is caught before any upload is completed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from airflow_skyplane.exceptions import TransferError
+from airflow_skyplane.storage.base import Checksum, MultipartUpload, ObjectInfo, ObjectStore, PartInfo
+from airflow_skyplane.storage.checksums import from_part_crc32cs, from_part_md5s
+from airflow_skyplane.transfer.control import Receipt
+
+# HEAD requests of the verification at once: under the 10 connections a boto3 client pools by default
+VERIFY_THREADS = 8
+
+
+@dataclass(frozen=True)
+class Sides:
+    """Where a transfer reads and writes."""
+
+    source: ObjectStore
+    source_prefix: str
+    destination: ObjectStore
+    destination_prefix: str
+
+
+def complete_and_verify(
+    sides: Sides,
+    objects: Mapping[str, ObjectInfo],
+    uploads: dict[str, MultipartUpload],
+    receipts: list[Receipt],
+) -> int:
+    """Complete every upload in ``uploads`` (removing it from there) and verify every object; the
+    number of objects whose checksum matched. Raise TransferError on the first object that fails."""
+    by_key: dict[str, list[Receipt]] = defaultdict(list)
+    latest = {(r["key"], r["part_number"]): r for r in receipts}  # a chunk written twice counts once
+    for r in latest.values():
+        by_key[r["key"]].append(r)
+    # A striped object is read range by range: if it changed meanwhile, its parts may mix two
+    # versions. Check before completing any upload, so such an object never appears (close()
+    # aborts the uploads); a single-range object was read whole, one version.
+    changed = [key for key in uploads if key in objects and _source_changed(sides, key, objects[key])]
+    if changed:
+        raise TransferError(
+            f"source object {sides.source.describe(sides.source_prefix + changed[0])} changed during the "
+            f"transfer ({len(changed)} object(s) did): nothing was written for it; rerun the transfer "
+            "to copy the new version"
+        )
+    for key, upload in list(uploads.items()):
+        parts = sorted(by_key[key], key=lambda r: r["part_number"])
+        sides.destination.complete_multipart(
+            upload, [PartInfo(r["part_number"], r["length"], r["token"]) for r in parts]
+        )
+        del uploads[key]
+    verified = 0
+    for key, check in _verify_all(sides, objects, by_key):
+        try:
+            verified += check.result()
+        except TransferError as err:
+            # a short or mismatching object must not stay where readers would take it for a copy
+            dest_key = sides.destination_prefix + key
+            try:
+                sides.destination.delete(dest_key)
+            except Exception as cleanup:  # noqa: BLE001 - the verification error is the one to show
+                raise TransferError(
+                    f"{err}; deleting {sides.destination.describe(dest_key)} failed too ({cleanup}): "
+                    "delete it by hand"
+                ) from err
+            raise TransferError(
+                f"{err}; the object was deleted from the destination and a rerun sends it again"
+            ) from err
+    return verified
+
+
+def _verify_all(
+    sides: Sides, objects: Mapping[str, ObjectInfo], by_key: Mapping[str, list[Receipt]]
+) -> Iterator[tuple[str, Future[bool]]]:
+    """(key, its check) of every object, in order. One HEAD per object, a few at once: one after
+    the other is most of a small-object transfer's time, as a store answers each in milliseconds
+    to tens of them but serves many at once. Windows of 1,024 keep memory flat."""
+    items = iter(objects.items())
+    with ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="verify") as pool:
+        while window := list(itertools.islice(items, 1024)):
+            yield from [(k, pool.submit(_verify_one, sides, k, o, by_key.get(k, []))) for k, o in window]
+
+
+def _verify_one(sides: Sides, key: str, src: ObjectInfo, receipts: list[Receipt]) -> bool:
+    """Check one written object (size, and checksums where comparable); True if a checksum matched."""
+    parts = sorted(receipts, key=lambda r: r["part_number"])
+    destination, dest_key = sides.destination, sides.destination_prefix + key
+    written = sum(r["length"] for r in parts)
+    if written != src.size:
+        raise TransferError(
+            f"{destination.describe(dest_key)}: the gateways wrote {written} of {src.size} bytes"
+        )
+    dst = destination.head(dest_key)
+    if dst.size != src.size:
+        raise TransferError(f"{destination.describe(dest_key)} has {dst.size} bytes, the source {src.size}")
+    expected = _expected(parts, dst.checksum.algorithm if dst.checksum else "")
+    # what the destination store holds = what the gateway wrote (any algorithm we can derive);
+    # what the source store reports = what was sent (whole-object algorithms only: an S3
+    # multipart ETag depends on the source's own part sizes)
+    dest_checked = _compare(key, "destination", dst.checksum, expected, allow_etag=True)
+    if not dest_checked:
+        dest_checked = _compare(key, "destination", dst.checksum, src.checksum, allow_etag=False)
+    _compare(key, "source", src.checksum, expected, allow_etag=False)
+    return dest_checked
+
+
+def _compare(
+    key: str, side: str, reported: Checksum | None, wanted: Checksum | None, *, allow_etag: bool
+) -> bool:
+    """True when both checksums exist, are comparable and equal; raise when they differ."""
+    if reported is None or wanted is None or reported.algorithm != wanted.algorithm:
+        return False
+    if reported.algorithm == "s3-etag" and not allow_etag:
+        return False
+    if reported != wanted:
+        raise TransferError(
+            f"checksum mismatch for {key!r}: the {side} store reports {reported}, the bytes written give "
+            f"{wanted}"
+        )
+    return True
+
+
+def _expected(parts: list[Receipt], algorithm: str) -> Checksum | None:
+    """What a store reports for the bytes the gateway wrote: md5, the S3 multipart ETag, or the
+    CRC32C of a GCS composed object."""
+    if algorithm == "crc32c" and parts and all(p.get("crc32c") for p in parts):
+        return from_part_crc32cs([(int(p["crc32c"], 16), p["length"]) for p in parts])
+    if parts and all(p["md5"] for p in parts):
+        return from_part_md5s([bytes.fromhex(p["md5"]) for p in parts])
+    return None  # checked chunk by chunk (CRC and AES-GCM tag) only
+
+
+def _source_changed(sides: Sides, key: str, listed: ObjectInfo) -> bool:
+    """True when the source object no longer has the size, checksum or mtime it was listed with."""
+    full = sides.source_prefix + key
+    now = next((info for info in sides.source.list(full) if info.key == full), None)
+    if now is None or now.size != listed.size:
+        return True
+    if now.checksum and listed.checksum and now.checksum.algorithm == listed.checksum.algorithm:
+        if now.checksum != listed.checksum:
+            return True
+    return bool(now.mtime and listed.mtime and now.mtime != listed.mtime)
