@@ -55,7 +55,8 @@ from airflow_skyplane.planner import REGIONS, NetworkModel, TransferPlan, plan_t
 from airflow_skyplane.planner.accuracy import spearman
 from airflow_skyplane.planner.model import great_circle_km, model_gbps
 from airflow_skyplane.planner.network import read_grid_csv
-from airflow_skyplane.planner.solver import DEFAULT_CANDIDATE_RELAYS, DEFAULT_TOLERANCE, _direct
+from airflow_skyplane.planner.result import direct_path
+from airflow_skyplane.planner.solver import DEFAULT_CANDIDATE_RELAYS, DEFAULT_TOLERANCE
 
 
 def quantiles(
@@ -310,7 +311,7 @@ def measured_section(
     }
     oracle = {p: plan_transfer(measured, *p, solver=args.solver) for p in pairs}
     reach = {p: evaluate_on(oracle[p], measured) for p in pairs}
-    direct = {p: _direct(measured, p[0], [p[1]], {p[0]: 1, p[1]: 1}, 64) for p in pairs}
+    direct = {p: direct_path(measured, p[0], [p[1]], {p[0]: 1, p[1]: 1}, 64) for p in pairs}
     out: dict[str, object] = {
         "pairs": len(pairs),
         "measured_plan_vs_direct": {
@@ -379,7 +380,7 @@ def speedup_section(args: argparse.Namespace, grid: dict[tuple[str, str], float]
         for capped in (False, True):
             ratios = []
             for s, d in pairs:
-                d_tp, d_cost = _direct(measured, s, [d], {s: k, d: k}, 64)
+                d_tp, d_cost = direct_path(measured, s, [d], {s: k, d: k}, 64)
                 if d_tp <= 0 or d_cost is None:
                     continue
                 try:

@@ -30,12 +30,12 @@ regions; ``benchmarks/planner.py`` checks on a sample that pruning loses nothing
 
 from __future__ import annotations
 
-import heapq
 import math
 import time
 from collections.abc import Sequence
 
 from airflow_skyplane.exceptions import InfeasiblePlanError, InvalidInputError
+from airflow_skyplane.planner.candidates import Candidates
 from airflow_skyplane.planner.grid import CONNECTIONS_PER_MEASUREMENT
 from airflow_skyplane.planner.milp import (
     MIN_HOP_SHARE,
@@ -47,8 +47,9 @@ from airflow_skyplane.planner.milp import (
     whole_connections,
 )
 from airflow_skyplane.planner.network import NetworkModel
-from airflow_skyplane.planner.plan import PlanEdge, TransferPlan
+from airflow_skyplane.planner.plan import TransferPlan
 from airflow_skyplane.planner.regions import match_regions
+from airflow_skyplane.planner.relays import drop_unpaid_relays
 from airflow_skyplane.planner.requests import (
     OBJECTIVES,
     cap_limit,
@@ -59,6 +60,7 @@ from airflow_skyplane.planner.requests import (
     target_limit,
     targets,
 )
+from airflow_skyplane.planner.result import direct_path, to_plan
 
 DEFAULT_CANDIDATE_RELAYS = 12
 DEFAULT_MIP_GAP = 1e-6
@@ -111,7 +113,14 @@ class Planner:
             match_regions(self.allowed_patterns, model.regions) if self.allowed_patterns else model.regions
         )
         self.candidate_relays = candidate_relays
-        self._wide_cache: dict[tuple[str, bool], dict[str, float]] = {}
+        self._candidates = Candidates(
+            model,
+            self.allowed,
+            self.allowed_patterns,
+            robust=self.robust,
+            connections_per_vm=connections_per_vm,
+            candidate_relays=candidate_relays,
+        )
         self._solver, self.solver_label = make_solver(solver, time_limit_s, mip_gap)
         self._band_solver = (
             make_solver(solver, time_limit_s, max(mip_gap, BAND_COST_GAP))[0] if self.tolerance > 0 else None
@@ -141,7 +150,7 @@ class Planner:
                 f"{len(dsts)} destination(s) need: raise --max-vms to at least {1 + len(dsts)}",
                 limits=("max_vms",),
             )
-        self._check_paths(src, dsts)
+        self._candidates.check_paths(src, dsts)
         net = self.network(self.candidates(src, dsts), src, dsts)
 
         if objective == "cost":
@@ -161,71 +170,26 @@ class Planner:
             if found is None:
                 raise self._cost_infeasible(net, cost_cap, budget_usd, size_gb, target)
             sol = found
-        plan = self._to_plan(sol, net, objective, size_gb)
+        plan = to_plan(
+            self.model,
+            sol,
+            net,
+            objective=objective,
+            size_gb=size_gb,
+            connections_per_vm=self.connections_per_vm,
+            solver_label=self.solver_label,
+            tolerance=self.tolerance,
+        )
         plan.solve_seconds = time.perf_counter() - started
         return plan
 
     def candidates(self, src: str, dsts: list[str]) -> list[str]:
         """Source, destinations and the best-ranked relay regions offered to the MILP."""
-        fixed = [src, *dsts]
-        others = [r for r in self.allowed if r not in fixed]
-        k = self.candidate_relays
-        if k is None or len(others) <= k:
-            return fixed + others
-        wide_from = self._wide(src, True)
-        score_tp: dict[str, float] = {}
-        score_cost: dict[str, float] = {}
-        near_src: dict[str, float] = {}
-        near_dst: dict[str, float] = {}
-        for r in others:
-            best_tp, best_cost = 0.0, math.inf
-            near_src[r] = self._edge_cap(src, r)
-            near_dst[r] = max(self._edge_cap(r, d) for d in dsts)
-            for d in dsts:
-                wide_to = self._wide(d, False)
-                best_tp = max(best_tp, min(wide_from.get(r, 0.0), wide_to.get(r, 0.0)))
-                if self.model.throughput(src, r) > 0 and self.model.throughput(r, d) > 0:
-                    best_cost = min(best_cost, self.model.cost_per_gb(src, r) + self.model.cost_per_gb(r, d))
-            score_tp[r], score_cost[r] = best_tp, best_cost
-        # Bottleneck bounds tie often (many relays reach the same provider cap), so the ranking mixes
-        # four views: cheapest two-hop egress, widest first hop, widest last hop, widest path overall.
-        n_side = max(1, k // 4)
-        rankings = [
-            sorted(others, key=lambda r: (score_cost[r], -score_tp[r], r))[:n_side],
-            sorted(others, key=lambda r: (-near_src[r], -score_tp[r], r))[:n_side],
-            sorted(others, key=lambda r: (-near_dst[r], -score_tp[r], r))[:n_side],
-            sorted(others, key=lambda r: (-score_tp[r], score_cost[r], r)),
-        ]
-        chosen: list[str] = []
-        for r in (r for ranking in rankings for r in ranking):
-            if r not in chosen:
-                chosen.append(r)
-            if len(chosen) >= k:
-                break
-        return fixed + chosen
+        return self._candidates.regions(src, dsts)
 
     def network(self, nodes: list[str], src: str, dsts: list[str]) -> OverlayNetwork:
-        """The MILP's view: direct hops (source to a destination) at the best estimate, the other hops
-        at the conservative rate (``robust``) or the best estimate."""
-        m = self.model
-        rate = {}
-        for u in nodes:
-            for v in nodes:
-                if u != v:
-                    direct = u == src and v in dsts
-                    rate[(u, v)] = (
-                        m.throughput(u, v) if direct or not self.robust else m.lower_throughput(u, v)
-                    )
-        return OverlayNetwork(
-            nodes=list(nodes),
-            src=src,
-            dsts=list(dsts),
-            rate=rate,
-            price={e: m.cost_per_gb(*e) for e in rate},
-            vm_price_per_hour={v: m.vm_price_per_hour(v) for v in nodes},
-            egress_cap={v: m.egress_cap(v) for v in nodes},
-            ingress_cap={v: m.ingress_cap(v) for v in nodes},
-        )
+        """The MILP's view of ``nodes`` (see :mod:`~airflow_skyplane.planner.candidates`)."""
+        return self._candidates.network(nodes, src, dsts)
 
     def relaxed(
         self,
@@ -280,7 +244,7 @@ class Planner:
         settled = self._settle_near(net, milp, best.throughput, floor, cost_cap, target, self._band_solver)
         if settled is None:  # whole connections fall short of the floor: the fastest, settled
             settled = self._settle(net, best, cost_cap, target)
-        return None if settled is None else self._drop_idle_relays(net, settled, floor, cost_cap, target)
+        return None if settled is None else drop_unpaid_relays(self, net, settled, floor, cost_cap, target)
 
     def _settle_near(
         self,
@@ -330,9 +294,15 @@ class Planner:
         """The plan with whole connections on the VMs and hops of ``hint`` (a fractional solution): the
         lowest $/GB at ``T >= at_least`` (default: as fast as they go), or the cheapest at
         ``fixed_throughput``."""
-        vms = {v: n for v, n in hint.vms.items() if n > 0}
+        rented = {v: n for v, n in hint.vms.items() if n > 0}
         for share in (MIN_HOP_SHARE, 0.0):
-            conns = whole_connections(net, vms, hint.flows, hint.throughput, self.connections_per_vm, share)
+            conns = whole_connections(
+                net, rented, hint.flows, hint.throughput, self.connections_per_vm, share
+            )
+            # a relay VM the hint rents but sends nothing through (the fastest plan's solver has no
+            # reason to close it) is not rented
+            used = {net.src, *net.dsts} | {v for e in conns for v in e}
+            vms = {v: n for v, n in rented.items() if v in used}
             lp = self._milp(
                 net,
                 vms=vms,
@@ -365,74 +335,7 @@ class Planner:
         relaxed = self.max_throughput(net)
         return None if relaxed is None else self._settle(net, relaxed, None, None)
 
-    def _drop_idle_relays(
-        self,
-        net: OverlayNetwork,
-        sol: Solution,
-        band: float,
-        cost_cap: float | None,
-        target: float | None,
-    ) -> Solution:
-        """Drop, one at a time, a relay region whose removal costs less than the tolerance of the plan's
-        throughput and makes the plan no dearer per GB: a relay that pays for itself neither in speed
-        nor in price (multicast hubs can save egress) is not rented. ``band`` is the throughput the
-        plan should keep if it can (within the tolerance of the fastest)."""
-        while True:
-            floor = sol.throughput * (1 - self.tolerance) - _EPS
-            options = []
-            for r in sol.relays(net):
-                rest = {v: n for v, n in sol.vms.items() if v != r and n > 0}
-                lp = self._milp(net, vms=rest, cost_cap=cost_cap, min_throughput=target)
-                fast = lp.fastest()  # fractional connections: an upper bound of what whole ones reach
-                if fast is not None and fast.throughput >= floor:
-                    options.append((fast.throughput, lp))
-            better = None
-            for top, lp in sorted(options, key=lambda o: -o[0]):
-                # keep within the tolerance of the fastest if that is no dearer, else go as low as the
-                # tolerance of this plan allows; each from the cheapest fractional flow at that floor
-                keep = max(floor, min(band, top * (1 - 1e-7)))
-                for at_least in dict.fromkeys((keep, floor)):
-                    settled = self._settle_near(net, lp, top, at_least, cost_cap, target)
-                    if settled is not None and settled.cost_per_gb <= sol.cost_per_gb * (1 + 1e-9):
-                        better = settled
-                        break
-                if better is not None:
-                    break
-            if better is None:
-                return sol
-            sol = better
-
     # -- inputs and errors ----------------------------------------------------------------------------
-    def _capacity_matrix(self) -> tuple[dict[str, int], list[list[float]]]:
-        """What one VM pair can move between allowed regions (the ranking's and path check's view),
-        kept on the model: plans of one model share it."""
-        key = ("hop-capacity", self.robust, self.connections_per_vm, tuple(self.allowed))
-        got = self.model.memo.get(key)
-        if got is None:
-            m, scale = self.model, self.connections_per_vm / CONNECTIONS_PER_MEASUREMENT
-            rate = m.lower_throughput if self.robust else m.throughput
-            rows = [
-                [
-                    0.0 if u == v else min(rate(u, v) * scale, m.egress_cap(u), m.ingress_cap(v))
-                    for v in self.allowed
-                ]
-                for u in self.allowed
-            ]
-            got = self.model.memo[key] = ({r: i for i, r in enumerate(self.allowed)}, rows)
-        return got  # type: ignore[return-value]
-
-    def _edge_cap(self, u: str, v: str) -> float:
-        index, rows = self._capacity_matrix()
-        return rows[index[u]][index[v]]
-
-    def _wide(self, root: str, forward: bool) -> dict[str, float]:
-        """Widest-path Gbps from ``root`` (``forward``) or into it, over the allowed regions."""
-        if (root, forward) not in self._wide_cache:
-            index, rows = self._capacity_matrix()
-            width = _widest(rows, index[root], forward)
-            self._wide_cache[(root, forward)] = {r: width[i] for r, i in index.items() if r != root}
-        return self._wide_cache[(root, forward)]
-
     def _endpoints(self, source: str, destinations: str | Sequence[str]) -> tuple[str, list[str]]:
         src = self.model.resolve(source)
         raw = [destinations] if isinstance(destinations, str) else list(destinations)
@@ -456,20 +359,6 @@ class Planner:
                     f"add a pattern matching it to --allowed-regions"
                 )
         return src, dsts
-
-    def _check_paths(self, src: str, dsts: list[str]) -> None:
-        wide = self._wide(src, True)
-        for d in dsts:
-            if wide.get(d, 0.0) <= 0.0:
-                where = (
-                    f"the regions allowed by {self.allowed_patterns}" if self.allowed_patterns else "the grid"
-                )
-                raise InfeasiblePlanError(
-                    f"no path from {src!r} to {d!r} over {where}: every route has a hop with no measured "
-                    f"throughput; allow more relay regions (--allowed-regions) or use a grid that measures "
-                    f"these pairs",
-                    limits=("allowed_regions",),
-                )
 
     def _limit(self, best: Solution | None) -> tuple[str, str, tuple[str, ...]]:
         """The VM limit that binds a plan, the fix, and the limits' names (the planner's keywords)."""
@@ -529,55 +418,13 @@ class Planner:
                 limits=("max_vms" if self.max_vms is not None else "max_vms_per_region", "allowed_regions"),
             )
         floor = self.min_cost_per_gb(net)
-        direct = _direct(self.model, net.src, net.dsts, {}, self.connections_per_vm)
+        direct = direct_path(self.model, net.src, net.dsts, {}, self.connections_per_vm)
         direct_txt = "" if direct[1] is None else f"the direct path costs ${direct[1]:.4f}/GB and "
         return InfeasiblePlanError(
             f"{direct_txt}the cheapest plan costs ${floor:.4f}/GB but "
             f"{cap_name(budget_usd, size_gb, cost_cap)}: "
             f"raise it to at least {cap_value(budget_usd, size_gb, floor)}",
             limits=(cap_limit(budget_usd),),
-        )
-
-    def _to_plan(
-        self, sol: Solution, net: OverlayNetwork, objective: str, size_gb: float | None
-    ) -> TransferPlan:
-        m = self.model
-        edges = []
-        for (u, v), f in sorted(sol.flows.items()):
-            seen = m.observed.get((u, v))
-            edges.append(
-                PlanEdge(
-                    u,
-                    v,
-                    f,
-                    int(round(sol.conns[(u, v)])),
-                    basis=m.basis(u, v),
-                    measured_age_s=None if seen is None else round(seen.age_s, 1),
-                )
-            )
-        used = {e.src for e in edges} | {e.dst for e in edges} | {net.src, *net.dsts}
-        relays = {v: n for v, n in sorted(sol.vms.items()) if n > 0 and v in used}
-        vm_rate = sum(n * m.vm_price_per_hour(v) / 3600.0 for v, n in relays.items())
-        egress_rate = sum(e.gbps * m.cost_per_gb(e.src, e.dst) / 8.0 for e in edges)
-        t = sol.throughput
-        d_tp, d_cost = _direct(m, net.src, net.dsts, relays, self.connections_per_vm)
-        return TransferPlan(
-            source=net.src,
-            destinations=list(net.dsts),
-            relays=relays,
-            edges=edges,
-            throughput_gbps=t,
-            egress_cost_per_gb_usd=egress_rate * 8 / t,
-            vm_cost_per_gb_usd=vm_rate * 8 / t,
-            direct_throughput_gbps=d_tp,
-            direct_cost_per_gb_usd=d_cost,
-            objective="fastest" if objective == "throughput" else "cheapest",
-            solver=self.solver_label,
-            solve_seconds=0.0,
-            size_gb=size_gb,
-            model=m.source,
-            candidate_regions=list(net.nodes),
-            tolerance=self.tolerance if objective == "throughput" else None,
         )
 
 
@@ -636,56 +483,6 @@ def plan_transfer(
         budget_usd=budget_usd,
         max_cost_per_gb=max_cost_per_gb,
     )
-
-
-# -- helpers --------------------------------------------------------------------------------------------
-
-
-def _widest(rows: list[list[float]], root: int, forward: bool) -> list[float]:
-    """Bottleneck (widest-path) width from ``root`` to every node (``forward``) or to ``root`` from
-    every node, over a capacity matrix (Dijkstra with min instead of +, max instead of min)."""
-    n = len(rows)
-    adjacent = rows if forward else [list(col) for col in zip(*rows, strict=True)]
-    best = [0.0] * n
-    best[root] = math.inf
-    heap = [(-math.inf, root)]
-    done = [False] * n
-    while heap:
-        neg, u = heapq.heappop(heap)
-        if done[u]:
-            continue
-        done[u] = True
-        width = -neg
-        out = adjacent[u]
-        for v in range(n):
-            if not done[v]:
-                w = min(width, out[v])
-                if w > best[v]:
-                    best[v] = w
-                    heapq.heappush(heap, (-w, v))
-    return best
-
-
-def _direct(
-    model: NetworkModel, src: str, dsts: list[str], vms: dict[str, int], connections_per_vm: int
-) -> tuple[float, float | None]:
-    """Throughput and $/GB of sending straight from src to every destination with the given VM counts."""
-    n_src = max(1, vms.get(src, 1))
-    grids = [model.throughput(src, d) for d in dsts]
-    if min(grids) <= 0:
-        return 0.0, None
-    per_conn_inv = sum(CONNECTIONS_PER_MEASUREMENT / g for g in grids)  # connections per Gbps, summed
-    t = min(
-        n_src * connections_per_vm / per_conn_inv,
-        n_src * model.egress_cap(src) / len(dsts),
-        min(max(1, vms.get(d, 1)) * model.ingress_cap(d) for d in dsts),
-    )
-    vm_rate = (
-        n_src * model.vm_price_per_hour(src)
-        + sum(max(1, vms.get(d, 1)) * model.vm_price_per_hour(d) for d in dsts)
-    ) / 3600
-    egress = sum(model.cost_per_gb(src, d) for d in dsts)
-    return t, egress + vm_rate * 8 / t
 
 
 __all__ = [
