@@ -36,11 +36,16 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from airflow_skyplane.exceptions import InvalidInputError
+from airflow_skyplane.exceptions import InvalidInputError, SkyplaneError
 from airflow_skyplane.planner.grid import CONNECTIONS_PER_MEASUREMENT
 from airflow_skyplane.planner.network import Observation
 from airflow_skyplane.planner.regions import resolve_region
+
+if TYPE_CHECKING:
+    from airflow_skyplane.planner.network import NetworkModel
+    from airflow_skyplane.transfer.summary import TransferResult
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +127,62 @@ def load(
             gbps=statistics.median(g for _, g in recent), age_s=recent[0][0], samples=len(recent)
         )
     return out
+
+
+def configured_path() -> Path | None:
+    """The history directory when the deployment turned the history on
+    (``$AIRFLOW__SKYPLANE__MEASUREMENTS_PATH``), else None: the operator records and loads only then."""
+    configured = os.environ.get(PATH_VARIABLE)
+    return Path(configured) if configured else None
+
+
+def with_recorded(model: NetworkModel) -> NetworkModel:
+    """``model`` preferring the history's measurements, when the history is on (the operator's
+    planning step); ``model`` itself otherwise."""
+    path = configured_path()
+    return model if path is None else model.with_history(load(path))
+
+
+def hops_of(result: TransferResult) -> list[HopMeasurement]:
+    """What each hop of a finished transfer carried: the sending gateway's wire bytes over its
+    seconds, split over its hops by their weights (gateways dispatch chunks to next hops in proportion
+    to them), with the hop's connections. Hops whose gateways have no known region (plain loopback
+    runs, transfers finished by another process) are left out."""
+    overlay = result.overlay
+    if overlay is None:
+        return []
+    out = []
+    for hop in overlay.hops:
+        src, dst = overlay.region(hop.src), overlay.region(hop.dst)
+        status = result.gateways.get(hop.src, {})
+        seconds, sent = status.get("seconds") or 0.0, status.get("wire_bytes") or 0
+        weights = sum(h.weight for h in overlay.hops_from(hop.src))
+        if not src or not dst or src == dst or seconds <= 0 or sent <= 0 or weights <= 0:
+            continue
+        gbps = sent * 8 / seconds / 1e9 * hop.weight / weights
+        out.append(HopMeasurement(src, dst, gbps, hop.connections))
+    return out
+
+
+def record_finished(results: Iterable[TransferResult]) -> int:
+    """Record the hops of finished transfers when the history is on (the controller's summary step);
+    how many were written. A history that cannot be written is logged, never fatal: the data is
+    already where it belongs."""
+    path = configured_path()
+    if path is None:
+        return 0
+    hops = []
+    for hop in (h for r in results for h in hops_of(r)):
+        try:
+            _checked(hop)
+        except InvalidInputError:  # a region the catalog does not know: nothing to plan with
+            continue
+        hops.append(hop)
+    try:
+        return record(hops, path=path)
+    except (SkyplaneError, OSError) as exc:
+        log.warning("could not record the transfer's hop measurements in %s: %s", path, exc)
+        return 0
 
 
 # -- internals ------------------------------------------------------------------------------------
@@ -238,4 +299,13 @@ def _compact(directory: Path, now: float) -> None:
         raise
 
 
-__all__ = ["HopMeasurement", "default_path", "load", "record"]
+__all__ = [
+    "HopMeasurement",
+    "configured_path",
+    "default_path",
+    "hops_of",
+    "load",
+    "record",
+    "record_finished",
+    "with_recorded",
+]

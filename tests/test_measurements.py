@@ -14,6 +14,9 @@ from airflow_skyplane import measurements
 from airflow_skyplane.exceptions import InvalidInputError
 from airflow_skyplane.measurements import HopMeasurement, load, record
 from airflow_skyplane.planner import NetworkModel, plan_transfer
+from airflow_skyplane.transfer.control import GatewayStatus
+from airflow_skyplane.transfer.overlay import Hop, Overlay
+from airflow_skyplane.transfer.summary import TransferResult
 
 A, B, C = "aws:us-east-1", "gcp:europe-west4-a", "azure:westeurope"
 DAY = 86400.0
@@ -50,14 +53,14 @@ def test_newest_samples_decide_and_old_ones_expire(tmp_path: Path) -> None:
         (HopMeasurement(A, B, 0.0, 8), r"gbps=0.0 must be a positive number"),
         (HopMeasurement(A, B, float("nan"), 8), r"gbps=nan must be a positive number"),
         (HopMeasurement(A, B, 1.0, 0), r"connections=0 must be a whole number >= 1"),
-        (HopMeasurement(A, B, 1.0, 2.5), r"connections=2.5 must be a whole number"),  # type: ignore[arg-type]
+        (HopMeasurement(A, B, 1.0, 2.5), r"connections=2.5 must be a whole number"),
         ((A, B, 1.0, 8), r"is not a HopMeasurement"),
     ],
 )
 def test_bad_hops_are_refused_and_nothing_is_written(tmp_path: Path, hop: object, message: str) -> None:
     good = HopMeasurement(A, B, 1.0, 8)
     with pytest.raises(InvalidInputError, match=message):
-        record([good, hop], path=tmp_path)  # type: ignore[list-item]
+        record([good, hop], path=tmp_path)
     assert not (tmp_path / "hops.jsonl").exists()
 
 
@@ -132,3 +135,31 @@ def test_the_planner_prefers_what_was_measured(tmp_path: Path) -> None:
     assert after.direct_throughput_gbps < before.direct_throughput_gbps
     assert {e.basis for e in after.edges if (e.src, e.dst) == (src, dst)} <= {"history"}
     assert "history of 1 hops" in after.model
+
+
+def _finished(overlay: Overlay, gateways: dict[str, GatewayStatus]) -> TransferResult:
+    return TransferResult("t", 1, 10**9, 10**9, 1.0, 0, 1, gateways, overlay=overlay)
+
+
+def test_finished_transfers_are_recorded_only_when_the_history_is_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the source splits its bytes 3:1 over two hops, as its gateway dispatches them; the relay forwards
+    overlay = Overlay(A, C, [Hop(A, B, 24, 3.0), Hop(A, C, 8, 1.0), Hop(B, C, 16, 3.0)], {A: A, B: B, C: C})
+    result = _finished(
+        overlay, {A: {"wire_bytes": 2 * 10**9, "seconds": 4.0}, B: {"wire_bytes": 10**9, "seconds": 2.0}}
+    )
+    hops = {(h.src, h.dst): h for h in measurements.hops_of(result)}
+    assert hops[(A, B)].gbps == pytest.approx(3.0) and hops[(A, B)].connections == 24  # 4 Gbps x 3/4
+    assert hops[(A, C)].gbps == pytest.approx(1.0)
+    assert hops[(B, C)].gbps == pytest.approx(4.0)
+
+    monkeypatch.delenv(measurements.PATH_VARIABLE, raising=False)
+    assert measurements.record_finished([result]) == 0  # off: nothing written anywhere
+    assert measurements.with_recorded(NetworkModel.default()).observed == {}
+    monkeypatch.setenv(measurements.PATH_VARIABLE, str(tmp_path))
+    assert measurements.record_finished([result]) == 3
+    assert measurements.with_recorded(NetworkModel.default()).basis(A, B) == "history"
+    # loopback gateways (no region) record nothing
+    plain = _finished(Overlay("source", "destination", [Hop("source", "destination")]), {"source": {}})
+    assert measurements.hops_of(plain) == []

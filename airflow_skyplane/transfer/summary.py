@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from airflow_skyplane import measurements
 from airflow_skyplane.transfer.control import GatewayStatus
+from airflow_skyplane.transfer.overlay import Overlay
 
 
 @dataclass
@@ -22,6 +24,8 @@ class TransferResult:
     resumed_bytes: int = 0
     #: objects whose recorded state no longer matched the source (sent again from scratch)
     discarded: int = 0
+    #: the overlay that ran (its hops and their regions: what the measurement history records)
+    overlay: Overlay | None = None
 
     @property
     def gbps(self) -> float:
@@ -52,6 +56,7 @@ def summarize(
 ) -> Summary:
     """The XCom summary of a finished transfer: ``base`` (plans, diff counts) and the results."""
     summary: Summary = {**base, "status": "done"}
+    measurements.record_finished(results)  # when [skyplane] measurements_path is set
     sync = base.get("sync")
     if isinstance(sync, list):
         summary["sync"] = [
