@@ -7,16 +7,17 @@ none ends it, so no relay left could go. (Trying every relay before dropping one
 whose cheapest plan rents ten relays take tens of seconds.)
 
 Most removals are ruled out by one LP: whole connections only restrict the flows of a plan on given
-VMs, so when the lowest $/GB with fractional connections at the floor is dearer than the plan, no
-settled plan without the relay is cheaper. A relay that the plan without the removed one leaves idle
-is taken out of that bound too (a settled plan does not rent it).
+VMs, so when no plan with fractional connections reaches the floor at the plan's $/GB or less
+(``min cost_rate - price * T / 8 > 0`` with ``T >= floor``), no settled plan without the relay
+does. A relay that the plan without the removed one leaves idle is taken out of that bound too (a
+settled plan does not rent it).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from airflow_skyplane.planner.milp import FLOW_EPS, OverlayMILP, OverlayNetwork, Solution
+from airflow_skyplane.planner.milp import FLOW_EPS, OverlayNetwork, Solution
 
 if TYPE_CHECKING:
     from airflow_skyplane.planner.solver import Planner
@@ -63,17 +64,17 @@ def without(
     rest = {v: n for v, n in sol.vms.items() if v != relay and n > 0}
     while True:
         lp = planner._milp(net, vms=rest, cost_cap=cost_cap, min_throughput=target)
-        fast = lp.fastest()  # fractional connections: an upper bound of what whole ones reach
-        if fast is None or fast.throughput < floor:
-            return None
-        low = _lowest_per_gb(lp, floor)
-        if low is None:
+        # some plan at T >= floor costs at most sol's $/GB exactly when min(cost_rate - price * T / 8)
+        # <= 0 there: one solve, and its minimiser is that plan (None: the floor is out of reach)
+        low = lp.ratio(sol.cost_per_gb, floor)
+        if low is None or low.throughput <= 0 or low.cost_per_gb > sol.cost_per_gb * _NO_DEARER:
             return None
         idle = [v for v in low.relays(net) if carried(low, v) <= FLOW_EPS]
         if not idle:
             break
         rest = {v: n for v, n in rest.items() if v not in idle}
-    if low.cost_per_gb > sol.cost_per_gb * _NO_DEARER:
+    fast = lp.fastest()  # fractional connections: an upper bound of what whole ones reach
+    if fast is None:
         return None
     top = fast.throughput
     # keep within the tolerance of the fastest if that is no dearer, else go as low as the
@@ -84,12 +85,6 @@ def without(
         if settled is not None and settled.cost_per_gb <= sol.cost_per_gb * _NO_DEARER:
             return settled
     return None
-
-
-def _lowest_per_gb(lp: OverlayMILP, floor: float) -> Solution | None:
-    """The lowest $/GB with fractional connections at ``T >= floor``."""
-    low = lp.cheapest(at_least=floor)
-    return None if low is None else lp.cheapest_per_gb(low.cost_per_gb, floor) or low
 
 
 def carried(sol: Solution, region: str) -> float:
