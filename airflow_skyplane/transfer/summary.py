@@ -56,7 +56,7 @@ def summarize(
 ) -> Summary:
     """The XCom summary of a finished transfer: ``base`` (plans, diff counts) and the results."""
     summary: Summary = {**base, "status": "done"}
-    measurements.record_finished(results)  # when [skyplane] measurements_path is set
+    measurements.record_finished(results)  # when AIRFLOW__SKYPLANE__MEASUREMENTS_PATH is set
     sync = base.get("sync")
     if isinstance(sync, list):
         summary["sync"] = [
