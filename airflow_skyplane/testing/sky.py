@@ -77,8 +77,10 @@ _EMULATOR_NAMES = {"s3": "moto (the S3 emulator)", "gs": "gcp-storage-emulator (
 def missing_emulator(service: str) -> str | None:
     """Why ``service`` cannot be emulated here and the command that fixes it, or None when it can."""
     if service == "az":
-        if find_azurite():
+        if find_azurite() and shutil.which("node"):
             return None
+        if find_azurite():
+            return "Azurite is installed but Node.js, which runs it, is not on PATH: install Debian's nodejs"
         return (
             "Azurite not found (the Azure Blob emulator): run 'make install' in a checkout (it needs npm), "
             "or 'npm install -g azurite', or set SKYPLANE_AZURITE_BIN to an azurite-blob executable"
