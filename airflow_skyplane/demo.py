@@ -12,8 +12,8 @@
    one *scenario* measurement (``grid_path``): today the direct path from ``aws:us-east-1`` to
    ``azure:westeurope`` is congested (0.8 Gbps), so the planner routes the Azure copy through a
    relay in ``aws:us-east-2`` (a third gateway process here), while GCS goes direct;
-4. checks both replicas byte for byte against the source, prints the task's XCom summary and
-   renders each plan as a PNG under ``demo-output/``;
+4. checks both replicas byte for byte against the source, prints the task's XCom summary and its
+   size, and renders each plan as a PNG under ``demo-output/``;
 5. runs the DAG a second time for the same day: ``mode="sync"`` finds everything in place and copies
    nothing.
 
@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
 
         first = runs[0]
-        print("\nXCom summary of the first run (plans left out):")
+        xcom_bytes = len(json.dumps({k: v for k, v in first.items() if k != "dags_test_s"}))
+        print(f"\nXCom summary of the first run: {xcom_bytes} bytes of JSON (plans left out below):")
         print(json.dumps({k: v for k, v in first.items() if k not in ("plans", "multicast_plan")}, indent=1))
         print("plan pictures: " + ", ".join(pictures))
         for raw in first.get("plans") or []:
@@ -214,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             "transfer_s": first["seconds"],
             "gbps": first["gbps"],
             "predicted_gbps": first.get("predicted_gbps"),
+            "xcom_summary_bytes": xcom_bytes,
             "second_run_objects": runs[1]["objects"],
             "byte_identical": all(exact.values()),
             "wall_s": round(time.monotonic() - t_start, 1),
