@@ -39,6 +39,8 @@ from airflow_skyplane.exceptions import InvalidInputError, TransferError
 from airflow_skyplane.operators.callbacks import (
     FLEET_XCOM_KEY,
     push_state_keys,
+    record,
+    start_record,
     teardown_on_failure,
     will_retry,
     with_callback,
@@ -332,6 +334,7 @@ class SkyplaneTransferOperator(BaseOperator):
         from airflow_skyplane.transfer.diff import DiffCounts, KeyFilter, Spool, check_patterns
         from airflow_skyplane.transfer.resume import check_destination
 
+        start_record(self)  # the failure callback reads what this try pushed from here, not XCom
         settings = self._settings()
         destinations = self._destinations()
         dst_regions = self._destination_regions(len(destinations))
@@ -430,8 +433,7 @@ class SkyplaneTransferOperator(BaseOperator):
         # provision, bootstrap and start: the fleet id reaches XCom before any gateway runs
         fleet_id = f"{uuid.uuid4().hex[:12]}"
         ti = context.get("ti") if hasattr(context, "get") else None
-        if ti is not None:
-            ti.xcom_push(key=FLEET_XCOM_KEY, value=fleet_id)
+        record(ti, self, FLEET_XCOM_KEY, fleet_id)
         summary["fleet_id"] = fleet_id
         request = TransferRequest(
             self.source, destinations, self.aws_conn_id, self.gcp_conn_id, self.wasb_conn_id, summary,
@@ -440,9 +442,7 @@ class SkyplaneTransferOperator(BaseOperator):
         options = TransferOptions.from_settings(
             settings, timeout=self.timeout_s, keep_on_failure=will_retry(ti)
         )
-        state_keys = (
-            push_state_keys(ti, self.task_id, settings.state_prefix, destinations) if self.resume else []
-        )
+        state_keys = push_state_keys(ti, self, settings.state_prefix, destinations) if self.resume else []
         self._fleet = start_fleet(
             self, settings, planner, planning, ti, request, options,
             lambda overlays: FleetWork(src, dsts, spools, overlays, state_keys),

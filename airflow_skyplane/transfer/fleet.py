@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -274,8 +274,12 @@ class FleetTransfer:
         return "\n".join(out)
 
 
-def teardown(fleet_id: str, state_dir: str) -> list[str]:
+def teardown(fleet_id: str, state_dir: str, *, for_good: bool = False) -> list[str]:
     """Tear a fleet down by its id alone: gateways, dangling uploads, folder. Idempotent.
+
+    ``for_good``: nobody will continue these transfers (the task failed for good, or a person tore
+    the fleet down), so the uploads a resumable transfer kept for a retry are aborted and its
+    durable state is deleted from the destination too (a later try's state is left alone).
 
     Returns the gateways that were still running. Aborting the uploads needs the stores (opened
     through the hooks); when they cannot be opened the gateways are stopped all the same.
@@ -290,7 +294,11 @@ def teardown(fleet_id: str, state_dir: str) -> list[str]:
         if isinstance(gw.get("pid"), int) and fleets.runs_gateway(gw["pid"])
     ]
     try:
-        FleetTransfer.attach(fleet_id, state_dir).close()
+        fleet = FleetTransfer.attach(fleet_id, state_dir)
+        if for_good:
+            for job in fleet.jobs:
+                job.options = replace(job.options, keep_on_failure=False)
+        fleet.close()
     except (SkyplaneError, OSError, ValueError, KeyError) as err:
         log.warning("fleet %s: could not reopen its stores to abort its uploads (%s)", fleet_id, err)
     from airflow_skyplane.compute.cloud import teardown_recorded

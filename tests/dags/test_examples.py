@@ -156,6 +156,82 @@ def test_a_gateway_killed_midway_fails_the_try_tears_down_and_the_retry_complete
     assert list(destination.list_multipart_uploads()) == []
 
 
+def _under_way(store: Any) -> bool:
+    """A transfer into ``store`` is under way: it holds its durable state and parts written."""
+    return bool(list(store.list(".skyplane-state/")) and list(store.list_multipart_uploads()))
+
+
+def test_a_task_stopped_mid_transfer_runs_its_failure_callback_to_the_end(
+    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str], tmp_path: Path
+) -> None:
+    """SIGTERM to ``airflow dags test`` of a two-destination copy once both transfers are under way:
+    the task fails for good, and the failure callback Airflow 3 runs tears the fleet down and discards
+    the state of each destination, logging every step; nothing is left at either destination. A task
+    that failed before it started a fleet logs no error from its callback."""
+    src, gcs, azure, left = sky_bucket("s3"), sky_bucket("gs"), sky_bucket("az"), sky_bucket("s3")
+    rng = random.Random(8)
+    source = emulated_sky.open(src)
+    for n in range(3):
+        source.put(f"data/part-{n}.bin", rng.randbytes(8 * MiB))
+    destinations = [f"{gcs}/copy/", f"{azure}/copy/"]
+    env = dict(airflow_env, **emulated_sky.env())
+    env.update(
+        AIRFLOW__CORE__DAGS_FOLDER=str(Path(__file__).parent / "faulty"),
+        KILLED_SOURCE=f"{src}/data/", KILLED_DESTINATIONS=" ".join(destinations),
+        DETACHED_DESTINATION=f"{left}/copy/",
+    )  # fmt: skip
+    stores = [emulated_sky.open(gcs), emulated_sky.open(azure)]
+    airflow = str(Path(sys.executable).parent / "airflow")
+    log = tmp_path / "dags-test.log"
+    with log.open("w") as out:
+        run = subprocess.Popen(
+            [airflow, "dags", "test", "killed_copy", "2026-11-03"], env=env, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 300
+            while not all(_under_way(s) for s in stores):
+                assert run.poll() is None, log.read_text()[-4000:]
+                assert time.monotonic() < deadline, "the transfers did not start"
+                time.sleep(0.2)
+            os.kill(run.pid, signal.SIGTERM)  # the task process only: what a worker's kill does
+            run.wait(timeout=300)
+        finally:
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGKILL)
+                run.wait()
+    output = log.read_text()
+    assert "emulated-secret-key" not in output and AZURITE_KEY not in output
+    assert "the task was stopped (SIGTERM, on_kill) during the transfer" in output
+    assert "skyplane-no-such-bucket" in output  # the task before it failed before it started
+    assert "Failed to run task callback" not in output and "XCom not found" not in output, output[-6000:]
+    assert re.search(r"fleet \w+ torn down after the failure", output), output[-6000:]
+    discarded = re.findall(r"transfer state of (\S+) discarded after the failure: (\d+) upload", output)
+    assert [uri for uri, _ in discarded] == destinations, output[-6000:]
+    for store in stores:
+        assert list(store.list(".skyplane-state/")) == []
+        assert list(store.list_multipart_uploads()) == []
+        assert list(store.list("copy/")) == []  # no object, whole or partial
+
+    # the transfer left running keeps its state and uploads (its task may be retried) until a person
+    # tears its fleet down, for good
+    state_dir = env["AIRFLOW__SKYPLANE__STATE_DIR"]
+    [running] = fleet_ids(state_dir)
+    detached = emulated_sky.open(left)
+    assert list(detached.list(".skyplane-state/")) != []
+    cli = str(Path(sys.executable).parent / "airflow-skyplane")
+    done = subprocess.run(
+        [cli, "fleets", "teardown", running, "--state-dir", state_dir], env=env, capture_output=True,
+        text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith(
+        "aborted its uploads, deleted its transfer states, removed its record"
+    )
+    assert list(detached.list(".skyplane-state/")) == [] and list(detached.list_multipart_uploads()) == []
+    assert gateways_under(state_dir) == [] and fleet_ids(state_dir) == []
+
+
 @pytest.mark.slow
 def test_a_task_killed_midway_is_resumed_by_its_next_try(
     airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str]
