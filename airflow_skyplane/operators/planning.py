@@ -22,7 +22,6 @@ from airflow_skyplane.exceptions import InfeasiblePlanError, InvalidInputError
 
 if TYPE_CHECKING:
     from airflow_skyplane.hooks.skyplane import SkyplaneSettings
-    from airflow_skyplane.hooks.storage import Location
     from airflow_skyplane.planner.plan import TransferPlan
     from airflow_skyplane.transfer.options import TransferOptions
     from airflow_skyplane.transfer.overlay import Overlay
@@ -34,13 +33,6 @@ class Logger(Protocol):
     """What the planner logs through (a task's logger)."""
 
     def info(self, event: str, *args: Any) -> object: ...
-
-
-def region_of(location: Location) -> str | None:
-    """The planner's name of a store's region, when its kind can tell (an S3 connection's region)."""
-    from airflow_skyplane.storage.kinds import store_kind
-
-    return store_kind(location.store.scheme).region(location.store)
 
 
 @dataclass

@@ -45,6 +45,7 @@ from airflow_skyplane.operators.callbacks import (
     will_retry,
     with_callback,
 )
+from airflow_skyplane.operators.regions import given_destination_regions, given_region, locate
 from airflow_skyplane.transfer.inventory import MODES
 from airflow_skyplane.transfer.options import TransferOptions
 from airflow_skyplane.transfer.summary import summarize
@@ -86,9 +87,12 @@ class SkyplaneTransferOperator(BaseOperator):
     :param source: URI of the source prefix (``s3://``, ``gs://``, ``az://``, ``file://``). Templated.
     :param destination: URI of the destination prefix, or a list of them (one plan, many
         destinations). Templated.
-    :param source_region: the source bucket's region in the planner's names (``aws:us-east-1``);
-        inferred for S3 from the connection's region when left out. Templated.
-    :param destination_region: the same for the destination(s): one region, or one per destination.
+    :param source_region: the source bucket's region in the planner's names (``aws:us-east-1``).
+        Left out, the bucket is asked (S3 GetBucketLocation, the GCS bucket's location, the Azure
+        account's location where the connection may ask); given, it must agree with what the bucket
+        says, and is used where the bucket cannot tell. Templated.
+    :param destination_region: the same for the destination(s): one region, or one per destination
+        (one region for destinations of several clouds is refused).
     :param aws_conn_id: connection of S3 stores (default ``aws_default``).
     :param gcp_conn_id: connection of GCS stores (default ``google_cloud_default``).
     :param wasb_conn_id: connection of Azure Blob stores (default ``wasb_default``).
@@ -301,19 +305,6 @@ class SkyplaneTransferOperator(BaseOperator):
             raise InvalidInputError(f"destination={destinations!r} names the same URI twice: list it once")
         return destinations
 
-    def _destination_regions(self, count: int) -> list[str | None]:
-        regions = _as_list(self.destination_region)
-        if not regions:
-            return [None] * count
-        if len(regions) == 1:
-            return regions * count  # type: ignore[return-value]
-        if len(regions) != count:
-            raise InvalidInputError(
-                f"destination_region has {len(regions)} regions for {count} destinations: give one region "
-                "for all, or one per destination in the same order"
-            )
-        return regions  # type: ignore[return-value]
-
     def _open(self, uri: str) -> Location:
         from airflow_skyplane.hooks.storage import open_store
 
@@ -337,7 +328,8 @@ class SkyplaneTransferOperator(BaseOperator):
         start_record(self)  # the failure callback reads what this try pushed from here, not XCom
         settings = self._settings()
         destinations = self._destinations()
-        dst_regions = self._destination_regions(len(destinations))
+        given_src = given_region("source_region", self.source_region, self.source)
+        given_dsts = given_destination_regions(self.destination_region, destinations)
         keep = KeyFilter(check_patterns("include", self.include), check_patterns("exclude", self.exclude))
         src = self._open(self.source)
         dsts = [self._open(uri) for uri in destinations]
@@ -347,6 +339,11 @@ class SkyplaneTransferOperator(BaseOperator):
         src.store.check_bucket()
         for dst in dsts:
             dst.store.check_bucket()
+        src_region = locate("source_region", given_src, src, self.source, self.log)
+        dst_regions = [
+            locate("destination_region", given, dst, uri, self.log)
+            for given, dst, uri in zip(given_dsts, dsts, destinations, strict=True)
+        ]
 
         # inventory, taken once: what each destination needs (its size feeds a deadline or a budget)
         counts = [DiffCounts() for _ in dsts]
@@ -361,7 +358,7 @@ class SkyplaneTransferOperator(BaseOperator):
                 spools.append(Spool(items))
             self._check_deletes(destinations, counts)
             return self._plan_and_send(
-                context, settings, src, dsts, destinations, dst_regions, counts, spools
+                context, settings, src, dsts, destinations, src_region, dst_regions, counts, spools
             )
         finally:
             for spool in spools:
@@ -401,20 +398,18 @@ class SkyplaneTransferOperator(BaseOperator):
         src: Location,
         dsts: list[Location],
         destinations: list[str],
+        src_region: str | None,
         dst_regions: list[str | None],
         counts: list[DiffCounts],
         spools: list[Spool],
     ) -> dict[str, Any]:
         from airflow_skyplane.operators.launch import start_fleet
-        from airflow_skyplane.operators.planning import region_of
         from airflow_skyplane.transfer.fleet import FleetWork, TransferRequest
 
         planner = self._planner(settings)
         needed = [spool.bytes for spool in spools]
-        regions = [r or region_of(d) or "" for r, d in zip(dst_regions, dsts, strict=True)]
-        planning = planner.plan_destinations(
-            self.source, self.source_region or region_of(src), regions, destinations, needed
-        )
+        regions = [r or "" for r in dst_regions]
+        planning = planner.plan_destinations(self.source, src_region, regions, destinations, needed)
         summary: dict[str, Any] = {
             "source": self.source,
             "destinations": destinations,

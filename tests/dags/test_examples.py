@@ -74,7 +74,7 @@ def test_example_dags_parse_without_import_errors(airflow_env: dict[str, str]) -
 
 
 def test_nightly_replication_syncs_one_day_to_gcs_and_azure(
-    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str]
+    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[..., str]
 ) -> None:
     src, gcs, azure = sky_bucket("s3"), sky_bucket("gs"), sky_bucket("az")
     source = emulated_sky.open(src)
@@ -104,9 +104,10 @@ def test_nightly_replication_syncs_one_day_to_gcs_and_azure(
 
 
 def test_multicast_distribution_defers_and_reaches_three_regions(
-    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str]
+    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[..., str]
 ) -> None:
-    models, eu, az, ap = sky_bucket("s3"), sky_bucket("gs"), sky_bucket("az"), sky_bucket("s3")
+    models, eu, az = sky_bucket("s3"), sky_bucket("gs"), sky_bucket("az")
+    ap = sky_bucket("s3", "aws:ap-northeast-1")  # where the DAG says that replica is
     ckpt = {"weights.bin": random.Random(3).randbytes(12 * MiB), "config.json": b'{"layers": 12}'}
     store = emulated_sky.open(models)
     for key, body in ckpt.items():
@@ -132,7 +133,7 @@ def test_multicast_distribution_defers_and_reaches_three_regions(
 
 
 def test_a_gateway_killed_midway_fails_the_try_tears_down_and_the_retry_completes(
-    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str], tmp_path: Path
+    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[..., str], tmp_path: Path
 ) -> None:
     src, dst = sky_bucket("s3"), sky_bucket("az")
     data = {"w/big.bin": random.Random(6).randbytes(20 * MiB), "w/small.txt": b"small"}
@@ -162,7 +163,7 @@ def _under_way(store: Any) -> bool:
 
 
 def test_a_task_stopped_mid_transfer_runs_its_failure_callback_to_the_end(
-    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str], tmp_path: Path
+    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[..., str], tmp_path: Path
 ) -> None:
     """SIGTERM to ``airflow dags test`` of a two-destination copy once both transfers are under way:
     the task fails for good, and the failure callback Airflow 3 runs tears the fleet down and discards
@@ -234,7 +235,7 @@ def test_a_task_stopped_mid_transfer_runs_its_failure_callback_to_the_end(
 
 @pytest.mark.slow
 def test_a_task_killed_midway_is_resumed_by_its_next_try(
-    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str]
+    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[..., str]
 ) -> None:
     """SIGKILL the task's process and its gateways once a quarter is checkpointed; the next try of the
     same task instance (``tasks test`` on the killed run) continues the S3 multipart upload and sends
@@ -305,7 +306,7 @@ def _xcom(home: str, dag_id: str, key: str) -> list[Any]:
 
 @pytest.mark.slow
 def test_backfill_of_five_dates_in_parallel_is_byte_exact_and_a_rerun_copies_nothing(
-    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str], tmp_path: Path
+    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[..., str], tmp_path: Path
 ) -> None:
     """Five ``airflow dags test`` processes at once, one per logical date, each with its own metadata
     database (a copy of one migrated SQLite file) but one worker's fleet records, as parallel runs on

@@ -98,12 +98,12 @@ def _operator(src: str, dst: str, **kwargs: Any) -> SkyplaneTransferOperator:
 
 def test_a_transfer_through_aws_relay_vms_is_byte_exact_and_leaves_nothing(
     emulated_sky: EmulatedSky,
-    sky_bucket: Callable[[str], str],
+    sky_bucket: Callable[..., str],
     vms: EmulatedVMs,
     state_dir: Path,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    src, dst = sky_bucket("s3"), sky_bucket("s3")
+    src, dst = sky_bucket("s3"), sky_bucket("s3", "aws:eu-west-1")
     data = _seed(emulated_sky, src)
     summary = _operator(src, dst).execute(context={})
     out = emulated_sky.open(dst)
@@ -125,13 +125,13 @@ def test_a_transfer_through_aws_relay_vms_is_byte_exact_and_leaves_nothing(
 
 def test_a_relay_that_cannot_run_the_gateway_fails_clearly_and_leaves_nothing(
     emulated_sky: EmulatedSky,
-    sky_bucket: Callable[[str], str],
+    sky_bucket: Callable[..., str],
     vms: EmulatedVMs,
     state_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("AIRFLOW__SKYPLANE__RELAY_PYTHON", "/nonexistent/python3")
-    src, dst = sky_bucket("s3"), sky_bucket("s3")
+    src, dst = sky_bucket("s3"), sky_bucket("s3", "aws:eu-west-1")
     _seed(emulated_sky, src)
     op = _operator(src, dst)
     with pytest.raises(TransferError, match="relay_python"):
@@ -143,9 +143,9 @@ def test_a_relay_that_cannot_run_the_gateway_fails_clearly_and_leaves_nothing(
 
 
 def test_a_relay_region_out_of_capacity_is_planned_around(
-    emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str], vms: EmulatedVMs, state_dir: Path
+    emulated_sky: EmulatedSky, sky_bucket: Callable[..., str], vms: EmulatedVMs, state_dir: Path
 ) -> None:
-    src, dst = sky_bucket("s3"), sky_bucket("s3")
+    src, dst = sky_bucket("s3"), sky_bucket("s3", "aws:eu-west-1")
     data = _seed(emulated_sky, src)
     first = _operator(src, dst, dry_run=True).execute(context={})["plans"][0]
     relay = next(r for r in first["relays"] if r not in ("aws:us-east-1", "aws:eu-west-1"))
@@ -219,12 +219,12 @@ def gce_vms(emulated_sky: EmulatedSky, tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_a_transfer_through_gcp_relay_vms_is_byte_exact_and_leaves_nothing(
-    emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str], gce_vms: Any, state_dir: Path
+    emulated_sky: EmulatedSky, sky_bucket: Callable[..., str], gce_vms: Any, state_dir: Path
 ) -> None:
     from airflow_skyplane.compute.gcp import _label
 
     gce, backend, vms = gce_vms
-    src, dst = sky_bucket("s3"), sky_bucket("s3")
+    src, dst = sky_bucket("gs"), sky_bucket("gs")
     data = _seed(emulated_sky, src)
     op = SkyplaneTransferOperator(
         task_id="to_eu", source=f"{src}/in/", destination=f"{dst}/out/", chunk_size_mb=4,
