@@ -14,6 +14,7 @@ in ``limits``; its message speaks the CLI's flags).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -188,22 +189,71 @@ class TransferPlanner:
                     )
         if excluded:
             allowed = [r for r in match_regions(allowed or ["*"], model.regions) if r not in excluded]
+        limits: dict[str, Any] = {
+            "min_throughput_gbps": self.min_throughput_gbps,
+            "deadline_s": self.deadline_s,
+            "max_vms_per_region": settings.max_relays_per_region,
+            "max_vms": settings.max_relays,
+            "allowed_regions": allowed,
+        }
+        if not src_region:
+            raise InvalidInputError(
+                f"task {self.task_id!r}: no source region to plan from: pass source_region"
+            )
+        dsts = list(dst_regions) if len(dst_regions) > 1 else dst_regions[0]
+        sized = size if (self.deadline_s is not None or self.max_cost_usd is not None) else None
         try:
             return plan_transfer(
-                model,
-                src_region,  # type: ignore[arg-type]
-                list(dst_regions) if len(dst_regions) > 1 else dst_regions[0],
-                objective=settings.objective,
-                min_throughput_gbps=self.min_throughput_gbps,
-                size_gb=size if (self.deadline_s is not None or self.max_cost_usd is not None) else None,
-                deadline_s=self.deadline_s,
-                budget_usd=self.max_cost_usd,
-                max_vms_per_region=settings.max_relays_per_region,
-                max_vms=settings.max_relays,
-                allowed_regions=allowed,
-            )
+                model, src_region, dsts, objective=settings.objective, size_gb=sized,
+                budget_usd=self.max_cost_usd, **limits,
+            )  # fmt: skip
         except InfeasiblePlanError as err:
+            if "budget_usd" in err.limits:
+                raise self._over_budget(err, model, src_region, dsts, size, limits) from None
             raise self._infeasible(err) from None
+
+    def _over_budget(
+        self,
+        err: InfeasiblePlanError,
+        model: Any,
+        src: str,
+        dsts: str | list[str],
+        size_gb: float,
+        limits: dict[str, Any],
+    ) -> InfeasiblePlanError:
+        """``max_cost_usd`` binds: the error names it and what the cheapest plan costs, found by
+        planning again without it (the cheapest plan reaching the task's target, or at any speed)."""
+        from airflow_skyplane.planner.solver import Planner, plan_transfer
+
+        target = self.min_throughput_gbps is not None or self.deadline_s is not None
+        try:
+            if target:
+                per_gb = plan_transfer(
+                    model, src, dsts, objective="cost", size_gb=size_gb, **limits
+                ).cost_per_gb_usd
+            else:
+                planner = Planner(
+                    model, max_vms_per_region=limits["max_vms_per_region"], max_vms=limits["max_vms"],
+                    allowed_regions=limits["allowed_regions"],
+                )  # fmt: skip
+                dst_list = [dsts] if isinstance(dsts, str) else dsts
+                per_gb = planner.min_cost_per_gb(planner.candidates(src, dst_list), src, dst_list)
+        except InfeasiblePlanError as other:  # the target is out of reach at any price: say that
+            return self._infeasible(other)
+        minimum = math.ceil(per_gb * size_gb * 100) / 100
+        names = ("max_cost_usd", *(OPERATOR_NAMES.get(k, k) for k in err.limits if k != "budget_usd"))
+        reaching = ""
+        if self.deadline_s is not None:
+            reaching = f" within deadline={self.deadline_s:g} s"
+        elif self.min_throughput_gbps is not None:
+            reaching = f" reaching min_throughput_gbps={self.min_throughput_gbps:g}"
+        lower = f", or relax {', '.join(names[1:])}" if len(names) > 1 else ""
+        return InfeasiblePlanError(
+            f"task {self.task_id!r}: max_cost_usd={self.max_cost_usd:g} is too small: the cheapest plan"
+            f"{reaching} for {size_gb:.3g} GB costs ${per_gb * size_gb:.4f} (${per_gb:.4f}/GB); raise "
+            f"max_cost_usd to at least {minimum:.2f}{lower}",
+            limits=names,
+        )
 
     def _infeasible(self, err: InfeasiblePlanError) -> InfeasiblePlanError:
         """The planner's error, with the binding limits named as the task sets them."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -366,6 +367,29 @@ def test_an_infeasible_plan_names_the_binding_limits_by_the_operators_parameters
     assert task.value.limits == ("deadline", "max_relays_per_region")
     assert "deadline=0.001" in str(task.value) and "max_relays_per_region=1" in str(task.value)
     assert list(open_store(dst).store.list()) == []
+
+
+@pytest.mark.parametrize("target", [{}, {"objective": "cost", "min_throughput_gbps": 2.0}])
+def test_a_budget_too_small_names_max_cost_usd_and_the_real_minimum(
+    sky_bucket: Callable[[str], str], target: dict[str, Any]
+) -> None:
+    src, dst = sky_bucket("file"), sky_bucket("file")
+    open_store(src).store.put("d/x.bin", random.Random(0).randbytes(4 * MiB))
+
+    def operator(budget: float) -> SkyplaneTransferOperator:
+        return SkyplaneTransferOperator(
+            task_id="cheap", source=f"{src}/d/", destination=dst, source_region="aws:us-east-1",
+            destination_region="azure:westeurope", max_cost_usd=budget, dry_run=True, **target,
+        )  # fmt: skip
+
+    with pytest.raises(InfeasiblePlanError) as small:
+        operator(0.0001).execute(context={})
+    message = str(small.value)
+    assert message.startswith("task 'cheap': max_cost_usd=0.0001 is too small: the cheapest plan")
+    assert "--budget-usd" not in message and small.value.limits[0] == "max_cost_usd"
+    [minimum] = re.findall(r"raise max_cost_usd to at least (\d+\.\d\d)", message)
+    planned = operator(float(minimum)).execute(context={})  # the minimum it names is enough
+    assert planned["estimated_cost_usd"] <= float(minimum)
 
 
 def test_the_same_destination_twice_is_refused(sky_bucket: Callable[[str], str]) -> None:
