@@ -36,6 +36,12 @@ class Logger(Protocol):
     def info(self, event: str, *args: Any) -> object: ...
 
 
+#: the summary's keys :meth:`Planning.estimate` sets
+ESTIMATE_KEYS = (
+    "predicted_gbps", "direct_gbps", "estimated_cost_usd", "multicast_cost_usd", "excluded_regions",
+)  # fmt: skip
+
+
 @dataclass
 class Planning:
     """The plans of one task's transfer, per destination (None: sent directly)."""
@@ -51,18 +57,47 @@ class Planning:
     excluded: list[str] = field(default_factory=list)
 
     def estimate(self) -> dict[str, Any]:
-        """The plans and their estimate (predicted and direct Gbps, cost), for the summary."""
+        """The plans' estimate (predicted and direct Gbps, cost), for the summary."""
         planned = [(p, n) for p, n in zip(self.plans, self.needed, strict=True) if p is not None]
-        out: dict[str, Any] = {"plans": [p.to_dict() if p is not None else None for p in self.plans]}
+        out: dict[str, Any] = {}
         if planned:
             out["predicted_gbps"] = round(min(p.throughput_gbps for p, _ in planned), 4)
             out["direct_gbps"] = round(min(p.direct_throughput_gbps for p, _ in planned), 4)
             out["estimated_cost_usd"] = round(sum(p.cost_per_gb_usd * n / 1e9 for p, n in planned), 6)
         if self.multicast is not None and planned:
-            out["multicast_plan"] = self.multicast.to_dict()
+            out["multicast_cost_usd"] = round(self.multicast.cost_per_gb_usd * max(self.needed) / 1e9, 6)
         if self.excluded:
             out["excluded_regions"] = list(self.excluded)
         return out
+
+    def fill(self, summary: dict[str, Any]) -> None:
+        """Put the estimate in ``summary`` and each plan, in brief, in its destination's entry (the
+        relay regions, predicted Gbps and cost per GB; None: sent directly). The plans whole go to
+        the plan file (:meth:`document`)."""
+        for key in ESTIMATE_KEYS:  # a plan made again (around a refused region) estimates anew
+            summary.pop(key, None)
+        summary.update(self.estimate())
+        for entry, plan in zip(summary["destinations"].values(), self.plans, strict=True):
+            entry["plan"] = None
+            if plan is not None:
+                ends = {plan.source, *plan.destinations}
+                entry["plan"] = {
+                    "relays": sorted(r for r in plan.relays if r not in ends),
+                    "predicted_gbps": round(plan.throughput_gbps, 3),
+                    "cost_per_gb_usd": round(plan.cost_per_gb_usd, 4),
+                }
+
+    def document(self, uris: Sequence[str]) -> dict[str, Any]:
+        """Every plan whole, by destination URI, for the plan file."""
+        return {
+            "source_region": self.source_region,
+            "destinations": {
+                uri: {"region": region or None, "bytes": n, "plan": p.to_dict() if p is not None else None}
+                for uri, region, n, p in zip(uris, self.regions, self.needed, self.plans, strict=True)
+            },
+            "multicast_plan": self.multicast.to_dict() if self.multicast is not None else None,
+            "excluded_regions": list(self.excluded),
+        }
 
     def overlays(self, options: TransferOptions, *, on_vms: bool) -> list[Overlay]:
         """One overlay per destination: its plan's, or the direct path; on local relays every

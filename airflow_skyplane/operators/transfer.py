@@ -45,6 +45,7 @@ from airflow_skyplane.operators.callbacks import (
     will_retry,
     with_callback,
 )
+from airflow_skyplane.operators.plan_files import record_plans
 from airflow_skyplane.operators.regions import given_destination_regions, given_region, locate
 from airflow_skyplane.transfer.inventory import MODES
 from airflow_skyplane.transfer.options import TransferOptions
@@ -132,6 +133,8 @@ class SkyplaneTransferOperator(BaseOperator):
         what was not written; the failed try keeps its multipart uploads for the retry, and they are
         aborted once the task fails for good. ``False``: every try starts over.
     :param dry_run: inventory, plan and estimate only; move nothing.
+    :param plan_picture: draw each plan as a PNG beside the task's logs and the plan file (needs the
+        ``plot`` extra; without it the task logs a warning and goes on).
     :param wait_for_completion: when False, return once the relays run, with the fleet id for
         :class:`~airflow_skyplane.sensors.transfer.SkyplaneTransferSensor`.
     :param deferrable: wait in the triggerer instead of a worker slot.
@@ -181,6 +184,7 @@ class SkyplaneTransferOperator(BaseOperator):
         connections_per_hop: int | None = None,
         resume: bool = True,
         dry_run: bool = False,
+        plan_picture: bool = False,
         wait_for_completion: bool = True,
         deferrable: bool | None = None,
         poll_interval: float = 5.0,
@@ -255,6 +259,7 @@ class SkyplaneTransferOperator(BaseOperator):
             raise InvalidInputError(f"resume={resume!r} must be True or False")
         self.resume = resume
         self.plan_only = dry_run  # BaseOperator has a dry_run() method of its own
+        self.plan_picture = bool(plan_picture)
         self.wait_for_completion = wait_for_completion
         if deferrable is None:
             deferrable = conf.getboolean("operators", "default_deferrable", fallback=False)
@@ -412,22 +417,26 @@ class SkyplaneTransferOperator(BaseOperator):
         planning = planner.plan_destinations(self.source, src_region, regions, destinations, needed)
         summary: dict[str, Any] = {
             "source": self.source,
-            "destinations": destinations,
+            "source_region": src_region,
             "mode": self.mode,
             "dry_run": self.plan_only,
             "bytes_to_send": sum(needed),
             "objects_to_send": sum(spool.count for spool in spools),
+            "destinations": {
+                uri: {"region": region or None, "bytes_to_send": n}
+                | ({"sync": c.as_dict()} if self.mode == "sync" else {})
+                for uri, region, n, c in zip(destinations, dst_regions, needed, counts, strict=True)
+            },
         }
-        if self.mode == "sync":
-            summary["sync"] = [c.as_dict() for c in counts]
-        summary.update(planning.estimate())
+        planning.fill(summary)
         planner.log_estimate(planning)
+        ti = context.get("ti") if hasattr(context, "get") else None
+        record_plans(self, ti, planning, destinations, summary)
         if self.plan_only:
             return summary
 
         # provision, bootstrap and start: the fleet id reaches XCom before any gateway runs
         fleet_id = f"{uuid.uuid4().hex[:12]}"
-        ti = context.get("ti") if hasattr(context, "get") else None
         record(ti, self, FLEET_XCOM_KEY, fleet_id)
         summary["fleet_id"] = fleet_id
         request = TransferRequest(
@@ -492,6 +501,15 @@ class SkyplaneTransferOperator(BaseOperator):
             f", predicted {summary['predicted_gbps']:.3f}" if "predicted_gbps" in summary else "",
             summary["checksums_verified"],
         )  # fmt: skip
+        for uri, entry in summary["destinations"].items():
+            size_only = entry.get("size_only")
+            if size_only:
+                why = "; ".join(f"{reason} ({n})" for reason, n in size_only["why"].items())
+                self.log.warning(
+                    "%d of the %d objects sent to %s were checked by size only, not by the store's "
+                    "checksum: %s (first: %s)",
+                    size_only["objects"], entry["objects"], uri, why, ", ".join(size_only["first"]),
+                )  # fmt: skip
         return summary
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:

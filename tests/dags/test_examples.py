@@ -20,6 +20,7 @@ import pytest
 
 from airflow_skyplane.compute.fleets import fleet_ids, gateways_under
 from airflow_skyplane.hooks.storage import open_store
+from airflow_skyplane.operators.plan_files import read_plans
 from airflow_skyplane.testing.dagrun import airflow_cli, migrate, xcom_return_values
 from airflow_skyplane.testing.sky import AZURITE_KEY, EmulatedSky
 from airflow_skyplane.transfer.fleet import teardown
@@ -50,6 +51,11 @@ def _run(env: dict[str, str], *args: str) -> str:
     assert "emulated-secret-key" not in output and AZURITE_KEY not in output
     assert gateways_under(env["AIRFLOW__SKYPLANE__STATE_DIR"]) == []
     return output
+
+
+def _syncs(summary: dict[str, Any]) -> list[dict[str, int]]:
+    """What sync found (and deleted) at each destination, in order."""
+    return [entry["sync"] for entry in summary["destinations"].values()]
 
 
 def _contents(uri: str) -> dict[str, bytes]:
@@ -95,12 +101,14 @@ def test_nightly_replication_syncs_one_day_to_gcs_and_azure(
     [summary] = xcom_return_values(env["AIRFLOW_HOME"], "nightly_replication", "sync_day")
     assert "emulated-secret-key" not in json.dumps(summary) and AZURITE_KEY not in json.dumps(summary)
     assert summary["objects"] == 2 * len(day) and summary["checksums_verified"] == 2 * len(day)
-    assert [t["destination"] for t in summary["transfers"]] == [
+    assert list(summary["destinations"]) == [
         f"{gcs}/events/date=2026-11-20/", f"{azure}/events/date=2026-11-20/"
     ]  # fmt: skip
+    assert len(json.dumps(summary)) < 2048  # plans whole are in the plan file, not in XCom
+    assert read_plans(summary)["destinations"][f"{azure}/events/date=2026-11-20/"]["plan"] is not None
     _run(env, "nightly_replication", "2026-11-20")  # a rerun finds everything in place
     [again] = xcom_return_values(env["AIRFLOW_HOME"], "nightly_replication", "sync_day")
-    assert again["objects"] == 0 and [s["unchanged"] for s in again["sync"]] == [len(day), len(day)]
+    assert again["objects"] == 0 and [s["unchanged"] for s in _syncs(again)] == [len(day), len(day)]
 
 
 def test_multicast_distribution_defers_and_reaches_three_regions(
@@ -123,7 +131,7 @@ def test_multicast_distribution_defers_and_reaches_three_regions(
         assert _contents(f"{replica}/models/ckpt-000100/") == ckpt
     [summary] = xcom_return_values(env["AIRFLOW_HOME"], "multicast_distribution", "distribute")
     assert summary["status"] == "done" and summary["objects"] == 6
-    assert summary["multicast_plan"]["destinations"] == [
+    assert read_plans(summary)["multicast_plan"]["destinations"] == [
         "gcp:europe-west4-a",
         "azure:westeurope",
         "aws:ap-northeast-1",
@@ -363,7 +371,7 @@ def test_backfill_of_five_dates_in_parallel_is_byte_exact_and_a_rerun_copies_not
     for ds, env in homes.items():
         summaries = xcom_return_values(env["AIRFLOW_HOME"], "backfill_historical", "backfill_partition")
         assert [s["objects"] for s in summaries] == [3, 3, 3]
-        assert [t["destination"] for s in summaries for t in s["transfers"]] == [
+        assert [uri for s in summaries for uri in s["destinations"]] == [
             f"{lake}/{name}/dt={ds}/" for name in ("events", "sessions", "billing")
         ]
         fleets_seen |= {s["fleet_id"] for s in summaries}
@@ -375,5 +383,5 @@ def test_backfill_of_five_dates_in_parallel_is_byte_exact_and_a_rerun_copies_not
     _run(again, "backfill_historical", dates[2])
     rerun = xcom_return_values(again["AIRFLOW_HOME"], "backfill_historical", "backfill_partition")
     assert [s["bytes"] for s in rerun] == [0, 0, 0] and [s["objects"] for s in rerun] == [0, 0, 0]
-    assert [s["sync"][0]["unchanged"] for s in rerun] == [3, 3, 3]
+    assert [_syncs(s)[0]["unchanged"] for s in rerun] == [3, 3, 3]
     assert _contents(lake) == wanted

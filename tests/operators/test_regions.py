@@ -14,6 +14,7 @@ import pytest
 from airflow_skyplane.compute import fleets
 from airflow_skyplane.exceptions import InvalidInputError
 from airflow_skyplane.hooks.storage import open_store
+from airflow_skyplane.operators.plan_files import read_plans
 from airflow_skyplane.operators.transfer import SkyplaneTransferOperator
 from airflow_skyplane.storage.placement import gcs_placement
 from airflow_skyplane.testing.sky import EmulatedSky
@@ -78,14 +79,16 @@ def test_an_s3_bucket_is_planned_from_its_own_region_whatever_the_connection_say
     summary = SkyplaneTransferOperator(task_id="own", source=src, destination=dst, dry_run=True).execute(
         context={}
     )
-    [plan] = summary["plans"]
+    assert summary["source_region"] == "aws:eu-west-1"
+    assert summary["destinations"][dst]["region"] == "aws:ap-northeast-1"
+    plan = read_plans(summary)["destinations"][dst]["plan"]
     assert plan["source"] == "aws:eu-west-1" and plan["destinations"] == ["aws:ap-northeast-1"]
-    assert f"{src} is in aws:eu-west-1 (GetBucketLocation: eu-west-1)" in capsys.readouterr().out
+    assert f"{src} is in aws:eu-west-1 (GetBucketLocation: eu-west-1)" in "".join(capsys.readouterr())
 
     same = SkyplaneTransferOperator(
         task_id="agrees", source=src, destination=dst, dry_run=True, source_region="aws:eu-west-1"
     ).execute(context={})
-    assert same["plans"][0]["source"] == "aws:eu-west-1"
+    assert same["source_region"] == "aws:eu-west-1"
 
 
 def test_a_given_region_that_contradicts_the_bucket_is_refused(
@@ -112,9 +115,11 @@ def test_where_the_emulators_cannot_tell_the_given_region_is_used_and_logged(
         task_id="told", source=src, destination=[gcs, azure], dry_run=True,
         destination_region=["gcp:europe-west4-a", None],
     ).execute(context={})  # fmt: skip
-    logged = capsys.readouterr().out
-    assert summary["plans"][0]["destinations"] == ["gcp:europe-west4-a"]
-    assert summary["plans"][1] is None  # Azurite's account tells no location, and none was given
+    logged = "".join(capsys.readouterr())
+    assert summary["destinations"][gcs]["region"] == "gcp:europe-west4-a"
+    assert summary["destinations"][gcs]["plan"] is not None
+    # Azurite's account tells no location, and none was given: sent directly
+    assert summary["destinations"][azure] == {"region": None, "bytes_to_send": MiB, "plan": None}
     assert (
         f"The region of {gcs} cannot be read (the GCS emulator reports every bucket in 'US', whatever "
         "it was created in): planning with destination_region='gcp:europe-west4-a'"
