@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_skyplane.exceptions import InvalidInputError, TransferError
+from airflow_skyplane.operators.audit import check_sync, preview, warn_source
 from airflow_skyplane.operators.callbacks import (
     FLEET_XCOM_KEY,
     push_state_keys,
@@ -132,7 +133,10 @@ class SkyplaneTransferOperator(BaseOperator):
         that a retry of this task instance continues where the failed try stopped, sending only
         what was not written; the failed try keeps its multipart uploads for the retry, and they are
         aborted once the task fails for good. ``False``: every try starts over.
-    :param dry_run: inventory, plan and estimate only; move nothing.
+    :param dry_run: inventory, plan and estimate only; move nothing. The log lists the first
+        ``preview_keys`` keys it would send to (and, with ``delete_extraneous``, delete at) each
+        destination.
+    :param preview_keys: how many keys a dry run lists per destination (default 10).
     :param plan_picture: draw each plan as a PNG beside the task's logs and the plan file (needs the
         ``plot`` extra; without it the task logs a warning and goes on).
     :param wait_for_completion: when False, return once the relays run, with the fleet id for
@@ -184,6 +188,7 @@ class SkyplaneTransferOperator(BaseOperator):
         connections_per_hop: int | None = None,
         resume: bool = True,
         dry_run: bool = False,
+        preview_keys: int = 10,
         plan_picture: bool = False,
         wait_for_completion: bool = True,
         deferrable: bool | None = None,
@@ -259,6 +264,9 @@ class SkyplaneTransferOperator(BaseOperator):
             raise InvalidInputError(f"resume={resume!r} must be True or False")
         self.resume = resume
         self.plan_only = dry_run  # BaseOperator has a dry_run() method of its own
+        if not isinstance(preview_keys, int) or isinstance(preview_keys, bool) or preview_keys < 0:
+            raise InvalidInputError(f"preview_keys={preview_keys!r} must be a whole number >= 0")
+        self.preview_keys = preview_keys
         self.plan_picture = bool(plan_picture)
         self.wait_for_completion = wait_for_completion
         if deferrable is None:
@@ -361,32 +369,26 @@ class SkyplaneTransferOperator(BaseOperator):
                     keep_extraneous=self.max_delete + 1 if self.delete_extraneous else 0,
                 )  # fmt: skip
                 spools.append(Spool(items))
-            self._check_deletes(destinations, counts)
+            if self.mode == "sync":
+                check_sync(
+                    self.log, destinations, counts, delete_extraneous=self.delete_extraneous,
+                    max_delete=self.max_delete, dry_run=self.plan_only,
+                )  # fmt: skip
+            warn_source(
+                self.log, self.source, src.prefix, counts, filtered=bool(keep.include or keep.exclude),
+                delete_extraneous=self.delete_extraneous,
+            )  # fmt: skip
+            if self.plan_only:
+                preview(
+                    self.log, destinations, spools, counts, source_prefix=src.prefix,
+                    first=self.preview_keys, deleting=self.delete_extraneous,
+                )  # fmt: skip
             return self._plan_and_send(
                 context, settings, src, dsts, destinations, src_region, dst_regions, counts, spools
             )
         finally:
             for spool in spools:
                 spool.close()
-
-    def _check_deletes(self, destinations: list[str], counts: list[DiffCounts]) -> None:
-        """Log what ``sync`` found; refuse to delete more than ``max_delete`` at any destination."""
-        if self.mode != "sync":
-            return
-        fate = "kept"
-        if self.delete_extraneous:
-            fate = "would be deleted: dry run" if self.plan_only else "to delete once all is verified"
-        for uri, c in zip(destinations, counts, strict=True):
-            self.log.info(
-                "sync %s: %d new, %d changed, %d unchanged, %d only at the destination (%s)",
-                uri, c.new, c.changed, c.unchanged, c.extraneous, fate,
-            )  # fmt: skip
-            if self.delete_extraneous and c.extraneous > self.max_delete:
-                raise InvalidInputError(
-                    f"sync would delete {c.extraneous} objects under {uri}, more than max_delete="
-                    f"{self.max_delete}: check the source prefix (a wrong or empty source would empty "
-                    "the replica), or raise max_delete"
-                )
 
     def _planner(self, settings: SkyplaneSettings) -> TransferPlanner:
         from airflow_skyplane.operators.planning import TransferPlanner
@@ -478,7 +480,7 @@ class SkyplaneTransferOperator(BaseOperator):
         fleet = self._fleet
         try:
             fleet.wait()
-            results = fleet.finish()
+            results = fleet.finish(self.log)
         except TransferError as err:
             if self._killed:
                 raise TransferError(_KILLED) from err
@@ -520,7 +522,7 @@ class SkyplaneTransferOperator(BaseOperator):
         if event.get("status") != "done":
             teardown(fleet_id, state_dir)
             raise TransferError(f"transfer on fleet {fleet_id} failed: {event.get('message')}")
-        return self._summary(FleetTransfer.complete(fleet_id, state_dir))
+        return self._summary(FleetTransfer.complete(fleet_id, state_dir, self.log))
 
     def on_kill(self) -> None:
         self._killed = True
