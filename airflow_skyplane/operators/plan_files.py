@@ -44,7 +44,7 @@ def write_plan_file(folder: Path, stem: str, document: dict[str, Any]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stem}.json"
     with replaced_whole(path, what="the plan file") as tmp:
-        tmp.write_text(json.dumps(document, indent=1, sort_keys=True))
+        tmp.write_text(json.dumps(document, indent=1))
     return path
 
 
