@@ -275,7 +275,8 @@ class TransferPlanner:
                 per_gb = planner.min_cost_per_gb(planner.candidates(src, dst_list), src, dst_list)
         except InfeasiblePlanError as other:  # the target is out of reach at any price: say that
             return self._infeasible(other)
-        minimum = math.ceil(per_gb * size_gb * 100) / 100
+        cost = per_gb * size_gb
+        minimum = _rounded_up(cost)
         names = ("max_cost_usd", *(OPERATOR_NAMES.get(k, k) for k in err.limits if k != "budget_usd"))
         reaching = ""
         if self.deadline_s is not None:
@@ -285,8 +286,8 @@ class TransferPlanner:
         lower = f", or relax {', '.join(names[1:])}" if len(names) > 1 else ""
         return InfeasiblePlanError(
             f"task {self.task_id!r}: max_cost_usd={self.max_cost_usd:g} is too small: the cheapest plan"
-            f"{reaching} for {size_gb:.3g} GB costs ${per_gb * size_gb:.4f} (${per_gb:.4f}/GB); raise "
-            f"max_cost_usd to at least {minimum:.2f}{lower}",
+            f"{reaching} for {size_gb:.3g} GB costs ${_usd(cost, places=4)} (${per_gb:.4f}/GB); raise "
+            f"max_cost_usd to at least {_usd(minimum)}{lower}",
             limits=names,
         )
 
@@ -310,3 +311,20 @@ class TransferPlanner:
         return InfeasiblePlanError(
             f"task {self.task_id!r}: {held}the planner says: {err}", limits=tuple(names)
         )
+
+
+def _rounded_up(usd: float) -> float:
+    """``usd`` rounded up to the cent, or below a cent to two significant digits (a transfer of a few
+    MB costs a fraction of a cent, and "at least 0.01" would not be the real minimum)."""
+    if usd >= 0.01:
+        return math.ceil(usd * 100 - 1e-9) / 100
+    if usd <= 0:
+        return 0.0
+    step = 10.0 ** (math.floor(math.log10(usd)) - 1)
+    return float(f"{math.ceil(usd / step - 1e-9) * step:.2g}")
+
+
+def _usd(usd: float, places: int = 2) -> str:
+    """An amount in dollars as a person reads it: ``places`` decimals, or two significant digits
+    below a cent."""
+    return f"{usd:.{places}f}" if usd >= 0.01 or usd == 0 else f"{usd:.2g}"

@@ -54,9 +54,9 @@ def given_region(param: str, value: object, uri: str) -> str | None:
             f"{cloud}:{name.split(':', 1)[1]}", [r for r in REGIONS if r.startswith(f"{cloud}:")]
         )
         raise InvalidInputError(
-            f"{param}={value!r} is a {name.split(':', 1)[0]} region but {uri} is a {cloud} store: give "
-            f"the {cloud} region its bucket is in{' (' + hint + ')' if hint else ''}, or leave {param} "
-            "out to use the bucket's own"
+            f"{param}={value!r} is a region of {name.split(':', 1)[0]}, but {uri} is a store of "
+            f"{cloud}: give the {cloud} region its bucket is in{' (' + hint + ')' if hint else ''}, or "
+            f"leave {param} out to use the bucket's own"
         )
     return name
 

@@ -44,7 +44,7 @@ def _source(emulated_sky: EmulatedSky, sky_bucket: Callable[..., str], region: s
         (
             {"destination_region": "gcp:europe-west4-a"},
             ["az"],
-            r"destination_region='gcp:europe-west4-a' is a gcp region but az://\S+ is a azure store",
+            r"destination_region='gcp:europe-west4-a' is a region of gcp, but az://\S+ is a store of azure",
         ),
         (
             {"destination_region": "gcp:europe-west4-a"},
@@ -54,7 +54,7 @@ def _source(emulated_sky: EmulatedSky, sky_bucket: Callable[..., str], region: s
         (
             {"source_region": "gcp:us-central1-a"},
             ["gs"],
-            r"source_region='gcp:us-central1-a' is a gcp region but s3://\S+ is a aws store",
+            r"source_region='gcp:us-central1-a' is a region of gcp, but s3://\S+ is a store of aws",
         ),
     ],
 )
