@@ -341,11 +341,15 @@ class EmulatedSky:
             return BlobServiceClient.from_connection_string(self.azure_connection_string())
         raise LookupError(f"unknown service {service!r}: choose from {SERVICES}")
 
-    def make_bucket(self, service: str, name: str | None = None) -> str:
-        """Create a bucket (or container) and return its URI."""
+    def make_bucket(self, service: str, name: str | None = None, *, region: str | None = None) -> str:
+        """Create a bucket (or container) and return its URI; ``region`` (``aws:eu-west-1``) places an
+        S3 bucket there (its LocationConstraint; the other emulators keep no location)."""
         name = name or f"sky-{uuid.uuid4().hex[:16]}"
         client = self.client(service)
-        if service == "s3":
+        if service == "s3" and region is not None:
+            where = region.removeprefix("aws:")
+            client.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": where})
+        elif service == "s3":
             client.create_bucket(Bucket=name)
         elif service == "gs":
             client.create_bucket(name)
