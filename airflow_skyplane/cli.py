@@ -10,7 +10,9 @@
     airflow-skyplane --version
 
 Uses only argparse and the planner (which imports no Airflow), so it runs on a laptop or a relay VM
-with nothing but the package's core dependencies. Every error a user can cause is printed as one line
+with nothing but the package's core dependencies (``fleets teardown`` of a fleet that started a
+transfer also opens its destinations through Airflow's hooks, where Airflow is installed, to abort
+its uploads and delete its transfer states). Every error a user can cause is printed as one line
 on stderr and exits with status 2. Output cut short by its reader (``airflow-skyplane regions | head``)
 ends the command quietly.
 """
@@ -167,9 +169,29 @@ def _state_dir(args: argparse.Namespace) -> str:
     return str(args.state_dir or os.environ.get("AIRFLOW__SKYPLANE__STATE_DIR") or default_state_dir())
 
 
+def _teardown_local(state_dir: str, fleet_id: str) -> tuple[list[str], str]:
+    """Tear a fleet of this machine down for good: its gateways, and - where the provider and its
+    connections are here to open the destinations - the uploads it left and the durable states its
+    resumable transfers keep there (nobody will continue them). The gateways stopped, and what else
+    was cleaned (for the line printed)."""
+    from airflow_skyplane.compute import fleets
+
+    if not (fleets.fleet_dir(state_dir, fleet_id) / "request.json").exists():
+        return fleets.teardown_fleet(state_dir, fleet_id), ""  # it never got to start a transfer
+    try:
+        from airflow_skyplane.transfer.fleet import teardown  # opens the stores through Airflow's hooks
+    except ImportError as err:
+        stopped = fleets.teardown_fleet(state_dir, fleet_id)
+        return stopped, (
+            f"left its uploads and transfer states in the destinations ({err.name} is not installed: "
+            "run this where the provider and its connections are), "
+        )
+    return teardown(fleet_id, state_dir, for_good=True), "aborted its uploads, deleted its transfer states, "
+
+
 def _cmd_fleets(args: argparse.Namespace) -> int:
-    """Local fleets on this machine. This stops gateways and deletes records and secrets; the
-    multipart uploads a dead fleet left are aborted by the Airflow side (SkyplaneCleanupOperator)."""
+    """Local fleets on this machine. This stops gateways and deletes records and secrets; where the
+    provider is installed, it also aborts the fleet's uploads and deletes its transfer states."""
     import time
 
     from airflow_skyplane.compute import fleets
@@ -212,8 +234,8 @@ def _cmd_fleets(args: argparse.Namespace) -> int:
                 f"no fleet {fleet_id!r} is recorded in {state_dir}{': ' + hint if hint else ''} "
                 f"('{PROG} fleets list' shows the fleets there; --state-dir names another folder)"
             )
-        stopped = fleets.teardown_fleet(state_dir, fleet_id)
-        print(f"fleet {fleet_id}: stopped {len(stopped)} gateway(s), removed its record")
+        stopped, cleaned = _teardown_local(state_dir, fleet_id)
+        print(f"fleet {fleet_id}: stopped {len(stopped)} gateway(s), {cleaned}removed its record")
         return 0
     older = args.older_than_minutes * 60 if args.older_than_minutes is not None else None
     swept = fleets.sweep(state_dir, older_than_s=older)

@@ -12,8 +12,8 @@
    one *scenario* measurement (``grid_path``): today the direct path from ``aws:us-east-1`` to
    ``azure:westeurope`` is congested (0.8 Gbps), so the planner routes the Azure copy through a
    relay in ``aws:us-east-2`` (a third gateway process here), while GCS goes direct;
-4. checks both replicas byte for byte against the source, prints the task's XCom summary and
-   renders each plan as a PNG under ``demo-output/``;
+4. checks both replicas byte for byte against the source, prints the task's XCom summary and its
+   size, and copies the pictures of the plans the task drew beside its logs to ``demo-output/``;
 5. runs the DAG a second time for the same day: ``mode="sync"`` finds everything in place and copies
    nothing.
 
@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -177,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"{attempt}: airflow dags test took {seconds:.1f} s; the task sent "
                     f"{summary['objects']} objects, {summary['bytes'] / MiB:,.1f} MiB in "
-                    f"{summary['seconds']:.1f} s ({summary['gbps']:.2f} Gbps), {summary.get('sync')}"
+                    f"{summary['seconds']:.1f} s ({summary['gbps']:.2f} Gbps), "
+                    f"{[d.get('sync') for d in summary['destinations'].values()]}"
                 )
 
             # the replicas, byte for byte
@@ -190,18 +192,24 @@ def main(argv: list[str] | None = None) -> int:
                 verdict = "byte-identical to the source" if exact[uri] else "DIFFERENT"
                 print(f"{uri}: {len(got)} objects, {verdict}")
 
-            from airflow_skyplane.planner.render import write_plan_pictures
+            # the task wrote its plans, and a picture of each (plan_picture=True), beside its logs
+            from airflow_skyplane.operators.plan_files import read_plans
 
-            pictures = [
-                str(p)
-                for p in write_plan_pictures(runs[0].get("plans") or [], output, "nightly_replication-plan")
-            ]
+            plans = [d["plan"] for d in read_plans(runs[0]).get("destinations", {}).values()]
+            plan_file = Path(runs[0]["plan_file"])
+            pictures = []
+            for png in sorted(plan_file.parent.glob(f"{plan_file.stem}-*.png")):
+                pictures.append(str(output / f"nightly_replication-plan-{png.stem.rsplit('-', 1)[1]}.png"))
+                shutil.copyfile(png, pictures[-1])
 
         first = runs[0]
-        print("\nXCom summary of the first run (plans left out):")
-        print(json.dumps({k: v for k, v in first.items() if k not in ("plans", "multicast_plan")}, indent=1))
+        xcom_bytes = len(json.dumps({k: v for k, v in first.items() if k != "dags_test_s"}))
+        print(
+            f"\nXCom summary of the first run ({xcom_bytes} bytes of JSON; the plans are in its plan_file):"
+        )
+        print(json.dumps(first, indent=1))
         print("plan pictures: " + ", ".join(pictures))
-        for raw in first.get("plans") or []:
+        for raw in plans:
             if raw:
                 hops = [
                     f"{e['src']} -> {e['dst']} ({e['gbps']:.2f} Gbps)" for e in raw["edges"] if e["gbps"] > 0
@@ -214,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             "transfer_s": first["seconds"],
             "gbps": first["gbps"],
             "predicted_gbps": first.get("predicted_gbps"),
+            "xcom_summary_bytes": xcom_bytes,
             "second_run_objects": runs[1]["objects"],
             "byte_identical": all(exact.values()),
             "wall_s": round(time.monotonic() - t_start, 1),

@@ -7,6 +7,9 @@ URIs default to buckets of the emulated sky (``make demo`` creates them), reache
 ``SKYPLANE_EXAMPLE_SOURCE``, ``SKYPLANE_EXAMPLE_GCS`` and ``SKYPLANE_EXAMPLE_AZURE`` (or edit them)
 at real buckets, and the connections at real accounts, to run it for real.
 
+The XCom summary is keyed by destination URI; the plans whole, and a picture of each, are written
+beside the task's logs (``plan_file`` in the summary names them).
+
 The replicas are declared as Assets: ``replica_report`` runs whenever both have been refreshed.
 """
 
@@ -39,9 +42,11 @@ with DAG(
         task_id="sync_day",
         source=SOURCE + "/date={{ ds }}/",
         destination=[GCS_REPLICA + "/date={{ ds }}/", AZURE_REPLICA + "/date={{ ds }}/"],
-        destination_region=["gcp:europe-west4-a", "azure:westeurope"],  # the source's: from its connection
+        # checked against each bucket where its store tells; the source's is asked of its bucket
+        destination_region=["gcp:europe-west4-a", "azure:westeurope"],
         mode="sync",
         exclude=["*.tmp", "_temporary/*"],
+        plan_picture=True,  # a PNG per plan beside the task's logs (the plot extra)
         outlets=[GCS_ASSET, AZURE_ASSET],
     )
 

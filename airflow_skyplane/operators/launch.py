@@ -38,6 +38,7 @@ def start_fleet(
     """Start the task's fleet on the overlays of ``planning`` (``work`` gives the fleet its stores,
     selections and state keys around them); plan around a relay region a cloud refuses."""
     from airflow_skyplane.compute.relays import RelayCapacityError
+    from airflow_skyplane.operators.plan_files import record_plans
     from airflow_skyplane.operators.seams import TestSeams
     from airflow_skyplane.transfer.fleet import FleetTransfer
 
@@ -74,7 +75,8 @@ def start_fleet(
                 "%s; planning again without %s", err, ", ".join([*planning.excluded, err.region])
             )
             planner.replan(planning, err.region)
-            request.summary.update(planning.estimate())
+            planning.fill(request.summary)
+            record_plans(task, ti, planning, request.destinations, request.summary)
             planner.log_estimate(planning)
 
 

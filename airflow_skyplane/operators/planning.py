@@ -14,6 +14,7 @@ in ``limits``; its message speaks the CLI's flags).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -22,7 +23,6 @@ from airflow_skyplane.exceptions import InfeasiblePlanError, InvalidInputError
 
 if TYPE_CHECKING:
     from airflow_skyplane.hooks.skyplane import SkyplaneSettings
-    from airflow_skyplane.hooks.storage import Location
     from airflow_skyplane.planner.plan import TransferPlan
     from airflow_skyplane.transfer.options import TransferOptions
     from airflow_skyplane.transfer.overlay import Overlay
@@ -36,11 +36,10 @@ class Logger(Protocol):
     def info(self, event: str, *args: Any) -> object: ...
 
 
-def region_of(location: Location) -> str | None:
-    """The planner's name of a store's region, when its kind can tell (an S3 connection's region)."""
-    from airflow_skyplane.storage.kinds import store_kind
-
-    return store_kind(location.store.scheme).region(location.store)
+#: the summary's keys :meth:`Planning.estimate` sets
+ESTIMATE_KEYS = (
+    "predicted_gbps", "direct_gbps", "estimated_cost_usd", "multicast_cost_usd", "excluded_regions",
+)  # fmt: skip
 
 
 @dataclass
@@ -58,18 +57,47 @@ class Planning:
     excluded: list[str] = field(default_factory=list)
 
     def estimate(self) -> dict[str, Any]:
-        """The plans and their estimate (predicted and direct Gbps, cost), for the summary."""
+        """The plans' estimate (predicted and direct Gbps, cost), for the summary."""
         planned = [(p, n) for p, n in zip(self.plans, self.needed, strict=True) if p is not None]
-        out: dict[str, Any] = {"plans": [p.to_dict() if p is not None else None for p in self.plans]}
+        out: dict[str, Any] = {}
         if planned:
             out["predicted_gbps"] = round(min(p.throughput_gbps for p, _ in planned), 4)
             out["direct_gbps"] = round(min(p.direct_throughput_gbps for p, _ in planned), 4)
             out["estimated_cost_usd"] = round(sum(p.cost_per_gb_usd * n / 1e9 for p, n in planned), 6)
         if self.multicast is not None and planned:
-            out["multicast_plan"] = self.multicast.to_dict()
+            out["multicast_cost_usd"] = round(self.multicast.cost_per_gb_usd * max(self.needed) / 1e9, 6)
         if self.excluded:
             out["excluded_regions"] = list(self.excluded)
         return out
+
+    def fill(self, summary: dict[str, Any]) -> None:
+        """Put the estimate in ``summary`` and each plan, in brief, in its destination's entry (the
+        relay regions, predicted Gbps and cost per GB; None: sent directly). The plans whole go to
+        the plan file (:meth:`document`)."""
+        for key in ESTIMATE_KEYS:  # a plan made again (around a refused region) estimates anew
+            summary.pop(key, None)
+        summary.update(self.estimate())
+        for entry, plan in zip(summary["destinations"].values(), self.plans, strict=True):
+            entry["plan"] = None
+            if plan is not None:
+                ends = {plan.source, *plan.destinations}
+                entry["plan"] = {
+                    "relays": sorted(r for r in plan.relays if r not in ends),
+                    "predicted_gbps": round(plan.throughput_gbps, 3),
+                    "cost_per_gb_usd": round(plan.cost_per_gb_usd, 4),
+                }
+
+    def document(self, uris: Sequence[str]) -> dict[str, Any]:
+        """Every plan whole, by destination URI, for the plan file."""
+        return {
+            "source_region": self.source_region,
+            "destinations": {
+                uri: {"region": region or None, "bytes": n, "plan": p.to_dict() if p is not None else None}
+                for uri, region, n, p in zip(uris, self.regions, self.needed, self.plans, strict=True)
+            },
+            "multicast_plan": self.multicast.to_dict() if self.multicast is not None else None,
+            "excluded_regions": list(self.excluded),
+        }
 
     def overlays(self, options: TransferOptions, *, on_vms: bool) -> list[Overlay]:
         """One overlay per destination: its plan's, or the direct path; on local relays every
@@ -198,22 +226,72 @@ class TransferPlanner:
                     )
         if excluded:
             allowed = [r for r in match_regions(allowed or ["*"], model.regions) if r not in excluded]
+        limits: dict[str, Any] = {
+            "min_throughput_gbps": self.min_throughput_gbps,
+            "deadline_s": self.deadline_s,
+            "max_vms_per_region": settings.max_relays_per_region,
+            "max_vms": settings.max_relays,
+            "allowed_regions": allowed,
+        }
+        if not src_region:
+            raise InvalidInputError(
+                f"task {self.task_id!r}: no source region to plan from: pass source_region"
+            )
+        dsts = list(dst_regions) if len(dst_regions) > 1 else dst_regions[0]
+        sized = size if (self.deadline_s is not None or self.max_cost_usd is not None) else None
         try:
             return plan_transfer(
-                model,
-                src_region,  # type: ignore[arg-type]
-                list(dst_regions) if len(dst_regions) > 1 else dst_regions[0],
-                objective=settings.objective,
-                min_throughput_gbps=self.min_throughput_gbps,
-                size_gb=size if (self.deadline_s is not None or self.max_cost_usd is not None) else None,
-                deadline_s=self.deadline_s,
-                budget_usd=self.max_cost_usd,
-                max_vms_per_region=settings.max_relays_per_region,
-                max_vms=settings.max_relays,
-                allowed_regions=allowed,
-            )
+                model, src_region, dsts, objective=settings.objective, size_gb=sized,
+                budget_usd=self.max_cost_usd, **limits,
+            )  # fmt: skip
         except InfeasiblePlanError as err:
+            if "budget_usd" in err.limits:
+                raise self._over_budget(err, model, src_region, dsts, size, limits) from None
             raise self._infeasible(err) from None
+
+    def _over_budget(
+        self,
+        err: InfeasiblePlanError,
+        model: Any,
+        src: str,
+        dsts: str | list[str],
+        size_gb: float,
+        limits: dict[str, Any],
+    ) -> InfeasiblePlanError:
+        """``max_cost_usd`` binds: the error names it and what the cheapest plan costs, found by
+        planning again without it (the cheapest plan reaching the task's target, or at any speed)."""
+        from airflow_skyplane.planner.solver import Planner, plan_transfer
+
+        target = self.min_throughput_gbps is not None or self.deadline_s is not None
+        try:
+            if target:
+                per_gb = plan_transfer(
+                    model, src, dsts, objective="cost", size_gb=size_gb, **limits
+                ).cost_per_gb_usd
+            else:
+                planner = Planner(
+                    model, max_vms_per_region=limits["max_vms_per_region"], max_vms=limits["max_vms"],
+                    allowed_regions=limits["allowed_regions"],
+                )  # fmt: skip
+                dst_list = [dsts] if isinstance(dsts, str) else dsts
+                per_gb = planner.min_cost_per_gb(planner.candidates(src, dst_list), src, dst_list)
+        except InfeasiblePlanError as other:  # the target is out of reach at any price: say that
+            return self._infeasible(other)
+        cost = per_gb * size_gb
+        minimum = _rounded_up(cost)
+        names = ("max_cost_usd", *(OPERATOR_NAMES.get(k, k) for k in err.limits if k != "budget_usd"))
+        reaching = ""
+        if self.deadline_s is not None:
+            reaching = f" within deadline={self.deadline_s:g} s"
+        elif self.min_throughput_gbps is not None:
+            reaching = f" reaching min_throughput_gbps={self.min_throughput_gbps:g}"
+        lower = f", or relax {', '.join(names[1:])}" if len(names) > 1 else ""
+        return InfeasiblePlanError(
+            f"task {self.task_id!r}: max_cost_usd={self.max_cost_usd:g} is too small: the cheapest plan"
+            f"{reaching} for {size_gb:.3g} GB costs ${_usd(cost, places=4)} (${per_gb:.4f}/GB); raise "
+            f"max_cost_usd to at least {_usd(minimum)}{lower}",
+            limits=names,
+        )
 
     def _infeasible(self, err: InfeasiblePlanError) -> InfeasiblePlanError:
         """The planner's error, with the binding limits named as the task sets them."""
@@ -235,3 +313,20 @@ class TransferPlanner:
         return InfeasiblePlanError(
             f"task {self.task_id!r}: {held}the planner says: {err}", limits=tuple(names)
         )
+
+
+def _rounded_up(usd: float) -> float:
+    """``usd`` rounded up to the cent, or below a cent to two significant digits (a transfer of a few
+    MB costs a fraction of a cent, and "at least 0.01" would not be the real minimum)."""
+    if usd >= 0.01:
+        return math.ceil(usd * 100 - 1e-9) / 100
+    if usd <= 0:
+        return 0.0
+    step = 10.0 ** (math.floor(math.log10(usd)) - 1)
+    return float(f"{math.ceil(usd / step - 1e-9) * step:.2g}")
+
+
+def _usd(usd: float, places: int = 2) -> str:
+    """An amount in dollars as a person reads it: ``places`` decimals, or two significant digits
+    below a cent."""
+    return f"{usd:.{places}f}" if usd >= 0.01 or usd == 0 else f"{usd:.2g}"

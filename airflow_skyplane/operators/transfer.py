@@ -36,13 +36,18 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_skyplane.exceptions import InvalidInputError, TransferError
+from airflow_skyplane.operators.audit import check_sync, preview, warn_source
 from airflow_skyplane.operators.callbacks import (
     FLEET_XCOM_KEY,
     push_state_keys,
+    record,
+    start_record,
     teardown_on_failure,
     will_retry,
     with_callback,
 )
+from airflow_skyplane.operators.plan_files import record_plans
+from airflow_skyplane.operators.regions import given_destination_regions, given_region, locate
 from airflow_skyplane.transfer.inventory import MODES
 from airflow_skyplane.transfer.options import TransferOptions
 from airflow_skyplane.transfer.summary import summarize
@@ -84,9 +89,12 @@ class SkyplaneTransferOperator(BaseOperator):
     :param source: URI of the source prefix (``s3://``, ``gs://``, ``az://``, ``file://``). Templated.
     :param destination: URI of the destination prefix, or a list of them (one plan, many
         destinations). Templated.
-    :param source_region: the source bucket's region in the planner's names (``aws:us-east-1``);
-        inferred for S3 from the connection's region when left out. Templated.
-    :param destination_region: the same for the destination(s): one region, or one per destination.
+    :param source_region: the source bucket's region in the planner's names (``aws:us-east-1``).
+        Left out, the bucket is asked (S3 GetBucketLocation, the GCS bucket's location, the Azure
+        account's location where the connection may ask); given, it must agree with what the bucket
+        says, and is used where the bucket cannot tell. Templated.
+    :param destination_region: the same for the destination(s): one region, or one per destination
+        (one region for destinations of several clouds is refused).
     :param aws_conn_id: connection of S3 stores (default ``aws_default``).
     :param gcp_conn_id: connection of GCS stores (default ``google_cloud_default``).
     :param wasb_conn_id: connection of Azure Blob stores (default ``wasb_default``).
@@ -125,7 +133,12 @@ class SkyplaneTransferOperator(BaseOperator):
         that a retry of this task instance continues where the failed try stopped, sending only
         what was not written; the failed try keeps its multipart uploads for the retry, and they are
         aborted once the task fails for good. ``False``: every try starts over.
-    :param dry_run: inventory, plan and estimate only; move nothing.
+    :param dry_run: inventory, plan and estimate only; move nothing. The log lists the first
+        ``preview_keys`` keys it would send to (and, with ``delete_extraneous``, delete at) each
+        destination.
+    :param preview_keys: how many keys a dry run lists per destination (default 10).
+    :param plan_picture: draw each plan as a PNG beside the task's logs and the plan file (needs the
+        ``plot`` extra; without it the task logs a warning and goes on).
     :param wait_for_completion: when False, return once the relays run, with the fleet id for
         :class:`~airflow_skyplane.sensors.transfer.SkyplaneTransferSensor`.
     :param deferrable: wait in the triggerer instead of a worker slot.
@@ -175,6 +188,8 @@ class SkyplaneTransferOperator(BaseOperator):
         connections_per_hop: int | None = None,
         resume: bool = True,
         dry_run: bool = False,
+        preview_keys: int = 10,
+        plan_picture: bool = False,
         wait_for_completion: bool = True,
         deferrable: bool | None = None,
         poll_interval: float = 5.0,
@@ -249,6 +264,10 @@ class SkyplaneTransferOperator(BaseOperator):
             raise InvalidInputError(f"resume={resume!r} must be True or False")
         self.resume = resume
         self.plan_only = dry_run  # BaseOperator has a dry_run() method of its own
+        if not isinstance(preview_keys, int) or isinstance(preview_keys, bool) or preview_keys < 0:
+            raise InvalidInputError(f"preview_keys={preview_keys!r} must be a whole number >= 0")
+        self.preview_keys = preview_keys
+        self.plan_picture = bool(plan_picture)
         self.wait_for_completion = wait_for_completion
         if deferrable is None:
             deferrable = conf.getboolean("operators", "default_deferrable", fallback=False)
@@ -299,19 +318,6 @@ class SkyplaneTransferOperator(BaseOperator):
             raise InvalidInputError(f"destination={destinations!r} names the same URI twice: list it once")
         return destinations
 
-    def _destination_regions(self, count: int) -> list[str | None]:
-        regions = _as_list(self.destination_region)
-        if not regions:
-            return [None] * count
-        if len(regions) == 1:
-            return regions * count  # type: ignore[return-value]
-        if len(regions) != count:
-            raise InvalidInputError(
-                f"destination_region has {len(regions)} regions for {count} destinations: give one region "
-                "for all, or one per destination in the same order"
-            )
-        return regions  # type: ignore[return-value]
-
     def _open(self, uri: str) -> Location:
         from airflow_skyplane.hooks.storage import open_store
 
@@ -332,9 +338,11 @@ class SkyplaneTransferOperator(BaseOperator):
         from airflow_skyplane.transfer.diff import DiffCounts, KeyFilter, Spool, check_patterns
         from airflow_skyplane.transfer.resume import check_destination
 
+        start_record(self)  # the failure callback reads what this try pushed from here, not XCom
         settings = self._settings()
         destinations = self._destinations()
-        dst_regions = self._destination_regions(len(destinations))
+        given_src = given_region("source_region", self.source_region, self.source)
+        given_dsts = given_destination_regions(self.destination_region, destinations)
         keep = KeyFilter(check_patterns("include", self.include), check_patterns("exclude", self.exclude))
         src = self._open(self.source)
         dsts = [self._open(uri) for uri in destinations]
@@ -344,6 +352,11 @@ class SkyplaneTransferOperator(BaseOperator):
         src.store.check_bucket()
         for dst in dsts:
             dst.store.check_bucket()
+        src_region = locate("source_region", given_src, src, self.source, self.log)
+        dst_regions = [
+            locate("destination_region", given, dst, uri, self.log)
+            for given, dst, uri in zip(given_dsts, dsts, destinations, strict=True)
+        ]
 
         # inventory, taken once: what each destination needs (its size feeds a deadline or a budget)
         counts = [DiffCounts() for _ in dsts]
@@ -356,32 +369,26 @@ class SkyplaneTransferOperator(BaseOperator):
                     keep_extraneous=self.max_delete + 1 if self.delete_extraneous else 0,
                 )  # fmt: skip
                 spools.append(Spool(items))
-            self._check_deletes(destinations, counts)
+            if self.mode == "sync":
+                check_sync(
+                    self.log, destinations, counts, delete_extraneous=self.delete_extraneous,
+                    max_delete=self.max_delete, dry_run=self.plan_only,
+                )  # fmt: skip
+            warn_source(
+                self.log, self.source, src.prefix, counts, filtered=bool(keep.include or keep.exclude),
+                delete_extraneous=self.delete_extraneous,
+            )  # fmt: skip
+            if self.plan_only:
+                preview(
+                    self.log, destinations, spools, counts, source_prefix=src.prefix,
+                    first=self.preview_keys, deleting=self.delete_extraneous,
+                )  # fmt: skip
             return self._plan_and_send(
-                context, settings, src, dsts, destinations, dst_regions, counts, spools
+                context, settings, src, dsts, destinations, src_region, dst_regions, counts, spools
             )
         finally:
             for spool in spools:
                 spool.close()
-
-    def _check_deletes(self, destinations: list[str], counts: list[DiffCounts]) -> None:
-        """Log what ``sync`` found; refuse to delete more than ``max_delete`` at any destination."""
-        if self.mode != "sync":
-            return
-        fate = "kept"
-        if self.delete_extraneous:
-            fate = "would be deleted: dry run" if self.plan_only else "to delete once all is verified"
-        for uri, c in zip(destinations, counts, strict=True):
-            self.log.info(
-                "sync %s: %d new, %d changed, %d unchanged, %d only at the destination (%s)",
-                uri, c.new, c.changed, c.unchanged, c.extraneous, fate,
-            )  # fmt: skip
-            if self.delete_extraneous and c.extraneous > self.max_delete:
-                raise InvalidInputError(
-                    f"sync would delete {c.extraneous} objects under {uri}, more than max_delete="
-                    f"{self.max_delete}: check the source prefix (a wrong or empty source would empty "
-                    "the replica), or raise max_delete"
-                )
 
     def _planner(self, settings: SkyplaneSettings) -> TransferPlanner:
         from airflow_skyplane.operators.planning import TransferPlanner
@@ -398,40 +405,41 @@ class SkyplaneTransferOperator(BaseOperator):
         src: Location,
         dsts: list[Location],
         destinations: list[str],
+        src_region: str | None,
         dst_regions: list[str | None],
         counts: list[DiffCounts],
         spools: list[Spool],
     ) -> dict[str, Any]:
         from airflow_skyplane.operators.launch import start_fleet
-        from airflow_skyplane.operators.planning import region_of
         from airflow_skyplane.transfer.fleet import FleetWork, TransferRequest
 
         planner = self._planner(settings)
         needed = [spool.bytes for spool in spools]
-        regions = [r or region_of(d) or "" for r, d in zip(dst_regions, dsts, strict=True)]
-        planning = planner.plan_destinations(
-            self.source, self.source_region or region_of(src), regions, destinations, needed
-        )
+        regions = [r or "" for r in dst_regions]
+        planning = planner.plan_destinations(self.source, src_region, regions, destinations, needed)
         summary: dict[str, Any] = {
             "source": self.source,
-            "destinations": destinations,
+            "source_region": src_region,
             "mode": self.mode,
             "dry_run": self.plan_only,
             "bytes_to_send": sum(needed),
             "objects_to_send": sum(spool.count for spool in spools),
+            "destinations": {
+                uri: {"region": region or None, "bytes_to_send": n}
+                | ({"sync": c.as_dict()} if self.mode == "sync" else {})
+                for uri, region, n, c in zip(destinations, dst_regions, needed, counts, strict=True)
+            },
         }
-        if self.mode == "sync":
-            summary["sync"] = [c.as_dict() for c in counts]
-        summary.update(planning.estimate())
+        planning.fill(summary)
         planner.log_estimate(planning)
+        ti = context.get("ti") if hasattr(context, "get") else None
+        record_plans(self, ti, planning, destinations, summary)
         if self.plan_only:
             return summary
 
         # provision, bootstrap and start: the fleet id reaches XCom before any gateway runs
         fleet_id = f"{uuid.uuid4().hex[:12]}"
-        ti = context.get("ti") if hasattr(context, "get") else None
-        if ti is not None:
-            ti.xcom_push(key=FLEET_XCOM_KEY, value=fleet_id)
+        record(ti, self, FLEET_XCOM_KEY, fleet_id)
         summary["fleet_id"] = fleet_id
         request = TransferRequest(
             self.source, destinations, self.aws_conn_id, self.gcp_conn_id, self.wasb_conn_id, summary,
@@ -440,9 +448,7 @@ class SkyplaneTransferOperator(BaseOperator):
         options = TransferOptions.from_settings(
             settings, timeout=self.timeout_s, keep_on_failure=will_retry(ti)
         )
-        state_keys = (
-            push_state_keys(ti, self.task_id, settings.state_prefix, destinations) if self.resume else []
-        )
+        state_keys = push_state_keys(ti, self, settings.state_prefix, destinations) if self.resume else []
         self._fleet = start_fleet(
             self, settings, planner, planning, ti, request, options,
             lambda overlays: FleetWork(src, dsts, spools, overlays, state_keys),
@@ -474,7 +480,7 @@ class SkyplaneTransferOperator(BaseOperator):
         fleet = self._fleet
         try:
             fleet.wait()
-            results = fleet.finish()
+            results = fleet.finish(self.log)
         except TransferError as err:
             if self._killed:
                 raise TransferError(_KILLED) from err
@@ -497,6 +503,15 @@ class SkyplaneTransferOperator(BaseOperator):
             f", predicted {summary['predicted_gbps']:.3f}" if "predicted_gbps" in summary else "",
             summary["checksums_verified"],
         )  # fmt: skip
+        for uri, entry in summary["destinations"].items():
+            size_only = entry.get("size_only")
+            if size_only:
+                why = "; ".join(f"{reason} ({n})" for reason, n in size_only["why"].items())
+                self.log.warning(
+                    "%d of the %d objects sent to %s were checked by size only, not by the store's "
+                    "checksum: %s (first: %s)",
+                    size_only["objects"], entry["objects"], uri, why, ", ".join(size_only["first"]),
+                )  # fmt: skip
         return summary
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
@@ -507,7 +522,7 @@ class SkyplaneTransferOperator(BaseOperator):
         if event.get("status") != "done":
             teardown(fleet_id, state_dir)
             raise TransferError(f"transfer on fleet {fleet_id} failed: {event.get('message')}")
-        return self._summary(FleetTransfer.complete(fleet_id, state_dir))
+        return self._summary(FleetTransfer.complete(fleet_id, state_dir, self.log))
 
     def on_kill(self) -> None:
         self._killed = True

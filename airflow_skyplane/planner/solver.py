@@ -213,7 +213,11 @@ class Planner:
         """The fastest plan, connections continuous (what the VM limits allow at most)."""
         return self._milp(net).fastest()
 
-    def min_cost_per_gb(self, net: OverlayNetwork) -> float:
+    def min_cost_per_gb(self, nodes: list[str], src: str, dsts: list[str]) -> float:
+        """Lowest $/GB any plan over ``nodes`` reaches (e.g. ``candidates(src, dsts)``)."""
+        return self._min_cost_per_gb(self.network(nodes, src, dsts))
+
+    def _min_cost_per_gb(self, net: OverlayNetwork) -> float:
         """Lowest $/GB any plan reaches (Dinkelbach iterations on the MILP: cost - lambda * T / 8)."""
         milp = self._milp(net)
         best = milp.fastest()
@@ -417,7 +421,7 @@ class Planner:
                 f"that exist need more relay VMs; {fix} or allow other regions",
                 limits=("max_vms" if self.max_vms is not None else "max_vms_per_region", "allowed_regions"),
             )
-        floor = self.min_cost_per_gb(net)
+        floor = self._min_cost_per_gb(net)
         direct = direct_path(self.model, net.src, net.dsts, {}, self.connections_per_vm)
         direct_txt = "" if direct[1] is None else f"the direct path costs ${direct[1]:.4f}/GB and "
         return InfeasiblePlanError(

@@ -32,10 +32,10 @@ from airflow_skyplane.exceptions import TransferError
 from airflow_skyplane.operators.callbacks import fleets_dir, teardown_sensor_fleet, with_callback
 
 
-def _complete(fleet_id: str, state_dir: str) -> dict[str, Any]:
+def _complete(fleet_id: str, state_dir: str, log: Any) -> dict[str, Any]:
     from airflow_skyplane.transfer.fleet import FleetTransfer
 
-    return FleetTransfer.complete(fleet_id, state_dir)
+    return FleetTransfer.complete(fleet_id, state_dir, log)
 
 
 class SkyplaneTransferSensor(BaseSensorOperator):
@@ -98,7 +98,7 @@ class SkyplaneTransferSensor(BaseSensorOperator):
         if status.state == "failed":
             teardown(self.fleet_id, state_dir)
             raise TransferError(f"transfer on fleet {self.fleet_id} failed: {status.message}")
-        return PokeReturnValue(is_done=True, xcom_value=_complete(self.fleet_id, state_dir))
+        return PokeReturnValue(is_done=True, xcom_value=_complete(self.fleet_id, state_dir, self.log))
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         from airflow_skyplane.transfer.fleet import teardown
@@ -106,7 +106,7 @@ class SkyplaneTransferSensor(BaseSensorOperator):
         if event.get("status") != "done":
             teardown(event["fleet_id"], event["state_dir"])
             raise TransferError(f"transfer on fleet {event['fleet_id']} failed: {event.get('message')}")
-        return _complete(event["fleet_id"], event["state_dir"])
+        return _complete(event["fleet_id"], event["state_dir"], self.log)
 
 
 class SkyplaneReplicaSensor(BaseSensorOperator):

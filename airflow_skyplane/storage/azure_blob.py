@@ -17,7 +17,7 @@ import hashlib
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow_skyplane.exceptions import (
     BucketNotFoundError,
@@ -39,6 +39,9 @@ from airflow_skyplane.storage.base import (
 )
 from airflow_skyplane.storage.kinds import ConnectionKind, StoreKind, StoreSpec, need, text
 from airflow_skyplane.storage.uri import StorageURI
+
+if TYPE_CHECKING:
+    from airflow_skyplane.storage.placement import Placement
 
 
 def _block_id(upload_id: str, number: int) -> str:
@@ -342,6 +345,15 @@ class AzureBlobKind(StoreKind):
                 account_url=need(spec, "account_url"), credential=text(spec, "credential")
             )
         return AzureBlobStore(service, need(spec, "container"))
+
+    def region(self, store: ObjectStore) -> Placement:
+        """The storage account's location, through the management API with the connection's Azure
+        AD identity and the ``subscription_id`` of its extra; a shared key, SAS or connection string
+        cannot ask it."""
+        from airflow_skyplane.storage.placement import azure_account_placement
+
+        assert isinstance(store, AzureBlobStore)
+        return azure_account_placement(store.client, store.conn_id)
 
 
 KIND = AzureBlobKind()

@@ -14,7 +14,7 @@ import builtins
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow_skyplane.exceptions import (
     BucketNotFoundError,
@@ -38,6 +38,9 @@ from airflow_skyplane.storage.base import (
 from airflow_skyplane.storage.checksums import b64_to_hex
 from airflow_skyplane.storage.kinds import ConnectionKind, StoreKind, StoreSpec, need, text
 from airflow_skyplane.storage.uri import StorageURI
+
+if TYPE_CHECKING:
+    from airflow_skyplane.storage.placement import Placement
 
 COMPOSE_LIMIT = 32  # sources per compose request
 
@@ -306,6 +309,20 @@ class GCSKind(StoreKind):
         else:
             client = storage.Client(project=project)
         return GCSStore(client, need(spec, "bucket"))
+
+    def region(self, store: ObjectStore) -> Placement:
+        """The bucket's ``location`` (a region, dual- or multi-region), in the catalog's names."""
+        from google.api_core.exceptions import GoogleAPIError
+
+        from airflow_skyplane.storage.placement import gcs_placement, unknown
+
+        assert isinstance(store, GCSStore)
+        if os.environ.get("STORAGE_EMULATOR_HOST"):
+            return unknown("the GCS emulator reports every bucket in 'US', whatever it was created in")
+        try:
+            return gcs_placement(store.client.get_bucket(store.bucket).location)
+        except GoogleAPIError as err:
+            return unknown(f"reading the bucket's location failed ({str(err)[:200]})")
 
 
 KIND = GCSKind()

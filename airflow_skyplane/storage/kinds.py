@@ -7,7 +7,8 @@ A :class:`StoreKind` knows, for its scheme:
 * **spec**: turn a store opened that way into a *store spec*, the small JSON object a gateway opens
   without Airflow (the bucket, the endpoint, credentials resolved from the same connection);
 * **open_spec**: build the adapter from a spec on a relay (:mod:`airflow_skyplane.gateway.stores`);
-* **region**: the planner's name of the region the store lives in, when the store tells.
+* **region**: where the store is, asked of the store itself (the bucket's location), in the planner's
+  names (:mod:`airflow_skyplane.storage.placement`).
 
 Each kind is defined beside its adapter (:mod:`.s3`, :mod:`.gcs`, :mod:`.azure_blob`, :mod:`.local`)
 and imports Airflow and the cloud SDKs only inside the methods that need them, so a relay that opens
@@ -21,11 +22,14 @@ import abc
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from airflow_skyplane.exceptions import InvalidInputError
 from airflow_skyplane.storage.base import ObjectStore
 from airflow_skyplane.storage.uri import StorageURI
+
+if TYPE_CHECKING:
+    from airflow_skyplane.storage.placement import Placement
 
 #: scheme -> the module whose ``KIND`` is the scheme's :class:`StoreKind`
 KIND_MODULES = {
@@ -75,8 +79,10 @@ class StoreKind(abc.ABC):
     def open_spec(self, spec: Mapping[str, object]) -> ObjectStore:
         """The adapter a spec describes, on plain SDK clients (no Airflow)."""
 
-    def region(self, store: ObjectStore) -> str | None:
-        """The planner's name of the store's region (``aws:us-east-1``), when the store tells."""
+    def region(self, store: ObjectStore) -> Placement | None:
+        """Where the store is (:class:`~airflow_skyplane.storage.placement.Placement`: the planner's
+        name of its region, or why the store could not tell); None for a store of no cloud region.
+        Airflow side only."""
         return None
 
 

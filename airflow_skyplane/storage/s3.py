@@ -9,7 +9,8 @@ and ``<md5 of part md5s>-<parts>`` of a multipart one.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, NoReturn
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow_skyplane.exceptions import (
     BucketNotFoundError,
@@ -31,6 +32,9 @@ from airflow_skyplane.storage.base import (
 )
 from airflow_skyplane.storage.kinds import ConnectionKind, StoreKind, StoreSpec, need, text
 from airflow_skyplane.storage.uri import StorageURI
+
+if TYPE_CHECKING:
+    from airflow_skyplane.storage.placement import Placement
 
 _CREDENTIAL_CODES = {
     "AccessDenied",
@@ -303,11 +307,21 @@ class S3Kind(StoreKind):
         )
         return S3Store(client, need(spec, "bucket"))
 
-    def region(self, store: ObjectStore) -> str | None:
-        """The region of the connection's client (``region_name`` in its extra, or the SDK's)."""
+    def region(self, store: ObjectStore) -> Placement:
+        """The bucket's own region (``GetBucketLocation`` through the hook's client); where that is
+        refused, the connection's region (``region_name`` in its extra, or the SDK's) as fallback."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from airflow_skyplane.storage.placement import aws_placement, unknown
+
         assert isinstance(store, S3Store)
-        region = store.client.meta.region_name
-        return f"aws:{region}" if region else None
+        connection = store.client.meta.region_name
+        fallback = f"aws:{connection}" if connection else None
+        try:
+            constraint = store.client.get_bucket_location(Bucket=store.bucket).get("LocationConstraint")
+        except (BotoCoreError, ClientError) as err:
+            return unknown(f"GetBucketLocation failed ({str(err)[:200]})", fallback)
+        return replace(aws_placement(constraint), fallback=fallback)
 
 
 KIND = S3Kind()

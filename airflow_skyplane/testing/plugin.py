@@ -75,11 +75,11 @@ def emulated_sky(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatedS
 
 
 @pytest.fixture
-def sky_bucket(emulated_sky: EmulatedSky, tmp_path: Path) -> Iterator[Callable[[str], str]]:
+def sky_bucket(emulated_sky: EmulatedSky, tmp_path: Path) -> Iterator[Callable[..., str]]:
     counter = iter(range(1_000_000))
     used: set[str] = set()
 
-    def make(service: str) -> str:
+    def make(service: str, region: str | None = None) -> str:
         used.add(service)
         if service == "file":
             root = tmp_path / f"bucket-{next(counter)}"
@@ -87,7 +87,7 @@ def sky_bucket(emulated_sky: EmulatedSky, tmp_path: Path) -> Iterator[Callable[[
             return f"file://{root}"
         if service in emulated_sky.missing:
             skip_missing(emulated_sky.missing[service])
-        return emulated_sky.make_bucket(service)
+        return emulated_sky.make_bucket(service, region=region)
 
     yield make
     if "gs" in used:

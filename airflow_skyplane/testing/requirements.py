@@ -115,7 +115,8 @@ def _azurite() -> str | None:
     from airflow_skyplane.testing.sky import find_azurite
 
     if find_azurite():
-        return None
+        # azurite-blob is a Node.js script: without node on PATH it cannot start
+        return None if shutil.which("node") else "needs `node` on PATH to run Azurite (Debian package nodejs)"
     return (
         "needs Azurite: `make install` installs it with npm (Debian packages nodejs and npm), or set "
         "SKYPLANE_AZURITE_BIN to an azurite-blob executable"

@@ -77,8 +77,10 @@ _EMULATOR_NAMES = {"s3": "moto (the S3 emulator)", "gs": "gcp-storage-emulator (
 def missing_emulator(service: str) -> str | None:
     """Why ``service`` cannot be emulated here and the command that fixes it, or None when it can."""
     if service == "az":
-        if find_azurite():
+        if find_azurite() and shutil.which("node"):
             return None
+        if find_azurite():
+            return "Azurite is installed but Node.js, which runs it, is not on PATH: install Debian's nodejs"
         return (
             "Azurite not found (the Azure Blob emulator): run 'make install' in a checkout (it needs npm), "
             "or 'npm install -g azurite', or set SKYPLANE_AZURITE_BIN to an azurite-blob executable"
@@ -339,11 +341,15 @@ class EmulatedSky:
             return BlobServiceClient.from_connection_string(self.azure_connection_string())
         raise LookupError(f"unknown service {service!r}: choose from {SERVICES}")
 
-    def make_bucket(self, service: str, name: str | None = None) -> str:
-        """Create a bucket (or container) and return its URI."""
+    def make_bucket(self, service: str, name: str | None = None, *, region: str | None = None) -> str:
+        """Create a bucket (or container) and return its URI; ``region`` (``aws:eu-west-1``) places an
+        S3 bucket there (its LocationConstraint; the other emulators keep no location)."""
         name = name or f"sky-{uuid.uuid4().hex[:16]}"
         client = self.client(service)
-        if service == "s3":
+        if service == "s3" and region is not None:
+            where = region.removeprefix("aws:")
+            client.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": where})
+        elif service == "s3":
             client.create_bucket(Bucket=name)
         elif service == "gs":
             client.create_bucket(name)

@@ -21,9 +21,9 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from airflow_skyplane.compute import fleets
 from airflow_skyplane.compute.launcher import GatewayLauncher
@@ -42,6 +42,13 @@ if TYPE_CHECKING:
     from airflow_skyplane.hooks.storage import Location
 
 log = logging.getLogger(__name__)
+
+
+class Logger(Protocol):
+    """What the fleet logs through (a task's logger, or this module's)."""
+
+    def info(self, event: str, *args: object) -> object: ...
+
 
 REQUEST_FILE = "request.json"
 
@@ -203,12 +210,12 @@ class FleetTransfer:
         return cls(fleet_id, state_dir, request, jobs)
 
     @classmethod
-    def complete(cls, fleet_id: str, state_dir: str) -> Summary:
+    def complete(cls, fleet_id: str, state_dir: str, log: Logger = log) -> Summary:
         """Finish the fleet another process left running (every chunk is written): complete, verify,
         delete what ``sync`` was asked to delete, tear down; the task's summary."""
         fleet = cls.attach(fleet_id, state_dir)
         try:
-            results = fleet.finish()
+            results = fleet.finish(log)
         finally:
             fleet.close()
         return summarize(fleet.request.summary, results, fleet.deleted)
@@ -231,7 +238,7 @@ class FleetTransfer:
         if self._on_progress is not None:
             self._on_progress(self.progress())
 
-    def finish(self) -> list[TransferResult]:
+    def finish(self, log: Logger = log) -> list[TransferResult]:
         """Complete the uploads and verify every object, per destination (results in order); then,
         and only then, delete the extraneous objects ``sync`` was asked to delete."""
         results = [job.finish() for job in self.jobs]
@@ -240,6 +247,11 @@ class FleetTransfer:
             keys = self.request.deletes[n] if n < len(self.request.deletes) else []
             for key in keys:
                 job.destination.delete(job.destination_prefix + key)
+            if keys:  # through the task's log (``log``), for a person auditing the sync
+                log.info(
+                    "sync deleted %d object(s) from %s, found only there: %s",
+                    len(keys), self.request.destinations[n], ", ".join(keys),
+                )  # fmt: skip
             self.deleted.append(len(keys))
         return results
 
@@ -274,8 +286,12 @@ class FleetTransfer:
         return "\n".join(out)
 
 
-def teardown(fleet_id: str, state_dir: str) -> list[str]:
+def teardown(fleet_id: str, state_dir: str, *, for_good: bool = False) -> list[str]:
     """Tear a fleet down by its id alone: gateways, dangling uploads, folder. Idempotent.
+
+    ``for_good``: nobody will continue these transfers (the task failed for good, or a person tore
+    the fleet down), so the uploads a resumable transfer kept for a retry are aborted and its
+    durable state is deleted from the destination too (a later try's state is left alone).
 
     Returns the gateways that were still running. Aborting the uploads needs the stores (opened
     through the hooks); when they cannot be opened the gateways are stopped all the same.
@@ -290,7 +306,11 @@ def teardown(fleet_id: str, state_dir: str) -> list[str]:
         if isinstance(gw.get("pid"), int) and fleets.runs_gateway(gw["pid"])
     ]
     try:
-        FleetTransfer.attach(fleet_id, state_dir).close()
+        fleet = FleetTransfer.attach(fleet_id, state_dir)
+        if for_good:
+            for job in fleet.jobs:
+                job.options = replace(job.options, keep_on_failure=False)
+        fleet.close()
     except (SkyplaneError, OSError, ValueError, KeyError) as err:
         log.warning("fleet %s: could not reopen its stores to abort its uploads (%s)", fleet_id, err)
     from airflow_skyplane.compute.cloud import teardown_recorded

@@ -36,7 +36,7 @@ from airflow_skyplane.transfer.control import Receipt
 from airflow_skyplane.transfer.options import TransferKnobs, TransferOptions
 from airflow_skyplane.transfer.overlay import Hop, Overlay, overlay_from_plan
 from airflow_skyplane.transfer.resume import ResumeLedger
-from airflow_skyplane.transfer.summary import TransferResult
+from airflow_skyplane.transfer.summary import TransferResult, Unverified
 from airflow_skyplane.transfer.tracker import Progress, aggregate
 
 if TYPE_CHECKING:
@@ -275,9 +275,10 @@ class TransferJob:
         """Complete the uploads and verify every object; call once :meth:`poll` says done."""
         statuses = {gid: control.status(gw) for gid, gw in self.started.items()}
         self._fetch_receipts()
+        unverified = Unverified()
         try:
             verified = verify.complete_and_verify(
-                self.sides, self.objects, self.uploads, self.resume.carried + self.receipts
+                self.sides, self.objects, self.uploads, self.resume.carried + self.receipts, unverified
             )
         except TransferError:
             self.resume.bad = True  # what was recorded does not hold up: a retry starts over
@@ -296,6 +297,7 @@ class TransferJob:
             seconds=time.time() - self.started_at,
             resends=sum(s.get("resends", 0) for s in statuses.values()),
             checksums_verified=verified,
+            unverified=unverified,
             gateways=statuses,
             resumed_bytes=self.resume.resumed_bytes,
             discarded=self.resume.discarded,

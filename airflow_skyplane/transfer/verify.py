@@ -20,6 +20,7 @@ from airflow_skyplane.exceptions import TransferError
 from airflow_skyplane.storage.base import Checksum, MultipartUpload, ObjectInfo, ObjectStore, PartInfo
 from airflow_skyplane.storage.checksums import from_part_crc32cs, from_part_md5s
 from airflow_skyplane.transfer.control import Receipt
+from airflow_skyplane.transfer.summary import Unverified
 
 # HEAD requests of the verification at once: under the 10 connections a boto3 client pools by default
 VERIFY_THREADS = 8
@@ -35,14 +36,22 @@ class Sides:
     destination_prefix: str
 
 
+#: why a store reports no checksum for an object written in parts, by URI scheme
+NO_WHOLE_CHECKSUM = {
+    "az": "Azure keeps no Content-MD5 for a blob whose blocks did not arrive in order",
+}
+
+
 def complete_and_verify(
     sides: Sides,
     objects: Mapping[str, ObjectInfo],
     uploads: dict[str, MultipartUpload],
     receipts: list[Receipt],
+    unverified: Unverified | None = None,
 ) -> int:
     """Complete every upload in ``uploads`` (removing it from there) and verify every object; the
-    number of objects whose checksum matched. Raise TransferError on the first object that fails."""
+    number of objects whose checksum matched, the others (checked by size) noted in ``unverified``
+    with the reason. Raise TransferError on the first object that fails."""
     by_key: dict[str, list[Receipt]] = defaultdict(list)
     latest = {(r["key"], r["part_number"]): r for r in receipts}  # a chunk written twice counts once
     for r in latest.values():
@@ -66,7 +75,11 @@ def complete_and_verify(
     verified = 0
     for key, check in _verify_all(sides, objects, by_key):
         try:
-            verified += check.result()
+            why = check.result()
+            if why is None:
+                verified += 1
+            elif unverified is not None:
+                unverified.add(key, why)
         except TransferError as err:
             # a short or mismatching object must not stay where readers would take it for a copy
             dest_key = sides.destination_prefix + key
@@ -85,7 +98,7 @@ def complete_and_verify(
 
 def _verify_all(
     sides: Sides, objects: Mapping[str, ObjectInfo], by_key: Mapping[str, list[Receipt]]
-) -> Iterator[tuple[str, Future[bool]]]:
+) -> Iterator[tuple[str, Future[str | None]]]:
     """(key, its check) of every object, in order. One HEAD per object, a few at once: one after
     the other is most of a small-object transfer's time, as a store answers each in milliseconds
     to tens of them but serves many at once. Windows of 1,024 keep memory flat."""
@@ -95,8 +108,9 @@ def _verify_all(
             yield from [(k, pool.submit(_verify_one, sides, k, o, by_key.get(k, []))) for k, o in window]
 
 
-def _verify_one(sides: Sides, key: str, src: ObjectInfo, receipts: list[Receipt]) -> bool:
-    """Check one written object (size, and checksums where comparable); True if a checksum matched."""
+def _verify_one(sides: Sides, key: str, src: ObjectInfo, receipts: list[Receipt]) -> str | None:
+    """Check one written object (size, and checksums where comparable); None if the destination's
+    checksum matched, else why it could not be compared (the size matched)."""
     parts = sorted(receipts, key=lambda r: r["part_number"])
     destination, dest_key = sides.destination, sides.destination_prefix + key
     written = sum(r["length"] for r in parts)
@@ -115,7 +129,19 @@ def _verify_one(sides: Sides, key: str, src: ObjectInfo, receipts: list[Receipt]
     if not dest_checked:
         dest_checked = _compare(key, "destination", dst.checksum, src.checksum, allow_etag=False)
     _compare(key, "source", src.checksum, expected, allow_etag=False)
-    return dest_checked
+    if dest_checked:
+        return None
+    if dst.checksum is None:
+        if len(parts) > 1:
+            note = NO_WHOLE_CHECKSUM.get(destination.scheme, "the store reports no checksum")
+            return f"written in parts: {note}"
+        return "the store reports no checksum"
+    if expected is None:
+        return "no checksum of the parts written to compare with (checked chunk by chunk)"
+    return (
+        f"the store's {dst.checksum.algorithm} of the whole object cannot be derived from the parts' "
+        "checksums, and the source reports none to compare it with"
+    )
 
 
 def _compare(

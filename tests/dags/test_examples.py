@@ -20,6 +20,7 @@ import pytest
 
 from airflow_skyplane.compute.fleets import fleet_ids, gateways_under
 from airflow_skyplane.hooks.storage import open_store
+from airflow_skyplane.operators.plan_files import read_plans
 from airflow_skyplane.testing.dagrun import airflow_cli, migrate, xcom_return_values
 from airflow_skyplane.testing.sky import AZURITE_KEY, EmulatedSky
 from airflow_skyplane.transfer.fleet import teardown
@@ -52,6 +53,11 @@ def _run(env: dict[str, str], *args: str) -> str:
     return output
 
 
+def _syncs(summary: dict[str, Any]) -> list[dict[str, int]]:
+    """What sync found (and deleted) at each destination, in order."""
+    return [entry["sync"] for entry in summary["destinations"].values()]
+
+
 def _contents(uri: str) -> dict[str, bytes]:
     loc = open_store(uri)
     return {i.key[len(loc.prefix) :]: loc.store.read(i.key) for i in loc.store.list(loc.prefix)}
@@ -74,7 +80,7 @@ def test_example_dags_parse_without_import_errors(airflow_env: dict[str, str]) -
 
 
 def test_nightly_replication_syncs_one_day_to_gcs_and_azure(
-    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str]
+    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[..., str]
 ) -> None:
     src, gcs, azure = sky_bucket("s3"), sky_bucket("gs"), sky_bucket("az")
     source = emulated_sky.open(src)
@@ -95,18 +101,21 @@ def test_nightly_replication_syncs_one_day_to_gcs_and_azure(
     [summary] = xcom_return_values(env["AIRFLOW_HOME"], "nightly_replication", "sync_day")
     assert "emulated-secret-key" not in json.dumps(summary) and AZURITE_KEY not in json.dumps(summary)
     assert summary["objects"] == 2 * len(day) and summary["checksums_verified"] == 2 * len(day)
-    assert [t["destination"] for t in summary["transfers"]] == [
+    assert list(summary["destinations"]) == [
         f"{gcs}/events/date=2026-11-20/", f"{azure}/events/date=2026-11-20/"
     ]  # fmt: skip
+    assert len(json.dumps(summary)) < 2048  # plans whole are in the plan file, not in XCom
+    assert read_plans(summary)["destinations"][f"{azure}/events/date=2026-11-20/"]["plan"] is not None
     _run(env, "nightly_replication", "2026-11-20")  # a rerun finds everything in place
     [again] = xcom_return_values(env["AIRFLOW_HOME"], "nightly_replication", "sync_day")
-    assert again["objects"] == 0 and [s["unchanged"] for s in again["sync"]] == [len(day), len(day)]
+    assert again["objects"] == 0 and [s["unchanged"] for s in _syncs(again)] == [len(day), len(day)]
 
 
 def test_multicast_distribution_defers_and_reaches_three_regions(
-    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str]
+    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[..., str]
 ) -> None:
-    models, eu, az, ap = sky_bucket("s3"), sky_bucket("gs"), sky_bucket("az"), sky_bucket("s3")
+    models, eu, az = sky_bucket("s3"), sky_bucket("gs"), sky_bucket("az")
+    ap = sky_bucket("s3", "aws:ap-northeast-1")  # where the DAG says that replica is
     ckpt = {"weights.bin": random.Random(3).randbytes(12 * MiB), "config.json": b'{"layers": 12}'}
     store = emulated_sky.open(models)
     for key, body in ckpt.items():
@@ -122,7 +131,7 @@ def test_multicast_distribution_defers_and_reaches_three_regions(
         assert _contents(f"{replica}/models/ckpt-000100/") == ckpt
     [summary] = xcom_return_values(env["AIRFLOW_HOME"], "multicast_distribution", "distribute")
     assert summary["status"] == "done" and summary["objects"] == 6
-    assert summary["multicast_plan"]["destinations"] == [
+    assert read_plans(summary)["multicast_plan"]["destinations"] == [
         "gcp:europe-west4-a",
         "azure:westeurope",
         "aws:ap-northeast-1",
@@ -132,7 +141,7 @@ def test_multicast_distribution_defers_and_reaches_three_regions(
 
 
 def test_a_gateway_killed_midway_fails_the_try_tears_down_and_the_retry_completes(
-    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str], tmp_path: Path
+    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[..., str], tmp_path: Path
 ) -> None:
     src, dst = sky_bucket("s3"), sky_bucket("az")
     data = {"w/big.bin": random.Random(6).randbytes(20 * MiB), "w/small.txt": b"small"}
@@ -156,9 +165,85 @@ def test_a_gateway_killed_midway_fails_the_try_tears_down_and_the_retry_complete
     assert list(destination.list_multipart_uploads()) == []
 
 
+def _under_way(store: Any) -> bool:
+    """A transfer into ``store`` is under way: it holds its durable state and parts written."""
+    return bool(list(store.list(".skyplane-state/")) and list(store.list_multipart_uploads()))
+
+
+def test_a_task_stopped_mid_transfer_runs_its_failure_callback_to_the_end(
+    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[..., str], tmp_path: Path
+) -> None:
+    """SIGTERM to ``airflow dags test`` of a two-destination copy once both transfers are under way:
+    the task fails for good, and the failure callback Airflow 3 runs tears the fleet down and discards
+    the state of each destination, logging every step; nothing is left at either destination. A task
+    that failed before it started a fleet logs no error from its callback."""
+    src, gcs, azure, left = sky_bucket("s3"), sky_bucket("gs"), sky_bucket("az"), sky_bucket("s3")
+    rng = random.Random(8)
+    source = emulated_sky.open(src)
+    for n in range(3):
+        source.put(f"data/part-{n}.bin", rng.randbytes(8 * MiB))
+    destinations = [f"{gcs}/copy/", f"{azure}/copy/"]
+    env = dict(airflow_env, **emulated_sky.env())
+    env.update(
+        AIRFLOW__CORE__DAGS_FOLDER=str(Path(__file__).parent / "faulty"),
+        KILLED_SOURCE=f"{src}/data/", KILLED_DESTINATIONS=" ".join(destinations),
+        DETACHED_DESTINATION=f"{left}/copy/",
+    )  # fmt: skip
+    stores = [emulated_sky.open(gcs), emulated_sky.open(azure)]
+    airflow = str(Path(sys.executable).parent / "airflow")
+    log = tmp_path / "dags-test.log"
+    with log.open("w") as out:
+        run = subprocess.Popen(
+            [airflow, "dags", "test", "killed_copy", "2026-11-03"], env=env, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 300
+            while not all(_under_way(s) for s in stores):
+                assert run.poll() is None, log.read_text()[-4000:]
+                assert time.monotonic() < deadline, "the transfers did not start"
+                time.sleep(0.2)
+            os.kill(run.pid, signal.SIGTERM)  # the task process only: what a worker's kill does
+            run.wait(timeout=300)
+        finally:
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGKILL)
+                run.wait()
+    output = log.read_text()
+    assert "emulated-secret-key" not in output and AZURITE_KEY not in output
+    assert "the task was stopped (SIGTERM, on_kill) during the transfer" in output
+    assert "skyplane-no-such-bucket" in output  # the task before it failed before it started
+    assert "Failed to run task callback" not in output and "XCom not found" not in output, output[-6000:]
+    assert re.search(r"fleet \w+ torn down after the failure", output), output[-6000:]
+    discarded = re.findall(r"transfer state of (\S+) discarded after the failure: (\d+) upload", output)
+    assert [uri for uri, _ in discarded] == destinations, output[-6000:]
+    for store in stores:
+        assert list(store.list(".skyplane-state/")) == []
+        assert list(store.list_multipart_uploads()) == []
+        assert list(store.list("copy/")) == []  # no object, whole or partial
+
+    # the transfer left running keeps its state and uploads (its task may be retried) until a person
+    # tears its fleet down, for good
+    state_dir = env["AIRFLOW__SKYPLANE__STATE_DIR"]
+    [running] = fleet_ids(state_dir)
+    detached = emulated_sky.open(left)
+    assert list(detached.list(".skyplane-state/")) != []
+    cli = str(Path(sys.executable).parent / "airflow-skyplane")
+    done = subprocess.run(
+        [cli, "fleets", "teardown", running, "--state-dir", state_dir], env=env, capture_output=True,
+        text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith(
+        "aborted its uploads, deleted its transfer states, removed its record"
+    )
+    assert list(detached.list(".skyplane-state/")) == [] and list(detached.list_multipart_uploads()) == []
+    assert gateways_under(state_dir) == [] and fleet_ids(state_dir) == []
+
+
 @pytest.mark.slow
 def test_a_task_killed_midway_is_resumed_by_its_next_try(
-    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str]
+    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[..., str]
 ) -> None:
     """SIGKILL the task's process and its gateways once a quarter is checkpointed; the next try of the
     same task instance (``tasks test`` on the killed run) continues the S3 multipart upload and sends
@@ -229,7 +314,7 @@ def _xcom(home: str, dag_id: str, key: str) -> list[Any]:
 
 @pytest.mark.slow
 def test_backfill_of_five_dates_in_parallel_is_byte_exact_and_a_rerun_copies_nothing(
-    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str], tmp_path: Path
+    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[..., str], tmp_path: Path
 ) -> None:
     """Five ``airflow dags test`` processes at once, one per logical date, each with its own metadata
     database (a copy of one migrated SQLite file) but one worker's fleet records, as parallel runs on
@@ -286,7 +371,7 @@ def test_backfill_of_five_dates_in_parallel_is_byte_exact_and_a_rerun_copies_not
     for ds, env in homes.items():
         summaries = xcom_return_values(env["AIRFLOW_HOME"], "backfill_historical", "backfill_partition")
         assert [s["objects"] for s in summaries] == [3, 3, 3]
-        assert [t["destination"] for s in summaries for t in s["transfers"]] == [
+        assert [uri for s in summaries for uri in s["destinations"]] == [
             f"{lake}/{name}/dt={ds}/" for name in ("events", "sessions", "billing")
         ]
         fleets_seen |= {s["fleet_id"] for s in summaries}
@@ -298,5 +383,5 @@ def test_backfill_of_five_dates_in_parallel_is_byte_exact_and_a_rerun_copies_not
     _run(again, "backfill_historical", dates[2])
     rerun = xcom_return_values(again["AIRFLOW_HOME"], "backfill_historical", "backfill_partition")
     assert [s["bytes"] for s in rerun] == [0, 0, 0] and [s["objects"] for s in rerun] == [0, 0, 0]
-    assert [s["sync"][0]["unchanged"] for s in rerun] == [3, 3, 3]
+    assert [_syncs(s)[0]["unchanged"] for s in rerun] == [3, 3, 3]
     assert _contents(lake) == wanted

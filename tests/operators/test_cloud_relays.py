@@ -26,6 +26,7 @@ from airflow_skyplane.compute.aws import AWSRelayBackend
 from airflow_skyplane.compute.fleets import fleet_ids
 from airflow_skyplane.compute.relays import RelayCapacityError
 from airflow_skyplane.exceptions import TransferError
+from airflow_skyplane.operators.plan_files import read_plans
 from airflow_skyplane.operators.transfer import SkyplaneTransferOperator
 from airflow_skyplane.testing.sky import AZURITE_KEY, EmulatedSky
 from airflow_skyplane.testing.vms import EmulatedVMs
@@ -98,18 +99,18 @@ def _operator(src: str, dst: str, **kwargs: Any) -> SkyplaneTransferOperator:
 
 def test_a_transfer_through_aws_relay_vms_is_byte_exact_and_leaves_nothing(
     emulated_sky: EmulatedSky,
-    sky_bucket: Callable[[str], str],
+    sky_bucket: Callable[..., str],
     vms: EmulatedVMs,
     state_dir: Path,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    src, dst = sky_bucket("s3"), sky_bucket("s3")
+    src, dst = sky_bucket("s3"), sky_bucket("s3", "aws:eu-west-1")
     data = _seed(emulated_sky, src)
     summary = _operator(src, dst).execute(context={})
     out = emulated_sky.open(dst)
     for key, body in data.items():
         assert out.read("out/" + key) == body
-    plan = summary["plans"][0]
+    plan = read_plans(summary)["destinations"][f"{dst}/out/"]["plan"]
     assert len(plan["relays"]) >= 3, (
         plan
     )  # source, relay and destination regions: the congested path is avoided
@@ -125,13 +126,13 @@ def test_a_transfer_through_aws_relay_vms_is_byte_exact_and_leaves_nothing(
 
 def test_a_relay_that_cannot_run_the_gateway_fails_clearly_and_leaves_nothing(
     emulated_sky: EmulatedSky,
-    sky_bucket: Callable[[str], str],
+    sky_bucket: Callable[..., str],
     vms: EmulatedVMs,
     state_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("AIRFLOW__SKYPLANE__RELAY_PYTHON", "/nonexistent/python3")
-    src, dst = sky_bucket("s3"), sky_bucket("s3")
+    src, dst = sky_bucket("s3"), sky_bucket("s3", "aws:eu-west-1")
     _seed(emulated_sky, src)
     op = _operator(src, dst)
     with pytest.raises(TransferError, match="relay_python"):
@@ -143,11 +144,12 @@ def test_a_relay_that_cannot_run_the_gateway_fails_clearly_and_leaves_nothing(
 
 
 def test_a_relay_region_out_of_capacity_is_planned_around(
-    emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str], vms: EmulatedVMs, state_dir: Path
+    emulated_sky: EmulatedSky, sky_bucket: Callable[..., str], vms: EmulatedVMs, state_dir: Path
 ) -> None:
-    src, dst = sky_bucket("s3"), sky_bucket("s3")
+    src, dst = sky_bucket("s3"), sky_bucket("s3", "aws:eu-west-1")
     data = _seed(emulated_sky, src)
-    first = _operator(src, dst, dry_run=True).execute(context={})["plans"][0]
+    planned = _operator(src, dst, dry_run=True).execute(context={})
+    first = read_plans(planned)["destinations"][f"{dst}/out/"]["plan"]
     relay = next(r for r in first["relays"] if r not in ("aws:us-east-1", "aws:eu-west-1"))
     refusal = RelayCapacityError(
         f"{relay}: EC2 refused a relay VM (InsufficientInstanceCapacity)", region=relay
@@ -158,8 +160,15 @@ def test_a_relay_region_out_of_capacity_is_planned_around(
     }
     summary = op.execute(context={})
     assert summary["excluded_regions"] == [relay]
-    assert relay not in summary["plans"][0]["relays"]
-    assert summary["predicted_gbps"] == round(summary["plans"][0]["throughput_gbps"], 4)  # the new plan's
+    assert relay not in summary["destinations"][f"{dst}/out/"]["plan"]["relays"]
+    again = read_plans(summary)  # the plan file holds the new plan
+    assert (
+        again["excluded_regions"] == [relay]
+        and relay not in again["destinations"][f"{dst}/out/"]["plan"]["relays"]
+    )
+    assert summary["predicted_gbps"] == round(
+        again["destinations"][f"{dst}/out/"]["plan"]["throughput_gbps"], 4
+    )
     out = emulated_sky.open(dst)
     assert {k: out.read("out/" + k) for k in data} == data
     _assert_nothing_left(vms, state_dir, summary["fleet_id"])
@@ -219,12 +228,12 @@ def gce_vms(emulated_sky: EmulatedSky, tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_a_transfer_through_gcp_relay_vms_is_byte_exact_and_leaves_nothing(
-    emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str], gce_vms: Any, state_dir: Path
+    emulated_sky: EmulatedSky, sky_bucket: Callable[..., str], gce_vms: Any, state_dir: Path
 ) -> None:
     from airflow_skyplane.compute.gcp import _label
 
     gce, backend, vms = gce_vms
-    src, dst = sky_bucket("s3"), sky_bucket("s3")
+    src, dst = sky_bucket("gs"), sky_bucket("gs")
     data = _seed(emulated_sky, src)
     op = SkyplaneTransferOperator(
         task_id="to_eu", source=f"{src}/in/", destination=f"{dst}/out/", chunk_size_mb=4,
@@ -234,7 +243,7 @@ def test_a_transfer_through_gcp_relay_vms_is_byte_exact_and_leaves_nothing(
     summary = op.execute(context={})
     out = emulated_sky.open(dst)
     assert {k: out.read("out/" + k) for k in data} == data
-    relays = summary["plans"][0]["relays"]
+    relays = read_plans(summary)["destinations"][f"{dst}/out/"]["plan"]["relays"]
     assert len(relays) >= 3 and len(vms.started) == len(relays)
     fleet = summary["fleet_id"]
     assert gce.live_instances("skyplane-fleet", _label(fleet)) == []

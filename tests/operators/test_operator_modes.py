@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from airflow_skyplane.exceptions import (
     TransferError,
 )
 from airflow_skyplane.hooks.storage import open_store
+from airflow_skyplane.operators.plan_files import read_plans
 from airflow_skyplane.operators.transfer import SkyplaneTransferOperator
 from airflow_skyplane.sensors.transfer import SkyplaneReplicaSensor, SkyplaneTransferSensor
 from airflow_skyplane.testing.sky import AZURITE_KEY, EmulatedSky
@@ -30,6 +32,11 @@ from airflow_skyplane.transfer.fleet import teardown
 from airflow_skyplane.triggers.transfer import SkyplaneTransferTrigger
 
 MiB = 1024 * 1024
+
+
+def _syncs(summary: dict[str, Any]) -> list[dict[str, int]]:
+    """What sync found (and deleted) at each destination, in order."""
+    return [entry["sync"] for entry in summary["destinations"].values()]
 
 
 def _contents(uri: str) -> dict[str, bytes]:
@@ -66,15 +73,15 @@ def test_sync_copies_only_new_and_changed_objects(
         return op.execute(context={})
 
     first = run()
-    assert first["sync"] == [{"new": 12, "changed": 0, "unchanged": 0, "extraneous": 0, "deleted": 0}]
+    assert _syncs(first) == [{"new": 12, "changed": 0, "unchanged": 0, "extraneous": 0, "deleted": 0}]
     assert first["objects"] == 12 and _contents(f"{dst}/replica/") == {k[3:]: v for k, v in data.items()}
     second = run()
-    assert second["sync"][0]["unchanged"] == 12 and second["objects"] == 0 and second["bytes"] == 0
+    assert _syncs(second)[0]["unchanged"] == 12 and second["objects"] == 0 and second["bytes"] == 0
     source = emulated_sky.open(src)
     source.put("in/day=1/part-0.csv", b"changed, and of another size")
     source.put("in/day=3/part-0.csv", b"new")
     third = run()
-    assert third["sync"][0] == {"new": 1, "changed": 1, "unchanged": 11, "extraneous": 0, "deleted": 0}
+    assert _syncs(third)[0] == {"new": 1, "changed": 1, "unchanged": 11, "extraneous": 0, "deleted": 0}
     assert third["objects"] == 2
     replica = _contents(f"{dst}/replica/")
     assert (
@@ -117,9 +124,11 @@ def test_multicast_to_three_stores_in_one_task(
     ).execute(context={})
     for d in dsts:
         assert _contents(d) == {k[len("model/ckpt-100/") :]: v for k, v in checkpoint.items()}
-    assert [t["destination"] for t in summary["transfers"]] == dsts
-    assert summary["objects"] == 6 and len(summary["plans"]) == 3
-    assert summary["multicast_plan"]["destinations"] == [
+    assert list(summary["destinations"]) == dsts and [
+        d["objects"] for d in summary["destinations"].values()
+    ] == [2, 2, 2]
+    assert summary["objects"] == 6 and list(read_plans(summary)["destinations"]) == dsts  # in order
+    assert read_plans(summary)["multicast_plan"]["destinations"] == [
         "gcp:europe-west4-a",
         "azure:westeurope",
         "aws:ap-northeast-1",
@@ -180,7 +189,8 @@ def test_deferrable_operator_resumes_from_its_trigger(
     assert event.payload["status"] == "done"
     summary = op.execute_complete(context={}, event=event.payload)
     assert summary["status"] == "done" and summary["objects"] == len(data)
-    assert summary["predicted_gbps"] > 0 and summary["plans"][0]["destinations"] == ["gcp:us-central1-a"]
+    assert summary["predicted_gbps"] > 0 and summary["destinations"][dst]["region"] == "gcp:us-central1-a"
+    assert read_plans(summary)["destinations"][dst]["plan"]["destinations"] == ["gcp:us-central1-a"]
     assert _contents(dst) == {k[3:]: v for k, v in data.items()}
     assert not (state_dir / summary["fleet_id"]).exists()
 
@@ -368,6 +378,30 @@ def test_an_infeasible_plan_names_the_binding_limits_by_the_operators_parameters
     assert list(open_store(dst).store.list()) == []
 
 
+@pytest.mark.parametrize("target", [{}, {"objective": "cost", "min_throughput_gbps": 2.0}])
+def test_a_budget_too_small_names_max_cost_usd_and_the_real_minimum(
+    sky_bucket: Callable[[str], str], target: dict[str, Any]
+) -> None:
+    src, dst = sky_bucket("file"), sky_bucket("file")
+    open_store(src).store.put("d/x.bin", random.Random(0).randbytes(4 * MiB))
+
+    def operator(budget: float) -> SkyplaneTransferOperator:
+        return SkyplaneTransferOperator(
+            task_id="cheap", source=f"{src}/d/", destination=dst, source_region="aws:us-east-1",
+            destination_region="azure:westeurope", max_cost_usd=budget, dry_run=True, **target,
+        )  # fmt: skip
+
+    with pytest.raises(InfeasiblePlanError) as small:
+        operator(0.0001).execute(context={})
+    message = str(small.value)
+    assert message.startswith("task 'cheap': max_cost_usd=0.0001 is too small: the cheapest plan")
+    assert "--budget-usd" not in message and small.value.limits[0] == "max_cost_usd"
+    [cost, minimum] = re.findall(r"costs \$(\S+) \(.*raise max_cost_usd to at least ([\d.e-]*\d)", message)[0]
+    assert float(cost) <= float(minimum) < 0.01  # 4 MiB costs a fraction of a cent: said as it is
+    planned = operator(float(minimum)).execute(context={})  # the minimum it names is enough
+    assert planned["estimated_cost_usd"] <= float(minimum)
+
+
 def test_the_same_destination_twice_is_refused(sky_bucket: Callable[[str], str]) -> None:
     src, dst = sky_bucket("s3"), sky_bucket("gs")
     op = SkyplaneTransferOperator(task_id="twice", source=src, destination=[dst, dst])
@@ -519,7 +553,7 @@ def test_sync_day_two_copies_exactly_the_changes_and_deletes_with_a_guard(
             task_id="sync", source=f"{src}/t/", destination=dst, mode="sync", delete_extraneous=True, **kwargs
         ).execute(context={})
 
-    assert sync()["sync"] == [{"new": 100, "changed": 0, "unchanged": 0, "extraneous": 0, "deleted": 0}]
+    assert _syncs(sync()) == [{"new": 100, "changed": 0, "unchanged": 0, "extraneous": 0, "deleted": 0}]
     source = emulated_sky.open(src)
     keys = sorted(day1)
     for key in keys[:5]:  # 5% changed
@@ -532,9 +566,9 @@ def test_sync_day_two_copies_exactly_the_changes_and_deletes_with_a_guard(
         sync(max_delete=3)
     assert len(list(open_store(dst).store.list())) == 100  # the guard deleted nothing, sent nothing
     planned = sync(dry_run=True)
-    assert planned["sync"][0]["extraneous"] == 5 and len(list(open_store(dst).store.list())) == 100
+    assert _syncs(planned)[0]["extraneous"] == 5 and len(list(open_store(dst).store.list())) == 100
     summary = sync()
-    assert summary["sync"] == [{"new": 5, "changed": 5, "unchanged": 90, "extraneous": 5, "deleted": 5}]
+    assert _syncs(summary) == [{"new": 5, "changed": 5, "unchanged": 90, "extraneous": 5, "deleted": 5}]
     assert summary["objects"] == 10
     expected = {k[2:]: source.read(k) for k in (i.key for i in source.list("t/"))}
     assert _contents(dst) == expected
