@@ -1,7 +1,7 @@
 """``airflow-skyplane``: plan overlay transfers and inspect the network model without Airflow.
 
     airflow-skyplane plan SRC DST [DST ...] [--grid CSV] [--objective throughput|cost] ...
-    airflow-skyplane grid export [--grid CSV] --out FILE
+    airflow-skyplane grid export [--grid CSV] [--measured] [--out FILE]
     airflow-skyplane regions [--provider aws|gcp|azure]
     airflow-skyplane fleets list|sweep [--state-dir DIR] [--older-than-minutes N]
     airflow-skyplane fleets list|sweep --cloud aws --region aws:us-east-1 [--region ...]
@@ -29,9 +29,10 @@ from typing import Any, NoReturn
 
 from airflow_skyplane import __version__
 from airflow_skyplane.exceptions import InvalidInputError, SkyplaneError
-from airflow_skyplane.planner.network import NetworkModel, export_rows
+from airflow_skyplane.planner.grid import OUR_COLUMNS, export_rows
+from airflow_skyplane.planner.network import NetworkModel
 from airflow_skyplane.planner.regions import EXAMPLE_NAMES, PROVIDERS, did_you_mean
-from airflow_skyplane.planner.solver import DEFAULT_CANDIDATE_RELAYS, Planner
+from airflow_skyplane.planner.solver import DEFAULT_CANDIDATE_RELAYS, DEFAULT_TOLERANCE, Planner
 
 PROG = "airflow-skyplane"
 
@@ -49,9 +50,12 @@ class _Parser(argparse.ArgumentParser):
 
 def _model(args: argparse.Namespace) -> NetworkModel:
     spot = bool(getattr(args, "spot", False))
-    if args.grid:
-        return NetworkModel.from_csv(args.grid, spot=spot)
-    return NetworkModel.default(spot=spot)
+    model = NetworkModel.from_csv(args.grid, spot=spot) if args.grid else NetworkModel.default(spot=spot)
+    if getattr(args, "no_measurements", False):
+        return model
+    from airflow_skyplane import measurements
+
+    return model.with_history(measurements.load(args.measurements))
 
 
 def _split_patterns(values: Sequence[str] | None) -> list[str] | None:
@@ -83,6 +87,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         connections_per_vm=args.connections_per_vm,
         allowed_regions=_split_patterns(args.allowed_regions),
         candidate_relays=None if args.candidate_relays == 0 else args.candidate_relays,
+        tolerance=args.tolerance,
         solver=args.solver,
         time_limit_s=args.time_limit_s,
     )
@@ -110,18 +115,25 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 def _cmd_grid_export(args: argparse.Namespace) -> int:
     model = _model(args)
-    rows = list(export_rows(model))
+    rows = list(export_rows(model, measured_only=args.measured))
+    if args.out in (None, "-"):
+        _write_rows(sys.stdout, rows)
+        return 0
     try:
         with open(args.out, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+            _write_rows(handle, rows)
     except OSError as exc:
         raise _UsageError(
             f"cannot write --out {args.out!r}: {exc.strerror or exc}; pick a writable path"
         ) from None
     print(f"wrote {len(rows)} pairs over {len(model.regions)} regions to {args.out}", file=sys.stderr)
     return 0
+
+
+def _write_rows(handle: Any, rows: list[dict[str, object]]) -> None:
+    writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else list(OUR_COLUMNS))
+    writer.writeheader()
+    writer.writerows(rows)
 
 
 def _cmd_regions(args: argparse.Namespace) -> int:
@@ -273,6 +285,16 @@ def _aws_fleets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _measurement_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--measurements",
+        metavar="DIR",
+        help="measurement history of past transfers (default $AIRFLOW__SKYPLANE__MEASUREMENTS_PATH, "
+        "else $AIRFLOW_HOME/skyplane/measurements)",
+    )
+    p.add_argument("--no-measurements", action="store_true", help="ignore the measurement history")
+
+
 def _cmd_sky(args: argparse.Namespace) -> int:
     """The emulated sky outside pytest (see airflow_skyplane.testing.localsky): the environment goes
     to stdout (for `eval "$(airflow-skyplane sky up)"`) or to --env-file, everything else to stderr."""
@@ -341,6 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help=f"relay regions offered to the MILP (default {DEFAULT_CANDIDATE_RELAYS}; 0 = all)",
     )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        metavar="X",
+        help=f"share of the best throughput to give up for a cheaper plan (default {DEFAULT_TOLERANCE})",
+    )
+    _measurement_options(p)
     p.add_argument("--solver", choices=("auto", "cbc", "highs"), default="auto")
     p.add_argument("--time-limit-s", type=float, metavar="S", help="solver time limit")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -353,7 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     gsub = g.add_subparsers(dest="grid_command", required=True, parser_class=_Parser)
     ge = gsub.add_parser("export", help="write the model's Gbps and $/GB for every ordered region pair")
     ge.add_argument("--grid", metavar="CSV", help="measured grid to start from (default: the fitted model)")
-    ge.add_argument("--out", metavar="FILE", required=True)
+    ge.add_argument("--out", metavar="FILE", help="CSV to write (default: standard output)")
+    ge.add_argument(
+        "--measured", action="store_true", help="only the pairs that rest on a measurement (grid or history)"
+    )
+    _measurement_options(ge)
     ge.set_defaults(func=_cmd_grid_export)
 
     r = sub.add_parser("regions", help="list known regions")

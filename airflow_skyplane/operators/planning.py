@@ -207,11 +207,13 @@ class TransferPlanner:
         size_gb: float,
         excluded: Sequence[str] = (),
     ) -> TransferPlan:
+        from airflow_skyplane import measurements
         from airflow_skyplane.planner import NetworkModel, plan_transfer
         from airflow_skyplane.planner.regions import match_regions
 
         settings = self.settings
         model = NetworkModel.from_csv(settings.grid_path) if settings.grid_path else NetworkModel.default()
+        model = measurements.with_recorded(model)  # past transfers' hops, when the history is on
         size = max(size_gb, 1e-9)
         allowed = list(settings.allowed_regions) or None
         if settings.relay_backend in ("aws", "gcp", "azure"):

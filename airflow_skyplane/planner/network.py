@@ -3,40 +3,46 @@
 A :class:`NetworkModel` answers what the solver asks about the network:
 
 * ``throughput(src, dst)``: Gbps that one VM in ``src`` pushes to one VM in ``dst`` over 64 TCP
-  connections (the way the measured grids were taken with iperf3);
+  connections (the way the measured grids were taken with iperf3), the best estimate;
+* ``lower_throughput(src, dst)``: the conservative rate the planner gives relay hops: a measurement as
+  it is, a model prediction at the lower quartile of the model's error on such pairs;
+* ``basis(src, dst)``: what the rate rests on: ``"measured"`` (a grid the caller loaded, or a custom
+  network), ``"history"`` (throughput past transfers measured on the hop) or ``"model"``;
 * ``cost_per_gb(src, dst)``: egress list price in USD per GB;
 * ``egress_cap(r)``, ``ingress_cap(r)``: per-VM NIC limits in Gbps; ``vm_price_per_hour(r)``.
 
 Throughput comes from a measured grid when the caller loads one (:meth:`NetworkModel.from_csv`) and
-from the **default model** otherwise, or for pairs the grid lacks. The default model is a small
-physical model that needs no measurement::
+from the default model (:mod:`~airflow_skyplane.planner.model`) otherwise, or for pairs the grid
+lacks. **Measurement history** (:meth:`NetworkModel.with_history`: per-hop Gbps that finished
+transfers measured, with their age) is preferred over both: a fresh measurement is taken as it is, and
+as it ages its weight halves every ``history_half_life_s`` (30 days) in favour of the grid or the
+model, in log space; its uncertainty grows back the same way.
 
-    rtt_ms   = rtt_offset_ms + 2 * stretch * great_circle_km / 200      (light in fibre: ~200 km/ms)
-    path     = scale[src provider, dst provider] * (100 / rtt_ms) ** alpha
-    gbps     = softmin(cap[src provider, dst provider], path; sharpness)
-             = (cap ** -sharpness + path ** -sharpness) ** (-1 / sharpness)
-
-i.e. 64 window-limited connections whose rate falls with RTT (alpha = 1 is the classic window/RTT,
-smaller alpha the softer Mathis-like decline once many connections share a path), capped by what a
-VM pair of the two providers reaches. The soft minimum (a p-norm; a hard ``min`` as sharpness grows)
-lets long paths lose a little even where the cap binds, as the measurements do. Its few numbers live
-in ``_fitted.py`` and are produced by ``benchmarks/fit_network_model.py`` on the calibration grid; the
-grid itself is not shipped.
-
-Only the standard library is used (``csv`` to read grids): the planner must import fast and without
-Airflow, and read no file but the grid its caller names.
+The caller reads files (a grid, the history of :mod:`airflow_skyplane.measurements`); this module only
+holds what they gave it. Standard library only: the planner must import fast and without Airflow.
 """
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from airflow_skyplane.exceptions import GridError, InvalidInputError
-from airflow_skyplane.planner import _fitted
+from airflow_skyplane.exceptions import InvalidInputError
+from airflow_skyplane.planner.grid import (
+    CONNECTIONS_PER_MEASUREMENT,
+    export_rows,
+    read_grid_csv,
+)
+from airflow_skyplane.planner.model import (
+    FITTED_PARAMS,
+    ModelParams,
+    great_circle_km,
+    lower_factor,
+    model_gbps,
+)
 from airflow_skyplane.planner.regions import (
     DEFAULT_LIMITS,
     PROVIDERS,
@@ -48,68 +54,19 @@ from airflow_skyplane.planner.regions import (
     unknown_region_message,
 )
 
-CONNECTIONS_PER_MEASUREMENT = 64
-"""The grids give Gbps for one VM pair at this many parallel TCP connections."""
+HISTORY_HALF_LIFE_S = 30 * 86400.0
+"""Age at which a history measurement weighs as much as the grid or model value it replaces."""
 
-PREFERRED_TIER = "PREMIUM"
-"""Network tier relays use; a grid row of another tier is only used when the pair has no premium row."""
-
-FIBRE_KM_PER_MS = 200.0
-
-OUR_COLUMNS = ("src_region", "src_tier", "dst_region", "dst_tier", "throughput_gbps", "iperf3_connections")
+BASES = ("measured", "history", "model")
 
 
 @dataclass(frozen=True)
-class ModelParams:
-    """The default model's parameters (see module docstring)."""
+class Observation:
+    """Gbps past transfers measured on one hop, scaled to 64 connections, and how old it is."""
 
-    stretch: float
-    rtt_offset_ms: float
-    alpha: float
-    sharpness: float
-    scale: Mapping[tuple[str, str], float]
-    cap: Mapping[tuple[str, str], float]
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "stretch": self.stretch,
-            "rtt_offset_ms": self.rtt_offset_ms,
-            "alpha": self.alpha,
-            "sharpness": self.sharpness,
-            "scale": {f"{a}->{b}": v for (a, b), v in sorted(self.scale.items())},
-            "cap": {f"{a}->{b}": v for (a, b), v in sorted(self.cap.items())},
-        }
-
-
-FITTED_PARAMS = ModelParams(
-    stretch=_fitted.STRETCH,
-    rtt_offset_ms=_fitted.RTT_OFFSET_MS,
-    alpha=_fitted.ALPHA,
-    sharpness=_fitted.SHARPNESS,
-    scale=dict(_fitted.SCALE),
-    cap=dict(_fitted.CAP),
-)
-
-
-def great_circle_km(a: Region, b: Region) -> float:
-    """Haversine distance on a 6371 km sphere."""
-    la1, lo1, la2, lo2 = map(math.radians, (a.lat, a.lon, b.lat, b.lon))
-    h = math.sin((la2 - la1) / 2) ** 2 + math.cos(la1) * math.cos(la2) * math.sin((lo2 - lo1) / 2) ** 2
-    return 2 * 6371.0 * math.asin(min(1.0, math.sqrt(h)))
-
-
-def model_rtt_ms(a: Region, b: Region, params: ModelParams = FITTED_PARAMS) -> float:
-    return max(0.1, params.rtt_offset_ms + 2 * params.stretch * great_circle_km(a, b) / FIBRE_KM_PER_MS)
-
-
-def model_gbps(a: Region, b: Region, params: ModelParams = FITTED_PARAMS) -> float:
-    """Default-model Gbps between one VM in ``a`` and one in ``b`` at 64 connections."""
-    key = (a.provider, b.provider)
-    rtt = model_rtt_ms(a, b, params)
-    path = params.scale.get(key, 5.0) * (100.0 / rtt) ** params.alpha
-    cap = params.cap.get(key, 5.0)
-    p = params.sharpness
-    return float((cap**-p + path**-p) ** (-1.0 / p))
+    gbps: float
+    age_s: float
+    samples: int = 1
 
 
 @dataclass
@@ -117,7 +74,8 @@ class NetworkModel:
     """Throughput, prices and per-VM limits over a set of regions.
 
     Build one with :meth:`default`, :meth:`from_csv` or :meth:`custom` (arbitrary small networks, as the
-    tests use). ``measured`` holds grid Gbps by ordered pair; pairs it lacks use the default model.
+    tests use), and add measurement history with :meth:`with_history`. ``measured`` holds grid Gbps by
+    ordered pair; pairs it lacks use the default model.
     """
 
     region_info: dict[str, Region]
@@ -130,7 +88,20 @@ class NetworkModel:
     vm_price_override: dict[str, float] = field(default_factory=dict)
     fallback_to_model: bool = True
     source: str = "default model"
-    _model_cache: dict[tuple[str, str], float] = field(default_factory=dict, repr=False, compare=False)
+    observed: dict[tuple[str, str], Observation] = field(default_factory=dict)
+    history_half_life_s: float = HISTORY_HALF_LIFE_S
+    # caches (a model is built once and queried for every pair of every plan; treat it as immutable)
+    _model_cache: dict[tuple[str, str], tuple[float, float]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _estimate_cache: dict[tuple[str, str], tuple[float, float]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _cap_cache: dict[str, tuple[float, float]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    memo: dict[object, object] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """Tables derived from the model by its users (the planner keeps its hop-capacity matrices here)."""
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod
@@ -173,6 +144,29 @@ class NetworkModel:
             source="custom network",
         )
 
+    def with_measured(self, measured: Mapping[tuple[str, str], float], source: str) -> NetworkModel:
+        """A copy with another measured grid (same regions, prices, limits and history)."""
+        return dataclasses.replace(self, measured=dict(measured), source=source)
+
+    def with_history(
+        self, observed: Mapping[tuple[str, str], Observation], half_life_s: float | None = None
+    ) -> NetworkModel:
+        """A copy that prefers these per-hop measurements of past transfers (pairs of unknown regions
+        are left out: the history may hold regions another catalog knew)."""
+        if half_life_s is not None and not (math.isfinite(half_life_s) and half_life_s > 0):
+            raise InvalidInputError(
+                f"history half-life must be a positive number of seconds, got {half_life_s!r}"
+            )
+        kept = {p: o for p, o in observed.items() if p[0] in self.region_info and p[1] in self.region_info}
+        if not kept:
+            return self
+        return dataclasses.replace(
+            self,
+            observed={**self.observed, **kept},
+            history_half_life_s=half_life_s or self.history_half_life_s,
+            source=f"{self.source} + history of {len(kept)} hops",
+        )
+
     # -- queries ------------------------------------------------------------------------------------
     @property
     def regions(self) -> list[str]:
@@ -191,28 +185,73 @@ class NetworkModel:
             raise InvalidInputError(unknown_region_message(name)) from None
 
     def is_measured(self, src: str, dst: str) -> bool:
+        """Whether a loaded grid (or a custom network) gives this pair's rate."""
         return (src, dst) in self.measured
 
-    def model_throughput(self, src: str, dst: str) -> float:
-        if src == dst:
-            return 0.0
+    def basis(self, src: str, dst: str) -> str:
+        """What the pair's rate rests on: "history", "measured", "model" (or "none": no link)."""
+        if (src, dst) in self.observed:
+            return "history"
+        if (src, dst) in self.measured:
+            return "measured"
+        return "model" if self.fallback_to_model else "none"
+
+    def _model(self, src: str, dst: str) -> tuple[float, float]:
+        """Default-model Gbps and its lower-quartile factor."""
         got = self._model_cache.get((src, dst))
         if got is None:
-            got = self._model_cache[(src, dst)] = model_gbps(
-                self.region_info[src], self.region_info[dst], self.params
-            )
+            a, b = self.region_info[src], self.region_info[dst]
+            gbps = model_gbps(a, b, self.params)
+            got = self._model_cache[(src, dst)] = (gbps, lower_factor(a, b, gbps, self.params))
         return got
+
+    def model_throughput(self, src: str, dst: str) -> float:
+        return 0.0 if src == dst else self._model(src, dst)[0]
+
+    def _base(self, src: str, dst: str) -> tuple[float, float]:
+        """Rate and lower-quartile factor before history: the grid's, else the model's (or none)."""
+        got = self.measured.get((src, dst))
+        if got is not None:
+            return got, 1.0
+        if not self.fallback_to_model:
+            return 0.0, 1.0
+        return self._model(src, dst)
+
+    def history_weight(self, src: str, dst: str) -> float:
+        """Weight of the pair's history measurement (1 when fresh, 0.5 at the half-life, 0: none)."""
+        seen = self.observed.get((src, dst))
+        if seen is None:
+            return 0.0
+        return float(0.5 ** (max(0.0, seen.age_s) / self.history_half_life_s))
+
+    def _estimate(self, src: str, dst: str) -> tuple[float, float]:
+        """Best estimate and its lower-quartile factor."""
+        got = self._estimate_cache.get((src, dst))
+        if got is None:
+            got = self._estimate_cache[(src, dst)] = self._combine(src, dst)
+        return got
+
+    def _combine(self, src: str, dst: str) -> tuple[float, float]:
+        if src == dst:
+            return 0.0, 1.0
+        base, factor = self._base(src, dst)
+        seen = self.observed.get((src, dst))
+        if seen is None or seen.gbps <= 0:
+            return base, factor
+        if base <= 0:
+            return seen.gbps, 1.0
+        w = self.history_weight(src, dst)
+        return math.exp(w * math.log(seen.gbps) + (1 - w) * math.log(base)), factor ** (1 - w)
 
     def throughput(self, src: str, dst: str) -> float:
         """Gbps from one VM in ``src`` to one VM in ``dst`` at 64 connections (0: no usable link)."""
-        if src == dst:
-            return 0.0
-        got = self.measured.get((src, dst))
-        if got is not None:
-            return got
-        if not self.fallback_to_model:
-            return 0.0
-        return self.model_throughput(src, dst)
+        return self._estimate(src, dst)[0]
+
+    def lower_throughput(self, src: str, dst: str) -> float:
+        """The conservative rate: measurements as they are, model predictions at the lower quartile of
+        the model's error on pairs of their type (see :mod:`~airflow_skyplane.planner.model`)."""
+        gbps, factor = self._estimate(src, dst)
+        return gbps * factor
 
     def cost_per_gb(self, src: str, dst: str) -> float:
         got = self.price_override.get((src, dst))
@@ -220,15 +259,22 @@ class NetworkModel:
             return got
         return egress_price_per_gb(self.region_info[src], self.region_info[dst])
 
+    def _caps(self, region: str) -> tuple[float, float]:
+        got = self._cap_cache.get(region)
+        if got is None:
+            if region in self.cap_override:
+                got = self.cap_override[region]
+            else:
+                lim = self.limits[self.region_info[region].provider]
+                got = (lim.egress_gbps, lim.ingress_gbps)
+            self._cap_cache[region] = got
+        return got
+
     def egress_cap(self, region: str) -> float:
-        if region in self.cap_override:
-            return self.cap_override[region][0]
-        return self.limits[self.region_info[region].provider].egress_gbps
+        return self._caps(region)[0]
 
     def ingress_cap(self, region: str) -> float:
-        if region in self.cap_override:
-            return self.cap_override[region][1]
-        return self.limits[self.region_info[region].provider].ingress_gbps
+        return self._caps(region)[1]
 
     def vm_price_per_hour(self, region: str) -> float:
         if region in self.vm_price_override:
@@ -236,153 +282,18 @@ class NetworkModel:
         lim = self.limits[self.region_info[region].provider]
         return lim.spot_usd_per_hour if self.spot else lim.on_demand_usd_per_hour
 
-    def with_measured(self, measured: Mapping[tuple[str, str], float], source: str) -> NetworkModel:
-        """A copy with another measured grid (same regions, prices and limits)."""
-        return NetworkModel(
-            dict(self.region_info),
-            measured=dict(measured),
-            limits=dict(self.limits),
-            params=self.params,
-            spot=self.spot,
-            price_override=dict(self.price_override),
-            cap_override=dict(self.cap_override),
-            vm_price_override=dict(self.vm_price_override),
-            fallback_to_model=self.fallback_to_model,
-            source=source,
-        )
-
-
-# -- grid files ---------------------------------------------------------------------------------
-
-
-def _grid_error(path: Path, line: int, what: str) -> GridError:
-    return GridError(
-        f"grid {str(path)!r} line {line}: {what}; expected CSV with header "
-        f"'{','.join(OUR_COLUMNS)}' (or Skyplane's throughput.csv with 'src_region,dst_region,"
-        f"throughput_sent' in bits/s): fix the file or drop --grid to use the default model"
-    )
-
-
-def read_grid_csv(path: str | Path) -> dict[tuple[str, str], float]:
-    """Read a throughput grid; returns Gbps by (src, dst) catalog names.
-
-    Accepts this project's columns (``src_region,src_tier,dst_region,dst_tier,throughput_gbps,...``) or
-    Skyplane's raw ``throughput.csv`` (``src_region,dst_region,...,throughput_sent,...`` in bits per
-    second), detected from the header. Rows of the premium tier win over other tiers for the same pair;
-    duplicate rows of one tier are averaged.
-    """
-    p = Path(path)
-    try:
-        handle = p.open(newline="", encoding="utf-8")
-    except OSError as exc:
-        raise GridError(
-            f"cannot read grid {str(p)!r}: {exc.strerror or exc}; pass an existing CSV to --grid "
-            f"or drop --grid to use the default model"
-        ) from None
-    sums: dict[tuple[str, str], dict[str, list[float]]] = {}
-    with handle:
-        try:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if header is None:
-                raise _grid_error(p, 1, "the file is empty")
-            cols = [h.strip().lower() for h in header]
-            src_col = _find(cols, ("src_region", "source_region", "src"))
-            dst_col = _find(cols, ("dst_region", "dest_region", "destination_region", "dst"))
-            tp_col: int | None
-            if "throughput_gbps" in cols:
-                tp_col, unit = cols.index("throughput_gbps"), 1.0
-            else:
-                found = _find(cols, ("throughput_sent", "throughput_received"))
-                tp_col, unit = found, 1e-9
-            if src_col is None or dst_col is None or tp_col is None:
-                raise _grid_error(
-                    p, 1, f"header {','.join(header)!r} lacks a source, destination or throughput"
-                )
-            src_tier_col = _find(cols, ("src_tier",))
-            dst_tier_col = _find(cols, ("dst_tier", "dest_tier"))
-            for row in reader:
-                line = reader.line_num
-                if not row or all(not c.strip() for c in row):
-                    continue
-                if len(row) != len(cols):
-                    raise _grid_error(p, line, f"{len(row)} fields where the header has {len(cols)}")
-                src, dst = row[src_col].strip(), row[dst_col].strip()
-                try:
-                    src, dst = resolve_region(src), resolve_region(dst)
-                except InvalidInputError:
-                    bad = src if not _known(src) else dst
-                    raise _grid_error(
-                        p, line, f"unknown region {bad!r} (run 'airflow-skyplane regions' for names)"
-                    ) from None
-                try:
-                    value = float(row[tp_col]) * unit
-                except ValueError:
-                    raise _grid_error(p, line, f"throughput {row[tp_col]!r} is not a number") from None
-                if not math.isfinite(value) or value < 0:
-                    raise _grid_error(p, line, f"throughput {row[tp_col]!r} must be a finite number >= 0")
-                if src == dst:
-                    continue
-                premium = all(
-                    c is None or row[c].strip().upper() in ("", PREFERRED_TIER)
-                    for c in (src_tier_col, dst_tier_col)
-                )
-                slot = sums.setdefault((src, dst), {"premium": [], "other": []})
-                slot["premium" if premium else "other"].append(value)
-        except csv.Error as exc:
-            raise _grid_error(p, getattr(reader, "line_num", 0), f"not valid CSV ({exc})") from None
-        except UnicodeDecodeError:
-            raise _grid_error(p, 0, "not UTF-8 text") from None
-    if not sums:
-        raise _grid_error(p, 2, "no data rows")
-    grid: dict[tuple[str, str], float] = {}
-    for pair, slot in sums.items():
-        vals = slot["premium"] or slot["other"]
-        grid[pair] = sum(vals) / len(vals)
-    return grid
-
-
-def _find(cols: list[str], names: tuple[str, ...]) -> int | None:
-    for n in names:
-        if n in cols:
-            return cols.index(n)
-    return None
-
-
-def _known(name: str) -> bool:
-    try:
-        resolve_region(name)
-    except InvalidInputError:
-        return False
-    return True
-
-
-def export_rows(model: NetworkModel) -> Iterable[dict[str, object]]:
-    """Every ordered pair of the model's regions in the grid's columns plus ``cost_per_gb_usd``."""
-    for src in model.regions:
-        for dst in model.regions:
-            if src == dst:
-                continue
-            yield {
-                "src_region": src,
-                "src_tier": PREFERRED_TIER,
-                "dst_region": dst,
-                "dst_tier": PREFERRED_TIER,
-                "throughput_gbps": round(model.throughput(src, dst), 4),
-                "iperf3_connections": CONNECTIONS_PER_MEASUREMENT,
-                "cost_per_gb_usd": round(model.cost_per_gb(src, dst), 6),
-            }
-
 
 __all__ = [
+    "BASES",
     "CONNECTIONS_PER_MEASUREMENT",
     "FITTED_PARAMS",
+    "HISTORY_HALF_LIFE_S",
     "ModelParams",
     "NetworkModel",
+    "Observation",
     "PROVIDERS",
     "export_rows",
     "great_circle_km",
     "model_gbps",
-    "model_rtt_ms",
     "read_grid_csv",
 ]

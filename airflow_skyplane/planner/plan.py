@@ -16,12 +16,18 @@ from airflow_skyplane.exceptions import InvalidInputError
 
 @dataclass(frozen=True)
 class PlanEdge:
-    """One overlay hop: ``gbps`` sent once from ``src`` to ``dst`` over ``connections`` TCP streams."""
+    """One overlay hop: ``gbps`` sent once from ``src`` to ``dst`` over ``connections`` TCP streams.
+
+    ``basis`` says what the hop's rate rests on: ``"measured"`` (a grid the caller loaded),
+    ``"history"`` (what past transfers measured on it, ``measured_age_s`` old) or ``"model"``.
+    """
 
     src: str
     dst: str
     gbps: float
     connections: int
+    basis: str = "model"
+    measured_age_s: float | None = None
 
 
 @dataclass
@@ -33,7 +39,9 @@ class TransferPlan:
     the data set (a multicast to three destinations delivers it three times, and pays for that):
     ``cost_per_gb_usd = egress_cost_per_gb_usd + vm_cost_per_gb_usd``. ``size_gb``, ``duration_s`` and
     ``total_cost_usd`` are set when the request named a size. ``direct_*`` is the baseline of sending
-    straight from the source to each destination with the same VM counts there.
+    straight from the source to each destination with the same VM counts there. ``tolerance`` is the
+    share of the fastest plan's throughput a "fastest" plan may give up to be cheaper (None for a
+    "cheapest" plan).
     """
 
     source: str
@@ -51,6 +59,7 @@ class TransferPlan:
     size_gb: float | None = None
     model: str = "default model"
     candidate_regions: list[str] = field(default_factory=list)
+    tolerance: float | None = None
 
     @property
     def cost_per_gb_usd(self) -> float:
@@ -102,7 +111,16 @@ class TransferPlan:
                 destinations=[str(d) for d in data["destinations"]],
                 relays={str(k): int(v) for k, v in data["relays"].items()},
                 edges=[
-                    PlanEdge(str(e["src"]), str(e["dst"]), float(e["gbps"]), int(e["connections"]))
+                    PlanEdge(
+                        str(e["src"]),
+                        str(e["dst"]),
+                        float(e["gbps"]),
+                        int(e["connections"]),
+                        basis=str(e.get("basis", "model")),
+                        measured_age_s=None
+                        if e.get("measured_age_s") is None
+                        else float(e["measured_age_s"]),
+                    )
                     for e in data["edges"]
                 ],
                 throughput_gbps=float(data["throughput_gbps"]),
@@ -118,6 +136,7 @@ class TransferPlan:
                 size_gb=None if data.get("size_gb") is None else float(data["size_gb"]),
                 model=str(data.get("model", "default model")),
                 candidate_regions=[str(r) for r in data.get("candidate_regions", [])],
+                tolerance=None if data.get("tolerance") is None else float(data["tolerance"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InvalidInputError(
@@ -139,15 +158,19 @@ class TransferPlan:
 
     # -- people ---------------------------------------------------------------------------------------
     def to_table(self) -> str:
+        within = "" if not self.tolerance else f" within {self.tolerance:.0%}"
         lines = [
-            f"plan {self.source} -> {', '.join(self.destinations)}  ({self.objective}; {self.model})",
+            f"plan {self.source} -> {', '.join(self.destinations)}  ({self.objective}{within}; {self.model})",
             "",
             f"{'region':<34}{'VMs':>5}",
         ]
         lines += [f"{r:<34}{n:>5}" for r, n in sorted(self.relays.items())]
-        lines += ["", f"{'edge':<62}{'Gbps':>9}{'conns':>7}"]
+        lines += ["", f"{'edge':<62}{'Gbps':>9}{'conns':>7}  rate from"]
         for e in sorted(self.edges, key=lambda e: (-e.gbps, e.src, e.dst)):
-            lines.append(f"{e.src + ' -> ' + e.dst:<62}{e.gbps:>9.2f}{e.connections:>7}")
+            basis = (
+                e.basis if e.measured_age_s is None else f"{e.basis}, {e.measured_age_s / 86400:.1f} days old"
+            )
+            lines.append(f"{e.src + ' -> ' + e.dst:<62}{e.gbps:>9.2f}{e.connections:>7}  {basis}")
         direct_cost = (
             "n/a" if self.direct_cost_per_gb_usd is None else f"${self.direct_cost_per_gb_usd:.4f}/GB"
         )

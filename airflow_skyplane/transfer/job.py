@@ -301,6 +301,7 @@ class TransferJob:
             gateways=statuses,
             resumed_bytes=self.resume.resumed_bytes,
             discarded=self.resume.discarded,
+            overlay=self.overlay,
         )
 
     def close(self) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from airflow_skyplane import measurements
 from airflow_skyplane.transfer.control import GatewayStatus
+from airflow_skyplane.transfer.overlay import Overlay
 
 #: keys of objects checked by size only, kept per destination for the summary
 UNVERIFIED_SHOWN = 5
@@ -52,6 +54,8 @@ class TransferResult:
     discarded: int = 0
     #: objects checked by size only, and why
     unverified: Unverified = field(default_factory=Unverified)
+    #: the overlay that ran (its hops and their regions: what the measurement history records)
+    overlay: Overlay | None = None
 
     @property
     def gbps(self) -> float:
@@ -85,6 +89,7 @@ def summarize(
     """The XCom summary of a finished transfer: ``base`` (regions, plans in brief, diff counts per
     destination URI) with each destination's result, and the totals."""
     summary: Summary = {**base, "status": "done"}
+    measurements.record_finished(results)  # when AIRFLOW__SKYPLANE__MEASUREMENTS_PATH is set
     given = base.get("destinations")
     destinations = dict(given) if isinstance(given, Mapping) else {}
     for n, (uri, result) in enumerate(zip(destinations, results, strict=True)):

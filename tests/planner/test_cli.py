@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,9 +18,19 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 CALIBRATION = SHARED / "throughput_grid_calibration.csv"
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
+def run(*args: str, history: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI in a process of its own; its measurement history is ``history`` (default: none, so that
+    the machine's own history cannot change a test's plan)."""
+    env = {
+        **os.environ,
+        "AIRFLOW__SKYPLANE__MEASUREMENTS_PATH": str(history or "/nonexistent/skyplane-history"),
+    }
     return subprocess.run(
-        [sys.executable, "-m", "airflow_skyplane.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "airflow_skyplane.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
 
 
@@ -38,7 +50,10 @@ def test_plan_json() -> None:
     assert data["predicted_throughput_gbps"] >= data["direct_throughput_gbps"] > 0
     assert data["predicted_cost_per_gb_usd"] > 0 and data["direct_cost_per_gb_usd"] > 0
     assert data["relays"]["azure:eastus"] >= 1
-    assert all(set(e) == {"src", "dst", "gbps", "connections"} for e in data["edges"])
+    assert all(
+        set(e) == {"src", "dst", "gbps", "connections", "basis", "measured_age_s"} for e in data["edges"]
+    )
+    assert {e["basis"] for e in data["edges"]} == {"model"} and data["tolerance"] == 0.05
     assert data["solve_seconds"] > 0
 
 
@@ -106,6 +121,7 @@ def test_plan_with_grid_and_deadline() -> None:
         (["plan", "aws:us-east-1", "aws:eu-west-1", "--max-vms", "many"], "invalid int value"),
         (["plan", "aws:us-east-1"], "the following arguments are required"),
         (["plan", "aws:us-east-1", "aws:eu-west-1", "--budget-usd", "3"], "--budget-usd needs --size-gb"),
+        (["plan", "aws:us-east-1", "aws:eu-west-1", "--tolerance", "0.8"], "tolerance must be a share"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args: list[str], message: str) -> None:
@@ -138,11 +154,45 @@ def test_grid_export(tmp_path: Path) -> None:
     names = {r["src_region"] for r in rows}
     assert len(rows) == len(names) * (len(names) - 1)
     assert {"aws:us-east-1", "gcp:us-central1-a", "azure:eastus"} <= names
-    header = "src_region,src_tier,dst_region,dst_tier,throughput_gbps,iperf3_connections,cost_per_gb_usd"
+    header = (
+        "src_region,src_tier,dst_region,dst_tier,throughput_gbps,iperf3_connections,lower_gbps,basis,"
+        "measured_age_s,cost_per_gb_usd"
+    )
     assert list(rows[0]) == header.split(",")
+    assert {r["basis"] for r in rows} == {"model"}
+    assert all(float(r["lower_gbps"]) <= float(r["throughput_gbps"]) for r in rows)
     # the exported grid loads back as a grid with the same numbers
     again = run("plan", "aws:us-east-1", "aws:eu-west-1", "--grid", str(out), "--json")
     assert again.returncode == 0, again.stderr
+
+
+def test_grid_export_measured_shows_the_history(tmp_path: Path) -> None:
+    from airflow_skyplane.measurements import HopMeasurement, record
+
+    history = tmp_path / "history"
+    record(
+        [HopMeasurement("aws:us-east-1", "gcp:europe-west4-a", 2.5, 32)], path=history, now=time.time() - 7200
+    )
+    done = run("grid", "export", "--measured", history=history)
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.DictReader(done.stdout.splitlines()))
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["src_region"], row["dst_region"], row["basis"]) == (
+        "aws:us-east-1",
+        "gcp:europe-west4-a",
+        "history",
+    )
+    assert float(row["throughput_gbps"]) == pytest.approx(5.0, rel=1e-2)  # 2.5 on 32 connections, fresh
+    assert 7000 < float(row["measured_age_s"]) < 8000
+    # plans use it and say so; --no-measurements ignores it
+    plan = json.loads(run("plan", "aws:us-east-1", "gcp:europe-west4-a", "--json", history=history).stdout)
+    assert plan["direct_throughput_gbps"] == pytest.approx(5.0, rel=1e-2)
+    assert "history of 1 hops" in plan["model"]
+    blind = run("plan", "aws:us-east-1", "gcp:europe-west4-a", "--json", "--no-measurements", history=history)
+    assert "history" not in json.loads(blind.stdout)["model"]
+    empty = run("grid", "export", "--measured")
+    assert empty.returncode == 0 and empty.stdout.strip().startswith("src_region,")
 
 
 def test_regions_lists_catalog() -> None:

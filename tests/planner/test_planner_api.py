@@ -164,7 +164,8 @@ def test_json_round_trip(overlay_plan: TransferPlan) -> None:
         "solve_seconds",
     ):
         assert key in data
-    assert data["edges"][0].keys() == {"src", "dst", "gbps", "connections"}
+    assert data["edges"][0].keys() == {"src", "dst", "gbps", "connections", "basis", "measured_age_s"}
+    assert all(e["connections"] >= 1 for e in data["edges"])
     with pytest.raises(InvalidInputError, match="not a TransferPlan JSON document"):
         TransferPlan.from_json('{"source": "aws:us-east-1"}')
 

@@ -11,6 +11,7 @@ import pytest
 from airflow_skyplane.exceptions import GridError, InvalidInputError
 from airflow_skyplane.planner import REGIONS, NetworkModel, read_grid_csv
 from airflow_skyplane.planner.accuracy import spearman
+from airflow_skyplane.planner.model import FITTED_PARAMS, lower_factor, model_gbps
 from airflow_skyplane.planner.network import export_rows, great_circle_km
 from airflow_skyplane.planner.regions import match_regions, resolve_region
 from airflow_skyplane.testing.plugin import skip_missing
@@ -98,6 +99,27 @@ def test_default_model_ranks_calibration_pairs() -> None:
     pairs = sorted(grid)
     rho = spearman([model.throughput(*p) for p in pairs], [grid[p] for p in pairs])
     assert rho >= 0.7
+    # the conservative rate is a lower quartile: about three measurements in four reach it
+    reach = sum(grid[p] >= model.lower_throughput(*p) for p in pairs) / len(pairs)
+    assert 0.65 <= reach <= 0.85
+
+
+def test_default_model_uncertainty_by_pair_type() -> None:
+    m = NetworkModel.default()
+    # AWS sources sit on their VM cap: the model is sure of them; Azure to AWS is path-limited and not
+    assert (
+        m.lower_throughput("aws:us-east-1", "aws:eu-west-1") / m.throughput("aws:us-east-1", "aws:eu-west-1")
+        > 0.9
+    )
+    assert (
+        m.lower_throughput("azure:eastus", "aws:ap-south-1") / m.throughput("azure:eastus", "aws:ap-south-1")
+        < 0.85
+    )
+    # a region the fit never measured has no factors of its own, and the wider uncertainty of that
+    unseen, seen = "aws:mx-central-1", "aws:us-east-1"
+    assert unseen not in FITTED_PARAMS.egress and seen in FITTED_PARAMS.egress
+    a, b = m.region("azure:eastus"), m.region(unseen)
+    assert lower_factor(a, b, model_gbps(a, b)) <= lower_factor(a, m.region(seen), model_gbps(a, b)) + 1e-9
 
 
 def test_loaded_grid_and_fallback() -> None:
@@ -177,6 +199,11 @@ def test_export_rows_cover_every_ordered_pair() -> None:
         "dst_tier",
         "throughput_gbps",
         "iperf3_connections",
+        "lower_gbps",
+        "basis",
+        "measured_age_s",
         "cost_per_gb_usd",
     }
     assert all(float(r["throughput_gbps"]) > 0 for r in rows)  # type: ignore[arg-type]
+    assert all(0 < float(r["lower_gbps"]) <= float(r["throughput_gbps"]) for r in rows)  # type: ignore[arg-type]
+    assert list(export_rows(model, measured_only=True)) == []

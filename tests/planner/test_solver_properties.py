@@ -1,11 +1,13 @@
-"""Property tests of the MILP on random small networks against an independent brute force.
+"""Property tests of the planner on random small networks against an independent brute force.
 
 The brute force enumerates every VM placement (how many VMs in each region) explicitly, enumerates
 every simple path over the regions that got VMs, and solves a *path-based* LP with the connection
 limit written without connection variables (sum of 64 * F / grid over a region's out-edges <= limit *
 VMs). It shares no code with the solver's arc-based MILP; an error in either formulation (caps,
-conservation, costs, limits) shows as a different optimum. Plans are also checked constraint by
-constraint with plain arithmetic and an Edmonds-Karp max-flow.
+conservation, costs, limits) shows as a different optimum of :meth:`Planner.relaxed` (fractional
+connections). Plans, which settle on whole connections and may give up the tolerance for a cheaper
+plan, are checked constraint by constraint with plain arithmetic and an Edmonds-Karp max-flow, and
+against the relaxed optimum.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from airflow_skyplane.exceptions import InfeasiblePlanError
-from airflow_skyplane.planner import NetworkModel, Region, TransferPlan, plan_transfer
+from airflow_skyplane.planner import NetworkModel, Planner, Region, TransferPlan, plan_transfer
 
 SETTINGS = settings(
     max_examples=25,
@@ -148,7 +150,9 @@ def brute_force(
             if value > 1e-7 and (best is None or value > best):
                 best = value
         else:
-            value = float(pulp.value(rate)) * 8 / target
+            # a variable only the objective names may come back without a value: it is 0
+            egress = sum((shared[e].value() or 0.0) * model.cost_per_gb(*e) / 8 for e in edges)
+            value = (egress + sum(vms[r] * model.vm_price_per_hour(r) / 3600 for r in active)) * 8 / target
             if best is None or value < best:
                 best = value
     return best
@@ -204,8 +208,10 @@ def check_plan(
         assert e.src in plan.relays and e.dst in plan.relays
         per_conn = model.throughput(e.src, e.dst) / 64
         assert per_conn > 0
-        # connections are rounded per region: an edge is within one connection's rate of its count
-        assert e.gbps <= per_conn * (e.connections + 1) + tol
+        # whole connections, at least one on every hop with flow, and no more flow than they carry
+        assert isinstance(e.connections, int) and e.connections >= 1
+        assert e.gbps <= per_conn * e.connections + tol
+        assert e.basis == "measured"
     for r, n in plan.relays.items():
         out = sum(f for (u, _), f in flows.items() if u == r)
         inn = sum(f for (_, v), f in flows.items() if v == r)
@@ -235,6 +241,20 @@ def _plan_or_none(*args: object, **kwargs: object) -> TransferPlan | None:
         return None
 
 
+def _relaxed(model: NetworkModel, src: str, dsts: list[str], limits: dict, **kw: float) -> float | None:
+    planner = Planner(model, candidate_relays=None, **limits)
+    sol = planner.relaxed(src, dsts, **kw)
+    if sol is None or sol.throughput <= 1e-7:
+        return None
+    return sol.cost_per_gb if "throughput" in kw else sol.throughput
+
+
+# Whole connections give up at most about one connection's rate per hop, and a hop carrying under 1%
+# of the flow is rerouted; on these small networks (16 connections a VM, rates down to 0.5 Gbps per 64)
+# that is up to a few tenths of the relaxed optimum.
+WHOLE = 0.75
+
+
 # -- properties -----------------------------------------------------------------------------------------
 
 
@@ -247,12 +267,14 @@ def test_fastest_plan_matches_brute_force(net: dict) -> None:
     expected = brute_force(
         model, src, [dst], net["max_vms_per_region"], net["max_vms"], net["connections_per_vm"]
     )
-    plan = _plan_or_none(model, src, dst, objective="throughput", **limits)
+    relaxed = _relaxed(model, src, [dst], limits)
+    plan = _plan_or_none(model, src, dst, objective="throughput", tolerance=0.0, **limits)
     if expected is None:
-        assert plan is None
+        assert relaxed is None and plan is None
         return
+    assert relaxed == pytest.approx(expected, rel=1e-4, abs=1e-6)
     assert plan is not None
-    assert plan.throughput_gbps == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert WHOLE * expected <= plan.throughput_gbps <= expected * (1 + 1e-4) + 1e-6
     check_plan(plan, model, net["max_vms_per_region"], net["max_vms"], net["connections_per_vm"], set(names))
     event(f"relay regions used: {len(plan.relays) - 2}; speedup over direct > 1: {_faster(plan)}")
 
@@ -275,9 +297,18 @@ def test_cheapest_plan_matches_brute_force(net: dict, fraction: float) -> None:
         model, src, [dst], net["max_vms_per_region"], net["max_vms"], net["connections_per_vm"], target=target
     )
     assert expected is not None
-    plan = plan_transfer(model, src, dst, min_throughput_gbps=target, candidate_relays=None, **limits)
+    assert _relaxed(model, src, [dst], limits, throughput=target) == pytest.approx(
+        expected, rel=1e-4, abs=1e-7
+    )
+    try:
+        plan = plan_transfer(model, src, dst, min_throughput_gbps=target, candidate_relays=None, **limits)
+    except InfeasiblePlanError as err:
+        # at the very top, whole connections can fall short of what fractional ones reach
+        assert fraction == 1.0 and "out of reach" in str(err)
+        return
     assert plan.objective == "cheapest"
-    assert plan.cost_per_gb_usd == pytest.approx(expected, rel=1e-4, abs=1e-7)
+    assert plan.throughput_gbps == pytest.approx(target, rel=1e-5)
+    assert plan.cost_per_gb_usd >= expected * (1 - 1e-4) - 1e-7
     check_plan(plan, model, net["max_vms_per_region"], net["max_vms"], net["connections_per_vm"], set(names))
 
 
@@ -294,12 +325,14 @@ def test_fastest_within_cost_cap_matches_brute_force(net: dict, factor: float) -
     expected = brute_force(
         model, src, [dst], net["max_vms_per_region"], net["max_vms"], net["connections_per_vm"], cost_cap=cap
     )
+    relaxed = _relaxed(model, src, [dst], limits, max_cost_per_gb=cap) if expected is not None else None
+    if expected is not None:
+        assert relaxed == pytest.approx(expected, rel=1e-4, abs=1e-6)
     plan = _plan_or_none(model, src, dst, max_cost_per_gb=cap, **limits)
-    if expected is None:
-        assert plan is None
-        return
-    assert plan is not None
-    assert plan.throughput_gbps == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    if plan is None:
+        return  # whole connections can miss a cap that fractional ones just meet
+    assert expected is not None
+    assert WHOLE * 0.95 * expected <= plan.throughput_gbps <= expected * (1 + 1e-4) + 1e-6
     assert plan.cost_per_gb_usd <= cap * (1 + 1e-5)
     event(f"cost cap binds: {plan.cost_per_gb_usd >= cap * (1 - 1e-4)}")
     check_plan(plan, model, net["max_vms_per_region"], net["max_vms"], net["connections_per_vm"], set(names))
@@ -311,21 +344,20 @@ def test_multicast_matches_brute_force_and_is_valid(net: dict) -> None:
     model, names = net["model"], net["names"]
     src, dsts = names[0], names[-2:]
     maxv = max(net["max_vms"], 3)
+    limits = {
+        "max_vms_per_region": net["max_vms_per_region"],
+        "max_vms": maxv,
+        "connections_per_vm": net["connections_per_vm"],
+    }
     expected = brute_force(model, src, dsts, net["max_vms_per_region"], maxv, net["connections_per_vm"])
-    plan = _plan_or_none(
-        model,
-        src,
-        dsts,
-        objective="throughput",
-        max_vms_per_region=net["max_vms_per_region"],
-        max_vms=maxv,
-        connections_per_vm=net["connections_per_vm"],
-    )
+    relaxed = _relaxed(model, src, list(dsts), limits)
+    plan = _plan_or_none(model, src, dsts, objective="throughput", tolerance=0.0, **limits)
     if expected is None:
-        assert plan is None
+        assert relaxed is None and plan is None
         return
+    assert relaxed == pytest.approx(expected, rel=1e-4, abs=1e-6)
     assert plan is not None
-    assert plan.throughput_gbps == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert WHOLE * expected <= plan.throughput_gbps <= expected * (1 + 1e-4) + 1e-6
     check_plan(plan, model, net["max_vms_per_region"], maxv, net["connections_per_vm"], set(names))
 
 
@@ -335,40 +367,21 @@ def test_multicast_never_costs_more_than_separate_unicasts(net: dict, fraction: 
     model, names = net["model"], net["names"]
     src, dsts = names[0], names[-3:]
     maxpr, maxv, cpv = net["max_vms_per_region"], net["max_vms"], net["connections_per_vm"]
-    tops = [
-        _plan_or_none(model, src, d, max_vms_per_region=maxpr, max_vms=maxv, connections_per_vm=cpv)
-        for d in dsts
-    ]
-    if any(p is None for p in tops):
+    limits = {"max_vms_per_region": maxpr, "max_vms": maxv, "connections_per_vm": cpv}
+    tops = [_relaxed(model, src, [d], limits) for d in dsts]
+    if any(t is None for t in tops):
         return
-    target = min(p.throughput_gbps for p in tops if p is not None) * fraction
-    unicast = [
-        plan_transfer(
-            model,
-            src,
-            d,
-            min_throughput_gbps=target,
-            max_vms_per_region=maxpr,
-            max_vms=maxv,
-            connections_per_vm=cpv,
-            candidate_relays=None,
-        )
-        for d in dsts
-    ]
+    target = min(t for t in tops if t is not None) * fraction
+    separate = sum(_relaxed(model, src, [d], limits, throughput=target) or math.inf for d in dsts)
     # The multicast may use the VMs of all unicasts together, so it can always copy them.
-    multi = plan_transfer(
-        model,
-        src,
-        dsts,
-        min_throughput_gbps=target,
-        max_vms_per_region=maxpr * len(dsts),
-        max_vms=maxv * len(dsts),
-        connections_per_vm=cpv,
-        candidate_relays=None,
-    )
-    separate = sum(p.cost_per_gb_usd for p in unicast)
-    event(f"multicast strictly cheaper: {multi.cost_per_gb_usd < separate * (1 - 1e-6)}")
-    assert multi.cost_per_gb_usd <= separate * (1 + 1e-5) + 1e-9
+    wide = {"max_vms_per_region": maxpr * len(dsts), "max_vms": maxv * len(dsts), "connections_per_vm": cpv}
+    together = _relaxed(model, src, list(dsts), wide, throughput=target)
+    assert together is not None
+    event(f"multicast strictly cheaper: {together < separate * (1 - 1e-6)}")
+    assert together <= separate * (1 + 1e-5) + 1e-9
+    multi = plan_transfer(model, src, dsts, min_throughput_gbps=target, candidate_relays=None, **wide)
+    assert multi.throughput_gbps == pytest.approx(target, rel=1e-5)
+    assert multi.cost_per_gb_usd >= together * (1 - 1e-5)
     check_plan(multi, model, maxpr * len(dsts), maxv * len(dsts), cpv, set(names))
     assert math.isfinite(multi.cost_per_gb_usd)
 
@@ -409,13 +422,15 @@ def test_allowed_regions_restrict_relays(net: dict, data: st.DataObject) -> None
         net["connections_per_vm"],
         allowed=allowed,
     )
+    relaxed = _relaxed(model, src, [dst], {**limits, "allowed_regions": sorted(allowed)})
     try:
         plan = plan_transfer(
-            model, src, dst, allowed_regions=sorted(allowed), candidate_relays=None, **limits
+            model, src, dst, allowed_regions=sorted(allowed), candidate_relays=None, tolerance=0.0, **limits
         )
     except InfeasiblePlanError:
-        assert expected is None
+        assert expected is None and relaxed is None
         return
     assert expected is not None
-    assert plan.throughput_gbps == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert relaxed == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert WHOLE * expected <= plan.throughput_gbps <= expected * (1 + 1e-4) + 1e-6
     check_plan(plan, model, net["max_vms_per_region"], net["max_vms"], net["connections_per_vm"], allowed)

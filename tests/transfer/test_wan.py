@@ -6,6 +6,9 @@ that share of the chunks. Gateways run inside their regions' namespaces, started
 paramiko from an sshd in each namespace, as on cloud VMs. Needs root, ``ip``, ``tc`` and ``sshd``:
 skipped with the reason otherwise.
 
+The planned run is summarized as the operator does it, with the measurement history on: its hops
+are recorded (what each carried, bounded by its shaped link), and the next plan rests on them.
+
 The speedup is a figure of ``benchmarks/peers.py`` (overlay vs. forced direct, on a quiet machine);
 here the times are printed and held to bounds only: the direct run takes at least what its shaped
 link allows (load only slows it further), and the planned run takes less than that, which no
@@ -19,12 +22,14 @@ from pathlib import Path
 
 import pytest
 
+from airflow_skyplane import measurements
 from airflow_skyplane.planner import NetworkModel, Region, plan_transfer
 from airflow_skyplane.storage.local import LocalStore
 from airflow_skyplane.testing.digest import tree_digest
 from airflow_skyplane.testing.netns import EmulatedWAN, LinkSpec, list_namespaces
 from airflow_skyplane.testing.wan_relays import local_relays as LocalRelayBackend
 from airflow_skyplane.transfer.job import Hop, Overlay, TransferJob, overlay_from_plan
+from airflow_skyplane.transfer.summary import summarize
 
 pytestmark = pytest.mark.root
 MiB = 1024 * 1024
@@ -32,7 +37,10 @@ SRC, RELAY, DST = "aws:us-east-1", "aws:us-west-2", "aws:eu-west-1"
 
 
 @pytest.mark.requires("netns", "sshd")
-def test_planned_two_hop_transfer_routes_around_the_slow_direct_link(tmp_path: Path) -> None:
+def test_planned_two_hop_transfer_routes_around_the_slow_direct_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    history = tmp_path / "history"
     direct_mbit, hop_mbit = 25.0, 100.0
     links = {
         (SRC, DST): LinkSpec(direct_mbit),
@@ -53,7 +61,8 @@ def test_planned_two_hop_transfer_routes_around_the_slow_direct_link(tmp_path: P
         {r.name: (10.0, 10.0) for r in regions},
         {r.name: 1.0 for r in regions},
     )
-    plan = plan_transfer(model, SRC, DST, objective="throughput", max_vms_per_region=1)
+    # the fastest plan (tolerance 0): the test times it against the direct path
+    plan = plan_transfer(model, SRC, DST, objective="throughput", max_vms_per_region=1, tolerance=0.0)
     assert RELAY in plan.relays  # the plan uses the relay
     assert plan.throughput_gbps >= 3.9 * plan.direct_throughput_gbps
 
@@ -77,7 +86,12 @@ def test_planned_two_hop_transfer_routes_around_the_slow_direct_link(tmp_path: P
                 LocalStore(src), "", LocalStore(out), "", backend=backend, workdir=tmp_path / f"job-{name}",
                 overlay=overlay, chunk_size=1 * MiB, compress="never", timeout=120,
             )  # fmt: skip
+            # the history is on for the planned run only: the operator's summary step records its hops
+            if name == "planned":
+                monkeypatch.setenv(measurements.PATH_VARIABLE, str(history))
             result = job.run()
+            if name == "planned":
+                summarize({"destinations": {str(out): {}}}, [result])
             assert backend.running() == []
             assert not list((tmp_path / f"fleet-{name}").glob("remote-*"))  # relays' folders removed
             seconds[name] = result.gateways[SRC]["seconds"]  # the source: from start to the last ACK
@@ -98,3 +112,17 @@ def test_planned_two_hop_transfer_routes_around_the_slow_direct_link(tmp_path: P
     assert abs(chunks["planned"][RELAY] - relay_share * 24) <= 2, (chunks, relay_share)
     assert chunks["planned"][DST] == 24 == chunks["direct"][DST]
     assert set(list_namespaces()) == before  # no namespace (and so no veth) left behind
+
+    # the history holds what the planned run's hops carried, none faster than its shaped link, and
+    # the next plan's hops through the relay rest on those measurements, not on the model given
+    observed = measurements.load(history)
+    assert {(SRC, RELAY), (RELAY, DST)} <= set(observed)
+    connections = {(h.src, h.dst): h.connections for h in planned.hops}
+    for (u, v), seen in observed.items():
+        carried_mbit = seen.gbps * connections[(u, v)] / 64 * 1000  # back to the run's connections
+        assert 0 < carried_mbit <= 1.05 * links[(u, v)].rate_mbit, (u, v, carried_mbit)
+        assert seen.age_s < 600
+    again = plan_transfer(model.with_history(observed), SRC, DST, max_vms_per_region=1, tolerance=0.0)
+    bases = {(e.src, e.dst): e.basis for e in again.edges}
+    assert all(bases[hop] == "history" for hop in bases if hop in observed), bases
+    assert any(hop in observed for hop in bases), bases
