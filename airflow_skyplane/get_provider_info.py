@@ -40,6 +40,9 @@ _OPTIONS: dict[str, tuple[str, str | None, str, str]] = {
     "encryption": ("boolean", "True", "False", "AES-GCM encryption of every chunk, end to end."),
     "fleet_ttl_minutes": ("integer", "360", "120", "Relays older than this are swept, and stop "
         "themselves (5-10080)."),
+    "measurements_path": ("string", None, "/var/lib/airflow/skyplane/measurements", "A folder where "
+        "finished transfers record the rate each overlay hop carried and the next plans rest on it; "
+        "none: no history is kept."),
     "grid_path": ("string", None, "/etc/skyplane/grid.csv", "A measured throughput grid (CSV) to plan "
         "with; none: the built-in network model."),
     "state_dir": ("string", None, "/var/lib/airflow/skyplane/fleets", "Where the local relay backend "

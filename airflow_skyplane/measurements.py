@@ -129,17 +129,18 @@ def load(
     return out
 
 
-def configured_path() -> Path | None:
-    """The history directory when the deployment turned the history on
-    (``$AIRFLOW__SKYPLANE__MEASUREMENTS_PATH``), else None: the operator records and loads only then."""
-    configured = os.environ.get(PATH_VARIABLE)
+def configured_path(setting: str | None = None) -> Path | None:
+    """The history directory when the deployment turned the history on (the ``[skyplane]
+    measurements_path`` setting the operator passes, else its ``$AIRFLOW__SKYPLANE__MEASUREMENTS_PATH``
+    form), else None: the operator records and loads only then."""
+    configured = setting or os.environ.get(PATH_VARIABLE)
     return Path(configured) if configured else None
 
 
-def with_recorded(model: NetworkModel) -> NetworkModel:
+def with_recorded(model: NetworkModel, setting: str | None = None) -> NetworkModel:
     """``model`` preferring the history's measurements, when the history is on (the operator's
     planning step); ``model`` itself otherwise."""
-    path = configured_path()
+    path = configured_path(setting)
     return model if path is None else model.with_history(load(path))
 
 
@@ -164,11 +165,11 @@ def hops_of(result: TransferResult) -> list[HopMeasurement]:
     return out
 
 
-def record_finished(results: Iterable[TransferResult]) -> int:
+def record_finished(results: Iterable[TransferResult], setting: str | None = None) -> int:
     """Record the hops of finished transfers when the history is on (the controller's summary step);
     how many were written. A history that cannot be written is logged, never fatal: the data is
     already where it belongs."""
-    path = configured_path()
+    path = configured_path(setting)
     if path is None:
         return 0
     hops = []

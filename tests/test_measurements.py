@@ -160,6 +160,29 @@ def test_finished_transfers_are_recorded_only_when_the_history_is_on(
     monkeypatch.setenv(measurements.PATH_VARIABLE, str(tmp_path))
     assert measurements.record_finished([result]) == 3
     assert measurements.with_recorded(NetworkModel.default()).basis(A, B) == "history"
+    # the [skyplane] measurements_path setting, as the operator passes it from its settings
+    setting = tmp_path / "from-settings"
+    monkeypatch.delenv(measurements.PATH_VARIABLE, raising=False)
+    assert measurements.record_finished([result], str(setting)) == 3
+    assert measurements.with_recorded(NetworkModel.default(), str(setting)).basis(A, B) == "history"
     # loopback gateways (no region) record nothing
     plain = _finished(Overlay("source", "destination", [Hop("source", "destination")]), {"source": {}})
     assert measurements.hops_of(plain) == []
+
+
+def test_the_operator_reads_the_history_folder_from_the_skyplane_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """airflow.cfg's [skyplane] measurements_path (here in its environment form) and a connection
+    extra both reach the settings the operator plans and summarises with."""
+    from airflow_skyplane.hooks.skyplane import SkyplaneHook
+
+    monkeypatch.delenv("AIRFLOW_CONN_SKYPLANE_DEFAULT", raising=False)
+    assert SkyplaneHook().get_settings().measurements_path is None  # off by default
+    monkeypatch.setenv("AIRFLOW__SKYPLANE__MEASUREMENTS_PATH", "/var/lib/skyplane/history")
+    assert SkyplaneHook().get_settings().measurements_path == "/var/lib/skyplane/history"
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SKYPLANE_DEFAULT",
+        json.dumps({"conn_type": "skyplane", "extra": {"measurements_path": "/srv/h"}}),
+    )
+    assert SkyplaneHook().get_settings().measurements_path == "/srv/h"

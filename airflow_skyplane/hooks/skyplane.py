@@ -49,6 +49,8 @@ class SkyplaneSettings:
     encryption: bool = True
     fleet_ttl_minutes: int = 360
     grid_path: str | None = None
+    #: a folder where finished transfers record what each hop carried and plans read it (off when unset)
+    measurements_path: str | None = None
     #: where the local relay backend keeps its fleet records (default ``$AIRFLOW_HOME/skyplane/fleets``)
     state_dir: str | None = None
     #: where a resumable transfer checkpoints itself, at the root of its destination bucket
@@ -110,6 +112,7 @@ class SkyplaneSettings:
         if raw is None and name in (
             "max_relays",
             "grid_path",
+            "measurements_path",
             "state_dir",
             "worker_cidr",
             "azure_resource_group",

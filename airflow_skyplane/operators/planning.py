@@ -213,7 +213,7 @@ class TransferPlanner:
 
         settings = self.settings
         model = NetworkModel.from_csv(settings.grid_path) if settings.grid_path else NetworkModel.default()
-        model = measurements.with_recorded(model)  # past transfers' hops, when the history is on
+        model = measurements.with_recorded(model, settings.measurements_path)  # when the history is on
         size = max(size_gb, 1e-9)
         allowed = list(settings.allowed_regions) or None
         if settings.relay_backend in ("aws", "gcp", "azure"):

@@ -488,7 +488,7 @@ class SkyplaneTransferOperator(BaseOperator):
             raise
         finally:
             fleet.close()
-        return self._summary(summarize(summary, results, fleet.deleted))
+        return self._summary(summarize(summary, results, fleet.deleted, settings.measurements_path))
 
     def _summary(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Log the summary of a finished transfer; return it (for XCom)."""

@@ -84,12 +84,15 @@ Summary = dict[str, object]
 
 
 def summarize(
-    base: Mapping[str, object], results: Sequence[TransferResult], deleted: Sequence[int] = ()
+    base: Mapping[str, object],
+    results: Sequence[TransferResult],
+    deleted: Sequence[int] = (),
+    measurements_path: str | None = None,
 ) -> Summary:
     """The XCom summary of a finished transfer: ``base`` (regions, plans in brief, diff counts per
     destination URI) with each destination's result, and the totals."""
     summary: Summary = {**base, "status": "done"}
-    measurements.record_finished(results)  # when AIRFLOW__SKYPLANE__MEASUREMENTS_PATH is set
+    measurements.record_finished(results, measurements_path)  # when [skyplane] measurements_path is set
     given = base.get("destinations")
     destinations = dict(given) if isinstance(given, Mapping) else {}
     for n, (uri, result) in enumerate(zip(destinations, results, strict=True)):
