@@ -1,6 +1,8 @@
-# The two commands a new user runs: `make demo` and `make test`. Both install what they need:
-# uv (bootstrapped into .cache/ if it is not on PATH), the .venv with `-e .[all,dev]`, and Azurite
-# (the Azure Blob emulator) from npm into .cache/azurite.
+# The two commands a new user runs: `make demo` and `make test`. Both install what they need: as
+# root on a machine with apt-get, the Debian packages the tests use that are missing (the list is in
+# airflow_skyplane/testing/requirements.py); uv (bootstrapped into .cache/ if it is not on PATH); the
+# .venv with `-e .[all,dev]`; and Azurite (the Azure Blob emulator) from npm into .cache/azurite.
+# `make test` then says in one line which groups of tests will skip here, and why (nothing if none).
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -14,33 +16,49 @@ LINT_PATHS := airflow_skyplane tests benchmarks $(wildcard dags_examples)
 
 .PHONY: install test demo bench chaos lint typecheck check clean
 
-install: $(VENV)/.installed azurite
+install: system-packages $(VENV)/.installed azurite
 
-$(UV):
+# Checks for each package's commands first, so it costs a few milliseconds when all are there; never
+# runs apt-get without root. python3-venv is added when uv must be bootstrapped and this Python
+# cannot make a virtualenv (Debian's python3 without it has no ensurepip).
+.PHONY: system-packages
+system-packages:
+	@missing="$$($(PYTHON) -I airflow_skyplane/testing/requirements.py packages)"; \
+	if [ ! -x $(UV) ] && ! $(PYTHON) -c 'import ensurepip' 2>/dev/null; then missing="$$missing python3-venv"; fi; \
+	missing="$$(echo $$missing)"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian packages: $$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(UV): | system-packages
 	@echo "uv not found on PATH: bootstrapping it into .cache/bootstrap"
 	$(PYTHON) -m venv .cache/bootstrap
 	.cache/bootstrap/bin/python -m pip install --quiet --disable-pip-version-check uv
 
-$(VENV)/.installed: pyproject.toml | $(UV)
+$(VENV)/.installed: pyproject.toml | $(UV) system-packages
 	[ -x $(PY) ] || $(UV) venv --quiet --python $(PYTHON) $(VENV)
 	$(UV) pip install --quiet --python $(PY) -e '.[all,dev]'
 	@touch $@
 
 .PHONY: azurite
-azurite:
+azurite: system-packages
 	@if [ -x $(AZURITE) ]; then :; \
 	elif command -v npm >/dev/null 2>&1; then \
 	  echo "installing Azurite $(AZURITE_VERSION) into .cache/azurite"; \
 	  npm install --silent --no-audit --no-fund --prefix .cache/azurite azurite@$(AZURITE_VERSION); \
 	else \
-	  echo "npm not found: Azure Blob tests will be skipped (install Node.js and npm to run them)"; \
+	  echo "npm not found: Azurite not installed (Debian packages nodejs and npm; make install as root installs them)"; \
 	fi
 
 test: install
+	@$(PY) -m airflow_skyplane.testing.requirements notice
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# `make demo MIB=200` for a smaller day's partition (default 1536 MiB)
 demo: install
-	$(PY) -m airflow_skyplane.demo
+	$(PY) -m airflow_skyplane.demo $(if $(MIB),--mib $(MIB))
 
 bench: install
 	@for b in benchmarks/*.py; do \

@@ -6,10 +6,13 @@
     airflow-skyplane fleets list|sweep [--state-dir DIR] [--older-than-minutes N]
     airflow-skyplane fleets list|sweep --cloud aws --region aws:us-east-1 [--region ...]
     airflow-skyplane fleets teardown FLEET_ID [--state-dir DIR | --cloud aws --region ...]
+    airflow-skyplane sky up [--bucket s3://a ...] [--env-file F] | sky env | sky down
+    airflow-skyplane --version
 
 Uses only argparse and the planner (which imports no Airflow), so it runs on a laptop or a relay VM
 with nothing but the package's core dependencies. Every error a user can cause is printed as one line
-on stderr and exits with status 2.
+on stderr and exits with status 2. Output cut short by its reader (``airflow-skyplane regions | head``)
+ends the command quietly.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from airflow_skyplane.exceptions import SkyplaneError
+from airflow_skyplane import __version__
+from airflow_skyplane.exceptions import InvalidInputError, SkyplaneError
 from airflow_skyplane.planner.network import NetworkModel, export_rows
-from airflow_skyplane.planner.regions import PROVIDERS
+from airflow_skyplane.planner.regions import EXAMPLE_NAMES, PROVIDERS, did_you_mean
 from airflow_skyplane.planner.solver import DEFAULT_CANDIDATE_RELAYS, Planner
 
 PROG = "airflow-skyplane"
@@ -53,8 +58,22 @@ def _split_patterns(values: Sequence[str] | None) -> list[str] | None:
     return [p.strip() for v in values for p in v.split(",") if p.strip()]
 
 
+def _region(model: NetworkModel, name: str, what: str) -> str:
+    """``name`` as the model knows it, or an error that names the argument and the nearest names."""
+    try:
+        return model.resolve(name)
+    except InvalidInputError:
+        hint = did_you_mean(name, model.regions)
+        raise _UsageError(
+            f"unknown region {name!r} ({what}): {hint + ' ' if hint else ''}names look like "
+            f"{EXAMPLE_NAMES}; '{PROG} regions' lists them all"
+        ) from None
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     model = _model(args)
+    args.src = _region(model, args.src, "SRC")
+    args.dst = [_region(model, d, "DST") for d in args.dst]
     planner = Planner(
         model,
         max_vms_per_region=args.max_vms_per_region,
@@ -131,8 +150,6 @@ def _cmd_regions(args: argparse.Namespace) -> int:
 
 
 def _state_dir(args: argparse.Namespace) -> str:
-    import os
-
     from airflow_skyplane.compute.fleets import default_state_dir
 
     return str(args.state_dir or os.environ.get("AIRFLOW__SKYPLANE__STATE_DIR") or default_state_dir())
@@ -162,18 +179,29 @@ def _cmd_fleets(args: argparse.Namespace) -> int:
         ]
         if args.json:
             print(json.dumps(rows, indent=2))
+        elif not rows:
+            print(f"no fleets recorded in {state_dir}")
         else:
+            print(f"{'FLEET':<14}{'BACKEND':<9}{'AGE':>10}{'EXPIRES IN':>12}{'GATEWAYS':>10}  OWNER")
             for row in rows:
                 owner = row["owner"]
                 who = ".".join(str(owner.get(k)) for k in ("dag_id", "task_id") if owner.get(k)) or "-"
                 print(
-                    f"{row['fleet_id']:<14}{row['backend']:<7}{row['age_minutes']:>8.1f} min  "
-                    f"{len(row['running_gateways'])} running  {who}"
+                    f"{row['fleet_id']:<14}{row['backend']:<9}{row['age_minutes']:>6.1f} min"
+                    f"{row['expires_in_minutes']:>8.1f} min{len(row['running_gateways']):>10}  {who}"
                 )
         return 0
     if args.fleets_command == "teardown":
-        stopped = fleets.teardown_fleet(state_dir, args.fleet_id)
-        print(f"fleet {args.fleet_id}: stopped {len(stopped)} gateway(s)")
+        fleet_id = fleets.check_fleet_id(args.fleet_id)
+        known = fleets.fleet_ids(state_dir)
+        if fleet_id not in known:
+            hint = did_you_mean(fleet_id, known)
+            raise _UsageError(
+                f"no fleet {fleet_id!r} is recorded in {state_dir}{': ' + hint if hint else ''} "
+                f"('{PROG} fleets list' shows the fleets there; --state-dir names another folder)"
+            )
+        stopped = fleets.teardown_fleet(state_dir, fleet_id)
+        print(f"fleet {fleet_id}: stopped {len(stopped)} gateway(s), removed its record")
         return 0
     older = args.older_than_minutes * 60 if args.older_than_minutes is not None else None
     swept = fleets.sweep(state_dir, older_than_s=older)
@@ -195,6 +223,14 @@ def _aws_fleets(args: argparse.Namespace) -> int:
     regions = [r if r.startswith("aws:") else f"aws:{r}" for r in args.region]
     as_json = getattr(args, "json", False)
     if args.fleets_command == "teardown":
+        found = aws.list_fleets(backend, regions)
+        if args.fleet_id not in found:
+            hint = did_you_mean(args.fleet_id, found)
+            raise _UsageError(
+                f"no fleet {args.fleet_id!r} has resources in {', '.join(regions)}"
+                f"{': ' + hint if hint else ''} ('{PROG} fleets list --cloud aws' shows the fleets there; "
+                "add the --region it runs in)"
+            )
         removed = backend.teardown(args.fleet_id, regions)
         print(f"fleet {args.fleet_id}: removed {json.dumps(removed)}")
         return 0
@@ -202,13 +238,49 @@ def _aws_fleets(args: argparse.Namespace) -> int:
         found = aws.list_fleets(backend, regions)
         if as_json:
             print(json.dumps(found, indent=2))
-            return 0
-        for fleet_id, info in found.items():
-            left = (info["expires_at"] - time.time()) / 60
-            print(f"{fleet_id:<14}aws    expires in {left:8.1f} min  {', '.join(sorted(info['regions']))}")
+        elif not found:
+            print(f"no fleets found in {', '.join(regions)}")
+        else:
+            print(f"{'FLEET':<14}{'CLOUD':<9}{'EXPIRES IN':>12}  REGIONS")
+            for fleet_id, info in found.items():
+                left = (info["expires_at"] - time.time()) / 60
+                print(f"{fleet_id:<14}{'aws':<9}{left:>8.1f} min  {', '.join(sorted(info['regions']))}")
         return 0
     swept = aws.sweep(backend, regions)
     print(f"swept {len(swept)} fleet(s){': ' + ', '.join(swept) if swept else ''}")
+    return 0
+
+
+def _cmd_sky(args: argparse.Namespace) -> int:
+    """The emulated sky outside pytest (see airflow_skyplane.testing.localsky): the environment goes
+    to stdout (for `eval "$(airflow-skyplane sky up)"`) or to --env-file, everything else to stderr."""
+    from airflow_skyplane.testing import localsky
+
+    folder = args.dir or str(localsky.default_sky_dir())
+    if args.sky_command == "up":
+        record = localsky.sky_up(
+            folder, services=args.service or localsky.SERVICES, buckets=args.bucket or (),
+            timeout_s=args.timeout_s,
+        )  # fmt: skip
+        print(localsky.summary(record), file=sys.stderr)
+        if args.env_file:
+            localsky.write_env_file(args.env_file, record)
+            print(
+                f"environment written to {args.env_file}: load it with '. {args.env_file}'", file=sys.stderr
+            )
+        else:
+            print(localsky.env_text(record), end="")
+        print(f"stop it with: {PROG} sky down" + (f" --dir {args.dir}" if args.dir else ""), file=sys.stderr)
+        return 0
+    if args.sky_command == "env":
+        found = localsky.read_record(folder)
+        if not found or not localsky.running(found):
+            raise _UsageError(f"no emulated sky runs from {folder}: '{PROG} sky up' starts one")
+        print(localsky.env_text(found), end="")
+        return 0
+    stopped = localsky.sky_down(folder)
+    names = ", ".join(f"{p['name']} (pid {p['pid']})" for p in stopped) or "nothing was still running"
+    print(f"emulated sky in {folder}: stopped {names}; record removed")
     return 0
 
 
@@ -216,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG, description="Plan overlay transfers between cloud regions (no Airflow needed)."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("plan", help="plan a transfer from SRC to one or more DST regions")
@@ -249,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver", choices=("auto", "cbc", "highs"), default="auto")
     p.add_argument("--time-limit-s", type=float, metavar="S", help="solver time limit")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    p.add_argument("--png", metavar="FILE", help="also draw the overlay to FILE (needs matplotlib)")
+    p.add_argument(
+        "--png", metavar="FILE", help="also draw the overlay on a map to FILE (needs the 'plot' extra)"
+    )
     p.set_defaults(func=_cmd_plan)
 
     g = sub.add_parser("grid", help="network grid tools")
@@ -284,16 +359,50 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cloud", choices=("local", "aws"), default="local")
     t.add_argument("--region", action="append", metavar="REGION", help="with --cloud aws (repeatable)")
     t.set_defaults(func=_cmd_fleets)
+
+    sky = sub.add_parser(
+        "sky", help="the emulated sky (moto, GCS emulator, Azurite) on loopback, for trying DAGs locally"
+    )
+    ssub = sky.add_subparsers(dest="sky_command", required=True, parser_class=_Parser)
+    up = ssub.add_parser("up", help="start the emulators, create buckets, print the environment to export")
+    up.add_argument(
+        "--bucket",
+        action="append",
+        metavar="URI",
+        help="create this bucket: s3://a, gs://b, az://c (repeatable)",
+    )
+    up.add_argument(
+        "--service", action="append", choices=("s3", "gs", "az"), help="emulate only these (default: all)"
+    )
+    up.add_argument("--env-file", metavar="FILE", help="write the environment to FILE instead of stdout")
+    up.add_argument("--timeout-s", type=float, default=60.0, metavar="S", help="wait this long for start")
+    ssub.add_parser("env", help="print the environment of the running sky again")
+    ssub.add_parser("down", help="stop the emulators that 'sky up' started (by their recorded pids)")
+    for c in ssub.choices.values():
+        c.add_argument(
+            "--dir", metavar="DIR", help="where the sky is recorded (default $AIRFLOW_HOME/skyplane/sky)"
+        )
+        c.set_defaults(func=_cmd_sky)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as done:  # --help and --version print and exit
+            sys.stdout.flush()
+            return done.code if isinstance(done.code, int) else 0
         code = int(args.func(args))
+        sys.stdout.flush()  # a reader that went away fails here, inside the try, not at exit
     except (SkyplaneError, _UsageError) as exc:
         print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader closed the pipe (`| head`): stop quietly, as a command killed by SIGPIPE would.
+        # stdout is pointed at /dev/null so that the interpreter's own flush at exit fails no more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return code
 
 

@@ -37,23 +37,42 @@ DAY = "2026-11-20"
 ROOT = Path(__file__).resolve().parents[1]
 
 
+MIN_MIB = 8  # the small files of a partition alone take about 4 MiB
+
+
 def make_dataset(total_mib: int, seed: int = 42) -> dict[str, bytes]:
-    """One day's partition: many small JSON-lines files, CSV tables, and large incompressible blobs."""
+    """One day's partition of ``total_mib`` MiB: many small JSON-lines files (about 3% of the bytes, 20
+    to 240 of them), then CSV tables (compressible, up to 24 MiB each) and incompressible "parquet"
+    shards (up to 48 MiB each), half the rest each."""
     rng = random.Random(seed)
     prefix = f"date={DAY}/"
     data: dict[str, bytes] = {}
-    for n in range(240):  # event logs: 4-400 KiB of JSON lines each
+    small = max(20, min(240, total_mib * MiB * 3 // 100 // (202 * 1024)))  # 202 KiB: their mean size
+    for n in range(small):  # event logs: 4-400 KiB of JSON lines each
         data[f"{prefix}events/part-{n:05d}.jsonl"] = _jsonl(rng, rng.randrange(4, 400) * 1024)
     data[f"{prefix}_SUCCESS"] = b""
     data[f"{prefix}events/_temporary/attempt.tmp"] = b"not replicated (excluded)"
-    budget = total_mib * MiB - sum(map(len, data.values()))
-    tables = max(1, budget // 2 // (24 * MiB))
+    half = max(2 * MiB, total_mib * MiB - sum(map(len, data.values()))) // 2
+    tables = max(1, round(half / (24 * MiB)))
     for n in range(tables):  # CSV tables, compressible
-        data[f"{prefix}tables/orders-{n:03d}.csv"] = _csv(rng, 24 * MiB)
-    blobs = max(1, budget // 2 // (48 * MiB))
+        data[f"{prefix}tables/orders-{n:03d}.csv"] = _csv(rng, half // tables)
+    blobs = max(1, round(half / (48 * MiB)))
     for n in range(blobs):  # compressed columnar files: incompressible
-        data[f"{prefix}features/shard-{n:03d}.parquet"] = rng.randbytes(48 * MiB)
+        data[f"{prefix}features/shard-{n:03d}.parquet"] = rng.randbytes(half // blobs)
     return data
+
+
+def _mib(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of MiB, e.g. 200") from None
+    if value < MIN_MIB:
+        raise argparse.ArgumentTypeError(
+            f"{value} MiB is too small: the partition's small files alone take about 4 MiB; "
+            f"give at least {MIN_MIB}"
+        )
+    return value
 
 
 def _jsonl(rng: random.Random, size: int) -> bytes:
@@ -83,7 +102,10 @@ def _md5(data: bytes) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--mib", type=int, default=1536, help="size of the day's partition in MiB (default 1536)"
+        "--mib",
+        type=_mib,
+        default=1536,
+        help="size of the day's partition in MiB (default 1536; `make demo MIB=200` passes it)",
     )
     parser.add_argument("--output", default=str(ROOT / "demo-output"), help="where the plan pictures go")
     args = parser.parse_args(argv)
@@ -168,16 +190,12 @@ def main(argv: list[str] | None = None) -> int:
                 verdict = "byte-identical to the source" if exact[uri] else "DIFFERENT"
                 print(f"{uri}: {len(got)} objects, {verdict}")
 
-            from airflow_skyplane.planner.plan import TransferPlan
-            from airflow_skyplane.planner.render import render_plan_png
+            from airflow_skyplane.planner.render import write_plan_pictures
 
-            pictures = []
-            for n, raw in enumerate(runs[0].get("plans") or []):
-                if raw is None:
-                    continue
-                path = output / f"nightly_replication-plan-{n}.png"
-                render_plan_png(TransferPlan.from_dict(raw), str(path))
-                pictures.append(str(path))
+            pictures = [
+                str(p)
+                for p in write_plan_pictures(runs[0].get("plans") or [], output, "nightly_replication-plan")
+            ]
 
         first = runs[0]
         print("\nXCom summary of the first run (plans left out):")

@@ -22,3 +22,17 @@ def alive(pid: object) -> bool:
     except OSError:
         return True  # no /proc: the signal said it exists
     return "\nState:\tZ" not in status and "\nState:\tX" not in status
+
+
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (field 22 of ``/proc/<pid>/stat``), or None when
+    it is gone. With the pid it names one process: a pid reused by another process has another start."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # after "pid (comm)", which may hold spaces: field 3 on
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None

@@ -69,3 +69,58 @@ def test_bad_settings_name_the_key_and_the_fix(
 def test_settings_round_trip_as_dict() -> None:
     settings = SkyplaneSettings(allowed_regions=("aws:eu-*",), relay_image={"aws": "ami-123"})
     assert SkyplaneSettings.from_mapping(settings.as_dict(), origin="test") == settings
+
+
+# -- test_connection: what Airflow's Test button and `airflow connections test` call -----------------
+
+
+def test_connection_test_accepts_good_settings_and_says_where_they_came_from(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AIRFLOW__SKYPLANE__CHUNK_SIZE_MB", "16")
+    _set_conn(monkeypatch, "sky_ok", {"max_relays_per_region": 2, "allowed_regions": ["aws:eu-*"]})
+    ok, message = SkyplaneHook("sky_ok").test_connection()
+    assert ok is True
+    assert message.startswith("skyplane settings are valid: relay_backend=local, objective=throughput, ")
+    assert "chunk_size_mb=16" in message
+    assert "2 from connection 'sky_ok', 1 from [skyplane] config, the rest defaults" in message
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ({"chunk_size_mb": 999}, "chunk_size_mb=999 is out of range; give 1 to 256"),
+        ({"allowed_regions": ["aws:mars-*"]}, "allowed-region pattern 'aws:mars-*' matches no known region"),
+        ({"grid_path": "/nonexistent/grid.csv"}, "/nonexistent/grid.csv"),
+        ({"relay_backend": "aws"}, "relay_backend='aws' rents relay VMs"),
+        (
+            {"relay_backend": "aws", "worker_cidr": "my laptop"},
+            "worker_cidr='my laptop' is not an address range",
+        ),
+        ({"relay_backend": "azure", "worker_cidr": "203.0.113.7/32"}, "set azure_resource_group"),
+    ],
+)
+def test_connection_test_names_what_is_wrong(
+    monkeypatch: pytest.MonkeyPatch, extra: dict[str, object], fragment: str
+) -> None:
+    _set_conn(monkeypatch, "sky_bad", extra)
+    ok, message = SkyplaneHook("sky_bad").test_connection()
+    assert ok is False
+    assert fragment in message
+
+
+def test_connection_test_of_a_missing_connection_says_how_to_create_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_NO_SUCH_SKY", raising=False)
+    ok, message = SkyplaneHook("no_such_sky").test_connection()
+    assert ok is False and "airflow connections add no_such_sky" in message
+
+
+def test_a_cloud_connection_with_what_it_needs_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    _set_conn(
+        monkeypatch,
+        "sky_azure",
+        {"relay_backend": "azure", "worker_cidr": "203.0.113.7/32", "azure_resource_group": "relays"},
+    )
+    assert SkyplaneHook("sky_azure").test_connection()[0] is True

@@ -9,12 +9,14 @@ return them in every path.
    failure callback, the cleanup operator) even if this process dies in the middle of provisioning;
 2. :meth:`CloudFleet.provision` rents one VM per region of the plans, every cloud in parallel (and,
    inside each backend, every region in parallel), each VM tagged with the fleet id and its expiry
-   and set to terminate itself then, and bootstraps them all at once (SSH reachable, the gateway's
+   and set to stop then (AWS and GCP delete it, Azure deallocates it), and bootstraps them
+   all at once (SSH reachable, the gateway's
    dependencies, this package); on any failure everything made so far is removed and the error
    (quota and capacity errors name the region, the quota and the fix) is raised;
 3. the VMs become :class:`~airflow_skyplane.compute.remote.RelayHost` entries: reached over SSH on
-   their public address (or private, ``relay_address="private"``), host keys pinned from the cloud's
-   console output where it shows them, else at the fleet's first connection;
+   their public address (or private, ``relay_address="private"``), host keys pinned at the fleet's
+   first connection (trust on first use) unless the console output shows them already (AWS only;
+   a new instance's is usually still empty);
 4. :meth:`CloudFleet.teardown` (idempotent) closes the SSH sessions and removes every resource of
    the fleet, found by tag.
 

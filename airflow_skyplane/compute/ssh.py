@@ -2,14 +2,17 @@
 
 The worker reaches every relay (a cloud VM, or a local relay in an emulated-WAN namespace) the same
 way: SSH with a key made for the fleet, then SFTP to hand over the gateway code, the gateway
-program, the TLS material and short-lived storage credentials, then a detached start of
+program, the TLS material and the storage credentials (those of the task's Airflow connections, as
+their hooks resolve them: not minted for the transfer), then a detached start of
 ``python -m airflow_skyplane.gateway``. Secrets travel only inside the SSH channel: never on a
 command line (visible in ``ps``), in user-data, tags, or logs; files holding them are created with
 mode 0600 before a byte is written, and removed at teardown.
 
-Host keys are pinned, not blindly accepted: a relay's key is either known in advance (read from
-the cloud's console output) or pinned at the fleet's first connection to that relay; any later
-connection that presents another key is refused (:class:`HostKeyMismatchError`).
+Host keys are pinned, not blindly accepted: a relay's key is either given in advance (a local
+relay's sshd) or pinned at the fleet's first connection to that relay, which is trust on first use;
+any later connection that presents another key is refused (:class:`HostKeyMismatchError`). Cloud
+relays are, in practice, pinned on first use: the AWS backend reads the console output, which a new
+instance has not filled yet when it is read, and the GCP and Azure backends have no reader.
 
 Why paramiko: a pure-Python SSH and SFTP client with no system ``ssh`` binary needed on the worker.
 Why tenacity: the bounded wait for a booting VM's SSH port is a retry with backoff, not a loop.

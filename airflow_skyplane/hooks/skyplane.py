@@ -17,6 +17,7 @@ configuration and the defaults". Any other id must exist.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import Any, ClassVar
 
 from airflow.sdk import BaseHook
 
-from airflow_skyplane.exceptions import ConnectionNotFoundError, InvalidInputError
+from airflow_skyplane.exceptions import ConnectionNotFoundError, InvalidInputError, SkyplaneError
 from airflow_skyplane.transfer.options import COMPRESSION_MODES
 
 RELAY_BACKENDS = ("local", "aws", "gcp", "azure", "auto")
@@ -164,6 +165,17 @@ class SkyplaneSettings:
                     'such as ["aws:eu-*", "gcp:europe-*"]'
                 )
             return tuple(items)
+        if name == "worker_cidr":
+            try:
+                if not isinstance(raw, str) or "/" not in raw:
+                    raise ValueError(raw)
+                ipaddress.ip_network(raw, strict=False)
+            except ValueError:
+                raise InvalidInputError(
+                    f"{origin}: worker_cidr={raw!r} is not an address range: give the worker's public "
+                    "address as a CIDR, e.g. '203.0.113.7/32'"
+                ) from None
+            return raw
         if name == "relay_address":
             if raw not in ("public", "private"):
                 raise InvalidInputError(
@@ -190,6 +202,27 @@ class SkyplaneSettings:
         if not isinstance(raw, str) or not raw:
             raise InvalidInputError(f"{origin}: {name}={raw!r} must be a non-empty string")
         return raw
+
+    def check(self) -> None:
+        """What a transfer would find wrong in these settings before it starts, beyond each value's type
+        and range (checked on reading): the grid file loads, every allowed-region pattern matches a
+        region, and cloud relays have what they need. Contacts nothing."""
+        from airflow_skyplane.planner.network import NetworkModel
+        from airflow_skyplane.planner.regions import REGIONS, match_regions
+
+        if self.allowed_regions:
+            match_regions(list(self.allowed_regions), sorted(REGIONS))
+        if self.grid_path:
+            NetworkModel.from_csv(self.grid_path)
+        if self.relay_backend != "local" and not self.worker_cidr:
+            raise InvalidInputError(
+                f"relay_backend={self.relay_backend!r} rents relay VMs, whose SSH is admitted only from the "
+                "worker: set worker_cidr (the worker's public address, e.g. '203.0.113.7/32')"
+            )
+        if self.relay_backend == "azure" and not self.azure_resource_group:
+            raise InvalidInputError(
+                "relay_backend='azure' creates relays in a resource group: set azure_resource_group"
+            )
 
     def merged(self, overrides: Mapping[str, Any], *, origin: str) -> SkyplaneSettings:
         """These settings with ``overrides`` applied (validated like :meth:`from_mapping`)."""
@@ -232,6 +265,24 @@ class SkyplaneHook(BaseHook):
                 )
             },
         }
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Airflow's connection test (the UI's Test button, ``airflow connections test``): reads the
+        connection's extra over the ``[skyplane]`` configuration as a transfer would, and checks the
+        result (:meth:`SkyplaneSettings.check`). Returns ``(ok, message)``; contacts no cloud."""
+        try:
+            settings = self.get_settings()
+            settings.check()
+        except SkyplaneError as err:
+            return False, str(err)
+        extra = self._connection_extra()
+        config = _config_section()
+        return True, (
+            f"skyplane settings are valid: relay_backend={settings.relay_backend}, objective="
+            f"{settings.objective}, chunk_size_mb={settings.chunk_size_mb}, connections_per_relay="
+            f"{settings.connections_per_relay}; {len(extra)} from connection {self.skyplane_conn_id!r}, "
+            f"{len(config)} from [skyplane] config, the rest defaults"
+        )
 
     def get_settings(self) -> SkyplaneSettings:
         settings = SkyplaneSettings.from_mapping(_config_section(), origin="Airflow config [skyplane]")

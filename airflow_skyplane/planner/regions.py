@@ -13,7 +13,9 @@ relative to each other, and callers can override them through :class:`ProviderLi
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from airflow_skyplane.exceptions import InvalidInputError
@@ -248,6 +250,37 @@ def match_regions(patterns: list[str] | tuple[str, ...], regions: list[str] | tu
             )
         chosen.update(hits)
     return sorted(chosen)
+
+
+def nearest_names(name: str, known: Iterable[str], n: int = 3, cutoff: float = 0.6) -> list[str]:
+    """Up to ``n`` names of ``known`` spelled most like ``name``, best first (none below ``cutoff``).
+
+    A name is compared whole and without its provider prefix, so ``azure:europe-west4-a`` (the wrong
+    cloud) and ``europe-west4`` (no cloud, no zone) both find ``gcp:europe-west4-a``.
+    """
+    query = str(name).strip().lower()
+    bare = query.split(":", 1)[-1]
+    scored = []
+    for candidate in known:
+        low = candidate.lower()
+        score = max(
+            difflib.SequenceMatcher(None, query, low).ratio(),
+            difflib.SequenceMatcher(None, bare, low.split(":", 1)[-1]).ratio(),
+        )
+        if score >= cutoff:
+            scored.append((-score, candidate))
+    scored.sort()
+    # names much further than the best one only add noise
+    return [c for neg, c in scored[:n] if neg <= scored[0][0] + 0.05]
+
+
+def did_you_mean(name: str, known: Iterable[str], n: int = 3) -> str:
+    """``"did you mean gcp:europe-west4-a?"`` (or ``"... a or b?"``), or ``""`` when nothing is close."""
+    names = nearest_names(name, known, n)
+    if not names:
+        return ""
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+    return f"did you mean {listed}?"
 
 
 # -- egress prices, USD per GB ------------------------------------------------------------------

@@ -7,7 +7,7 @@ range, write (whole or multipart), delete. What a store cannot do natively is fl
 Adapters import no Airflow: they wrap an SDK client (boto3, google-cloud-storage, azure-storage-blob)
 that the caller builds. Inside a task, :func:`airflow_skyplane.hooks.storage.open_store` builds the
 client from the Airflow hooks and their connections; on a relay, the gateway builds it from the
-short-lived credentials of its program.
+credentials in its program (the task connection's own).
 
 Keys are relative to the store's bucket (or container, or root directory). Listings stream: an
 adapter asks the store for one page at a time and never holds the whole listing in memory; keys come

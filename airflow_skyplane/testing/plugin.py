@@ -14,16 +14,57 @@ Fixtures:
 
 The servers start only when a test asks for a fixture, and stop at the end of the session. Importing
 this plugin imports neither Airflow nor the cloud SDKs.
+
+Tests that need something of the machine (root, a Debian package, Azurite; see
+:mod:`airflow_skyplane.testing.requirements`) say so with the ``requires`` marker,
+``@pytest.mark.requires("netns", "sshd")``, or call :func:`require` (or :func:`skip_missing` with
+their own reason, for data of their own). Without it they are skipped with the reason, always through
+:class:`MissingRequirement`, so that a ``conftest.py`` can tell these skips from the others (this
+project's fails them under ``CI=true``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
+from _pytest.outcomes import Skipped
 
+from airflow_skyplane.testing import requirements
 from airflow_skyplane.testing.sky import EmulatedSky, patched_environ
+
+
+class MissingRequirement(Skipped):
+    """A skip because the machine lacks a tool, a package or data the test needs."""
+
+
+def skip_missing(reason: str) -> NoReturn:
+    """Skip the running test because something it needs is missing here (``reason`` says what)."""
+    raise MissingRequirement(reason)
+
+
+def require(*names: str) -> None:
+    """Skip the running test unless the machine has every requirement ``names`` names."""
+    why = requirements.missing(*names)
+    if why:
+        skip_missing(why)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "requires(*names): skip unless the machine has these (airflow_skyplane.testing.requirements)",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)  # before fixtures: an emulated WAN is not built for a test that skips
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("requires"):
+        why = requirements.missing(*mark.args)
+        if why:
+            raise MissingRequirement(why, _use_item_location=True)
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +86,7 @@ def sky_bucket(emulated_sky: EmulatedSky, tmp_path: Path) -> Iterator[Callable[[
             root.mkdir()
             return f"file://{root}"
         if service in emulated_sky.missing:
-            pytest.skip(emulated_sky.missing[service])
+            skip_missing(emulated_sky.missing[service])
         return emulated_sky.make_bucket(service)
 
     yield make

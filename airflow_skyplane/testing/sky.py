@@ -17,7 +17,7 @@ connection, ``WasbHook`` through an Azurite connection string.
 Azurite is found through ``SKYPLANE_AZURITE_BIN``, then ``.cache/azurite`` (where ``make install``
 puts it) in the working directory, the package's source folder or one of their parents, then
 ``azurite-blob`` on ``PATH``. Without it the sky has no Azure Blob, and :attr:`EmulatedSky.missing`
-says why.
+says why and how to install it; so it does for moto and gcp-storage-emulator (the ``sky`` extra).
 
 This module imports no Airflow; it only writes connection URIs into the environment.
 """
@@ -25,6 +25,7 @@ This module imports no Airflow; it only writes connection URIs into the environm
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -66,6 +67,29 @@ def find_azurite() -> str | None:
         if os.access(candidate, os.X_OK):
             return str(candidate)
     return shutil.which("azurite-blob")
+
+
+#: the Python modules each Python emulator needs (moto's server runs on Flask)
+_EMULATOR_MODULES = {"s3": ("moto", "flask"), "gs": ("gcp_storage_emulator",)}
+_EMULATOR_NAMES = {"s3": "moto (the S3 emulator)", "gs": "gcp-storage-emulator (the GCS emulator)"}
+
+
+def missing_emulator(service: str) -> str | None:
+    """Why ``service`` cannot be emulated here and the command that fixes it, or None when it can."""
+    if service == "az":
+        if find_azurite():
+            return None
+        return (
+            "Azurite not found (the Azure Blob emulator): run 'make install' in a checkout (it needs npm), "
+            "or 'npm install -g azurite', or set SKYPLANE_AZURITE_BIN to an azurite-blob executable"
+        )
+    for module in _EMULATOR_MODULES.get(service, ()):
+        if importlib.util.find_spec(module) is None:
+            return (
+                f"{_EMULATOR_NAMES[service]} is not installed (no module {module!r}): "
+                "pip install 'airflow-skyplane[sky]', or run 'make install' in a checkout"
+            )
+    return None
 
 
 def emulator_argv(service: str, host: str, port: int, azurite: str | None = None) -> tuple[list[str], str]:
@@ -192,12 +216,11 @@ class EmulatedSky:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.missing: dict[str, str] = {}
         self._servers: dict[str, EmulatorServer] = {}
+        for service in services:
+            why = missing_emulator(service)
+            if why:
+                self.missing[service] = why
         azurite = find_azurite() if "az" in services else None
-        if "az" in services and azurite is None:
-            self.missing["az"] = (
-                "Azurite not found: run 'make install' (it needs npm), or set SKYPLANE_AZURITE_BIN to "
-                "an azurite-blob executable"
-            )
         names = {"s3": ("moto", "moto.log"), "gs": ("gcp-storage-emulator", "gcs.log"),
                  "az": ("azurite", "azurite.log")}  # fmt: skip
         for service in (s for s in SERVICES if s in services and s not in self.missing):
@@ -233,6 +256,11 @@ class EmulatedSky:
     @property
     def services(self) -> tuple[str, ...]:
         return tuple(self._servers)
+
+    @property
+    def servers(self) -> dict[str, EmulatorServer]:
+        """The emulator of each service (its process, address and log)."""
+        return dict(self._servers)
 
     def pids(self) -> list[int]:
         return [s.process.pid for s in self._servers.values() if s.process is not None]

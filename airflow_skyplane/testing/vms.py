@@ -172,7 +172,7 @@ class EmulatedVMs:
             public_key,
             address=address,
             port=self.ssh_port,
-            extra_config=[f"SetEnv {MARKER}={instance_id.replace('/', '.')}"],
+            extra_config=[f"SetEnv {_marker(instance_id)}"],
         )
         sshd.start()
         self.sshd[instance_id] = sshd
@@ -183,7 +183,7 @@ class EmulatedVMs:
         sshd = self.sshd.pop(instance_id, None)
         if sshd is not None:
             sshd.stop()
-        for pid in processes_of(instance_id.replace("/", ".")):
+        for pid in processes_of(instance_id):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -193,9 +193,16 @@ class EmulatedVMs:
         return sorted({pid for instance in self.started for pid in processes_of(instance)})
 
 
+def _marker(instance_id: str) -> str:
+    """The variable set in every process an emulated VM's sshd starts (``/`` of a GCE zone/name id
+    made ``.``, as sshd_config's ``SetEnv`` takes it)."""
+    return f"{MARKER}={instance_id.replace('/', '.')}"
+
+
 def processes_of(instance_id: str | None) -> list[int]:
     """Pids of processes started through an emulated VM's sshd (any VM's when ``instance_id`` is None)."""
-    wanted = f"{MARKER}={instance_id}".encode() if instance_id else f"{MARKER}=".encode()
+    wanted = _marker(instance_id).encode() if instance_id else f"{MARKER}=".encode()
+    exact = instance_id is not None
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -204,6 +211,6 @@ def processes_of(instance_id: str | None) -> list[int]:
             environ = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if any(var.startswith(wanted) for var in environ.split(b"\0")):
+        if any(var == wanted if exact else var.startswith(wanted) for var in environ.split(b"\0")):
             pids.append(int(entry.name))
     return pids

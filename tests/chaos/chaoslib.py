@@ -32,7 +32,8 @@ from airflow_skyplane.transfer.job import TransferJob
 FULL_TIER = os.environ.get("SKYPLANE_CHAOS_FULL") == "1"
 CUT_SECONDS = float(os.environ.get("SKYPLANE_CHAOS_CUT_S", "3"))
 LOAD_OBJECTS = int(os.environ.get("SKYPLANE_CHAOS_LOAD_OBJECTS", "2000"))
-LOAD_DAG_RUNS = int(os.environ.get("SKYPLANE_CHAOS_DAG_RUNS", "0"))
+#: concurrent DAG runs of the load suite: a full-tier test, so only make chaos runs them
+LOAD_DAG_RUNS = int(os.environ.get("SKYPLANE_CHAOS_DAG_RUNS", "8" if FULL_TIER else "0"))
 
 
 @dataclass

@@ -29,7 +29,7 @@ from typing import Any
 import boto3
 import pytest
 from botocore.config import Config
-from chaoslib import CUT_SECONDS, FULL_TIER, audit, drive, kill_gateway, local_store, own_namespaces
+from chaoslib import CUT_SECONDS, audit, drive, kill_gateway, local_store, own_namespaces
 
 from airflow_skyplane.exceptions import TransferError
 from airflow_skyplane.storage.local import LocalStore
@@ -44,8 +44,7 @@ from airflow_skyplane.transfer.job import Hop, Overlay, TransferJob
 MiB = 1024 * 1024
 RELAYED = Overlay("source", "destination", [Hop("source", "relay", 4), Hop("relay", "destination", 4)])
 SRC, RELAY, DST = "aws:us-east-1", "aws:us-west-2", "aws:eu-west-1"
-_no_wan = wanfaults.missing_requirements()
-needs_wan = pytest.mark.skipif(_no_wan is not None, reason=_no_wan or "")
+needs_wan = pytest.mark.requires("netns", "nft")
 
 
 def _dataset(root: Path, n: int = 6, size: int = 3 * MiB, seed: int = 1) -> dict[str, bytes]:
@@ -185,9 +184,9 @@ def test_a_source_object_overwritten_during_the_transfer(
         )  # fmt: skip
         outcome, detail = drive(job, lambda: direct.put("in/table.bin", new))
         proxy.clear()
-    # either version whole, never a mix of both; a failure must say the source changed
-    if outcome == "failed":
-        assert "changed during the transfer" in str(detail), detail
+    # a striped object that changed mid-way fails the transfer, and nothing is written for it
+    assert outcome == "failed" and "changed during the transfer" in str(detail), detail
+    assert "table.bin" not in {info.key for info in dst.list()}
     audit(
         request, fault="source object overwritten mid-transfer", backend="local", outcome=outcome,
         expected={"table.bin": [old, new], "steady.txt": b"unchanged\n"}, destination=dst,
@@ -247,9 +246,7 @@ def _source_status(state: Path) -> dict[str, Any] | None:
         "while_starting",
         pytest.param(
             "while_sending",
-            marks=pytest.mark.skipif(
-                not FULL_TIER, reason="a minute of Airflow start-up: make chaos runs it"
-            ),
+            marks=pytest.mark.full_tier(reason="a minute of Airflow start-up"),
         ),
     ],
 )

@@ -65,8 +65,7 @@ def test_one_transfer_of_many_small_objects(tmp_path: Path, request: pytest.Fixt
 
 @pytest.mark.slow
 @pytest.mark.airflow
-@pytest.mark.skipif(
-    LOAD_DAG_RUNS < 2,
+@pytest.mark.full_tier(
     reason="concurrent DAG runs cost about a minute of CPU per run: make chaos runs 8 "
     "(SKYPLANE_CHAOS_DAG_RUNS); make test runs one backfill in tests/dags",
 )

@@ -15,7 +15,6 @@ import json
 import os
 import random
 import select
-import shutil
 import signal
 import socket
 import stat
@@ -32,9 +31,8 @@ from chaoslib import drive, local_store, own_namespaces
 from airflow_skyplane.compute.local import LocalRelayBackend
 from airflow_skyplane.hooks.storage import open_store
 from airflow_skyplane.storage.local import LocalStore
-from airflow_skyplane.testing.netns import EmulatedWAN, missing_requirements
+from airflow_skyplane.testing.netns import EmulatedWAN
 from airflow_skyplane.testing.sky import AZURITE_KEY
-from airflow_skyplane.testing.sshd import find_sshd
 from airflow_skyplane.testing.wan_relays import WANSSHRelayBackend
 from airflow_skyplane.transfer.control import status as gateway_status
 from airflow_skyplane.transfer.job import Hop, Overlay, TransferJob
@@ -43,16 +41,7 @@ MiB = 1024 * 1024
 SRC, RELAY, DST = "aws:us-east-1", "aws:us-west-2", "aws:eu-west-1"
 MARKER = b"MARKER-9f2c41-DO-NOT-LEAK-MARKER"
 CONTROL = b"CONTROL-3b7e55-PLAINTEXT-ON-PURPOSE"
-_why = (
-    missing_requirements()
-    or (
-        "the wire capture needs `tcpdump` (Debian package tcpdump)"
-        if shutil.which("tcpdump") is None
-        else None
-    )
-    or ("relays over SSH need `sshd` (Debian package openssh-server)" if find_sshd() is None else None)
-)
-needs_wan = pytest.mark.skipif(_why is not None, reason=_why or "")
+needs_wan = pytest.mark.requires("netns", "tcpdump", "sshd")
 
 
 def _marked_source(root: Path) -> dict[str, bytes]:

@@ -19,9 +19,9 @@ from airflow_skyplane.compute.ssh import (
     SSHKeyPair,
     package_zip,
 )
-from airflow_skyplane.testing.sshd import LocalSSHD, find_sshd, free_port
+from airflow_skyplane.testing.sshd import LocalSSHD, free_port
 
-pytestmark = pytest.mark.skipif(find_sshd() is None, reason="needs sshd (Debian package openssh-server)")
+pytestmark = pytest.mark.requires("sshd")
 
 
 @pytest.fixture(scope="module")

@@ -28,10 +28,9 @@ from airflow_skyplane.compute.relays import RelayCapacityError
 from airflow_skyplane.exceptions import TransferError
 from airflow_skyplane.operators.transfer import SkyplaneTransferOperator
 from airflow_skyplane.testing.sky import AZURITE_KEY, EmulatedSky
-from airflow_skyplane.testing.sshd import find_sshd
 from airflow_skyplane.testing.vms import EmulatedVMs
 
-pytestmark = pytest.mark.skipif(find_sshd() is None, reason="needs sshd (Debian package openssh-server)")
+pytestmark = pytest.mark.requires("sshd")
 
 REGIONS = ["aws:us-east-1", "aws:eu-west-1", "aws:us-west-2", "aws:eu-central-1"]
 MiB = 1024 * 1024

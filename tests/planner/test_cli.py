@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from airflow_skyplane.testing.plugin import require, skip_missing
+
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 CALIBRATION = SHARED / "throughput_grid_calibration.csv"
 
@@ -41,7 +43,7 @@ def test_plan_json() -> None:
 
 
 def test_plan_table_and_png(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib", reason="--png needs matplotlib")
+    require("matplotlib")  # --png draws with it
     png = tmp_path / "p.png"
     done = run("plan", "aws:us-east-1", "gcp:europe-west4-a", "azure:westeurope", "--png", str(png))
     assert done.returncode == 0, done.stderr
@@ -51,7 +53,7 @@ def test_plan_table_and_png(tmp_path: Path) -> None:
 
 def test_plan_with_grid_and_deadline() -> None:
     if not CALIBRATION.exists():
-        pytest.skip(f"{CALIBRATION} is absent (shared reference data beside the repository)")
+        skip_missing(f"{CALIBRATION} is absent (shared reference data beside the repository)")
     done = run(
         "plan", "gcp:us-central1-a", "aws:eu-west-1", "--grid", str(CALIBRATION),
         "--size-gb", "100", "--deadline-s", "300", "--max-vms-per-region", "4", "--json",
@@ -65,7 +67,11 @@ def test_plan_with_grid_and_deadline() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["plan", "aws:moon-1", "aws:eu-west-1"], "unknown region 'aws:moon-1': known regions look like"),
+        (["plan", "aws:moon-1", "aws:eu-west-1"], "unknown region 'aws:moon-1' (SRC): did you mean"),
+        (
+            ["plan", "aws:us-east-1", "azure:europe-west4-a"],
+            "unknown region 'azure:europe-west4-a' (DST): did you mean gcp:europe-west4-a? names look like",
+        ),
         (
             ["plan", "aws:us-east-1", "aws:eu-west-1", "--max-cost-per-gb", "0.001"],
             "raise it to at least 0.02",

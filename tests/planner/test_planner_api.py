@@ -9,6 +9,7 @@ import pytest
 
 from airflow_skyplane.exceptions import InfeasiblePlanError, InvalidInputError
 from airflow_skyplane.planner import NetworkModel, Region, TransferPlan, plan_transfer
+from airflow_skyplane.testing.plugin import require
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +177,7 @@ def test_table_names_the_regions(overlay_plan: TransferPlan) -> None:
 
 
 def test_png_is_written(overlay_plan: TransferPlan, tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib", reason="matplotlib draws the overlay picture")
+    require("matplotlib")  # it draws the overlay picture
     out = tmp_path / "plan.png"
     overlay_plan.to_png(str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

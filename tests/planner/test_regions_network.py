@@ -13,6 +13,7 @@ from airflow_skyplane.planner import REGIONS, NetworkModel, read_grid_csv
 from airflow_skyplane.planner.accuracy import spearman
 from airflow_skyplane.planner.network import export_rows, great_circle_km
 from airflow_skyplane.planner.regions import match_regions, resolve_region
+from airflow_skyplane.testing.plugin import skip_missing
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 CALIBRATION = SHARED / "throughput_grid_calibration.csv"
@@ -21,7 +22,7 @@ AWS_COSTS = SHARED / "aws_transfer_costs.csv"
 
 def _need(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"{path} is absent (the shared reference data lives beside the repository in ../shared)")
+        skip_missing(f"{path} is absent (the shared reference data lives beside the repository in ../shared)")
     return path
 
 

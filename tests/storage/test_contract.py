@@ -18,6 +18,7 @@ from airflow_skyplane.storage.base import ObjectStore
 from airflow_skyplane.storage.checksums import compute
 from airflow_skyplane.storage.local import LocalStore
 from airflow_skyplane.storage.uri import parse_uri
+from airflow_skyplane.testing.plugin import require
 from airflow_skyplane.testing.sky import EmulatedSky
 
 STORES = ["file", "s3", "gs", "az"]
@@ -259,7 +260,9 @@ def test_invalid_keys_are_rejected_before_any_write(store: ObjectStore) -> None:
 def test_crc32c_of_parts_combines_to_the_crc32c_of_the_whole() -> None:
     import random
 
-    google_crc32c = pytest.importorskip("google_crc32c")
+    require("google_crc32c")
+    import google_crc32c
+
     from airflow_skyplane.storage.checksums import compute, from_part_crc32cs
 
     rng = random.Random(7)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from airflow_skyplane.testing.sky import AZURITE_KEY, EmulatedSky, find_azurite
+from airflow_skyplane.testing.plugin import require
+from airflow_skyplane.testing.sky import AZURITE_KEY, EmulatedSky
 
 
 def _alive(pid: int) -> bool:
@@ -63,8 +64,7 @@ def test_unknown_service_is_rejected(tmp_path: Path) -> None:
 
 
 def test_demo_runs_the_nightly_dag_twice_and_leaks_no_secret(tmp_path: Path) -> None:
-    if not find_azurite():
-        pytest.skip("the demo replicates to Azure Blob: Azurite is not installed (make install)")
+    require("azurite")  # the demo replicates to Azure Blob
     result = subprocess.run(
         [sys.executable, "-m", "airflow_skyplane.demo", "--mib", "48", "--output", str(tmp_path)],
         capture_output=True,
