@@ -112,14 +112,15 @@ def shapes() -> list[Shape]:
               one((45, 16), (360, 16), (360, 16)), 360),
         Shape("relay-3x-k32", "one relay, relay path 3x direct, flows 1/32 of a link",
               one((100, 32), (300, 32), (300, 32)), 300),
-        Shape("relay-2x-asym-k8", "one relay, hops of unequal rates (the slower one bounds), 2x direct",
+        Shape("split-2.4x-asym-k8", "relay hops of unequal rates (the slower bounds the path), the "
+              "direct path beside it",
               one((120, 8), (400, 8), (240, 16)), 400),
         Shape("two-relays-4x-k8", "two relays in series, relay path 4x direct, flows 1/8 of a link",
               two((75, 8), (300, 8)), 300),
         Shape("two-relays-6x-k16", "two relays in series, relay path 6x direct, flows 1/16 of a link",
               two((50, 16), (300, 16)), 300),
-        Shape("split-2x-k4", "direct and relay paths both used (the VM caps allow their sum), 2x direct",
-              one((150, 4), (150, 4), (150, 4)), 300),
+        Shape("split-2x-k16", "the plan sends over the direct path and the relay path at once, 2.15x direct",
+              one((130, 16), (520, 16), (200, 16)), 400),
         Shape("direct-best-k8", "the direct path is best: relay hops slower than it",
               one((300, 8), (150, 8), (150, 8)), 300),
     ]  # fmt: skip
