@@ -876,11 +876,6 @@ class _SendAll(Protocol):
 
 
 @runtime_checkable
-class _SendParts(Protocol):
-    def sendall_parts(self, parts: Sequence[BytesLike], /) -> object: ...
-
-
-@runtime_checkable
 class _Write(Protocol):
     def write(self, data: BytesLike, /) -> int | None: ...
 
@@ -941,8 +936,6 @@ def write_frame(
     prefix = _PREFIX.pack(MAGIC, kind, header_length, payload_length)
     if payload_length <= _COALESCE_BYTES:
         _send(stream, b"".join((prefix, header, payload)))
-    elif isinstance(stream, _SendParts):  # a gateway's TLS stream: one write, nothing joined
-        stream.sendall_parts((b"".join((prefix, header)), payload))
     else:
         _send(stream, b"".join((prefix, header)))
         _send(stream, memoryview(payload).cast("B"))

@@ -450,8 +450,7 @@ def client_context(
     return context
 
 
-def refused(err: BaseException, peer: str) -> AuthenticationError:
-    """The error of a failed handshake, naming the peer and the likely causes."""
+def _refused(err: BaseException, peer: str) -> AuthenticationError:
     reason = getattr(err, "reason", None) or type(err).__name__
     detail = getattr(err, "verify_message", None) or str(err)
     return AuthenticationError(
@@ -460,8 +459,7 @@ def refused(err: BaseException, peer: str) -> AuthenticationError:
     )
 
 
-def peer_address(sock: socket.socket) -> str:
-    """``host:port`` of a connected socket's peer, for errors."""
+def _address(sock: socket.socket) -> str:
     try:
         host, port = sock.getpeername()[:2]
     except OSError:
@@ -474,14 +472,14 @@ def server_handshake(
 ) -> ssl.SSLSocket:
     """Wrap an accepted socket and finish the handshake; a peer that fails is closed and reported
     as :class:`AuthenticationError` before any application byte is read from it."""
-    peer = peer_address(sock)
+    peer = _address(sock)
     previous = sock.gettimeout()
     sock.settimeout(timeout)
     try:
         tls_sock = context.wrap_socket(sock, server_side=True)
     except (ssl.SSLError, OSError) as exc:
         sock.close()
-        raise refused(exc, peer) from exc
+        raise _refused(exc, peer) from exc
     tls_sock.settimeout(previous)
     return tls_sock
 
@@ -498,14 +496,14 @@ def client_handshake(
     In TLS 1.3 the server checks the client's certificate after the client has finished its side of
     the handshake, so a server that rejects *this* client shows up as an error on the first read.
     """
-    peer = peer_address(sock)
+    peer = _address(sock)
     previous = sock.gettimeout()
     sock.settimeout(timeout)
     try:
         tls_sock = context.wrap_socket(sock, server_hostname=server_hostname)
     except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
         sock.close()
-        raise refused(exc, peer) from exc
+        raise _refused(exc, peer) from exc
     tls_sock.settimeout(previous)
     return tls_sock
 

@@ -37,8 +37,10 @@ import ctypes.util
 import itertools
 import json
 import os
+import select
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -54,7 +56,6 @@ from airflow_skyplane.gateway.flow import ByteBudget, Dispatcher, Link
 from airflow_skyplane.gateway.program import NextHop, Program
 from airflow_skyplane.gateway.stores import open_spec
 from airflow_skyplane.gateway.storeside import DestinationWriter, Report, SourceReader, StorePool
-from airflow_skyplane.gateway.tlsstream import TLSStream
 from airflow_skyplane.storage.base import MultipartUpload
 
 HANDSHAKE_TIMEOUT = 10.0
@@ -255,7 +256,7 @@ class Worker:
             self.report.send({"t": "finished"})
 
     # -- sending ---------------------------------------------------------------------------------
-    def connect(self, hop: NextHop) -> TLSStream:
+    def connect(self, hop: NextHop) -> ssl.SSLSocket:
         last: Exception | None = None
         for attempt in range(40):
             if self.stop.is_set():
@@ -263,7 +264,9 @@ class Worker:
             try:
                 raw = socket.create_connection((hop.host, hop.port), timeout=HANDSHAKE_TIMEOUT)
                 raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                return TLSStream.handshake(self.client_ctx, raw, server_side=False, timeout=HANDSHAKE_TIMEOUT)
+                sock = tls.client_handshake(self.client_ctx, raw, timeout=HANDSHAKE_TIMEOUT)
+                sock.settimeout(None)
+                return sock
             except OSError as err:
                 last = err
                 time.sleep(min(0.05 * (attempt + 1), 0.5))
@@ -351,7 +354,8 @@ class Worker:
 
     def _receiver(self, raw: socket.socket) -> None:
         try:
-            sock = TLSStream.handshake(self.server_ctx, raw, server_side=True, timeout=HANDSHAKE_TIMEOUT)
+            sock = tls.server_handshake(self.server_ctx, raw, timeout=HANDSHAKE_TIMEOUT)
+            sock.settimeout(None)
         except (OSError, ProtocolError) as err:
             # not an error of the transfer: count it and drop the peer, no byte of a frame was read
             self.report.add(rejected_peers=1)
@@ -362,7 +366,7 @@ class Worker:
         try:
             while not self.stop.is_set():
                 # wait for the next frame without holding any budget, so idle connections cost none
-                if not sock.wait_readable(0.5):
+                if not sock.pending() and not select.select([sock], [], [], 0.5)[0]:
                     continue
                 ftype, header, length = proto.read_frame_head(sock)
                 if ftype == proto.CLOSE:
@@ -383,7 +387,7 @@ class Worker:
             with contextlib.suppress(OSError):
                 sock.close()
 
-    def _relay(self, sock: TLSStream, ftype: proto.FrameType, header: bytes, length: int) -> None:
+    def _relay(self, sock: ssl.SSLSocket, ftype: proto.FrameType, header: bytes, length: int) -> None:
         """Hand the frame to a next hop at once, fill its payload as it arrives, and ACK it upstream
         once all of it is here (the budget is given back when the next hop ACKs it)."""
         if not self.budget.acquire(length, self.stop):
@@ -405,7 +409,7 @@ class Worker:
         assert frame.ack_id is not None
         proto.write_frame(sock, proto.ACK, proto.Ack(self.transfer_id, (frame.ack_id,)).pack())
 
-    def _receive_whole(self, sock: TLSStream, ftype: proto.FrameType, header: bytes, length: int) -> None:
+    def _receive_whole(self, sock: ssl.SSLSocket, ftype: proto.FrameType, header: bytes, length: int) -> None:
         """Read a whole frame, write its chunks (and pass it on, on a relay that also writes), answer it."""
         raw = proto.ChunkHeader.unpack(header).raw_length if ftype == proto.CHUNK else BATCH_RAW_BYTES
         held = length + raw
