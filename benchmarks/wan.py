@@ -263,7 +263,11 @@ class Sampler:
             for pid in pids:
                 got = proc_figures(pid)
                 if got is not None:
-                    self.last.setdefault(gid, {})[pid] = got
+                    # a process that has exited but is not yet reaped reads as no memory at all: keep
+                    # the largest figures seen, so its peak is not overwritten by that last look
+                    seen = self.last.setdefault(gid, {})
+                    cpu, hwm = seen.get(pid, (0.0, 0.0))
+                    seen[pid] = (max(cpu, got[0]), max(hwm, got[1]))
 
     def _run(self) -> None:
         while not self._stop.wait(0.25):
