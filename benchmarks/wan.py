@@ -217,8 +217,11 @@ def empty_bucket(client: Any, bucket: str) -> tuple[int, int]:
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def proc_figures(pid: int) -> tuple[float, float] | None:
-    """(CPU seconds, peak RSS in MB) of a live process, from /proc."""
+def proc_figures(pid: int) -> tuple[float, float, float] | None:
+    """(CPU seconds, peak RSS in MB, CPU seconds in the kernel) of a live process, from /proc.
+
+    The kernel's share matters here: a veth hands each packet to the receiving namespace's network
+    stack in the sender's context, so a gateway's system time also holds the emulated links' work."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         fields = stat[stat.rindex(")") + 2 :].split()
@@ -227,7 +230,7 @@ def proc_figures(pid: int) -> tuple[float, float] | None:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 hwm = int(line.split()[1]) / 1024
-        return cpu, hwm
+        return cpu, hwm, int(fields[12]) / _TICKS
     except (OSError, ValueError, IndexError):
         return None
 
@@ -245,7 +248,7 @@ class Sampler:
 
     def __init__(self, pids: Callable[[], dict[str, list[int]]]) -> None:
         self._pids = pids
-        self.last: dict[str, dict[int, tuple[float, float]]] = {}
+        self.last: dict[str, dict[int, tuple[float, float, float]]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -266,8 +269,8 @@ class Sampler:
                     # a process that has exited but is not yet reaped reads as no memory at all: keep
                     # the largest figures seen, so its peak is not overwritten by that last look
                     seen = self.last.setdefault(gid, {})
-                    cpu, hwm = seen.get(pid, (0.0, 0.0))
-                    seen[pid] = (max(cpu, got[0]), max(hwm, got[1]))
+                    before = seen.get(pid, (0.0, 0.0, 0.0))
+                    seen[pid] = (max(before[0], got[0]), max(before[1], got[1]), max(before[2], got[2]))
 
     def _run(self) -> None:
         while not self._stop.wait(0.25):
@@ -276,9 +279,10 @@ class Sampler:
     def totals(self) -> dict[str, dict[str, float]]:
         return {
             gid: {
-                "cpu_s": round(sum(c for c, _ in procs.values()), 3),
-                "peak_rss_mb": round(sum(h for _, h in procs.values()), 1),
-                "peak_rss_mb_largest_process": round(max((h for _, h in procs.values()), default=0.0), 1),
+                "cpu_s": round(sum(c for c, _, _ in procs.values()), 3),
+                "kernel_cpu_s": round(sum(k for _, _, k in procs.values()), 3),
+                "peak_rss_mb": round(sum(h for _, h, _ in procs.values()), 1),
+                "peak_rss_mb_largest_process": round(max((h for _, h, _ in procs.values()), default=0.0), 1),
                 "processes": len(procs),
             }
             for gid, procs in self.last.items()
@@ -382,7 +386,7 @@ class Testbed:
 
 
 def cpu_of(pids: list[int]) -> float:
-    return sum((proc_figures(p) or (0.0, 0.0))[0] for p in pids)
+    return sum((proc_figures(p) or (0.0, 0.0, 0.0))[0] for p in pids)
 
 
 # -- contenders ------------------------------------------------------------------------------------
@@ -459,6 +463,7 @@ def run_ours(
             "role": role.get(gid, "relay"),
             **figures,
             "cpu_s_per_gb": round(figures["cpu_s"] / gb, 3),
+            "kernel_cpu_s_per_gb": round(figures["kernel_cpu_s"] / gb, 3),
             "budget_mb": job.tuning.budget_mb.get(gid),
             "workers": statuses.get(gid, {}).get("workers"),
             "chunks_received": statuses.get(gid, {}).get("chunks_received"),
