@@ -1,14 +1,19 @@
 """Data-plane figures: relay-pair throughput against iperf3, lz4, small objects, gateway memory.
 
 Runs real gateway processes (the local relay backend) between two local stores on a tmpfs
-(``/dev/shm`` when present), so the disk stays out of the measurement. Prints one JSON object per
-measurement and, last, one JSON object with the keys ``iperf3_gbps``, ``ratio_plain``,
-``ratio_aesgcm``, ``lz4_gain``, ``wire_to_raw``, ``small_objects_per_s``,
-``small_objects_per_s_end_to_end``, ``gateway_peak_rss_mb``.
+(``/dev/shm`` when present), so the disk stays out of the measurement, with the settings a user gets
+(chunk size, window and budget derived by ``transfer/tuning.py``). The throughput runs are made with
+one and with two worker processes per gateway. Prints one JSON object per measurement and, last, one
+JSON object with the keys ``iperf3_gbps``, ``ratio_plain_workers_1``, ``ratio_aesgcm_workers_1``,
+``ratio_plain_workers_2``, ``ratio_aesgcm_workers_2``, ``lz4_gain``, ``wire_to_raw``,
+``small_objects_per_s``, ``small_objects_per_s_end_to_end``, ``gateway_peak_rss_mb`` and
+``rss_within_budget`` (every gateway's peak RSS, its processes summed, at most its byte budget +
+150 MB).
 
-``small_objects_per_s`` is the source gateway's rate, from its start to the last acknowledged chunk:
-the listing, the gateways' start and the controller's verification of every object are not in it.
-``small_objects_per_s_end_to_end`` is over the whole ``TransferJob.run()``, those included.
+``small_objects_per_s`` is the data plane's rate, from the first byte read at the source to the last
+chunk written at the destination: the listing, the gateways' start and the controller's verification
+of every object are not in it. ``small_objects_per_s_end_to_end`` is over the whole
+``TransferJob.run()``, those included.
 
     python benchmarks/dataplane.py [--gib 2] [--rss-gib 4] [--streams 8]
 
@@ -75,14 +80,20 @@ def write_text(root: Path, gib: float) -> None:
             f.write(rows)
 
 
+#: what a gateway may hold beyond its byte budget: the interpreter, the SDKs, TLS and socket buffers
+RSS_OVERHEAD_MB = 150
+
+
 def transfer(
-    work: Path, src: Path, name: str, *, streams: int, wan: object | None = None, **options: object
-) -> dict:
+    work: Path, src: Path, name: str, *, streams: int, wan: object | None = None, workers: int | None = None,
+    **options: object,
+) -> dict:  # fmt: skip
     dst = work / f"dst-{name}"
     dst.mkdir()
     regions = {"source": "a", "destination": "b"} if wan is not None else {}
     overlay = Overlay("source", "destination", [Hop("source", "destination", streams)], regions)
     backend = LocalRelayBackend(work / f"fleet-{name}", wan=wan)
+    backend.gateway_workers = workers  # None: a fair share of this machine's CPUs each
     job = TransferJob(
         LocalStore(src), "", LocalStore(dst), "", backend=backend, workdir=work / f"job-{name}",
         overlay=overlay, **options,  # type: ignore[arg-type]
@@ -90,14 +101,21 @@ def transfer(
     result = job.run()
     shutil.rmtree(dst)
     source = result.gateways["source"]
+    # the data plane: from the first byte read at the source to the last chunk written
+    seconds = result.gateways["destination"]["last_write_at"] - source["first_read_at"]
     figures = {
         "run": name,
         "objects": result.objects,
         "bytes": result.bytes,
         "wire_to_raw": round(result.wire_bytes / result.bytes, 4),
-        "source_seconds": source["seconds"],
-        "gbps": round(result.bytes * 8 / source["seconds"] / 1e9, 4),
+        "dataplane_seconds": round(seconds, 3),
+        "gbps": round(result.bytes * 8 / seconds / 1e9, 4),
+        "workers": {gid: s["workers"] for gid, s in result.gateways.items()},
+        "chunk_mib": job.tuning.chunk_size / MiB,
+        # per gateway: its processes' peak RSS summed (an upper bound of what it held at once), and its
+        # byte budget
         "peak_rss_mb": {gid: s["peak_rss_mb"] for gid, s in result.gateways.items()},
+        "budget_mb": dict(job.tuning.budget_mb),
     }
     print(json.dumps(figures), flush=True)
     return figures
@@ -119,8 +137,15 @@ def main() -> None:
         rand.mkdir()
         write_random(rand, args.gib)
         opts = {"streams": args.streams}
-        plain = transfer(work, rand, "plain", compress="never", encrypt=False, **opts)  # type: ignore[arg-type]
-        sealed = transfer(work, rand, "aesgcm", compress="auto", encrypt=True, **opts)  # type: ignore[arg-type]
+        ratios = {}
+        throughput_runs = []
+        for workers in (1, 2):
+            each = {"workers": workers, **opts}
+            plain = transfer(work, rand, f"plain-w{workers}", compress="never", encrypt=False, **each)  # type: ignore[arg-type]
+            sealed = transfer(work, rand, f"aesgcm-w{workers}", compress="auto", encrypt=True, **each)  # type: ignore[arg-type]
+            ratios[f"ratio_plain_workers_{workers}"] = round(plain["gbps"] / iperf, 4)
+            ratios[f"ratio_aesgcm_workers_{workers}"] = round(sealed["gbps"] / iperf, 4)
+            throughput_runs += [plain, sealed]
         shutil.rmtree(rand)
 
         text = work / "text"
@@ -157,21 +182,29 @@ def main() -> None:
         memory = transfer(work, big, "rss", **opts)  # type: ignore[arg-type]
         shutil.rmtree(big)
 
-        runs = (plain, sealed, without, with_lz4, many, memory)
+        runs = (*throughput_runs, without, with_lz4, many, memory)
         peak = max(v for run in runs for v in run["peak_rss_mb"].values())
+        over = [
+            f"{run['run']} {gid}: {rss} MB > {run['budget_mb'][gid]} + {RSS_OVERHEAD_MB}"
+            for run in runs for gid, rss in run["peak_rss_mb"].items()
+            if rss > run["budget_mb"][gid] + RSS_OVERHEAD_MB
+        ]  # fmt: skip
         print(json.dumps({
             "iperf3_gbps": round(iperf, 3),
-            "ratio_plain": round(plain["gbps"] / iperf, 4),
-            "ratio_aesgcm": round(sealed["gbps"] / iperf, 4),
+            **ratios,
             "lz4_gain": round(with_lz4["gbps"] / without["gbps"], 3),
             "lz4_link": link,
             "wire_to_raw": with_lz4["wire_to_raw"],
-            "small_objects_per_s": round(10_000 / many["source_seconds"], 1),  # sending only
+            "small_objects_per_s": round(10_000 / many["dataplane_seconds"], 1),  # the data plane only
             "small_objects_per_s_end_to_end": round(10_000 / many["end_to_end_seconds"], 1),
             # the highest peak of any gateway in any run, and the one of the large transfer
             "gateway_peak_rss_mb": peak,
             "gateway_peak_rss_mb_large_run": memory["peak_rss_mb"],
+            "gateway_budget_mb_large_run": memory["budget_mb"],
             "rss_run_gib": args.rss_gib,
+            "rss_within_budget": not over,
+            "rss_over_budget": over,
+            "machine": {"cpus": os.cpu_count(), "load_1m": round(os.getloadavg()[0], 2)},
         }))  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)

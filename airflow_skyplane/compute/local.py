@@ -92,11 +92,15 @@ class AttachedGateway(StartedGateway):
 class LocalRelayBackend:
     """Start, watch and stop the gateway processes of one transfer (a ``GatewayLauncher``)."""
 
-    def __init__(self, workdir: str | os.PathLike[str], fleet_id: str | None = None) -> None:
+    def __init__(
+        self, workdir: str | os.PathLike[str], fleet_id: str | None = None, *, workers: int | None = None
+    ) -> None:
         self.fleet_id = fleet_id or uuid.uuid4().hex[:12]
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.workdir, 0o700)
+        #: worker processes per gateway (None: each gets a fair share of this machine's CPUs)
+        self.gateway_workers = workers
         self.gateways: dict[str, Any] = {}
         self.detached = False
         atexit.register(self.teardown)
@@ -121,6 +125,12 @@ class LocalRelayBackend:
     @property
     def same_machine(self) -> bool:
         return True
+
+    @property
+    def shared_cpus(self) -> int:
+        """Every gateway of this backend runs on this machine: they share its CPUs (each gets a fair
+        share of worker processes, see transfer/tuning.py)."""
+        return os.cpu_count() or 1
 
     def listen_endpoint(self, region: str | None) -> tuple[str, int]:
         return ("0.0.0.0" if region else "127.0.0.1"), 0
@@ -253,6 +263,11 @@ class LocalRelayBackend:
 
     def teardown(self) -> None:
         atexit.unregister(self.teardown)
+        # ask every gateway to stop first, then wait for each: they wind down together
+        for gateway in list(self.gateways.values()):
+            if isinstance(gateway, LocalGateway) and gateway.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(gateway.process.pid, signal.SIGTERM)
         for gateway_id in list(self.gateways):
             self.stop(gateway_id)
         for path in self.workdir.glob("*.program.json"):

@@ -1,499 +1,272 @@
 """The gateway daemon: ``python -m airflow_skyplane.gateway --program FILE``.
 
-One process per relay. Its program (:mod:`.program`) says whether it reads, forwards or writes.
+One gateway per relay VM (or per region of the emulated WAN). Its program (:mod:`.program`) says
+whether it reads, forwards or writes. The gateway is a small **main process** and ``workers``
+**worker processes** (:mod:`.worker`; by default one per CPU), because the threads of one Python
+process share one interpreter lock and a relay VM has many cores.
 
-Threads, and the bounds that keep memory flat whatever the transfer size:
+The main process imports neither the store SDKs nor the cryptography, so it is listening and
+serving its status a fraction of a second after it starts, while its workers import and open their
+stores; the controller starts the next gateway meanwhile. It:
 
-* **senders**: ``connections`` threads per next hop, each with its own mutual-TLS connection and one
-  frame in flight. A reading gateway's senders take chunk requests from their hop's queue, read the
-  range from the store, compress and encrypt it, send it and wait for the hop's ACK; a forwarding
-  gateway's senders take received frames and pass them on unopened.
-* **dispatch**: chunks go to next hops in proportion to the hops' weights (the plan's edge flows),
-  through bounded per-hop queues.
-* **receivers**: one thread per accepted connection. The TLS handshake must succeed (a certificate
-  of this fleet's CA) before a single byte of a frame is read. A writing gateway decrypts, checks and
-  writes each chunk and only then ACKs it; a forwarding gateway ACKs upstream only when its own next
-  hop has ACKed, so an ACK at the source means the chunk is written at the destination.
-* **store requests**: a batch of small objects is one frame, but its objects are read from the store
-  (reading gateway) and written to it (writing gateway) through a pool of :data:`STORE_THREADS`
-  threads shared by all connections, so a batch costs about one request's latency per
-  ``STORE_THREADS`` objects rather than one per object, and a gateway never has more than that
-  many small-object requests open at the store.
-* **budget**: a byte semaphore (``max_inflight_mb``) bounds the chunks a gateway holds at once. Each
-  chunk takes a slot of twice the chunk size (the bytes read or received, and their decoded or
-  sealed copy): a reading gateway takes one before reading a chunk from the store; a receiving
-  gateway takes one when a connection has a frame to read (idle connections hold none) and gives it
-  back once the frame is answered. So a gateway holds at most ``max_inflight_mb`` of chunks,
-  whatever the number of connections. When the budget is spent, senders stop reading and receivers
-  stop reading their sockets, and TCP pushes back to the upstream sender. Forwarding senders take
-  none: the frame they carry is counted by the receiver that holds it.
+* binds the gateway's one listening port and hands each accepted connection to a worker, round
+  robin, as a file descriptor over a Unix socket (the worker does the TLS handshake);
+* gives each worker its share of every next hop's connections, and of the byte budget
+  (``max_inflight_mb``);
+* on a reading gateway, hands out the chunk requests of the manifest to the workers as they ask
+  for more, largest first within a look-ahead of :data:`LOOKAHEAD` requests, so that the last
+  round of a transfer is made of small chunks and the connections finish together;
+* holds the gateway's one set of counters, its receipts in the order they were written, and its
+  errors, from what the workers report, and serves them on the status endpoint
+  (:mod:`.status`) on its control address;
+* stops its workers on ``POST /stop``, SIGTERM, the fleet's expiry or the controller's death; when a
+  worker dies, the gateway dies with it (same exit code or signal), as a killed relay does, so the
+  controller names the gateway that failed. Workers die with the main process (``PR_SET_PDEATHSIG``
+  on Linux, and the end of their Unix socket everywhere).
 
-A chunk that fails its checksum or authentication is answered with a NACK and sent again (a
-forwarding gateway resends its own intact copy), up to :data:`MAX_ATTEMPTS` times.
-
-The daemon imports no Airflow: the standard library, ``lz4``, ``cryptography`` and the SDK of the store
-it touches.
+The daemon imports no Airflow.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import ctypes.util
-import hashlib
+import heapq
 import itertools
 import json
-import logging
 import os
-import queue
-import select
 import signal
 import socket
-import ssl
+import subprocess
 import sys
 import threading
 import time
-import traceback
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from airflow_skyplane.exceptions import ProtocolError, SkyplaneError, TransferError
-from airflow_skyplane.gateway import protocol as proto
-from airflow_skyplane.gateway import tls
-from airflow_skyplane.gateway.program import NextHop, Program
+from airflow_skyplane.exceptions import SkyplaneError
+from airflow_skyplane.gateway.program import Program
 from airflow_skyplane.gateway.status import Counters, serve
-from airflow_skyplane.gateway.stores import open_spec
 from airflow_skyplane.processes import alive
-from airflow_skyplane.storage.base import MultipartUpload, ObjectStore
 
-MAX_ATTEMPTS = 5
-# requests a gateway has open at once at its store for the objects of small-object batches: object
-# stores serve each request in tens of milliseconds and many at once, so a batch of 256 objects read or
-# written one after the other would leave a connection idle for seconds
-STORE_THREADS = 32
-HANDSHAKE_TIMEOUT = 10.0
-_STOP = object()
-_COMPRESS: dict[str, proto.Compress] = {"auto": "auto", "always": True, "never": False}
+#: chunk requests the main process reads ahead of the workers, to hand out the largest first
+LOOKAHEAD = 512
+_STOP_GRACE_S = 10.0
 
 
-class ByteBudget:
-    """A counting semaphore in bytes: ``acquire(n)`` blocks while more than the budget is held."""
+class _Feed:
+    """The manifest's chunk requests, handed out largest object first within a look-ahead window.
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.held = 0
-        self._cond = threading.Condition()
+    The parts of one object stay together, in order, and go to one worker (which can then read the
+    object with one request, see ``storeside.WholeObjects``); the last round of a transfer is made of
+    the smallest objects, so that the connections finish together.
+    """
 
-    def acquire(self, n: int) -> None:
-        n = min(n, self.limit)  # a chunk larger than the budget still passes, alone
-        with self._cond:
-            while self.held and self.held + n > self.limit:
-                self._cond.wait()
-            self.held += n
+    def __init__(self, path: str, lookahead: int) -> None:
+        self._lines = self._read(path)
+        self._heap: list[tuple[int, int, list[dict[str, Any]]]] = []
+        self._lookahead = max(1, lookahead)
+        self._order = 0
+        self._queued = 0
+        self.total_chunks = 0
+        self.exhausted = False
 
-    def release(self, n: int) -> None:
-        n = min(n, self.limit)
-        with self._cond:
-            self.held -= n
-            self._cond.notify_all()
+    @staticmethod
+    def _read(path: str) -> Iterator[dict[str, Any]]:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)
+
+    def _pull(self) -> bool:
+        """Read the next request of the manifest (with the other parts of its object) into the
+        look-ahead; False at its end."""
+        entry = next(self._lines, None)
+        if entry is None:
+            return False
+        group = [entry]
+        if entry.get("part_number") == 1:  # the other parts follow it in the manifest
+            group += [e for e in itertools.islice(self._lines, entry.get("parts", 1) - 1)]
+        for e in group:
+            self.total_chunks += len(e["chunks"]) if "chunks" in e else 1
+        batch = entry.get("chunks")
+        size = sum(c["length"] for c in batch) if batch else entry["object_size"]
+        self._order += 1
+        heapq.heappush(self._heap, (-size, self._order, group))
+        self._queued += len(group)
+        return True
+
+    def take(self, n: int) -> list[dict[str, Any]]:
+        """At least ``n`` requests (all the parts of an object), largest objects first."""
+        while self._queued < self._lookahead + n and self._pull():
+            pass
+        taken: list[dict[str, Any]] = []
+        while self._heap and len(taken) < n:
+            group = heapq.heappop(self._heap)[2]
+            taken += group
+            self._queued -= len(group)
+        if not self._heap and not self._pull():
+            self.exhausted = True
+        return taken
 
 
-class _Item:
-    """Something a sender sends: a chunk request to read (reading gateway) or a received frame."""
-
-    __slots__ = ("request", "frame", "reply", "size")
-
+class _WorkerProcess:
     def __init__(
-        self, request: dict[str, Any] | None, frame: proto.Frame | None, reply: Any, size: int
+        self, index: int, proc: subprocess.Popen[bytes], conn: Connection, sockets: socket.socket
     ) -> None:
-        self.request, self.frame, self.reply, self.size = request, frame, reply, size
+        self.index, self.proc, self.conn, self.sockets = index, proc, conn, sockets
+        self.pid = proc.pid
+        self.ready = False
+        self._lock = threading.Lock()
+
+    def send(self, message: dict[str, Any]) -> None:
+        with self._lock:
+            self.conn.send(message)
 
 
 class Gateway:
-    def __init__(self, program: Program, ready_file: str | None = None) -> None:
+    def __init__(
+        self, program: Program, ready_file: str | None = None, program_path: str | None = None
+    ) -> None:
         self.program = program
         self.ready_file = ready_file
+        self.program_path = program_path
         self.counters = Counters(program.gateway_id)
         # stop_event: stop working (a failure, or a stop request); stop_requested: the controller (or
         # SIGTERM) asked the process to exit. Until then a failed gateway keeps serving its status,
         # so the controller reads why it failed rather than a closed connection.
         self.stop_event = threading.Event()
         self.stop_requested = threading.Event()
-        self.budget = ByteBudget(program.max_inflight_mb * 1024 * 1024)
-        self.slot = min(2 * program.chunk_size_mb * 1024 * 1024, self.budget.limit)
-        self.cipher = None
-        if program.cipher_key_file and program.encrypt:
-            self.cipher = proto.ChunkCipher(Path(program.cipher_key_file).read_bytes())
-        self.transfer_id = bytes.fromhex(program.transfer_id)
-        identity = tls.GatewayIdentity.read(program.tls["cert"], program.tls["key"])
-        ca = Path(program.tls["ca"]).read_bytes()
-        self.server_ctx = tls.server_context(identity, ca)
-        self.client_ctx = tls.client_context(identity, ca)
-        self.source: ObjectStore | None = open_spec(program.source["store"]) if program.source else None
-        self.dest: ObjectStore | None = None
-        self.uploads: dict[str, MultipartUpload] = {}
-        self.dest_prefix = ""
-        if program.destination:
-            self.dest = open_spec(program.destination["store"])
-            self.dest_prefix = program.destination.get("prefix", "")
-            uploads_file = program.destination.get("uploads_file")
-            if uploads_file:
-                for key, upload_id in json.loads(Path(uploads_file).read_text()).items():
-                    self.uploads[key] = MultipartUpload(self.dest_prefix + key, upload_id)
-        self.source_prefix = program.source.get("prefix", "") if program.source else ""
-        self.store_pool = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store")
-        self.hop_queues: dict[NextHop, queue.Queue[Any]] = {
-            hop: queue.Queue(maxsize=2 * hop.connections) for hop in program.next_hops
-        }
-        self._assigned: dict[NextHop, float] = dict.fromkeys(program.next_hops, 0.0)
-        self._dispatch_lock = threading.Lock()
-        self._faults = dict(program.test_faults)
-        self._fault_lock = threading.Lock()
-        self._forwarded = itertools.count(1)
-        self._written = itertools.count(0)
-        self.threads: list[threading.Thread] = []
+        self.reading_done = threading.Event()
+        self.n_workers = program.worker_count()
+        self.workers: list[_WorkerProcess] = []
+        self._finished = 0
+        self._lock = threading.Lock()
+        self._feed = _Feed(program.source["manifest"], LOOKAHEAD) if program.source else None
+        # the program's budget, at most half of what this machine has available
+        self.budget_bytes = program.max_inflight_mb * 1024 * 1024
+        available = _available_memory()
+        if available:
+            self.budget_bytes = min(self.budget_bytes, available // 2)
 
-    # -- dispatch --------------------------------------------------------------------------------
-    def _pick_hop(self, size: int) -> NextHop:
-        """The hop furthest below its share of the bytes (weighted deficit round robin)."""
-        with self._dispatch_lock:
-            hop = min(self._assigned, key=lambda h: (self._assigned[h] + size) / h.weight)
-            self._assigned[hop] += size
-            return hop
+    # -- workers ---------------------------------------------------------------------------------
+    def _spawn(self, index: int) -> _WorkerProcess:
+        ours, theirs = socket.socketpair()
+        fd_ours, fd_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        argv = [sys.executable, "-m", "airflow_skyplane.gateway", "--worker-of", str(os.getpid()),
+                "--ipc-fd", str(theirs.fileno()), "--sockets-fd", str(fd_theirs.fileno())]  # fmt: skip
+        if self.program_path:
+            argv += ["--program", self.program_path]  # not read: names the gateway in the process list
+        proc = subprocess.Popen(
+            argv, pass_fds=(theirs.fileno(), fd_theirs.fileno()), stdin=subprocess.DEVNULL
+        )
+        theirs.close()
+        fd_theirs.close()
+        worker = _WorkerProcess(index, proc, Connection(ours.detach()), fd_ours)
+        budget = self.budget_bytes // self.n_workers
+        worker.send(
+            {
+                "t": "setup",
+                "program": self.program.raw(),
+                "index": index,
+                "workers": self.n_workers,
+                "budget": budget,
+            }
+        )
+        return worker
 
-    def _put(self, item: Any, hop: NextHop) -> None:
-        while not self.stop_event.is_set():
+    def _listen_to(self, worker: _WorkerProcess) -> None:
+        """Apply what a worker reports; when it is gone, see whether the gateway must die with it."""
+        counters = self.counters
+        try:
+            while True:
+                message = worker.conn.recv()
+                kind = message["t"]
+                if kind == "add":
+                    counters.apply(message["v"])
+                    counters.worker(worker.pid, peak_rss_mb=message["peak_rss_mb"], cpu_s=message["cpu_s"])
+                    if "last_write_at" in message:
+                        counters.times(last_write_at=message["last_write_at"])
+                elif kind == "receipts":
+                    for receipt, chunk_id in message["r"]:
+                        counters.receipt(receipt, chunk_id)
+                elif kind == "want":
+                    self._give_work(worker, message["n"])
+                elif kind == "error":
+                    counters.error(message["m"])
+                    self._halt()
+                elif kind == "warn":
+                    counters.warn(message["m"])
+                elif kind == "times":
+                    counters.times(first_read_at=message.get("first_read_at"))
+                elif kind == "finished":
+                    with self._lock:
+                        self._finished += 1
+                        if self._finished == len(self.workers):
+                            self.reading_done.set()
+                elif kind == "ready":
+                    worker.ready = True
+        except (EOFError, OSError):
+            pass
+        code = worker.proc.wait()
+        if not self.stop_requested.is_set():
+            self._die_with(worker, code)
+
+    def _die_with(self, worker: _WorkerProcess, code: int) -> None:
+        """A worker died on its own: the gateway dies the same way, as a killed relay does."""
+        print(
+            f"gateway: worker {worker.index} (pid {worker.pid}) exited with code {code}; "
+            "the gateway stops with it",
+            file=sys.stderr,
+            flush=True,
+        )
+        for other in self.workers:
+            if other is not worker and other.proc.poll() is None:
+                other.proc.kill()
+        sys.stdout.flush()
+        if code < 0:
+            signal.signal(-code, signal.SIG_DFL)
+            os.kill(os.getpid(), -code)
+            time.sleep(1)
+        os._exit(code or 1)
+
+    def _give_work(self, worker: _WorkerProcess, n: int) -> None:
+        assert self._feed is not None
+        with self._lock:
             try:
-                self.hop_queues[hop].put(item, timeout=0.5)
+                items = self._feed.take(n)
+            except (OSError, ValueError, KeyError) as err:
+                self.counters.error(f"reading the manifest: {err}")
+                self._halt()
                 return
-            except queue.Full:
+            end = self._feed.exhausted
+            if end:
+                self.counters.total_chunks = self._feed.total_chunks
+        worker.send({"t": "work", "items": items, "end": end})
+
+    def _halt(self) -> None:
+        """Stop working (a failure): every worker stops sending and receiving; the status stays up."""
+        self.stop_event.set()
+        for worker in self.workers:
+            try:
+                worker.send({"t": "halt"})
+            except OSError:
                 continue
 
-    # -- reading gateway -------------------------------------------------------------------------
-    def _manifest(self) -> Iterator[dict[str, Any]]:
-        assert self.program.source is not None
-        with open(self.program.source["manifest"], encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    yield json.loads(line)
-
-    def _feed(self) -> None:
-        total = 0
-        for entry in self._manifest():
-            if self.stop_event.is_set():
-                return
-            total += len(entry["chunks"]) if "chunks" in entry else 1
-            size = sum(c["length"] for c in entry["chunks"]) if "chunks" in entry else entry["length"]
-            self._put(_Item(entry, None, None, size), self._pick_hop(size))
-        self.counters.total_chunks = total
-        for hop, q in self.hop_queues.items():
-            for _ in range(hop.connections):
-                q.put(_STOP)
-
-    def _read_chunk(self, request: dict[str, Any], attempt: int) -> tuple[proto.ChunkHeader, bytes]:
-        assert self.source is not None
-        data = self.source.read_range(
-            self.source_prefix + request["key"], request["offset"], request["length"]
-        )
-        if len(data) != request["length"]:
-            raise TransferError(
-                f"source object {request['key']!r} returned {len(data)} bytes at offset {request['offset']}, "
-                f"expected {request['length']}: it changed during the transfer"
-            )
-        return proto.encode_chunk(
-            transfer_id=self.transfer_id,
-            chunk_id=request["chunk_id"],
-            key=request["key"],
-            offset=request["offset"],
-            object_size=request["object_size"],
-            part_number=request.get("part_number", 0),
-            last_of_object=request["offset"] + request["length"] == request["object_size"],
-            data=data,
-            cipher=self.cipher,
-            compress=_COMPRESS[self.program.compress],
-            attempt=attempt,
-        )
-
-    def _frame_for(self, request: dict[str, Any], attempt: int) -> tuple[int, bytes, bytes, int]:
-        """Read and encode a request: (frame type, header bytes, payload, raw bytes)."""
-        if "chunks" in request:  # a batch of small objects, one frame, read concurrently
-            encoded = self._each(lambda c: self._read_chunk(c, attempt), request["chunks"])
-            header, payload = proto.encode_batch(encoded)
-            return proto.BATCH, header, payload, sum(c["length"] for c in request["chunks"])
-        header_obj, payload = self._read_chunk(request, attempt)
-        return proto.CHUNK, header_obj.pack(), payload, request["length"]
-
-    # -- senders ---------------------------------------------------------------------------------
-    def _connect(self, hop: NextHop) -> ssl.SSLSocket:
-        last: Exception | None = None
-        for attempt in range(40):
-            try:
-                raw = socket.create_connection((hop.host, hop.port), timeout=HANDSHAKE_TIMEOUT)
-                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock = tls.client_handshake(self.client_ctx, raw, timeout=HANDSHAKE_TIMEOUT)
-                sock.settimeout(None)
-                return sock
-            except OSError as err:
-                last = err
-                time.sleep(min(0.05 * (attempt + 1), 0.5))
-        raise TransferError(f"cannot reach next hop {hop.gateway_id} at {hop.host}:{hop.port}: {last}")
-
-    def _sender(self, hop: NextHop) -> None:
-        sock: ssl.SSLSocket | None = None
-        try:
-            sock = self._connect(hop)
-            q = self.hop_queues[hop]
-            while True:
-                item = q.get()
-                if item is _STOP:
-                    proto.write_frame(sock, proto.CLOSE, proto.Close(self.transfer_id).pack())
-                    return
-                self._send_item(sock, item)
-        except Exception as err:  # noqa: BLE001 - reported on the status endpoint, then the gateway stops
-            self.counters.error(f"sender to {hop.gateway_id}: {err}")
-            traceback.print_exc()
-            self.stop_event.set()
-        finally:
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.close()
-
-    def _send_item(self, sock: ssl.SSLSocket, item: _Item) -> None:
-        slot = self.slot if item.request is not None else 0
-        self.budget.acquire(slot)
-        payload: bytes | bytearray
-        try:
-            if item.request is not None:
-                ftype, header, payload, raw = self._frame_for(item.request, 0)
-            else:
-                assert item.frame is not None
-                ftype, header, raw = item.frame.type, item.frame.header, item.size
-                payload = item.frame.payload  # forwarded as received, no copy
-            reason = ""
-            for attempt in range(MAX_ATTEMPTS):
-                sent = self._maybe_corrupt(payload, attempt) if item.frame is not None else payload
-                if item.frame is not None:
-                    self._tap(header, sent)
-                proto.write_frame(sock, ftype, header, sent)
-                answer = proto.read_frame(sock).control()
-                if isinstance(answer, proto.Ack):
-                    self.counters.add(chunks_sent=1, raw_bytes=raw, wire_bytes=len(payload) + len(header))
-                    if item.reply is not None:
-                        item.reply(True, "")
-                    return
-                if not isinstance(answer, proto.Nack):
-                    raise ProtocolError(f"next hop answered {type(answer).__name__} instead of ACK or NACK")
-                reason = answer.reason
-                self.counters.add(resends=1)
-                if item.request is not None and attempt + 1 < MAX_ATTEMPTS:
-                    ftype, header, payload, raw = self._frame_for(item.request, attempt + 1)  # fresh nonce
-            if item.reply is not None:
-                item.reply(False, f"rejected {MAX_ATTEMPTS} times downstream: {reason}")
-                return
-            raise TransferError(f"a chunk was rejected {MAX_ATTEMPTS} times downstream: {reason}")
-        finally:
-            self.budget.release(slot)
-
-    def _tap(self, header: bytes | bytearray, payload: bytes | bytearray) -> None:
-        """Test-only tap: append every frame this relay forwards to ``test_faults["tap_file"]``, to show
-        what a compromised relay could see."""
-        path = self._faults.get("tap_file")
-        if path:
-            with self._fault_lock, open(path, "ab") as tap:
-                tap.write(header)
-                tap.write(payload)
-
-    def _maybe_corrupt(self, payload: bytes | bytearray, attempt: int) -> bytes | bytearray:
-        """Test-only fault hook (``test_faults["corrupt_forwarded_frame"]``): flip one byte of the N-th
-        forwarded frame on its first attempt, or of every forwarded frame on every attempt with -1."""
-        target = self._faults.get("corrupt_forwarded_frame")
-        if not target or not payload:
-            return payload
-        if target != -1:
-            if attempt:
-                return payload
-            with self._fault_lock:
-                if next(self._forwarded) != target:
-                    return payload
-        damaged = bytearray(payload)
-        damaged[len(damaged) // 2] ^= 0xFF
-        return bytes(damaged)
-
-    # -- receivers -------------------------------------------------------------------------------
     def _accept_loop(self, server: socket.socket) -> None:
-        while not self.stop_event.is_set():
+        for n in range(1 << 62):
             try:
                 raw, _ = server.accept()
             except OSError:
                 return
-            thread = threading.Thread(target=self._receiver, args=(raw,), name="receiver", daemon=True)
-            thread.start()
-
-    def _receiver(self, raw: socket.socket) -> None:
-        try:
-            sock = tls.server_handshake(self.server_ctx, raw, timeout=HANDSHAKE_TIMEOUT)
-            sock.settimeout(None)
-        except (OSError, ProtocolError) as err:
-            # not an error of the transfer: count it and drop the peer, no byte of a frame was read
-            self.counters.add(rejected_peers=1)
-            print(f"peer rejected in the TLS handshake: {type(err).__name__}: {err}", file=sys.stderr)
-            with contextlib.suppress(OSError):
+            worker = self.workers[n % len(self.workers)]
+            try:
+                socket.send_fds(worker.sockets, [b"c"], [raw.fileno()])
+            except OSError:
+                pass
+            finally:
                 raw.close()
-            return
-
-        def reply(ok: bool, head: proto.ChunkHeader, reason: str) -> None:
-            if ok:
-                proto.write_frame(sock, proto.ACK, proto.Ack(self.transfer_id, (head.chunk_id,)).pack())
-            else:
-                nack = proto.Nack(self.transfer_id, head.chunk_id, head.attempt, reason)
-                proto.write_frame(sock, proto.NACK, nack.pack())
-
-        try:
-            while not self.stop_event.is_set():
-                # wait for the next frame without holding any budget, so idle connections cost none
-                if not sock.pending() and not select.select([sock], [], [], 0.5)[0]:
-                    continue
-                self.budget.acquire(self.slot)
-                try:
-                    if not self._receive_one(sock, reply):
-                        return
-                finally:
-                    self.budget.release(self.slot)
-        except (OSError, ProtocolError) as err:
-            if not self.stop_event.is_set():
-                self.counters.error(f"upstream connection: {err}")
-        except Exception as err:  # noqa: BLE001 - a bug must show on the status endpoint, not vanish
-            self.counters.error(f"receiver: {type(err).__name__}: {err}")
-            traceback.print_exc()
-        finally:
-            with contextlib.suppress(OSError):
-                sock.close()
-
-    def _receive_one(self, sock: ssl.SSLSocket, reply: Any) -> bool:
-        """Read one frame, write and/or forward it, answer it; False at the end of the stream."""
-        frame = proto.read_frame(sock)
-        if frame.type == proto.CLOSE:
-            return False
-        if frame.type not in (proto.CHUNK, proto.BATCH):
-            raise ProtocolError(f"unexpected frame type {frame.type} from an upstream gateway")
-        self.counters.add(chunks_received=1)
-        first = frame.batch()[0][0] if frame.type == proto.BATCH else proto.ChunkHeader.unpack(frame.header)
-        ok, why = True, ""
-        if self.dest is not None:
-            ok, why = self._write_frame(frame)
-        if ok and self.program.forwards:
-            ok, why = self._forward(frame)
-        reply(ok, first, why)
-        return True
-
-    def _forward(self, frame: proto.Frame) -> tuple[bool, str]:
-        """Pass a frame on and wait for the next hop's answer: True on ACK.
-
-        The receiving thread waits here, so each upstream connection has at most one frame held by
-        this gateway; the bounded hop queues push back on the upstream senders through TCP.
-        """
-        done = threading.Event()
-        outcome: list[tuple[bool, str]] = []
-
-        def relay_reply(ok: bool, reason: str) -> None:
-            outcome.append((ok, reason))
-            done.set()
-
-        size = len(frame.payload) + len(frame.header)
-        self._put(_Item(None, frame, relay_reply, size), self._pick_hop(size))
-        while not done.wait(0.5):
-            if self.stop_event.is_set():
-                return False, "the relay is stopping"
-        return outcome[0]
-
-    def _write_frame(self, frame: proto.Frame) -> tuple[bool, str]:
-        """Check, decrypt and write every chunk of a frame; (False, reason) asks for a resend."""
-        assert self.dest is not None
-        try:
-            pairs = frame.batch() if frame.type == proto.BATCH else [frame.chunk()]
-            decoded = [
-                (header, proto.decode_chunk(header, payload, cipher=self.cipher)) for header, payload in pairs
-            ]
-        except ProtocolError as err:
-            self.counters.add(rejected_chunks=1)
-            self.counters.error(str(err))
-            return False, str(err)
-        try:
-            self._each(lambda pair: self._write_chunk(*pair), decoded)
-        except Exception as err:  # noqa: BLE001 - a failed write is NACKed and resent; after MAX_ATTEMPTS it fails the transfer
-            self.counters.error(f"writing to the destination: {type(err).__name__}: {err}")
-            return False, f"the destination store refused the write: {type(err).__name__}: {err}"
-        return True, ""
-
-    def _each(self, call: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-        """``[call(item) for item in items]``, through the store pool when there are several; every
-        call has ended when it returns or raises (the first error, in the items' order), so nothing
-        of a frame is still being written once it is answered."""
-        if len(items) == 1:
-            return [call(items[0])]
-        futures = [self.store_pool.submit(call, item) for item in items]
-        wait(futures)
-        return [f.result() for f in futures]
-
-    def _maybe_die(self) -> None:
-        """Test-only fault hook (``test_faults["exit_after_chunks"]``): the process vanishes, as a
-        killed relay does, right after writing the N-th chunk (before acknowledging it)."""
-        limit = self._faults.get("exit_after_chunks")
-        if limit:
-            with self._fault_lock:
-                if next(self._written) + 1 >= limit:
-                    os._exit(17)
-
-    def _maybe_slow_down(self) -> None:
-        """Test-only fault hook (``test_faults["delay_per_chunk_s"]``): a slow writer, so that a fault
-        suite can act while a transfer is surely in flight."""
-        delay = self._faults.get("delay_per_chunk_s")
-        if delay:
-            time.sleep(float(delay))
-
-    def _write_chunk(self, header: proto.ChunkHeader, data: bytes | bytearray) -> None:
-        assert self.dest is not None
-        self._maybe_slow_down()
-        key = self.dest_prefix + header.key
-        # The MD5 of what was written is what S3 (ETag of an object or of each part) and a single put
-        # elsewhere report; other parts are checked by their CRC and AES-GCM tag, so skip the cost.
-        md5 = (
-            hashlib.md5(data, usedforsecurity=False).hexdigest()
-            if header.part_number == 0 or self.dest.scheme == "s3"
-            else ""
-        )
-        if header.part_number == 0:
-            info = self.dest.put(key, data)
-            token = info.checksum.value if info.checksum else ""
-        else:
-            upload = self.uploads.get(header.key)
-            if upload is None:
-                raise ProtocolError(
-                    f"chunk of {header.key!r} is a part but no multipart upload was begun for it"
-                )
-            token = self.dest.write_part(upload, header.part_number, data).token
-        # GCS reports a CRC32C (of a composed object too): keep each part's, for the controller to combine
-        crc32c = ""
-        if self.dest.scheme == "gs":
-            import google_crc32c  # installed with google-cloud-storage, which a GCS gateway has
-
-            crc32c = f"{google_crc32c.value(data):08x}"
-        self._maybe_die()
-        self.counters.add(chunks_written=1, raw_bytes=len(data))
-        self.counters.receipt(
-            {
-                "key": header.key,
-                "part_number": header.part_number,
-                "offset": header.offset,
-                "length": len(data),
-                "md5": md5,
-                "crc32c": crc32c,
-                "token": token,
-            }
-        )
 
     # -- life cycle ------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -504,8 +277,7 @@ class Gateway:
         """The fleet's time is up: stop, as a relay VM powers itself off at its expiry."""
         self.counters.error("the fleet expired (expires_at in the program): the gateway stopped itself")
         print("gateway: the fleet expired; stopping", file=sys.stderr, flush=True)
-        self.stop_event.set()
-        self.stop_requested.set()
+        self.request_stop()
 
     def _watch_controller(self, pid: int) -> None:
         """Stop when the controller that waits for this transfer is gone (killed without teardown)."""
@@ -513,11 +285,15 @@ class Gateway:
             if not alive(pid):
                 self.counters.error(f"the controller (pid {pid}) is gone: the gateway stopped itself")
                 print(f"gateway: controller {pid} is gone; stopping", file=sys.stderr, flush=True)
-                self.stop_event.set()
-                self.stop_requested.set()
+                self.request_stop()
                 return
 
     def run(self) -> int:
+        server = None
+        if self.program.listen is not None:
+            server = socket.create_server((self.program.listen.host, self.program.listen.port), backlog=512)
+        # workers first, before this process starts any thread of its own
+        self.workers = [self._spawn(i) for i in range(self.n_workers)]
         if self.program.watch_pid is not None:
             threading.Thread(
                 target=self._watch_controller, args=(self.program.watch_pid,), name="watchdog", daemon=True
@@ -526,22 +302,18 @@ class Gateway:
             timer = threading.Timer(max(0.0, self.program.expires_at - time.time()), self._expire)
             timer.daemon = True
             timer.start()
+        for worker in self.workers:
+            threading.Thread(
+                target=self._listen_to, args=(worker,), name=f"worker-{worker.index}", daemon=True
+            ).start()
         status = serve(self.counters, self.program.control.host, self.program.control.port, self.request_stop)
-        server = None
-        if self.program.listen is not None:
-            server = socket.create_server((self.program.listen.host, self.program.listen.port), backlog=256)
+        if server is not None:
             threading.Thread(target=self._accept_loop, args=(server,), name="accept", daemon=True).start()
-        for hop in self.program.next_hops:
-            for n in range(hop.connections):
-                t = threading.Thread(
-                    target=self._sender, args=(hop,), name=f"sender-{hop.gateway_id}-{n}", daemon=True
-                )
-                t.start()
-                self.threads.append(t)
         if self.ready_file:
             info = {
                 "gateway_id": self.program.gateway_id,
                 "pid": os.getpid(),
+                "workers": [w.pid for w in self.workers],
                 "listen_port": server.getsockname()[1] if server else None,
                 "control_port": status.server_address[1],
             }
@@ -550,38 +322,43 @@ class Gateway:
             os.replace(tmp, self.ready_file)
         code = 0
         if self.program.reads:
-            try:
-                self._feed()
-                for t in self.threads:
-                    while t.is_alive() and not self.stop_event.is_set():
-                        t.join(0.2)
-                code = 1 if self.counters.errors else 0
-            except (SkyplaneError, OSError) as err:
-                self.counters.error(f"reading the source: {err}")
-                code = 1
+            while not self.reading_done.wait(0.2) and not self.stop_event.is_set():
+                pass
+            code = 1 if self.counters.errors else 0
             self.counters.finish()
             self.stop_requested.wait(timeout=float(os.environ.get("SKYPLANE_GATEWAY_LINGER_S", "3600")))
         else:
             self.stop_requested.wait()
+        self._stop_workers()
         if server is not None:
             server.close()
         status.shutdown()
-        self.store_pool.shutdown(wait=False, cancel_futures=True)
         return code
 
+    def _stop_workers(self) -> None:
+        for worker in self.workers:
+            try:
+                worker.send({"t": "stop"})
+            except OSError:
+                continue
+        deadline = time.monotonic() + _STOP_GRACE_S
+        for worker in self.workers:
+            try:
+                worker.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                worker.proc.kill()
+                worker.proc.wait()
 
-def _keep_chunk_buffers_out_of_the_heap() -> None:
-    """Ask glibc to serve every allocation of 1 MiB or more by mmap, and so return it on free.
 
-    By default glibc raises that threshold after the first large buffers are freed; chunk-sized
-    buffers then come from per-thread heaps that do not shrink, and the RSS of a busy gateway creeps
-    up to (threads x chunk size). Not glibc (or no ctypes): nothing to do.
-    """
+def _available_memory() -> int | None:
+    """Bytes of memory this machine has available (Linux), or None."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -590,20 +367,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--program", help="the gateway program (JSON); '-' or absent reads it from stdin")
     parser.add_argument("--ready-file", help="where to write the bound ports once listening")
+    # internal: a worker process of a gateway (see worker.py)
+    parser.add_argument("--worker-of", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--ipc-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--sockets-fd", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker_of is not None:
+        import logging
+
+        from airflow_skyplane.gateway import worker
+
+        logging.basicConfig(level=logging.WARNING)  # the SDKs log every request at INFO
+        return worker.main(args.ipc_fd, args.sockets_fd, args.worker_of)
     try:
         program = (
             Program.load(args.program)
             if args.program and args.program != "-"
             else Program.loads(sys.stdin.read())
         )
-        gateway = Gateway(program, args.ready_file)
+        gateway = Gateway(program, args.ready_file, args.program if args.program != "-" else None)
     except (SkyplaneError, OSError) as err:
         print(f"gateway: {err}", file=sys.stderr)
         return 2
-    _keep_chunk_buffers_out_of_the_heap()
-    # the SDKs log every HTTP request at INFO; a gateway's log keeps warnings and its own events
-    logging.basicConfig(level=logging.WARNING)
     signal.signal(signal.SIGTERM, lambda *_: gateway.request_stop())
     print(json.dumps({"event": "start", "program": program.redacted()}), flush=True)
     code = gateway.run()

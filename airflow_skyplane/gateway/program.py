@@ -19,13 +19,22 @@ Example::
      "source": {"store": {"scheme": "file", "root": "/data"}, "manifest": "chunks.jsonl"},
      "next_hops": [{"gateway_id": "aws:eu-west-1/0", "host": "10.0.0.2", "port": 7000,
                     "connections": 8, "weight": 1.0}],
-     "compress": "auto", "encrypt": true, "max_inflight_mb": 128, "chunk_size_mb": 16}
+     "compress": "auto", "encrypt": true, "max_inflight_mb": 512, "chunk_size_mb": 8,
+     "workers": 4, "window": 4}
+
+``max_inflight_mb`` is the byte budget of the whole gateway (every worker process together): what
+it may hold at once of chunks being read, sealed, relayed, decoded or written. ``workers`` is the
+number of worker processes (absent: the machine's CPU count, bounded by
+:data:`MAX_WORKERS` and by the connections of each next hop); ``window`` the frames each connection
+keeps in flight before it waits for an acknowledgement. The controller derives all three from the
+plan (:mod:`airflow_skyplane.transfer.tuning`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,6 +45,10 @@ from airflow_skyplane.exceptions import ProtocolError
 from airflow_skyplane.gateway.stores import redact
 
 VERSION = 1
+#: most worker processes a gateway runs, whatever its machine's CPU count
+MAX_WORKERS = 32
+#: most frames one connection keeps in flight
+MAX_WINDOW = 64
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -92,6 +105,10 @@ class Program:
     encrypt: bool = True
     max_inflight_mb: int = 128
     chunk_size_mb: int = 16
+    #: worker processes (None: the machine's CPU count, see :meth:`worker_count`)
+    workers: int | None = None
+    #: frames in flight per connection
+    window: int = 4
     #: unix time at which the gateway stops on its own, whatever happens to its controller
     expires_at: float | None = None
     #: process id of a controller on the same machine that waits for the transfer: when it dies
@@ -111,6 +128,16 @@ class Program:
     def forwards(self) -> bool:
         return bool(self.next_hops) and self.source is None
 
+    def worker_count(self, cpus: int | None = None) -> int:
+        """Worker processes to run: the program's ``workers``, else the machine's CPU count, at most
+        :data:`MAX_WORKERS`; a gateway that sends runs no more workers than its thinnest next hop has
+        connections, so that every worker has a connection to every next hop."""
+        wanted = self.workers or cpus or os.cpu_count() or 1
+        wanted = min(wanted, MAX_WORKERS)
+        if self.next_hops:
+            wanted = min(wanted, min(hop.connections for hop in self.next_hops))
+        return max(1, wanted)
+
     def redacted(self) -> dict[str, Any]:
         shown: dict[str, Any] = redact(self.raw())
         return shown
@@ -126,8 +153,11 @@ class Program:
             "encrypt": self.encrypt,
             "max_inflight_mb": self.max_inflight_mb,
             "chunk_size_mb": self.chunk_size_mb,
+            "window": self.window,
             "next_hops": [hop.__dict__ for hop in self.next_hops],
         }
+        if self.workers is not None:
+            out["workers"] = self.workers
         if self.listen:
             out["listen"] = {"host": self.listen.host, "port": self.listen.port}
         for name in ("cipher_key_file", "source", "destination"):
@@ -232,6 +262,12 @@ class Program:
         chunk_mb = raw.get("chunk_size_mb", 16)
         if not _whole(chunk_mb) or not 1 <= chunk_mb <= 256:
             raise _fail(f"chunk_size_mb is {chunk_mb!r}", "use 1 to 256")
+        workers = raw.get("workers")
+        if workers is not None and (not _whole(workers) or not 1 <= workers <= 256):
+            raise _fail(f"workers is {workers!r}", "use 1 to 256, or leave it out (one per CPU)")
+        window = raw.get("window", 4)
+        if not _whole(window) or not 1 <= window <= MAX_WINDOW:
+            raise _fail(f"window is {window!r}", f"use 1 to {MAX_WINDOW} frames per connection")
         expires_at = raw.get("expires_at")
         if expires_at is not None and (not _number(expires_at) or not expires_at > 0):
             raise _fail(f"expires_at is {expires_at!r}", "give a unix time in seconds, or leave it out")
@@ -260,6 +296,8 @@ class Program:
             encrypt=encrypt,
             max_inflight_mb=inflight,
             chunk_size_mb=chunk_mb,
+            workers=workers,
+            window=window,
             expires_at=float(expires_at) if expires_at is not None else None,
             watch_pid=watch_pid,
             test_faults=dict(faults),

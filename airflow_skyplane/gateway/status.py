@@ -1,12 +1,20 @@
 """A gateway's counters and the small HTTP endpoint that serves them, bound to loopback.
 
 ``GET /status`` returns the counters as JSON (chunks and bytes done, wire bytes, resends, errors,
-throughput); ``GET /receipts`` the parts a writing gateway wrote (what the controller needs to
+throughput, memory); ``GET /receipts`` the parts a writing gateway wrote (what the controller needs to
 complete multipart uploads and verify objects), or with ``?since=N`` those after the first N (the
 controller polls them that way to checkpoint a resumable transfer); ``POST /stop`` asks the
 gateway to finish. On a cloud relay the controller reaches it through an SSH port forward;
 nothing listens to the world. Standard library only (``http.server``), as the gateway must run
 without Airflow.
+
+A gateway runs several worker processes (:mod:`.worker`); they send their counter deltas, receipts
+and errors to the gateway's main process (:mod:`.daemon`), which holds the one :class:`Counters` the
+endpoint serves: one set of figures and one ordered stream of receipts per gateway.
+
+``errors`` are failures of the transfer (the controller fails it on the first); what a gateway
+recovers from by itself (a chunk rejected and sent again, a store write that failed once) is counted
+and shown under ``warnings`` instead.
 """
 
 from __future__ import annotations
@@ -15,9 +23,12 @@ import json
 import resource
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+#: bounded lists: the first errors and warnings explain the rest
+MAX_MESSAGES = 100
 
 
 class Counters:
@@ -38,10 +49,18 @@ class Counters:
             "rejected_peers": 0,
         }
         self.errors: list[str] = []
+        self.warnings: list[str] = []
+        self.first_error_at: float | None = None
         self.receipts: list[dict[str, Any]] = []
+        self._stored: set[int] = set()
         self.done = False
         self.finished: float | None = None
         self.total_chunks: int | None = None
+        #: unix times: the first byte read from the source store, the last chunk written
+        self.first_read_at: float | None = None
+        self.last_write_at: float | None = None
+        #: per worker process: pid, peak RSS (MB) and CPU seconds as it last reported them
+        self.workers: dict[int, dict[str, float]] = {}
 
     def finish(self) -> None:
         with self._lock:
@@ -49,31 +68,70 @@ class Counters:
             self.finished = time.monotonic()
 
     def add(self, **deltas: int) -> None:
+        self.apply(deltas)
+
+    def apply(self, deltas: Mapping[str, int]) -> None:
         with self._lock:
             for name, delta in deltas.items():
                 self.values[name] = self.values.get(name, 0) + delta
 
     def error(self, message: str) -> None:
         with self._lock:
-            if len(self.errors) < 100:  # bounded: the first errors explain the rest
+            if self.first_error_at is None:
+                self.first_error_at = time.time()
+            if len(self.errors) < MAX_MESSAGES:
                 self.errors.append(message)
 
-    def receipt(self, receipt: dict[str, Any]) -> None:
+    def warn(self, message: str) -> None:
+        with self._lock:
+            if len(self.warnings) < MAX_MESSAGES:
+                self.warnings.append(message)
+
+    def receipt(self, receipt: dict[str, Any], chunk_id: int | None = None) -> None:
+        """Record a chunk written; ``chunk_id`` counts it once however often it was written."""
         with self._lock:
             self.receipts.append(receipt)
+            if chunk_id is not None:
+                self._stored.add(chunk_id)
+
+    def times(self, first_read_at: float | None = None, last_write_at: float | None = None) -> None:
+        with self._lock:
+            if first_read_at is not None and (
+                self.first_read_at is None or first_read_at < self.first_read_at
+            ):
+                self.first_read_at = first_read_at
+            if last_write_at is not None and (
+                self.last_write_at is None or last_write_at > self.last_write_at
+            ):
+                self.last_write_at = last_write_at
+
+    def worker(self, pid: int, **figures: float) -> None:
+        with self._lock:
+            self.workers.setdefault(pid, {}).update(figures)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             seconds = max((self.finished or time.monotonic()) - self._started, 1e-9)
+            own = resource.getrusage(resource.RUSAGE_SELF)
+            peak = own.ru_maxrss / 1024 + sum(w.get("peak_rss_mb", 0.0) for w in self.workers.values())
+            cpu = own.ru_utime + own.ru_stime + sum(w.get("cpu_s", 0.0) for w in self.workers.values())
             return {
                 "gateway_id": self.gateway_id,
                 **self.values,
+                "chunks_stored": len(self._stored),
                 "seconds": round(seconds, 3),
                 "raw_gbps": round(self.values["raw_bytes"] * 8 / seconds / 1e9, 4),
                 "total_chunks": self.total_chunks,
-                # peak resident memory of this gateway process (Linux reports KiB)
-                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                # every process of the gateway (main and workers), each at its own peak (Linux
+                # reports KiB): an upper bound of what it held at once
+                "peak_rss_mb": round(peak, 1),
+                "cpu_s": round(cpu, 3),
+                "workers": len(self.workers),
+                "first_read_at": self.first_read_at,
+                "last_write_at": self.last_write_at,
                 "errors": list(self.errors),
+                "first_error_at": self.first_error_at,
+                "warnings": list(self.warnings),
                 "done": self.done,
             }
 
@@ -99,7 +157,8 @@ def serve(counters: Counters, host: str, port: int, on_stop: Callable[[], None])
                     self._reply({"error": f"since={since!r} must be a whole number of receipts"}, 400)
                     return
                 with counters._lock:
-                    self._reply(counters.receipts[int(since or 0) :])
+                    chosen = counters.receipts[int(since or 0) :]
+                self._reply(chosen)
             else:
                 self._reply({"error": f"unknown path {self.path}: use /status or /receipts"}, 404)
 

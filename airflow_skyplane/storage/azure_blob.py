@@ -140,7 +140,7 @@ class AzureBlobStore(ObjectStore):
             self._raise(err, key, "read")
 
     # -- writing ---------------------------------------------------------------------------------
-    def put(self, key: str, data: bytes | bytearray) -> ObjectInfo:
+    def put(self, key: str, data: bytes | bytearray, *, crc32c: int | None = None) -> ObjectInfo:
         validate_key(key)
         from azure.storage.blob import ContentSettings
 
@@ -161,7 +161,9 @@ class AzureBlobStore(ObjectStore):
             {"lock": threading.Lock(), "md5": hashlib.md5(usedforsecurity=False), "next": 1},
         )
 
-    def write_part(self, upload: MultipartUpload, number: int, data: bytes | bytearray) -> PartInfo:
+    def write_part(
+        self, upload: MultipartUpload, number: int, data: bytes | bytearray, *, crc32c: int | None = None
+    ) -> PartInfo:
         validate_part_number(number)
         block_id = _block_id(upload.upload_id, number)
         try:

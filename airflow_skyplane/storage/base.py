@@ -161,16 +161,22 @@ class ObjectStore(abc.ABC):
 
     # -- writing ---------------------------------------------------------------------------------
     @abc.abstractmethod
-    def put(self, key: str, data: bytes | bytearray) -> ObjectInfo:
-        """Write a whole object at once. Readers see the old object or the new one, never a part."""
+    def put(self, key: str, data: bytes | bytearray, *, crc32c: int | None = None) -> ObjectInfo:
+        """Write a whole object at once. Readers see the old object or the new one, never a part.
+
+        ``crc32c``: the CRC-32C of ``data`` when the caller has it (a writing gateway checked it): a
+        store that verifies writes by a checksum (S3) is handed it instead of computing its own."""
 
     @abc.abstractmethod
     def begin_multipart(self, key: str) -> MultipartUpload:
         """Start a multipart write; nothing is visible under ``key`` until :meth:`complete_multipart`."""
 
     @abc.abstractmethod
-    def write_part(self, upload: MultipartUpload, number: int, data: bytes | bytearray) -> PartInfo:
-        """Write part ``number`` (1-based); parts may be written in any order and in parallel."""
+    def write_part(
+        self, upload: MultipartUpload, number: int, data: bytes | bytearray, *, crc32c: int | None = None
+    ) -> PartInfo:
+        """Write part ``number`` (1-based); parts may be written in any order and in parallel.
+        ``crc32c`` as for :meth:`put`."""
 
     @abc.abstractmethod
     def complete_multipart(self, upload: MultipartUpload, parts: Iterable[PartInfo]) -> ObjectInfo:

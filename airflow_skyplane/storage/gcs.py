@@ -154,7 +154,7 @@ class GCSStore(ObjectStore):
             self._raise(err, key, "write")
         return blob
 
-    def put(self, key: str, data: bytes | bytearray) -> ObjectInfo:
+    def put(self, key: str, data: bytes | bytearray, *, crc32c: int | None = None) -> ObjectInfo:
         validate_key(key)
         return _info(self._upload(key, data, key), key)
 
@@ -168,7 +168,9 @@ class GCSStore(ObjectStore):
         self._upload(self._folder(upload_id) + "key", key.encode("utf-8"), key)
         return MultipartUpload(key, upload_id)
 
-    def write_part(self, upload: MultipartUpload, number: int, data: bytes | bytearray) -> PartInfo:
+    def write_part(
+        self, upload: MultipartUpload, number: int, data: bytes | bytearray, *, crc32c: int | None = None
+    ) -> PartInfo:
         validate_part_number(number)
         name = f"{self._folder(upload.upload_id)}part-{number:05d}"
         self._upload(name, data, upload.key)

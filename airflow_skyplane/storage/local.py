@@ -166,7 +166,7 @@ class LocalStore(ObjectStore):
         os.replace(temp, target)
         return self._info(key, target, checksum=True)
 
-    def put(self, key: str, data: bytes | bytearray) -> ObjectInfo:
+    def put(self, key: str, data: bytes | bytearray, *, crc32c: int | None = None) -> ObjectInfo:
         self._path(key)  # validate before writing anything
         temp = self._temp()
         try:
@@ -195,7 +195,9 @@ class LocalStore(ObjectStore):
             )
         return folder
 
-    def write_part(self, upload: MultipartUpload, number: int, data: bytes | bytearray) -> PartInfo:
+    def write_part(
+        self, upload: MultipartUpload, number: int, data: bytes | bytearray, *, crc32c: int | None = None
+    ) -> PartInfo:
         validate_part_number(number)
         folder = self._upload_dir(upload)
         part = folder / f"part-{number:05d}"

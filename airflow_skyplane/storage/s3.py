@@ -8,6 +8,7 @@ and ``<md5 of part md5s>-<parts>`` of a multipart one.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -58,6 +59,14 @@ def etag_checksum(etag: str | None) -> Checksum | None:
     if len(value) == 32:
         return Checksum("md5", value.lower())
     return None  # SSE-KMS / SSE-C objects have ETags that are not MD5s
+
+
+def _checksum(crc32c: int | None) -> dict[str, str]:
+    """The checksum S3 verifies the body against: the caller's CRC-32C when it has one, so that the SDK
+    does not compute a checksum of its own over the body (it does by default, CRC-32, in Python)."""
+    if crc32c is None:
+        return {}
+    return {"ChecksumCRC32C": base64.b64encode(crc32c.to_bytes(4, "big")).decode("ascii")}
 
 
 class S3Store(ObjectStore):
@@ -160,10 +169,10 @@ class S3Store(ObjectStore):
             self._raise(err, key, "read")
 
     # -- writing ---------------------------------------------------------------------------------
-    def put(self, key: str, data: bytes | bytearray) -> ObjectInfo:
+    def put(self, key: str, data: bytes | bytearray, *, crc32c: int | None = None) -> ObjectInfo:
         validate_key(key)
         try:
-            r = self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+            r = self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **_checksum(crc32c))
         except Exception as err:  # noqa: BLE001
             self._raise(err, key, "write")
         return ObjectInfo(key, len(data), etag_checksum(r.get("ETag")))
@@ -176,12 +185,15 @@ class S3Store(ObjectStore):
             self._raise(err, key, "write")
         return MultipartUpload(key, r["UploadId"])
 
-    def write_part(self, upload: MultipartUpload, number: int, data: bytes | bytearray) -> PartInfo:
+    def write_part(
+        self, upload: MultipartUpload, number: int, data: bytes | bytearray, *, crc32c: int | None = None
+    ) -> PartInfo:
         validate_part_number(number)
         try:
             r = self.client.upload_part(
-                Bucket=self.bucket, Key=upload.key, UploadId=upload.upload_id, PartNumber=number, Body=data
-            )
+                Bucket=self.bucket, Key=upload.key, UploadId=upload.upload_id, PartNumber=number, Body=data,
+                **_checksum(crc32c),
+            )  # fmt: skip
         except Exception as err:  # noqa: BLE001
             self._raise(err, upload.key, "write")
         return PartInfo(number, len(data), r["ETag"])

@@ -195,6 +195,19 @@ class EmulatedWAN:
     def run(self, region: str, argv: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.command(region, argv), capture_output=True, text=True, timeout=timeout)
 
+    def reshape(self, a: str, b: str, spec: LinkSpec | None) -> None:
+        """Shape the link between ``a`` and ``b`` anew, at both ends (``None``: unshaped), e.g. to run
+        several network shapes on one WAN without restarting what runs in its regions."""
+        link = self._links.get(frozenset((a, b)))
+        if link is None or a == b:
+            raise InvalidInputError(f"no link between {a!r} and {b!r} in this WAN")
+        for region, dev in ((link.a, link.a_if), (link.b, link.b_if)):
+            ns = self.namespace(region)
+            _run(["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root"], check=False)
+            if spec is not None:
+                _shape(ns, dev, spec)
+        link.spec = spec
+
     # -- building --------------------------------------------------------------------------------
     def _build(self) -> None:
         subnets: Iterator[ipaddress.IPv4Network] = _SUBNET.subnets(new_prefix=30)  # type: ignore[assignment]

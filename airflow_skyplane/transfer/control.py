@@ -32,12 +32,20 @@ class Receipt(TypedDict):
 
 
 class GatewayStatus(TypedDict, total=False):
-    """A gateway's ``/status`` answer (the fields the controller reads)."""
+    """A gateway's ``/status`` answer (the fields the controller reads).
+
+    ``done``: a reading gateway has sent everything and its next hops hold it; ``chunks_stored``: the
+    chunks a writing gateway wrote, each counted once. ``errors`` are failures (the first one's unix
+    time is ``first_error_at``); ``warnings`` what the gateway recovered from by itself."""
 
     gateway_id: str
     done: bool
     errors: list[str]
+    first_error_at: float | None
+    warnings: list[str]
     chunks_sent: int
+    chunks_written: int
+    chunks_stored: int
     total_chunks: int | None
     raw_bytes: int
     wire_bytes: int
@@ -45,6 +53,12 @@ class GatewayStatus(TypedDict, total=False):
     resends: int
     rejected_chunks: int
     rejected_peers: int
+    workers: int
+    cpu_s: float
+    peak_rss_mb: float
+    #: unix times: the first byte read from the source store, the last chunk written
+    first_read_at: float | None
+    last_write_at: float | None
 
 
 def status(gateway: GatewayHandle) -> GatewayStatus:

@@ -2,12 +2,14 @@
 
 For one source and one destination over an overlay of gateways (:mod:`.overlay`), :meth:`TransferJob.start`
 records the objects and cuts the manifest of chunks, beginning the multipart uploads
-(:mod:`.manifest`), makes the programs and starts the gateways downstream first (:mod:`.wiring`,
-through a :class:`~airflow_skyplane.compute.launcher.GatewayLauncher`); :meth:`~TransferJob.poll`
-watches the reading gateway until every chunk is acknowledged, which happens only once it is written
-(:mod:`.control`); :meth:`~TransferJob.finish` completes the uploads from the writer's receipts and
-verifies every object (:mod:`.verify`); :meth:`~TransferJob.close` always stops the gateways and, if
-anything failed, aborts every upload begun, so the destination holds complete objects only.
+(:mod:`.manifest`, with the chunk size, connections, windows, budgets and workers derived from the
+plan and the work by :mod:`.tuning`), makes the programs and starts the gateways downstream first
+(:mod:`.wiring`, through a :class:`~airflow_skyplane.compute.launcher.GatewayLauncher`);
+:meth:`~TransferJob.poll` watches the reading and the writing gateway until the writer has written
+every chunk (:mod:`.control`), while each object is completed and verified as soon as the writer's
+receipts cover it (:mod:`.completion`, :mod:`.verify`); :meth:`~TransferJob.finish` waits for the last
+ones; :meth:`~TransferJob.close` always stops the gateways and, if anything failed, aborts every upload
+not completed, so the destination holds complete objects only.
 
 **Resume** (``state_key``, :mod:`.resume`): the job checkpoints its uploads and its writer's receipts
 into the destination store; a job started with the key of a state a failed try left continues it,
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -31,13 +34,14 @@ from airflow_skyplane.compute.launcher import GatewayHandle, GatewayLauncher
 from airflow_skyplane.exceptions import SkyplaneError, StorageError, TransferError
 from airflow_skyplane.storage.base import MultipartUpload, ObjectInfo, ObjectStore
 from airflow_skyplane.storage.kinds import StoreSpec, store_kind
-from airflow_skyplane.transfer import control, manifest, resume, verify, wiring
-from airflow_skyplane.transfer.control import Receipt
+from airflow_skyplane.transfer import control, manifest, resume, tuning, verify, wiring
+from airflow_skyplane.transfer.completion import Completion
+from airflow_skyplane.transfer.control import GatewayStatus, Receipt
 from airflow_skyplane.transfer.options import TransferKnobs, TransferOptions
 from airflow_skyplane.transfer.overlay import Hop, Overlay, overlay_from_plan
 from airflow_skyplane.transfer.resume import ResumeLedger
 from airflow_skyplane.transfer.summary import TransferResult, Unverified
-from airflow_skyplane.transfer.tracker import Progress, aggregate
+from airflow_skyplane.transfer.tracker import Progress, aggregate, complete, first_failure
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -45,6 +49,8 @@ if TYPE_CHECKING:
 __all__ = ["Hop", "Overlay", "TransferJob", "TransferResult", "overlay_from_plan"]
 
 log = logging.getLogger(__name__)
+#: seconds between two looks at the gateways (each look is an HTTP request to the reader and writer)
+POLL_S = 0.1
 
 
 class TransferJob:
@@ -117,6 +123,14 @@ class TransferJob:
             every_chunks=self.options.state_every_chunks,
         )  # fmt: skip
         self._succeeded = False
+        #: the settings derived for this transfer (:meth:`start`)
+        self.tuning: tuning.Tuning | None = None
+        # objects are completed and verified as their last chunk is written (None: a job attached in
+        # another process, which completes and verifies everything in finish())
+        self._completion: Completion | None = None
+        self._uploads_lock = threading.Lock()
+        self._fetched_at = 0.0
+        self._next_sweep = 0.0
 
     # -- conducting ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -131,32 +145,61 @@ class TransferJob:
             if previous is not None:
                 self.resume.take_over(rel, info, previous, self.uploads)
 
+        completion = self._completion = Completion(self._finish_object, self._discard_bad)
         written = manifest.write_manifest(
             self.workdir, listed, source_prefix=self.source_prefix, destination=self.destination,
-            destination_prefix=self.destination_prefix, chunk_size=self.options.chunk_size,
-            objects=self.objects, uploads=self.uploads, on_object=take_over, kept=self.resume.kept,
+            destination_prefix=self.destination_prefix, chunk_size=self._tune, objects=self.objects,
+            uploads=self.uploads, on_object=take_over, kept=self.resume.kept,
+            on_chunk=lambda c: completion.expect(c.key, c.parts),
         )  # fmt: skip
+        self.resume.chunk_size = written.chunk_size
         self.chunks_to_send = written.chunks
+        completion.add(self.resume.carried)
         if previous is not None:
             self.resume.drop_unlisted(previous, self.objects)
         self.bytes_total = sum(o.size for o in self.objects.values())
         self._save()  # the uploads begun are recorded before any gateway runs: a kill now loses none
         self.checkpoint(force=True)  # ... and in the durable state, for a retry on another worker
         if self.chunks_to_send:
-            self.started = wiring.start_gateways(
-                wiring.build_programs(self._wiring(written.path), self.backend), self.overlay, self.backend
-            )
+            programs = wiring.build_programs(self._wiring(written.path), self.backend)
+            self.started = wiring.start_gateways(programs, self._tuned_overlay(), self.backend)
             self._save()
 
+    def _tune(self, work: tuning.Work) -> int:
+        """Decide the data plane's settings once the work is listed; the chunk size to cut it with."""
+        regions = self.overlay.regions
+        hops = [
+            tuning.HopSpec(h.src, h.dst, h.connections, h.gbps, tuning.rtt_between(regions, h.src, h.dst))
+            for h in self.overlay.hops
+        ]
+        self.tuning = tuning.tune(
+            hops, self.overlay.source, self.overlay.destination, work,
+            chunk_size=self.resume.chunk_size or self.options.chunk_size,
+            min_part_size=self.destination.min_part_size, max_inflight_mb=self.options.max_inflight_mb,
+            shared_cpus=getattr(self.backend, "shared_cpus", None),
+            workers=getattr(self.backend, "gateway_workers", None),
+        )  # fmt: skip
+        return self.tuning.chunk_size
+
+    def _tuned_overlay(self) -> Overlay:
+        """The overlay with the connections the tuning chose for each hop."""
+        assert self.tuning is not None
+        connections = self.tuning.connections
+        hops = [replace(h, connections=connections[(h.src, h.dst)]) for h in self.overlay.hops]
+        return replace(self.overlay, hops=hops)
+
     def _wiring(self, manifest_path: Path) -> wiring.Wiring:
+        assert self.tuning is not None  # decided while the manifest was cut
+
         def store_spec(store: ObjectStore) -> StoreSpec:  # with the connection's credentials
             return store_kind(store.scheme).spec(store)
 
         return wiring.Wiring(
             transfer_id=self.transfer_id,
             workdir=self.workdir,
-            overlay=self.overlay,
+            overlay=self._tuned_overlay(),
             options=self.options,
+            tuning=self.tuning,
             source_spec=self._source_spec or store_spec(self.source),
             source_prefix=self.source_prefix,
             manifest=manifest_path,
@@ -178,6 +221,7 @@ class TransferJob:
             "started_at": self.started_at,
             "uploads": {k: u.upload_id for k, u in self.uploads.items()},
             "keep_on_failure": self.options.keep_on_failure,
+            "chunks_to_send": self.chunks_to_send,
             **self.resume.save(self.workdir),
         }
         tmp = self.workdir / "job.json.tmp"
@@ -215,6 +259,7 @@ class TransferJob:
             for k, upload_id in state["uploads"].items()
         }
         job.resume.restore(state, folder)
+        job.chunks_to_send = state.get("chunks_to_send", 0)
         job.objects = manifest.read_objects(folder)
         job.started = dict(backend.gateways)
         return job
@@ -223,43 +268,77 @@ class TransferJob:
         statuses = {gid: control.status(gw) for gid, gw in self.started.items()}
         if not statuses:
             return Progress(0, 0, 0, 0, 0.0, 0, 0, ())
-        return aggregate(statuses, [self.overlay.source], self.bytes_total - self.resume.resumed_bytes)
+        writers = [self.overlay.destination] if self.overlay.destination in statuses else None
+        return aggregate(
+            statuses, [self.overlay.source], self.bytes_total - self.resume.resumed_bytes, writers
+        )
+
+    def _statuses(self) -> dict[str, GatewayStatus]:
+        """The reader's and the writer's status; every gateway's once a second, or when one failed."""
+        ends = (self.overlay.source, self.overlay.destination)
+        statuses = {gid: control.status(self.started[gid]) for gid in ends if gid in self.started}
+        now = time.monotonic()
+        if now >= self._next_sweep or any(s["errors"] for s in statuses.values()):
+            self._next_sweep = now + 1.0
+            others = {gid: gw for gid, gw in self.started.items() if gid not in ends}
+            statuses.update({gid: control.status(gw) for gid, gw in others.items()})
+        return statuses
 
     def poll(self) -> bool:
-        """True once every chunk is written at the destination; raise TransferError on a failure."""
+        """True once every chunk is written at the destination (the writing gateway counts what it
+        wrote); raise TransferError on a failure, naming the gateway that failed first."""
         if not self.started:
             return True  # nothing to send
-        reader = self.started[self.overlay.source]
-        status = control.status(reader)
+        statuses = self._statuses()
+        status = statuses[self.overlay.source]
+        done = complete(status, statuses[self.overlay.destination], self.chunks_to_send)
         now = time.monotonic()
-        if self.on_progress is not None and (status["done"] or now >= self._next_report):
+        if self.on_progress is not None and (done or now >= self._next_report):
             self.on_progress(self.progress())
             self._next_report = now + self.progress_every_s
         dead = [gid for gid, gw in self.started.items() if not gw.alive()]
         grace = time.monotonic() + 1.0
-        while status["errors"] and not dead and time.monotonic() < grace:
+        while first_failure(statuses) and not dead and time.monotonic() < grace:
             time.sleep(0.05)  # a peer that vanished shows as errors a moment before it shows as dead
             dead = [gid for gid, gw in self.started.items() if not gw.alive()]
-        if dead and (
-            status["errors"] or not status["done"]
-        ):  # the cause first: a dead gateway makes the others report errors
+        if dead and not done:  # the cause first: a dead gateway makes the others report errors
             raise control.exit_error(self.started[dead[0]])
-        if status["errors"]:
-            errors = list(dict.fromkeys(status["errors"]))
-            raise TransferError(f"gateway {reader.gateway_id} failed: {errors[:3]}")
+        failure = first_failure(statuses)
+        if failure is not None:
+            raise TransferError(f"gateway {failure[0]} failed: {failure[1][:3]}")
+        self._fetch_receipts()
         self.checkpoint()
-        if status["done"]:
+        if done:
             return True
         if time.time() - self.started_at > self.options.timeout:
             raise TransferError(f"transfer did not finish in {self.options.timeout:.0f} s (status {status})")
         return False
 
     def _fetch_receipts(self) -> None:
-        """Append the writer's receipts this job has not seen yet."""
+        """Append the writer's receipts this job has not seen yet; their objects complete as they can."""
         writer = self.started.get(self.overlay.destination)
         if writer is None or not writer.alive():  # a dead writer's receipts died with it
             return
-        self.receipts.extend(control.receipts(writer, len(self.receipts)))
+        if time.monotonic() - self._fetched_at < 0.02:
+            return  # fetched just now (poll, then checkpoint)
+        new = control.receipts(writer, len(self.receipts))
+        self._fetched_at = time.monotonic()
+        self.receipts.extend(new)
+        if self._completion is not None:
+            self._completion.add(new)
+
+    def _finish_object(self, key: str, receipts: list[Receipt]) -> str | None:
+        """Complete (when striped) and verify one object once every chunk of it is written."""
+        with self._uploads_lock:
+            upload = self.uploads.get(key)
+        checked = verify.finish_object(self.sides, key, self.objects[key], upload, receipts)
+        if upload is not None:
+            with self._uploads_lock:
+                self.uploads.pop(key, None)
+        return checked
+
+    def _discard_bad(self, key: str, err: TransferError) -> TransferError:
+        return verify.discard_bad(self.sides, key, err)
 
     def checkpoint(self, *, force: bool = False) -> bool:
         """Write the durable state when it is due (or ``force``); True when it was written."""
@@ -269,7 +348,9 @@ class TransferJob:
             self._fetch_receipts()
         if not (force or self.resume.due(len(self.receipts))):
             return False
-        return self.resume.checkpoint(self.transfer_id, self.objects, self.uploads, self.receipts)
+        with self._uploads_lock:  # objects complete (and leave ``uploads``) meanwhile
+            uploads = dict(self.uploads)
+        return self.resume.checkpoint(self.transfer_id, self.objects, uploads, self.receipts)
 
     def finish(self) -> TransferResult:
         """Complete the uploads and verify every object; call once :meth:`poll` says done."""
@@ -277,9 +358,12 @@ class TransferJob:
         self._fetch_receipts()
         unverified = Unverified()
         try:
-            verified = verify.complete_and_verify(
-                self.sides, self.objects, self.uploads, self.resume.carried + self.receipts, unverified
-            )
+            if self._completion is not None:
+                verified = self._completion.finish(self.objects, unverified)
+            else:  # attached in another process: everything is completed and verified here
+                verified = verify.complete_and_verify(
+                    self.sides, self.objects, self.uploads, self.resume.carried + self.receipts, unverified
+                )
         except TransferError:
             self.resume.bad = True  # what was recorded does not hold up: a retry starts over
             raise
@@ -310,6 +394,8 @@ class TransferJob:
 
         A resumable job that failed and will be retried (``keep_on_failure``) instead records what its
         writer wrote in the durable state, and keeps its uploads for the retry."""
+        if self._completion is not None:
+            self._completion.close()  # nothing completes while the uploads are aborted or recorded
         keep = self.resume.keeps(succeeded=self._succeeded, keep_on_failure=self.options.keep_on_failure)
         owner = self.resume.owner(self.transfer_id) if not self._succeeded else None
         if keep and owner == self.transfer_id:  # never over a later try's state, nor bring one back
@@ -344,7 +430,7 @@ class TransferJob:
         try:
             self.start()
             while not self.poll():
-                time.sleep(0.05)
+                time.sleep(POLL_S)
             return self.finish()
         finally:
             self.close()

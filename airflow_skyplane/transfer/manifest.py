@@ -5,8 +5,10 @@
 * ``manifest.jsonl``: the chunks the reading gateway sends (striped parts and batches of small
   objects, :mod:`.chunks`), one line per frame.
 
-Writing the manifest begins a multipart upload at the destination for every striped object not begun
-yet (a resumed transfer reuses the uploads it continues). An object record is also how the durable
+The objects are listed first and the chunks cut after, so that the chunk size can be chosen from the
+work as a whole (:mod:`.tuning`). Writing the manifest begins a multipart upload at the destination
+for every striped object not begun yet (a resumed transfer reuses the uploads it continues), a few at
+once. An object record is also how the durable
 state of a resumable transfer (:mod:`.resume`) and the spooled selection (:mod:`.diff`) keep an
 object: :func:`object_record` and :func:`object_from_record`.
 """
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,10 +35,13 @@ from airflow_skyplane.exceptions import (
     StorageError,
 )
 from airflow_skyplane.storage.base import Checksum, MultipartUpload, ObjectInfo, ObjectStore
-from airflow_skyplane.transfer.chunks import batch_small, plan_chunks
+from airflow_skyplane.transfer.chunks import Chunk, batch_small, plan_chunks
+from airflow_skyplane.transfer.tuning import Work
 
 OBJECTS_FILE = "objects.jsonl"
 MANIFEST_FILE = "manifest.jsonl"
+#: multipart uploads begun at once: one request each, under the 10 connections a boto3 client pools
+BEGIN_THREADS = 8
 
 
 class ObjectRecord(TypedDict):
@@ -68,10 +75,11 @@ def read_objects(workdir: Path) -> dict[str, ObjectInfo]:
 
 @dataclass
 class Manifest:
-    """What the inventory wrote: the manifest's path and the number of chunks to send."""
+    """What the inventory wrote: the manifest's path, the number of chunks to send, their size."""
 
     path: Path
     chunks: int
+    chunk_size: int
 
 
 def write_manifest(
@@ -81,51 +89,77 @@ def write_manifest(
     source_prefix: str,
     destination: ObjectStore,
     destination_prefix: str,
-    chunk_size: int,
+    chunk_size: int | Callable[[Work], int],
     objects: dict[str, ObjectInfo],
     uploads: dict[str, MultipartUpload],
     on_object: Callable[[str, ObjectInfo], None] = lambda rel, info: None,
     kept: Mapping[str, set[int]] | None = None,
+    on_chunk: Callable[[Chunk], None] = lambda chunk: None,
 ) -> Manifest:
     """Record ``listed`` (full keys under ``source_prefix``) and cut it into the manifest's chunks.
 
-    ``objects`` (relative key -> object) and ``uploads`` fill as the listing is read, so that what
-    was begun is known even when this fails half-way. ``on_object`` sees each object before its
-    chunks are cut, so it can fill ``kept`` (relative key -> part numbers a previous try wrote, which
-    are not sent again) and ``uploads`` (uploads it continues); an upload is begun for every other
-    striped object.
+    ``chunk_size`` is a size, or what chooses one from the listed work (its bytes, objects and
+    largest object). ``objects`` (relative key -> object) and ``uploads`` fill as the listing is read
+    and the uploads are begun, so that what was begun is known even when this fails half-way.
+    ``on_object`` sees each object before its chunks are cut, so it can fill ``kept`` (relative key
+    -> part numbers a previous try wrote, which are not sent again) and ``uploads`` (uploads it
+    continues); an upload is begun for every other striped object. ``on_chunk`` sees every chunk of
+    every object, sent or kept.
     """
     kept = kept if kept is not None else {}
     manifest = workdir / MANIFEST_FILE
-    sent = 0
+    sent = largest = total = 0
     with _private_text(workdir / OBJECTS_FILE) as inventory:
+        for info in listed:
+            if not info.key.startswith(source_prefix):
+                raise InvalidInputError(
+                    f"object {info.key!r} is not under the source prefix {source_prefix!r}"
+                )
+            rel = info.key[len(source_prefix) :]
+            objects[rel] = info
+            inventory.write(json.dumps(object_record(rel, info)) + "\n")
+            on_object(rel, info)
+            largest, total = max(largest, info.size), total + info.size
+    size = chunk_size if isinstance(chunk_size, int) else chunk_size(Work(total, len(objects), largest))
+    sizes = ((rel, info.size) for rel, info in objects.items())
+    chunks = plan_chunks(sizes, size, min_part_size=destination.min_part_size)
+    begin: set[str] = set()
+    with _private_text(manifest) as f:
+        for batch in batch_small(
+            c for c in _seen(chunks, on_chunk) if c.part_number not in kept.get(c.key, ())
+        ):
+            sent += len(batch)
+            entries = [
+                {"chunk_id": c.chunk_id, "key": c.key, "offset": c.offset, "length": c.length,
+                 "object_size": c.object_size, "part_number": c.part_number, "parts": c.parts}
+                for c in batch
+            ]  # fmt: skip
+            f.write(json.dumps(entries[0] if len(entries) == 1 else {"chunks": entries}) + "\n")
+            begin.update(c.key for c in batch if c.is_part and c.key not in uploads)
+    _begin_uploads(destination, destination_prefix, sorted(begin), uploads)
+    return Manifest(manifest, sent, size)
 
-        def listing() -> Iterator[tuple[str, int]]:
-            for info in listed:
-                if not info.key.startswith(source_prefix):
-                    raise InvalidInputError(
-                        f"object {info.key!r} is not under the source prefix {source_prefix!r}"
-                    )
-                rel = info.key[len(source_prefix) :]
-                objects[rel] = info
-                inventory.write(json.dumps(object_record(rel, info)) + "\n")
-                on_object(rel, info)
-                yield rel, info.size
 
-        chunks = plan_chunks(listing(), chunk_size, min_part_size=destination.min_part_size)
-        with _private_text(manifest) as f:
-            for batch in batch_small(c for c in chunks if c.part_number not in kept.get(c.key, ())):
-                sent += len(batch)
-                entries = [
-                    {"chunk_id": c.chunk_id, "key": c.key, "offset": c.offset, "length": c.length,
-                     "object_size": c.object_size, "part_number": c.part_number, "parts": c.parts}
-                    for c in batch
-                ]  # fmt: skip
-                f.write(json.dumps(entries[0] if len(entries) == 1 else {"chunks": entries}) + "\n")
-                for c in batch:
-                    if c.is_part and c.key not in uploads:
-                        uploads[c.key] = destination.begin_multipart(destination_prefix + c.key)
-    return Manifest(manifest, sent)
+def _seen(chunks: Iterable[Chunk], on_chunk: Callable[[Chunk], None]) -> Iterable[Chunk]:
+    for chunk in chunks:
+        on_chunk(chunk)
+        yield chunk
+
+
+def _begin_uploads(
+    destination: ObjectStore, prefix: str, keys: list[str], uploads: dict[str, MultipartUpload]
+) -> None:
+    """Begin an upload for each key, a few at once (one after the other is a round trip per object
+    before the first byte moves); each is recorded in ``uploads`` as soon as it is begun."""
+    lock = threading.Lock()
+
+    def begin(key: str) -> None:
+        upload = destination.begin_multipart(prefix + key)
+        with lock:
+            uploads[key] = upload
+
+    with ThreadPoolExecutor(BEGIN_THREADS, thread_name_prefix="begin") as pool:
+        list(pool.map(begin, keys))
 
 
 def private_write(path: Path, data: bytes | str) -> Path:

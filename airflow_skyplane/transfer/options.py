@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypedDict
 
 from airflow_skyplane.exceptions import InvalidInputError
-from airflow_skyplane.transfer.chunks import DEFAULT_CHUNK_SIZE
 
 if TYPE_CHECKING:
     from airflow_skyplane.hooks.skyplane import SkyplaneSettings
@@ -45,13 +44,15 @@ class TransferOptions:
     """How one transfer moves its bytes. Field names are the keywords
     :class:`~airflow_skyplane.transfer.job.TransferJob` also takes one by one."""
 
-    #: bytes per chunk on the wire and per multipart part (raised where a store needs larger parts)
-    chunk_size: int = DEFAULT_CHUNK_SIZE
+    #: bytes per chunk on the wire and per multipart part (raised where a store needs larger parts);
+    #: None: derived from the work and the plan (:mod:`airflow_skyplane.transfer.tuning`)
+    chunk_size: int | None = None
     compress: Compression = "auto"
     #: AES-GCM end to end under a per-transfer key only the reading and writing gateways get
     encrypt: bool = True
-    #: bytes (MiB) of chunks a gateway holds at once besides one received frame per connection
-    max_inflight_mb: int = 128
+    #: an upper bound (MiB) of the bytes of chunks a gateway holds at once; each gateway's budget is
+    #: derived from the plan (:mod:`airflow_skyplane.transfer.tuning`), None: no bound but its machine's
+    max_inflight_mb: int | None = None
     #: TCP connections on each overlay edge (the cap of a planned edge's connections; a direct
     #: transfer opens this many)
     connections_per_hop: int = 8
@@ -65,14 +66,17 @@ class TransferOptions:
     keep_on_failure: bool = True
 
     def __post_init__(self) -> None:
-        if not _whole(self.chunk_size) or self.chunk_size < 1:
-            raise InvalidInputError(f"chunk_size={self.chunk_size!r} must be a positive number of bytes")
+        if self.chunk_size is not None and (not _whole(self.chunk_size) or self.chunk_size < 1):
+            raise InvalidInputError(
+                f"chunk_size={self.chunk_size!r} must be a positive number of bytes, or None (derived)"
+            )
         compression_mode(self.compress, origin="compress")
         if not isinstance(self.encrypt, bool):
             raise InvalidInputError(f"encrypt={self.encrypt!r} must be True or False")
-        if not _whole(self.max_inflight_mb) or not 8 <= self.max_inflight_mb <= 4096:
+        inflight = self.max_inflight_mb
+        if inflight is not None and (not _whole(inflight) or not 8 <= inflight <= 4096):
             raise InvalidInputError(
-                f"max_inflight_mb={self.max_inflight_mb!r} is out of range: use 8 to 4096"
+                f"max_inflight_mb={inflight!r} is out of range: use 8 to 4096, or None (derived)"
             )
         if not _whole(self.connections_per_hop) or not 1 <= self.connections_per_hop <= 256:
             raise InvalidInputError(
@@ -85,11 +89,6 @@ class TransferOptions:
         every = self.state_every_chunks
         if every is not None and (not _whole(every) or every < 1):
             raise InvalidInputError(f"state_every_chunks={every!r} must be a whole number >= 1, or None")
-
-    @property
-    def chunk_size_mb(self) -> int:
-        """The chunk size in whole MiB, rounded up (as gateway programs state it)."""
-        return max(1, -(-self.chunk_size // MiB))
 
     @classmethod
     def from_settings(
@@ -112,10 +111,10 @@ class TransferOptions:
 class TransferKnobs(TypedDict, total=False):
     """The fields of :class:`TransferOptions`, as keywords that override some of them."""
 
-    chunk_size: int
+    chunk_size: int | None
     compress: Compression
     encrypt: bool
-    max_inflight_mb: int
+    max_inflight_mb: int | None
     connections_per_hop: int
     timeout: float
     state_every_s: float

@@ -24,6 +24,8 @@ class Hop:
     dst: str
     connections: int = 8
     weight: float = 1.0
+    #: the planned rate (None: not planned); the data plane's buffers and windows are sized from it
+    gbps: float | None = None
 
 
 @dataclass
@@ -79,9 +81,9 @@ def overlay_from_plan(plan: TransferPlan, *, max_connections_per_hop: int | None
     """The overlay of a unicast :class:`~airflow_skyplane.planner.plan.TransferPlan`.
 
     One gateway per region of the plan (named by the region); each planned edge becomes a hop whose
-    share of the flow is the edge's planned Gbps and whose connections are the planned ones (capped
-    by ``max_connections_per_hop``, e.g. for local relays that share one machine). Several VMs in a
-    region are served by one gateway with their connections added up.
+    share of the flow is the edge's planned Gbps and whose connections are the planned ones (up to
+    64 per edge; ``max_connections_per_hop`` caps them when given). Several VMs in a region are
+    served by one gateway with their connections added up.
     """
     if len(plan.destinations) != 1:
         raise InvalidInputError(
@@ -95,6 +97,6 @@ def overlay_from_plan(plan: TransferPlan, *, max_connections_per_hop: int | None
         connections = max(1, edge.connections)
         if max_connections_per_hop:
             connections = min(connections, max_connections_per_hop)
-        hops.append(Hop(edge.src, edge.dst, connections, edge.gbps))
+        hops.append(Hop(edge.src, edge.dst, connections, edge.gbps, edge.gbps))
     regions: dict[str, str | None] = {name: name for name in plan.relays}
     return Overlay(plan.source, plan.destinations[0], hops, regions)

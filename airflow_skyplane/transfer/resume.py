@@ -76,7 +76,7 @@ class State(TypedDict, total=False):
     written_at: float
     source_prefix: str
     destination_prefix: str
-    chunk_size: int
+    chunk_size: int | None
     objects: dict[str, RecordedObject]
     receipts: list[Receipt]
 
@@ -210,7 +210,7 @@ class ResumeLedger:
         *,
         source_prefix: str,
         destination_prefix: str,
-        chunk_size: int,
+        chunk_size: int | None,
         every_s: float,
         every_chunks: int | None,
     ) -> None:
@@ -241,6 +241,8 @@ class ResumeLedger:
         if data is None:
             return None
         self.resumed = True
+        if self.chunk_size is None:  # derived: the retry cuts the objects as the try it continues did
+            self.chunk_size = data.get("chunk_size")
         same_cut = (data.get("chunk_size"), data.get("destination_prefix"), data.get("source_prefix")) == (
             self.chunk_size, self.destination_prefix, self.source_prefix,
         )  # fmt: skip

@@ -1,8 +1,11 @@
 """Fleet progress from the gateways' status endpoints: done %, Gbps, ETA.
 
-The reading gateways know how many chunks there are and how many the destination has acknowledged
-(an ACK reaches a source only once the chunk is written), so their counters are the progress of the
-transfer; the other gateways' counters add the resends and rejected chunks or peers.
+The reading gateways know how many chunks there are; the writing gateways count the chunks they
+have written (an ACK between gateways means the next hop holds the chunk, so what is written is
+known only at the writer, from its receipts); the other gateways' counters add the resends and
+rejected chunks or peers. A transfer is complete when its reader has sent everything and its writer
+has written every chunk (:func:`complete`); when gateways report errors, the one whose first error
+came first is the cause (:func:`first_failure`): the others fail because it did.
 """
 
 from __future__ import annotations
@@ -55,15 +58,40 @@ class Progress:
         )
 
 
-def aggregate(statuses: Mapping[str, GatewayStatus], readers: list[str], bytes_total: int) -> Progress:
-    """Fleet progress from each gateway's ``/status`` (``readers``: the source gateways)."""
-    done = sum(statuses[g]["chunks_sent"] for g in readers if g in statuses)
+def complete(reader: GatewayStatus, writer: GatewayStatus, chunks: int) -> bool:
+    """True once the reader has sent everything and the writer has written ``chunks`` chunks."""
+    return bool(reader.get("done")) and int(writer.get("chunks_stored", 0)) >= chunks
+
+
+def first_failure(statuses: Mapping[str, GatewayStatus]) -> tuple[str, list[str]] | None:
+    """(gateway id, its distinct errors) of the gateway that failed first, or None."""
+    failed = [(s.get("first_error_at") or 0.0, gid) for gid, s in statuses.items() if s.get("errors")]
+    if not failed:
+        return None
+    gid = min(failed)[1]
+    return gid, list(dict.fromkeys(statuses[gid]["errors"]))
+
+
+def aggregate(
+    statuses: Mapping[str, GatewayStatus],
+    readers: list[str],
+    bytes_total: int,
+    writers: list[str] | None = None,
+) -> Progress:
+    """Fleet progress from each gateway's ``/status`` (``readers``: the source gateways; ``writers``:
+    the destination gateways, whose written chunks and bytes are the progress when given)."""
+    counted = [g for g in (writers or readers) if g in statuses]
+    if writers:
+        done = sum(statuses[g].get("chunks_stored", 0) for g in counted)
+    else:
+        done = sum(statuses[g].get("chunks_sent", 0) for g in counted)
     totals = [statuses[g].get("total_chunks") for g in readers if g in statuses]
     total = sum(t for t in totals if t is not None) if totals and all(t is not None for t in totals) else None
+    written = sum(statuses[g].get("raw_bytes", 0) for g in counted)
     return Progress(
         chunks_done=done,
         chunks_total=total,
-        bytes_done=sum(statuses[g]["raw_bytes"] for g in readers if g in statuses),
+        bytes_done=min(written, bytes_total) if writers else written,
         bytes_total=bytes_total,
         seconds=max((statuses[g]["seconds"] for g in readers if g in statuses), default=0.0),
         resends=sum(s.get("resends", 0) for s in statuses.values()),
@@ -111,13 +139,18 @@ def poll_fleet(folder: str | Path) -> FleetStatus:
             except OSError as err:
                 state = "running" if fleets.runs_gateway(gw["pid"]) else "not running"
                 return FleetStatus("failed", _EMPTY, f"gateway {gid} does not answer ({err}); it is {state}")
-        reader = job["overlay"]["source"]
+        reader, writer = job["overlay"]["source"], job["overlay"]["destination"]
         if reader in statuses:
-            progress = aggregate(statuses, [reader], job["bytes_total"])
-            if progress.errors:
-                return FleetStatus("failed", progress, f"gateway errors: {list(progress.errors[:3])}")
+            writers = [writer] if writer in statuses else None
+            progress = aggregate(
+                statuses, [reader], job["bytes_total"] - job.get("resumed_bytes", 0), writers
+            )
+            failure = first_failure(statuses)
+            if failure is not None:
+                return FleetStatus("failed", progress, f"gateway {failure[0]} failed: {failure[1][:3]}")
             parts.append(progress)
-            done = done and bool(statuses[reader]["done"])
+            chunks = job.get("chunks_to_send", 0)
+            done = done and complete(statuses[reader], statuses.get(writer, {}), chunks)
     total = combine(parts)
     return FleetStatus("done" if done else "running", total)
 

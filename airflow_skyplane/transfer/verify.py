@@ -1,5 +1,9 @@
 """Complete a transfer's multipart uploads from the writer's receipts, then verify every object.
 
+A running transfer completes and verifies each object as soon as the writer's receipts cover it
+(:func:`finish_object`, through :mod:`.completion`); :func:`complete_and_verify` does all of them at
+once, for a job attached in another process.
+
 Each object is checked at the destination (one HEAD, :data:`VERIFY_THREADS` at once): its size, and
 its checksum against what the gateways wrote (MD5, the S3 multipart ETag, or the CRC32C a GCS
 composed object reports, derived from the receipts) and, where the algorithms allow, against the
@@ -81,19 +85,39 @@ def complete_and_verify(
             elif unverified is not None:
                 unverified.add(key, why)
         except TransferError as err:
-            # a short or mismatching object must not stay where readers would take it for a copy
-            dest_key = sides.destination_prefix + key
-            try:
-                sides.destination.delete(dest_key)
-            except Exception as cleanup:  # noqa: BLE001 - the verification error is the one to show
-                raise TransferError(
-                    f"{err}; deleting {sides.destination.describe(dest_key)} failed too ({cleanup}): "
-                    "delete it by hand"
-                ) from err
-            raise TransferError(
-                f"{err}; the object was deleted from the destination and a rerun sends it again"
-            ) from err
+            raise discard_bad(sides, key, err) from err
     return verified
+
+
+def finish_object(
+    sides: Sides, key: str, info: ObjectInfo, upload: MultipartUpload | None, receipts: list[Receipt]
+) -> str | None:
+    """Complete one object whose chunks are all written (a striped one after checking that its source
+    did not change while its ranges were read) and verify it; None when a checksum matched, else why
+    none could be compared (the size matched)."""
+    if upload is not None:
+        if _source_changed(sides, key, info):
+            raise TransferError(
+                f"source object {sides.source.describe(sides.source_prefix + key)} changed during the "
+                "transfer: nothing was written for it; rerun the transfer to copy the new version"
+            )
+        parts = sorted(receipts, key=lambda r: r["part_number"])
+        sides.destination.complete_multipart(
+            upload, [PartInfo(r["part_number"], r["length"], r["token"]) for r in parts]
+        )
+    return _verify_one(sides, key, info, receipts)
+
+
+def discard_bad(sides: Sides, key: str, err: TransferError) -> TransferError:
+    """Delete an object that failed verification (readers must not take it for a copy); the error to
+    raise."""
+    dest_key = sides.destination_prefix + key
+    try:
+        sides.destination.delete(dest_key)
+    except Exception as cleanup:  # noqa: BLE001 - the verification error is the one to show
+        where = sides.destination.describe(dest_key)
+        return TransferError(f"{err}; deleting {where} failed too ({cleanup}): delete it by hand")
+    return TransferError(f"{err}; the object was deleted from the destination and a rerun sends it again")
 
 
 def _verify_all(

@@ -4,9 +4,11 @@
 trusted), one identity per gateway naming the addresses it is dialled at, a per-transfer AES key
 (only the reading and writing gateways get its file), and one
 :class:`~airflow_skyplane.gateway.program.Program` per gateway from the transfer's
-:class:`~airflow_skyplane.transfer.options.TransferOptions`. Every file is private (0600) in the
-job's work folder. :func:`start_gateways` starts them downstream first, so that each sender is given
-the port its next hop listens on and finds it listening.
+:class:`~airflow_skyplane.transfer.options.TransferOptions` and the settings derived for it
+(:class:`~airflow_skyplane.transfer.tuning.Tuning`: each gateway's byte budget and worker processes,
+the chunk size, the window, and the connections of each hop, which the overlay given here carries).
+Every file is private (0600) in the job's work folder. :func:`start_gateways` starts them downstream
+first, so that each sender is given the port its next hop listens on and finds it listening.
 
 Where a gateway listens, its control host, the address a hop dials and its certificate's addresses
 come from the :class:`~airflow_skyplane.compute.launcher.GatewayLauncher`.
@@ -29,6 +31,7 @@ from airflow_skyplane.storage.kinds import StoreSpec
 from airflow_skyplane.transfer.manifest import private_write
 from airflow_skyplane.transfer.options import TransferOptions
 from airflow_skyplane.transfer.overlay import Overlay
+from airflow_skyplane.transfer.tuning import Tuning
 
 #: the files of a job's work folder that hold secrets (deleted when the job is closed)
 SECRET_FILES = ("transfer.key", "uploads.json")
@@ -40,8 +43,10 @@ class Wiring:
 
     transfer_id: str
     workdir: Path
+    #: the hops with the connections the tuning chose
     overlay: Overlay
     options: TransferOptions
+    tuning: Tuning
     source_spec: StoreSpec
     source_prefix: str
     manifest: Path
@@ -58,7 +63,7 @@ class Wiring:
 
 def build_programs(wiring: Wiring, launcher: GatewayLauncher) -> dict[str, Program]:
     """One program per gateway, in the order to start them; next hops come with :func:`start_gateways`."""
-    overlay, options, workdir = wiring.overlay, wiring.options, wiring.workdir
+    overlay, options, tuning, workdir = wiring.overlay, wiring.options, wiring.tuning, wiring.workdir
     ca = tls.FleetCA.create(f"transfer-{wiring.transfer_id[:12]}")
     ca_file = private_write(workdir / "ca.pem", ca.cert_pem)
     key_file = private_write(workdir / "transfer.key", proto.ChunkCipher.generate().key)
@@ -101,8 +106,10 @@ def build_programs(wiring: Wiring, launcher: GatewayLauncher) -> dict[str, Progr
             ),  # fmt: skip
             compress=options.compress,
             encrypt=options.encrypt,
-            max_inflight_mb=options.max_inflight_mb,
-            chunk_size_mb=options.chunk_size_mb,
+            max_inflight_mb=tuning.budget_mb[gid],
+            chunk_size_mb=max(1, -(-tuning.chunk_size // (1024 * 1024))),
+            workers=tuning.workers.get(gid),
+            window=tuning.window,
             expires_at=wiring.expires_at,
             watch_pid=wiring.watch_pid if launcher.same_machine else None,
             test_faults=dict(wiring.test_faults.get(gid, {})),

@@ -1,0 +1,95 @@
+"""Complete and verify each object as soon as all its chunks are written, while the transfer goes on.
+
+Completing a multipart upload and checking an object (size, checksums) used to wait for the last
+chunk of the whole transfer, then run object after object: on a store that assembles parts itself
+(moto, or any store that copies the parts into the object) that is seconds per gigabyte after the
+last byte. Here the controller hands every receipt the writing gateway returns to a
+:class:`Completion`; once an object has every part it expects, it is completed (after checking that
+the source object did not change since it was listed: all its ranges have been read) and verified in
+a small pool, exactly as at the end before; what remains at the end is the last few objects.
+
+An object that fails verification is deleted from the destination, and the error says a rerun
+sends it again. Nothing here imports Airflow.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from airflow_skyplane.exceptions import TransferError
+from airflow_skyplane.transfer.control import Receipt
+from airflow_skyplane.transfer.summary import Unverified
+
+#: completions and HEAD requests at once: under the 10 connections a boto3 client pools by default
+THREADS = 8
+
+
+class Completion:
+    """Objects complete themselves as their last chunk is written.
+
+    ``finish_object(key, receipts) -> str | None`` completes (when it was striped) and verifies one
+    object: None when a checksum matched, else why none could be compared (the size matched);
+    ``cleanup(key)`` removes an object that failed verification.
+    """
+
+    def __init__(
+        self,
+        finish_object: Callable[[str, list[Receipt]], str | None],
+        cleanup: Callable[[str, TransferError], TransferError],
+        threads: int = THREADS,
+    ) -> None:
+        self._finish_object, self._cleanup = finish_object, cleanup
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="complete")
+        self._lock = threading.Lock()
+        self._expected: dict[str, int] = {}
+        self._written: dict[str, dict[int, Receipt]] = {}
+        self._futures: dict[str, Future[str | None]] = {}
+
+    def expect(self, key: str, parts: int) -> None:
+        """``key`` is written in ``parts`` chunks (1: a single put)."""
+        self._expected[key] = parts
+
+    def add(self, receipts: Iterable[Receipt]) -> None:
+        """Chunks written (a chunk written twice counts once, the last receipt wins)."""
+        ready = []
+        with self._lock:
+            for receipt in receipts:
+                key = receipt["key"]
+                if key in self._futures:
+                    continue
+                parts = self._written.setdefault(key, {})
+                parts[receipt["part_number"]] = receipt
+                if len(parts) >= self._expected.get(key, 1 << 62):
+                    ready.append(key)
+            for key in ready:
+                receipts_of = list(self._written.pop(key).values())
+                self._futures[key] = self._pool.submit(self._finish_object, key, receipts_of)
+
+    def finish(self, keys: Iterable[str], unverified: Unverified | None = None) -> int:
+        """Complete and verify every object of ``keys`` not done yet; wait for all. The number whose
+        checksum was verified, the others (checked by size) noted in ``unverified`` with the reason;
+        the first failure raises (the object deleted, see ``cleanup``)."""
+        with self._lock:
+            for key in keys:
+                if key not in self._futures:
+                    receipts = list(self._written.pop(key, {}).values())
+                    self._futures[key] = self._pool.submit(self._finish_object, key, receipts)
+        verified = 0
+        try:
+            for key, future in list(self._futures.items()):
+                try:
+                    why = future.result()
+                except TransferError as err:
+                    raise self._cleanup(key, err) from err
+                if why is None:
+                    verified += 1
+                elif unverified is not None:
+                    unverified.add(key, why)
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        return verified
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,106 @@
+"""The CPU floor of a gateway's per-GB work in Python: TLS in and out, the payload cipher, CRC-32C.
+
+A relay receives every byte over TLS and sends it on over TLS; a source seals each chunk (AES-GCM)
+and sends it over TLS; a destination receives it over TLS and opens it. This measures those steps
+alone, with the gateway's own TLS contexts (TLS 1.3, mutual certificates) on loopback, so that the
+CPU-seconds per GB that ``benchmarks/wan.py`` reports can be set against what the steps cost before
+any store, thread hand-off or emulated network is added.
+
+Prints one JSON object (last line): ``tls_in_and_out_cpu_s_per_gb`` (one process sends and receives
+each byte once over a loopback TLS connection: a relay's floor, its kernel time included),
+``aes_gcm_seal_cpu_s_per_gb``, ``aes_gcm_open_cpu_s_per_gb`` (``cryptography``'s AESGCM, the
+payload cipher), ``crc32c_cpu_s_per_gb`` (``google-crc32c``), the TLS cipher negotiated, and the
+load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import threading
+import time
+
+import google_crc32c
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from airflow_skyplane.gateway import tls
+
+MiB = 1024 * 1024
+BLOCK = 4 * MiB  # a chunk's size in the WAN benchmark's range
+
+
+def tls_in_and_out(gib: float) -> tuple[float, str]:
+    """CPU-seconds per GB of sending and receiving ``gib`` over one loopback TLS connection."""
+    fleet = tls.FleetCA.create("tls-floor")
+    server_ctx = tls.server_context(fleet.issue("gw-b"), fleet.cert_pem)
+    client_ctx = tls.client_context(fleet.issue("gw-a"), fleet.cert_pem)
+    listener = socket.create_server(("127.0.0.1", 0))
+    total = int(gib * 1024) * MiB
+    got = [0]
+
+    def receive() -> None:
+        raw, _ = listener.accept()
+        with tls.server_handshake(server_ctx, raw, timeout=30) as sock:
+            sock.settimeout(60)
+            buffer = memoryview(bytearray(BLOCK))
+            while got[0] < total:
+                n = sock.recv_into(buffer)
+                if not n:
+                    break
+                got[0] += n
+
+    thread = threading.Thread(target=receive, daemon=True)
+    thread.start()
+    raw = socket.create_connection(listener.getsockname()[:2], timeout=30)
+    sock = tls.client_handshake(client_ctx, raw, timeout=30)
+    sock.settimeout(60)
+    cipher = (sock.cipher() or ("?",))[0]
+    payload = os.urandom(BLOCK)
+    cpu0 = time.process_time()
+    for _ in range(total // BLOCK):
+        sock.sendall(payload)
+    thread.join(120)
+    cpu = time.process_time() - cpu0
+    sock.close()
+    listener.close()
+    if got[0] != total:
+        raise RuntimeError(f"received {got[0]} of {total} bytes")
+    return cpu / (total / 1e9), cipher
+
+
+def per_gb(step: object, gib: float) -> float:
+    """CPU-seconds per GB of calling ``step`` once per block over ``gib``."""
+    rounds = int(gib * 1024) * MiB // BLOCK
+    cpu0 = time.process_time()
+    for _ in range(rounds):
+        step()  # type: ignore[operator]
+    return (time.process_time() - cpu0) / (rounds * BLOCK / 1e9)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gib", type=float, default=2.0, help="bytes through each step")
+    args = parser.parse_args()
+    load0 = os.getloadavg()[0]
+    tls_cpu, cipher = tls_in_and_out(args.gib)
+    aes = AESGCM(os.urandom(32))
+    nonce, data = os.urandom(12), os.urandom(BLOCK)
+    sealed = aes.encrypt(nonce, data, None)
+    report = {
+        "benchmark": "tls_floor",
+        "gib": args.gib,
+        "tls_cipher": cipher,
+        "tls_in_and_out_cpu_s_per_gb": round(tls_cpu, 3),
+        "aes_gcm_seal_cpu_s_per_gb": round(per_gb(lambda: aes.encrypt(nonce, data, None), args.gib), 3),
+        "aes_gcm_open_cpu_s_per_gb": round(per_gb(lambda: aes.decrypt(nonce, sealed, None), args.gib), 3),
+        "crc32c_cpu_s_per_gb": round(per_gb(lambda: google_crc32c.value(data), args.gib), 3),
+        "load_1m_start": round(load0, 2),
+        "load_1m_end": round(os.getloadavg()[0], 2),
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
