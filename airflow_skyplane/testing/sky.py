@@ -96,7 +96,8 @@ def emulator_argv(service: str, host: str, port: int, azurite: str | None = None
     """The command line that serves ``service`` (``s3``, ``gs`` or ``az``) on ``host:port``, and the
     path that answers once it is up. ``az`` needs the ``azurite-blob`` executable (:func:`find_azurite`)."""
     if service == "s3":
-        return [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)], "/moto-api/"
+        argv = [sys.executable, "-m", "airflow_skyplane.testing._moto_server", "-H", host, "-p", str(port)]
+        return argv, "/moto-api/"
     if service == "gs":
         argv = [sys.executable, "-m", "airflow_skyplane.testing._gcs_emulator", "start", "--host", host,
                 "--port", str(port), "--in-memory", "--quiet"]  # fmt: skip

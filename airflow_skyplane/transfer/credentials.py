@@ -247,7 +247,12 @@ def renew_fleet(folder: str | Path) -> list[str]:
                 request = json.loads((root / "request.json").read_text())
             except (OSError, ValueError):
                 return renewed
-        stores = {role: _open(found.entries[role].uri, request) for role in found.due()}
+        stores: dict[str, ObjectStore] = {}
+        for role in found.due():
+            try:
+                stores[role] = _open(found.entries[role].uri, request)
+            except SkyplaneError as err:  # renew() logs the role it cannot renew, and it is tried again
+                log.warning("could not open %s to renew its relays' credentials: %s", role, str(err)[:300])
         renewed += [f"{sub.name}/{role}" for role in found.renew(stores, ())]
     return renewed
 
