@@ -149,10 +149,14 @@ class GCPRelayBackend:
     ) -> None:
         compute, project = self.compute()
         deadline = time.monotonic() + 600
-        while operation.get("status") != "DONE":
+        polls = 0
+        while operation.get("status") != "DONE":  # PENDING, RUNNING
             if time.monotonic() > deadline:
                 raise RelayProvisionError(f"{region}: operation {operation.get('name')} not done after 600 s")
-            time.sleep(1)
+            # wait holds the request until the operation is done (two minutes at most) but may return
+            # sooner, still RUNNING: ask again, backing off a little each time
+            time.sleep(min(2.0, 0.25 * polls))
+            polls += 1
             if zone:
                 operation = (
                     compute.zoneOperations()
