@@ -24,6 +24,7 @@ import contextlib
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -344,10 +345,17 @@ class AzureRelayBackend:
         """Delete every resource tagged with the fleet, in dependency order; idempotent."""
         resources = self.clients()[2]
         removed: dict[str, list[str]] = {}
-        for kind in _ORDER:
-            for item in [r for r in self.tagged(fleet_id) if r["kind"] == kind]:
-                with contextlib.suppress(Exception):  # what remains is reported below
-                    resources.resources.begin_delete_by_id(item["id"], api_version=_API[kind]).result()
+
+        def delete(item: dict[str, Any]) -> None:
+            with contextlib.suppress(Exception):  # what remains is reported below
+                resources.resources.begin_delete_by_id(item["id"], api_version=_API[item["kind"]]).result()
+
+        for kind in _ORDER:  # one kind at a time (what uses a resource goes first), its items at once
+            items = [r for r in self.tagged(fleet_id) if r["kind"] == kind]
+            if items:
+                with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
+                    list(pool.map(delete, items))
+            for item in items:
                 removed.setdefault(kind.split("/")[1], []).append(item["id"].rsplit("/", 1)[-1])
         left = [r["id"].rsplit("/", 1)[-1] for r in self.tagged(fleet_id)]
         check_nothing_left(fleet_id, left)

@@ -7,10 +7,16 @@ it through their ``base_url`` option. It serves HTTPS (the SDKs refuse to send a
 plain HTTP) with a certificate of a throw-away CA, whose file :attr:`FakeARM.ca_file` the clients
 trust through ``connection_verify``.
 
-Any resource under a resource group can be created (PUT: stored, ``provisioningState`` Succeeded at
-once), read, listed and deleted; references are enforced as Azure does: a NIC, public IP, security
-group or virtual network in use cannot be deleted. Public IPs get an address, NICs a private one.
-:meth:`FakeARM.fail_next` makes the next PUT of a resource type fail with an ARM error (a quota, say).
+Any resource under a resource group can be created, read, listed and deleted, as long-running
+operations the way Resource Manager runs them: a PUT answers ``201 Created`` with the resource in
+``provisioningState`` ``Creating`` (``Updating`` for one that exists, ``200``) and an
+``Azure-AsyncOperation`` header; a DELETE answers ``202 Accepted`` with ``Azure-AsyncOperation`` and
+``Location`` and leaves the resource ``Deleting``. Each operation's status is ``InProgress`` when
+first asked, then ``Succeeded`` (the resource ``Succeeded``, or gone), so the SDK's poller polls.
+:attr:`FakeARM.seen_statuses` records the statuses each operation was answered with. References are
+enforced as Azure does: a NIC, public IP, security group or virtual network in use cannot be deleted.
+Public IPs get an address, NICs a private one. :meth:`FakeARM.fail_next` makes the next PUT of a
+resource type fail with an ARM error (a quota, say).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import re
 import ssl
 import tempfile
 import threading
+import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -31,12 +39,22 @@ _RG = re.compile(
 
 
 class FakeARM:
-    def __init__(self) -> None:
+    """``retry_after_s``: the ``Retry-After`` of its long-running operations, whole seconds as ARM
+    gives it (the SDK reads it as an integer); the fake's operations end when next asked."""
+
+    def __init__(self, *, retry_after_s: int = 1) -> None:
+        self.retry_after_s = retry_after_s
         self.resources: dict[str, dict[str, Any]] = {}  # lower-cased id -> resource
         self._faults: dict[str, list[tuple[int, str, str]]] = {}
         self._lock = threading.Lock()
+        self._pending = threading.local()  # the operation the request being answered began
         self._next_ip = 10
         self._server: ThreadingHTTPServer | None = None
+        self._url = ""
+        #: operation id -> what finishing it does (run once, when it is first answered Succeeded)
+        self._operations: dict[str, Callable[[], None] | None] = {}
+        #: operation id -> the statuses it was answered with, in order
+        self.seen_statuses: dict[str, list[str]] = {}
         self._tmp = tempfile.TemporaryDirectory(prefix="fake-arm-")
         self.ca_file = str(Path(self._tmp.name) / "ca.pem")
 
@@ -62,9 +80,11 @@ class FakeARM:
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}") if length else {}
-                status, payload = fake.handle(self.command, self.path, body)
+                status, payload, headers = fake.answer(self.command, self.path, body)
                 data = b"" if payload is None else json.dumps(payload).encode()
                 self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -75,7 +95,8 @@ class FakeARM:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         threading.Thread(target=self._server.serve_forever, daemon=True, name="fake-arm").start()
-        return f"https://127.0.0.1:{self._server.server_address[1]}"
+        self._url = f"https://127.0.0.1:{self._server.server_address[1]}"
+        return self._url
 
     def stop(self) -> None:
         if self._server is not None:
@@ -110,6 +131,44 @@ class FakeARM:
         needle = rid.lower()
         return [r["id"] for k, r in self.resources.items() if k != needle and needle in json.dumps(r).lower()]
 
+    def answer(self, method: str, path: str, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        """Status, body and headers of a request: a long-running PUT or DELETE names its operation in
+        ``Azure-AsyncOperation`` (and ``Location``, for a DELETE); the operation's URL answers its status."""
+        url = urlparse(path)
+        if url.path.startswith("/providers/skyplane.fake/operations/"):
+            status, payload = self._operation_status(url.path.rsplit("/", 1)[-1])
+            return status, payload, {"Retry-After": str(self.retry_after_s)}
+        status, payload = self.handle(method, path, body)
+        headers: dict[str, str] = {}
+        operation = getattr(self._pending, "operation", None)
+        if operation is not None:
+            self._pending.operation = None
+            link = f"{self._url}/providers/skyplane.fake/operations/{operation}?api-version=2024-01-01"
+            headers["Azure-AsyncOperation"] = link
+            headers["Retry-After"] = str(self.retry_after_s)
+            if method == "DELETE":
+                headers["Location"] = link
+        return status, payload, headers
+
+    def _begin(self, then: Callable[[], None] | None) -> None:
+        """A long-running operation of the request being answered (with the lock held)."""
+        operation = uuid.uuid4().hex
+        self._operations[operation] = then
+        self._pending.operation = operation
+
+    def _operation_status(self, operation: str) -> tuple[int, Any]:
+        with self._lock:
+            if operation not in self._operations:
+                return self._error(404, "NotFound", f"no operation {operation}")
+            seen = self.seen_statuses.setdefault(operation, [])
+            status = "InProgress" if not seen else "Succeeded"
+            if status == "Succeeded" and "Succeeded" not in seen:
+                then = self._operations[operation]
+                if then is not None:
+                    then()
+            seen.append(status)
+        return 200, {"id": operation, "name": operation, "status": status}
+
     def handle(self, method: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:
         url = urlparse(path)
         match = _RG.match(url.path)
@@ -140,7 +199,8 @@ class FakeARM:
                     return self._error(status, code, message or f"{code} for {rtype} {name}")
                 resource = {**body, "id": rid, "name": name, "type": f"{provider}/{rtype}"}
                 properties = dict(resource.get("properties") or {})
-                properties["provisioningState"] = "Succeeded"
+                created = key not in self.resources
+                properties["provisioningState"] = "Creating" if created else "Updating"
                 if rtype.lower() == "publicipaddresses":
                     self._next_ip += 1
                     properties.setdefault("ipAddress", f"20.1.0.{self._next_ip}")
@@ -151,9 +211,14 @@ class FakeARM:
                             f"10.0.0.{self._next_ip + n}"
                         )
                 resource["properties"] = properties
-                created = key not in self.resources
                 self.resources[key] = resource
-                return (201 if created else 200), resource
+
+                def succeeded() -> None:
+                    if self.resources.get(key) is resource:
+                        properties["provisioningState"] = "Succeeded"
+
+                self._begin(succeeded)
+                return (201 if created else 200), json.loads(json.dumps(resource))
             found = self.resources.get(key)
             if method == "GET":
                 if found is None:
@@ -167,6 +232,12 @@ class FakeARM:
                 users = self._references(rid)
                 if users:
                     return self._error(400, "InUseCannotBeDeleted", f"{rtype} {name} is in use by {users[0]}")
-                del self.resources[key]
-                return 200, None
+                found.setdefault("properties", {})["provisioningState"] = "Deleting"
+
+                def gone() -> None:
+                    if self.resources.get(key) is found:
+                        del self.resources[key]
+
+                self._begin(gone)
+                return 202, None
         return self._error(405, "MethodNotAllowed", method)

@@ -86,6 +86,9 @@ def test_a_fleet_in_two_regions_is_created_tagged_and_torn_down(
         )
     assert fake.tagged("skyplane-fleet", "fleet-a") == []
     assert backend.teardown("fleet-a") == {}
+    # every PUT and DELETE was a long-running operation, polled from InProgress until it Succeeded
+    assert len(fake.seen_statuses) > 2 * len(vms) * 4
+    assert {tuple(statuses) for statuses in fake.seen_statuses.values()} == {("InProgress", "Succeeded")}
 
 
 @pytest.mark.parametrize("kind", ["networkSecurityGroups", "publicIPAddresses", "virtualMachines"])
