@@ -13,8 +13,8 @@ auto-shutdown schedule (``Microsoft.DevTestLab/schedules``) that *deallocates* i
 expiry, on top of the boot script that powers it off; the sweeper then deletes what is left.
 
 The clients are Azure's management SDKs, built with the credential and subscription of the
-``AzureComputeHook`` connection; ``base_url`` (a fake of Resource Manager in tests) and
-``connection_verify`` are passed to them as their endpoint options.
+``AzureComputeHook`` connection (its ``subscriptionId``, required); ``base_url`` (a fake of Resource
+Manager in tests) and ``connection_verify`` are passed to them as their endpoint options.
 """
 
 from __future__ import annotations
@@ -108,12 +108,65 @@ def _resource_client_class() -> Any:
     return ResourceManagementClient
 
 
+def _connection_credential(conn_id: str) -> tuple[Any, str]:
+    """The credential and subscription of ``AzureComputeHook``'s connection ``conn_id``, resolved as
+    the hook resolves them (its auth file or JSON, a service principal's login, password and
+    ``tenantId``, else the default credential chain with its managed or workload identity), through
+    the connection alone: the hook keeps its credential inside its client, where nothing public reads
+    it. Raise :class:`InvalidInputError` when the connection names no subscription."""
+    import json
+    from pathlib import Path
+
+    from airflow.providers.microsoft.azure.hooks.compute import AzureComputeHook
+    from azure.identity import ClientSecretCredential
+
+    conn = AzureComputeHook.get_connection(conn_id)
+    extra = conn.extra_dejson
+    auth: dict[str, Any] = {}
+    if extra.get("key_path"):
+        try:
+            auth = json.loads(Path(extra["key_path"]).read_text())
+        except (OSError, ValueError) as err:
+            raise InvalidInputError(
+                f"Azure connection {conn_id!r}: key_path {extra['key_path']!r} is not a readable JSON "
+                f"auth file ({type(err).__name__}): give the path of the service principal's auth file"
+            ) from None
+    elif extra.get("key_json"):
+        raw = extra["key_json"]
+        auth = json.loads(raw) if isinstance(raw, str) else dict(raw)
+    subscription = auth.get("subscriptionId") or extra.get("subscriptionId")
+    if not subscription:
+        raise InvalidInputError(
+            f"Azure connection {conn_id!r} names no subscription: set subscriptionId in its extra "
+            "(the subscription the relays' resource group is in)"
+        )
+    tenant = auth.get("tenantId") or extra.get("tenantId")
+    if auth:
+        if not (tenant and auth.get("clientId") and auth.get("clientSecret")):
+            raise InvalidInputError(
+                f"Azure connection {conn_id!r}: its auth file or key_json lacks tenantId, clientId or "
+                "clientSecret: give a service principal's auth file whole"
+            )
+        credential: Any = ClientSecretCredential(str(tenant), auth["clientId"], auth["clientSecret"])
+    elif conn.login and conn.password and tenant:
+        credential = ClientSecretCredential(tenant, conn.login, conn.password)
+    else:
+        from airflow.providers.microsoft.azure.utils import get_sync_default_azure_credential
+
+        credential = get_sync_default_azure_credential(
+            managed_identity_client_id=extra.get("managed_identity_client_id"),
+            workload_identity_tenant_id=extra.get("workload_identity_tenant_id"),
+        )
+    return credential, str(subscription)
+
+
 class AzureRelayBackend:
     """Rent, find and return relay VMs of fleets on Azure.
 
     :param clients_factory: ``() -> (compute, network, resources, subscription id)`` management
-        clients; by default built from ``AzureComputeHook(azure_conn_id)``'s credential and
-        subscription, with ``base_url`` / ``connection_verify`` when given.
+        clients; by default built with the credential and subscription of ``AzureComputeHook``'s
+        connection ``azure_conn_id`` (``credential``, when given, instead of the connection's), with
+        ``base_url`` / ``connection_verify`` when given.
     """
 
     def __init__(
@@ -147,13 +200,8 @@ class AzureRelayBackend:
 
                 resource_client = _resource_client_class()
 
-                credential, subscription = self._credential, None
-                if credential is None or subscription is None:
-                    from airflow.providers.microsoft.azure.hooks.compute import AzureComputeHook
-
-                    hooked = AzureComputeHook(azure_conn_id=self.azure_conn_id).get_conn()
-                    credential = credential or hooked._config.credential
-                    subscription = hooked._config.subscription_id
+                credential, subscription = _connection_credential(self.azure_conn_id)
+                credential = self._credential or credential
                 options: dict[str, Any] = {"connection_verify": self.connection_verify}
                 if self.base_url:
                     options["base_url"] = self.base_url
