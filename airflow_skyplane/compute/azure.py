@@ -37,6 +37,7 @@ from airflow_skyplane.compute.relays import (
     RelayVM,
     check_nothing_left,
     check_worker_cidr,
+    host_keys_from_console,
     per_region,
     relay_fleet,
     self_destruct_script,
@@ -331,6 +332,8 @@ class AzureRelayBackend:
                     },
                     "networkProfile": {"networkInterfaces": [
                         {"id": nic["id"], "properties": {"deleteOption": "Delete"}}]},
+                    # managed boot diagnostics: the serial log the worker reads the host keys from
+                    "diagnosticsProfile": {"bootDiagnostics": {"enabled": True}},
                 },
             }  # fmt: skip
             if spec.use_spot:
@@ -363,6 +366,32 @@ class AzureRelayBackend:
                 region,
                 spec,
             )
+
+    def console_host_keys(self, vm: RelayVM) -> list[str]:
+        """The relay's host keys from its boot diagnostics' serial log (empty until cloud-init has
+        printed them): ``retrieveBootDiagnosticsData`` gives a short-lived SAS URL of the log."""
+        import requests
+        from azure.core.rest import HttpRequest
+
+        resources = self.clients()[2]
+        vm_id = self._id("Microsoft.Compute/virtualMachines", vm.instance_id)
+        api = _API["Microsoft.Compute/virtualMachines"]
+        request = HttpRequest(
+            "POST", f"{vm_id}/retrieveBootDiagnosticsData?sasUriExpirationTimeInMinutes=5&api-version={api}"
+        )
+        response = resources.send_request(request)
+        if response.status_code == 404:
+            return []  # no boot diagnostics yet
+        response.raise_for_status()
+        log_url = (response.json() or {}).get("serialConsoleLogBlobUri")
+        if not log_url:
+            return []
+        # the SAS in the URL is the authorization: no bearer token goes to the storage account
+        got = requests.get(log_url, timeout=30, verify=self.connection_verify)
+        if got.status_code == 404:
+            return []
+        got.raise_for_status()
+        return host_keys_from_console(got.text)
 
     # -- finding and removing ----------------------------------------------------------------------
     def tagged(self, fleet_id: str | None) -> list[dict[str, Any]]:

@@ -39,6 +39,7 @@ from airflow_skyplane.compute.relays import (
     RelayVM,
     check_nothing_left,
     check_worker_cidr,
+    host_keys_from_console,
     per_region,
     relay_fleet,
 )
@@ -294,6 +295,16 @@ class GCPRelayBackend:
             public = (interface.get("accessConfigs") or [{}])[0].get("natIP")
             vms.append(RelayVM("gcp", region, name, public, interface.get("networkIP"), spec.use_spot))
         return vms
+
+    def console_host_keys(self, vm: RelayVM) -> list[str]:
+        """The relay's host keys from its serial port 1 (empty until cloud-init has printed them)."""
+        compute, project = self.compute()
+        output = (
+            compute.instances()
+            .getSerialPortOutput(project=project, zone=_zone(vm.region), instance=vm.instance_id, port=1)
+            .execute()
+        )
+        return host_keys_from_console(output.get("contents") or "")
 
     # -- finding and removing ----------------------------------------------------------------------
     def instances(self, fleet_id: str | None) -> list[tuple[str, str, dict[str, str]]]:

@@ -218,6 +218,7 @@ class RelayHosts:
         remote_root: str = "/tmp/airflow-skyplane",  # noqa: S108 - a folder on the relay, 0700
         connect_deadline_s: float = 300.0,
         key: Any = None,
+        trust_on_first_use: bool = False,
     ) -> None:
         from airflow_skyplane.compute.ssh import HostKeyPins, SSHKeyPair
 
@@ -228,8 +229,8 @@ class RelayHosts:
         self.connect_deadline_s = connect_deadline_s
         self.key = key or SSHKeyPair.generate(f"skyplane-fleet-{fleet_id}")
         preset = {f"{h.ssh_host}:{h.ssh_port}": h.host_keys[0] for h in self.hosts.values() if h.host_keys}
-        # relays whose console showed no host key are pinned at the fleet's first connection
-        self.pins = HostKeyPins(preset, pin_on_first_use=True)
+        # a relay without a key read from its console is refused, unless trust on first use is asked
+        self.pins = HostKeyPins(preset, pin_on_first_use=trust_on_first_use)
         self._sessions: dict[str, Any] = {}
         self._prepared: dict[str, str] = {}  # region -> the package zip on that relay
         self._ports: dict[str, int] = {}

@@ -15,8 +15,9 @@ operations the way Resource Manager runs them: a PUT answers ``201 Created`` wit
 first asked, then ``Succeeded`` (the resource ``Succeeded``, or gone), so the SDK's poller polls.
 :attr:`FakeARM.seen_statuses` records the statuses each operation was answered with. References are
 enforced as Azure does: a NIC, public IP, security group or virtual network in use cannot be deleted.
-Public IPs get an address, NICs a private one. :meth:`FakeARM.fail_next` makes the next PUT of a
-resource type fail with an ARM error (a quota, say).
+Public IPs get an address, NICs a private one. A VM's ``retrieveBootDiagnosticsData`` answers the URL
+of its serial log, which serves :attr:`FakeARM.serial_output` (what the VM printed). :meth:`FakeARM.fail_next`
+makes the next PUT of a resource type fail with an ARM error (a quota, say).
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class FakeARM:
         self._operations: dict[str, Callable[[], None] | None] = {}
         #: operation id -> the statuses it was answered with, in order
         self.seen_statuses: dict[str, list[str]] = {}
+        #: VM name -> its boot diagnostics' serial log (what it printed to its console)
+        self.serial_output: dict[str, str] = {}
         self._tmp = tempfile.TemporaryDirectory(prefix="fake-arm-")
         self.ca_file = str(Path(self._tmp.name) / "ca.pem")
 
@@ -81,7 +84,10 @@ class FakeARM:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}") if length else {}
                 status, payload, headers = fake.answer(self.command, self.path, body)
-                data = b"" if payload is None else json.dumps(payload).encode()
+                if isinstance(payload, str):  # a blob's text (a serial log)
+                    data = payload.encode()
+                else:
+                    data = b"" if payload is None else json.dumps(payload).encode()
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
@@ -135,6 +141,22 @@ class FakeARM:
         """Status, body and headers of a request: a long-running PUT or DELETE names its operation in
         ``Azure-AsyncOperation`` (and ``Location``, for a DELETE); the operation's URL answers its status."""
         url = urlparse(path)
+        diagnostics = re.match(
+            r"^(/subscriptions/.+/virtualMachines/([^/]+))/retrieveBootDiagnosticsData$", url.path
+        )
+        if diagnostics and method == "POST":
+            with self._lock:
+                if diagnostics.group(1).lower() not in self.resources:
+                    return (*self._error(404, "ResourceNotFound", "no such virtual machine"), {})
+            log = f"{self._url}/bootdiagnostics/{diagnostics.group(2)}.serialconsole.log?sv=fake&sig=fake"
+            return 200, {"consoleScreenshotBlobUri": log, "serialConsoleLogBlobUri": log}, {}
+        if url.path.startswith("/bootdiagnostics/"):
+            name = url.path.rsplit("/", 1)[-1].removesuffix(".serialconsole.log")
+            with self._lock:
+                text = self.serial_output.get(name)
+            if text is None:
+                return 404, None, {}
+            return 200, text, {}
         if url.path.startswith("/providers/skyplane.fake/operations/"):
             status, payload = self._operation_status(url.path.rsplit("/", 1)[-1])
             return status, payload, {"Retry-After": str(self.retry_after_s)}

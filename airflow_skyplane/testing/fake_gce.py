@@ -41,6 +41,8 @@ class FakeGCE:
         self.firewalls: dict[str, dict[str, Any]] = {}
         self.instances: dict[tuple[str, str], dict[str, Any]] = {}  # (zone, name) -> instance
         self.requests: list[tuple[str, str]] = []
+        #: (zone, name) -> what the instance printed to its serial port 1 (its console)
+        self.serial_output: dict[tuple[str, str], str] = {}
         self._faults: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         self._lock = threading.Lock()
         self.lock = self._lock  # held while the tables change
@@ -303,7 +305,9 @@ class FakeGCE:
         if instance is None or instance["status"] == "TERMINATED":
             return self._error(404, "notFound", f"The resource '{link}/{name}' was not found")
         if method == "GET" and len(rest) == 2 and rest[1] == "serialPort":
-            return 200, {"contents": f"booting {name}\n", "start": "0", "next": "1"}
+            contents = self.serial_output.get((zone, name), "")
+            return 200, {"kind": "compute#serialPortOutput", "contents": contents, "start": "0",
+                         "next": str(len(contents))}  # fmt: skip
         if method == "GET":
             return 200, instance
         if method == "DELETE":

@@ -56,7 +56,7 @@ def backend(fake: FakeARM) -> AzureRelayBackend:
             "sub-1",
         )
 
-    return AzureRelayBackend(resource_group="relays", clients_factory=clients)
+    return AzureRelayBackend(resource_group="relays", clients_factory=clients, connection_verify=fake.ca_file)
 
 
 def _spec(fleet_id: str, **kwargs: Any) -> AzureFleetSpec:
@@ -158,3 +158,18 @@ def test_the_backend_takes_its_subscription_and_credential_from_the_connection(
         with pytest.raises(InvalidInputError, match=fix) as err:
             AzureRelayBackend(resource_group="relays", azure_conn_id="azure_relays").clients()
         assert "azure_relays" in str(err.value)
+
+
+def test_a_relays_host_keys_are_read_from_its_boot_diagnostics(
+    fake: FakeARM, backend: AzureRelayBackend
+) -> None:
+    from airflow_skyplane.testing.vms import cloud_init_console
+
+    key = SSHKeyPair.generate("host").public_openssh
+    with azure_fleet(backend, _spec("fleet-keys", regions={"azure:eastus": 1})) as vms:
+        [vm] = vms
+        body = fake.resources[backend._id("Microsoft.Compute/virtualMachines", vm.instance_id).lower()]
+        assert body["properties"]["diagnosticsProfile"] == {"bootDiagnostics": {"enabled": True}}
+        assert backend.console_host_keys(vm) == []  # nothing printed yet
+        fake.serial_output[vm.instance_id] = "booting\n" + cloud_init_console(key)
+        assert backend.console_host_keys(vm) == [" ".join(key.split()[:2])]
