@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from airflow_skyplane.testing.loopback_http import serve, shut
+
 _RG = re.compile(
     r"^/subscriptions/([^/]+)/resourcegroups/([^/]+)(?:/providers/([^/]+)/([^/]+)(?:/([^/]+))?)?$", re.I
 )
@@ -98,17 +100,13 @@ class FakeARM:
 
             do_GET = do_PUT = do_DELETE = do_POST = _answer  # noqa: N815 - http.server's naming
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-        threading.Thread(target=self._server.serve_forever, daemon=True, name="fake-arm").start()
+        self._server = serve(Handler, "fake-arm", context)
         self._url = f"https://127.0.0.1:{self._server.server_address[1]}"
         return self._url
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        shut(self._server)
+        self._server = None
         self._tmp.cleanup()
 
     def __enter__(self) -> FakeARM:

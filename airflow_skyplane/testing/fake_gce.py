@@ -26,6 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from airflow_skyplane.testing.loopback_http import answer_json, serve, shut
+
 
 class FakeGCE:
     """``loopback_addresses``: give instances internal and external addresses on loopback
@@ -60,13 +62,7 @@ class FakeGCE:
             def _answer(self, method: str) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}") if length else {}
-                status, payload = fake.handle(method, self.path, body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                answer_json(self, *fake.handle(method, self.path, body))
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 self._answer("GET")
@@ -77,15 +73,12 @@ class FakeGCE:
             def do_DELETE(self) -> None:  # noqa: N802
                 self._answer("DELETE")
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True, name="fake-gce").start()
+        self._server = serve(Handler, "fake-gce")
         return f"http://127.0.0.1:{self._server.server_address[1]}/"
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        shut(self._server)
+        self._server = None
 
     def __enter__(self) -> FakeGCE:
         return self

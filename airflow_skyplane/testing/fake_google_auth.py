@@ -33,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from airflow_skyplane.testing.faultproxy import FaultProxy, ProxyRequest, ProxyResponse
+from airflow_skyplane.testing.loopback_http import answer_json, serve, shut
 
 ROLE_PERMISSIONS = {
     "roles/storage.objectViewer": {"get", "list"},
@@ -81,23 +82,14 @@ class FakeGoogleAuth:
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 length = int(self.headers.get("Content-Length") or 0)
                 form = {k: v[0] for k, v in urllib.parse.parse_qs(self.rfile.read(length).decode()).items()}
-                status, payload = owner.handle(self.path, form)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                answer_json(self, *owner.handle(self.path, form))
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True, name="fake-google-auth").start()
+        self._server = serve(Handler, "fake-google-auth")
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        shut(self._server)
+        self._server = None
 
     def __enter__(self) -> FakeGoogleAuth:
         return self.start()
