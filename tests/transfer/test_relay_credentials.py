@@ -266,3 +266,52 @@ def test_a_downscoped_gcs_token_is_refused_outside_its_prefix_and_its_role(
     with pytest.raises(Forbidden):
         reader.blob("elsewhere/no.txt").download_as_bytes()
     assert [c.status for c in check.seen if c.kind == "downscoped" and c.name] == [0, 403, 0, 403, 403]
+
+
+# -- Azure ---------------------------------------------------------------------------------------------
+@pytest.mark.requires("azurite")
+def test_azure_gateways_write_with_a_sas_of_their_container_only(
+    emulated_sky: EmulatedSky, tmp_path: Path
+) -> None:
+    """Azurite checks a SAS's signature, permissions and container: the writing gateway's SAS, minted
+    from the connection's shared key, writes its container and nothing else, and cannot read."""
+    from azure.core.exceptions import HttpResponseError
+    from azure.storage.blob import BlobServiceClient
+
+    from airflow_skyplane.storage.azure_credentials import FileSas
+    from airflow_skyplane.storage.kinds import store_kind
+
+    src_uri, dst_uri, other_uri = (emulated_sky.make_bucket(s) for s in ("s3", "az", "az"))
+    seed = emulated_sky.open(src_uri)
+    rng = random.Random(22)
+    data = {f"in/obj-{n:02d}.bin": rng.randbytes(rng.randrange(50_000, 300_000)) for n in range(6)}
+    for key, body in data.items():
+        seed.put(key, body)
+    src, dst = open_store(src_uri + "/in/"), open_store(dst_uri + "/out/")
+    job = TransferJob(
+        src.store, src.prefix, dst.store, dst.prefix, backend=LocalRelayBackend(tmp_path / "fleet"),
+        workdir=tmp_path / "job", connections_per_hop=1, expires_at=time.time() + 600,
+    )  # fmt: skip
+    assert job.run().objects == len(data)
+    out = emulated_sky.open(dst_uri)
+    assert {k: out.read("out/" + k[3:]) for k in data} == data
+    assert job.credentials is not None
+
+    # what the writing gateway was given: a service SAS of its container, create and write only
+    grant = Grant(dst.store.bucket, ("out/",), True, time.time() + 600, "skyplane-test-dst")
+    issued = store_kind("az").issue(dst.store, grant)
+    assert issued is not None and issued.scoped and "SAS" in issued.what
+    path = write_credential_file(tmp_path / "dst.credentials", issued)
+    account = f"{emulated_sky.endpoint('az')}/devstoreaccount1"
+    service = BlobServiceClient(account_url=account, credential=FileSas(str(path)))
+    mine = service.get_container_client(dst.store.bucket)
+    mine.upload_blob("out/fine.bin", b"inside its container")
+    with pytest.raises(HttpResponseError) as refused:
+        service.get_container_client(other_uri.split("://", 1)[1]).upload_blob("out/no.bin", b"x")
+    assert refused.value.status_code == 403
+    with pytest.raises(HttpResponseError) as refused:
+        mine.download_blob("out/fine.bin").readall()  # a writer's SAS may not read
+    assert refused.value.status_code == 403
+    # no SAS in a repr, nor in any file the job and its gateways left (logs included)
+    left = "".join(p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file() and p != path)
+    assert "sig=" not in repr(issued) and "sig=" not in left
