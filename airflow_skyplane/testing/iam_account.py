@@ -16,9 +16,11 @@ Standard library and boto3 only (the ``sky`` extra).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,3 +124,20 @@ def documented_policy(markdown: str, name: str) -> dict[str, Any]:
     end = markdown.index("```", start)
     policy: dict[str, Any] = json.loads(markdown[start:end])
     return policy
+
+
+@contextlib.contextmanager
+def documented_account(
+    workdir: str | os.PathLike[str], connections_md: str, *, session_lifetime_s: float
+) -> Iterator[tuple[IAMAccount, Any]]:
+    """A moto of its own with IAM enforced, the task's role holding exactly the ``aws-transfer``
+    policy of ``connections_md`` (docs/connections.md), behind an
+    :class:`~airflow_skyplane.testing.aws_front.AWSFront` whose relay sessions last
+    ``session_lifetime_s``: yields the account and the front (connect through ``front.url``)."""
+    from airflow_skyplane.testing.aws_front import AWSFront
+    from airflow_skyplane.testing.sky import EmulatedSky
+
+    with EmulatedSky(workdir, services=("s3",)) as sky:
+        account = enforce_iam(sky.endpoint("s3"), documented_policy(connections_md, "aws-transfer"))
+        with AWSFront(sky.endpoint("s3"), session_lifetime_s=session_lifetime_s) as front:
+            yield account, front

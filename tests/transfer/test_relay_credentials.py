@@ -27,7 +27,7 @@ from airflow_skyplane.hooks.storage import open_store
 from airflow_skyplane.storage.grants import Grant, Issued, due, write_credential_file
 from airflow_skyplane.testing.aws_front import AWSFront
 from airflow_skyplane.testing.fake_google_auth import FakeGoogleAuth, GCSTokenCheck
-from airflow_skyplane.testing.iam_account import IAMAccount, documented_policy, enforce_iam
+from airflow_skyplane.testing.iam_account import IAMAccount, documented_account
 from airflow_skyplane.testing.sky import EmulatedSky, patched_environ
 from airflow_skyplane.transfer.job import TransferJob
 
@@ -49,12 +49,10 @@ def test_credentials_are_renewed_within_their_margin_and_never_past_the_fleet() 
 def iam_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[IAMAccount, AWSFront]]:
     """A moto with IAM enforced, the task's role under the documented policy, behind a front whose
     relay sessions last 5 seconds; the connection ``aws_iam`` goes through the front."""
-    with EmulatedSky(tmp_path / "iam", services=("s3",)) as sky:
-        policy = documented_policy((ROOT / "docs" / "connections.md").read_text(), "aws-transfer")
-        account = enforce_iam(sky.endpoint("s3"), policy)
-        with AWSFront(sky.endpoint("s3"), session_lifetime_s=5.0) as front:
-            monkeypatch.setenv("AIRFLOW_CONN_AWS_IAM", json.dumps(account.connection(front.url)))
-            yield account, front
+    docs = (ROOT / "docs" / "connections.md").read_text()
+    with documented_account(tmp_path / "iam", docs, session_lifetime_s=5.0) as (account, front):
+        monkeypatch.setenv("AIRFLOW_CONN_AWS_IAM", json.dumps(account.connection(front.url)))
+        yield account, front
 
 
 def test_s3_relay_sessions_expire_in_seconds_and_are_renewed_while_the_transfer_runs(
