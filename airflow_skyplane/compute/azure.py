@@ -313,7 +313,9 @@ class AzureRelayBackend:
                 "properties": {
                     "networkSecurityGroup": {"id": nsg["id"]},
                     "ipConfigurations": [{"name": "primary", "properties": {
-                        "subnet": {"id": subnet}, "publicIPAddress": {"id": ip["id"]}}}],
+                        "subnet": {"id": subnet},
+                        # deleted with the NIC, which is deleted with the VM (as is its disk)
+                        "publicIPAddress": {"id": ip["id"], "properties": {"deleteOption": "Delete"}}}}],
                 },
             }, region, spec)  # fmt: skip
             vm_body: dict[str, Any] = {

@@ -14,7 +14,8 @@ operations the way Resource Manager runs them: a PUT answers ``201 Created`` wit
 ``Location`` and leaves the resource ``Deleting``. Each operation's status is ``InProgress`` when
 first asked, then ``Succeeded`` (the resource ``Succeeded``, or gone), so the SDK's poller polls.
 :attr:`FakeARM.seen_statuses` records the statuses each operation was answered with. References are
-enforced as Azure does: a NIC, public IP, security group or virtual network in use cannot be deleted.
+enforced as Azure does: a NIC, public IP, security group or virtual network in use cannot be deleted,
+and a VM's deletion takes its NICs and their public IPs whose ``deleteOption`` is ``Delete``.
 Public IPs get an address, NICs a private one. A VM's ``retrieveBootDiagnosticsData`` answers the URL
 of its serial log, which serves :attr:`FakeARM.serial_output` (what the VM printed). :meth:`FakeARM.fail_next`
 makes the next PUT of a resource type fail with an ARM error (a quota, say).
@@ -58,6 +59,8 @@ class FakeARM:
         self._operations: dict[str, Callable[[], None] | None] = {}
         #: operation id -> the statuses it was answered with, in order
         self.seen_statuses: dict[str, list[str]] = {}
+        #: names of resources deleted with another (a VM's NIC, a NIC's public IP)
+        self.deleted_with: list[str] = []
         #: VM name -> its boot diagnostics' serial log (what it printed to its console)
         self.serial_output: dict[str, str] = {}
         self._tmp = tempfile.TemporaryDirectory(prefix="fake-arm-")
@@ -189,6 +192,25 @@ class FakeARM:
             seen.append(status)
         return 200, {"id": operation, "name": operation, "status": status}
 
+    def _cascade(self, deleted: dict[str, Any]) -> None:
+        """What Azure deletes with a resource (with the lock held): a VM's NICs whose
+        ``deleteOption`` is ``Delete``, and a NIC's public IPs whose ``deleteOption`` is ``Delete``."""
+        properties = deleted.get("properties") or {}
+        linked = [
+            ref
+            for ref in ((properties.get("networkProfile") or {}).get("networkInterfaces") or [])
+            if (ref.get("properties") or {}).get("deleteOption") == "Delete"
+        ]
+        for config in properties.get("ipConfigurations") or []:
+            ref = (config.get("properties") or {}).get("publicIPAddress") or {}
+            if (ref.get("properties") or {}).get("deleteOption") == "Delete":
+                linked.append(ref)
+        for ref in linked:
+            found = self.resources.pop(str(ref.get("id", "")).lower(), None)
+            if found is not None:
+                self.deleted_with.append(found["name"])
+                self._cascade(found)
+
     def handle(self, method: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:
         url = urlparse(path)
         match = _RG.match(url.path)
@@ -257,6 +279,7 @@ class FakeARM:
                 def gone() -> None:
                     if self.resources.get(key) is found:
                         del self.resources[key]
+                        self._cascade(found)
 
                 self._begin(gone)
                 return 202, None

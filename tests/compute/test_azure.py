@@ -85,6 +85,8 @@ def test_a_fleet_in_two_regions_is_created_tagged_and_torn_down(
             f"{vm.public_ip}/32" for vm in vms
         )
     assert fake.tagged("skyplane-fleet", "fleet-a") == []
+    # deleting a VM deleted its NIC and public IP with it (the disk too, in Azure)
+    assert sorted(fake.deleted_with) == sorted([vm.instance_id for vm in vms] * 2)
     assert backend.teardown("fleet-a") == {}
     # every PUT and DELETE was a long-running operation, polled from InProgress until it Succeeded
     assert len(fake.seen_statuses) > 2 * len(vms) * 4
