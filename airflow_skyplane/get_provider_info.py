@@ -71,6 +71,17 @@ _OPTIONS: dict[str, tuple[str, str | None, str, str]] = {
         "subnet relays are launched in; none: each region's default VPC."),
     "azure_resource_group": ("string", None, "skyplane-relays", "The resource group Azure relays are "
         "created in. Required for Azure relays."),
+    "relay_credentials": ("string", "scoped", "connection", "The gateways' store credentials: scoped "
+        "(minted for each transfer from the task's connection, limited to its buckets and prefixes, "
+        "expiring with the fleet or renewed: an STS session, a downscoped GCS token, a container SAS) or "
+        "connection (the connection's own credentials)."),
+    "gcp_sts_endpoint": ("string", "https://sts.googleapis.com/v1/token", "https://sts.googleapis.com/v1/token",
+        "The token exchange endpoint that downscopes the relays' GCS access tokens to the transfer's "
+        "prefixes (a Private Service Connect endpoint, for one)."),
+    "relay_host_keys": ("string", "console", "first_use", "How the worker knows a relay VM's SSH host "
+        "key: console (read from the cloud's console output of the VM before the first connection; "
+        "the VM is refused if it does not show it in time) or first_use (trusted at the first "
+        "connection, logged as such)."),
 }  # fmt: skip
 
 

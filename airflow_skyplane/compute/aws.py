@@ -49,6 +49,7 @@ from airflow_skyplane.compute.relays import (
     RelayProvisionError,
     RelayVM,
     check_worker_cidr,
+    host_keys_from_console,
     per_region,
     relay_fleet,
     self_destruct_script,
@@ -450,27 +451,6 @@ class AWSRelayBackend:
         for key in keys:
             ec2.delete_key_pair(KeyName=key)
         return {"instance": instances, "security-group": groups, "key-pair": keys}
-
-
-def host_keys_from_console(text: str) -> list[str]:
-    """SSH host keys (``"<type> <base64>"``) that cloud-init printed to the console at first boot.
-
-    The console output comes from the cloud's API, not from the VM's network, so a key read there
-    pins the relay's identity before the first SSH connection.
-    """
-    keys = []
-    inside = False
-    for line in (text or "").splitlines():
-        line = line.strip()
-        if line == "-----BEGIN SSH HOST KEY KEYS-----":
-            inside = True
-        elif line == "-----END SSH HOST KEY KEYS-----":
-            inside = False
-        elif inside:
-            parts = line.split()
-            if len(parts) >= 2 and parts[0].startswith(("ssh-", "ecdsa-")):
-                keys.append(f"{parts[0]} {parts[1]}")
-    return sorted(keys, key=lambda k: not k.startswith("ssh-ed25519"))  # the ed25519 key first
 
 
 def list_fleets(backend: AWSRelayBackend, regions: Iterable[str]) -> dict[str, dict[str, Any]]:

@@ -13,8 +13,8 @@ auto-shutdown schedule (``Microsoft.DevTestLab/schedules``) that *deallocates* i
 expiry, on top of the boot script that powers it off; the sweeper then deletes what is left.
 
 The clients are Azure's management SDKs, built with the credential and subscription of the
-``AzureComputeHook`` connection; ``base_url`` (a fake of Resource Manager in tests) and
-``connection_verify`` are passed to them as their endpoint options.
+``AzureComputeHook`` connection (its ``subscriptionId``, required); ``base_url`` (a fake of Resource
+Manager in tests) and ``connection_verify`` are passed to them as their endpoint options.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import contextlib
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -36,6 +37,7 @@ from airflow_skyplane.compute.relays import (
     RelayVM,
     check_nothing_left,
     check_worker_cidr,
+    host_keys_from_console,
     per_region,
     relay_fleet,
     self_destruct_script,
@@ -107,12 +109,65 @@ def _resource_client_class() -> Any:
     return ResourceManagementClient
 
 
+def _connection_credential(conn_id: str) -> tuple[Any, str]:
+    """The credential and subscription of ``AzureComputeHook``'s connection ``conn_id``, resolved as
+    the hook resolves them (its auth file or JSON, a service principal's login, password and
+    ``tenantId``, else the default credential chain with its managed or workload identity), through
+    the connection alone: the hook keeps its credential inside its client, where nothing public reads
+    it. Raise :class:`InvalidInputError` when the connection names no subscription."""
+    import json
+    from pathlib import Path
+
+    from airflow.providers.microsoft.azure.hooks.compute import AzureComputeHook
+    from azure.identity import ClientSecretCredential
+
+    conn = AzureComputeHook.get_connection(conn_id)
+    extra = conn.extra_dejson
+    auth: dict[str, Any] = {}
+    if extra.get("key_path"):
+        try:
+            auth = json.loads(Path(extra["key_path"]).read_text())
+        except (OSError, ValueError) as err:
+            raise InvalidInputError(
+                f"Azure connection {conn_id!r}: key_path {extra['key_path']!r} is not a readable JSON "
+                f"auth file ({type(err).__name__}): give the path of the service principal's auth file"
+            ) from None
+    elif extra.get("key_json"):
+        raw = extra["key_json"]
+        auth = json.loads(raw) if isinstance(raw, str) else dict(raw)
+    subscription = auth.get("subscriptionId") or extra.get("subscriptionId")
+    if not subscription:
+        raise InvalidInputError(
+            f"Azure connection {conn_id!r} names no subscription: set subscriptionId in its extra "
+            "(the subscription the relays' resource group is in)"
+        )
+    tenant = auth.get("tenantId") or extra.get("tenantId")
+    if auth:
+        if not (tenant and auth.get("clientId") and auth.get("clientSecret")):
+            raise InvalidInputError(
+                f"Azure connection {conn_id!r}: its auth file or key_json lacks tenantId, clientId or "
+                "clientSecret: give a service principal's auth file whole"
+            )
+        credential: Any = ClientSecretCredential(str(tenant), auth["clientId"], auth["clientSecret"])
+    elif conn.login and conn.password and tenant:
+        credential = ClientSecretCredential(tenant, conn.login, conn.password)
+    else:
+        from airflow.providers.microsoft.azure.utils import get_sync_default_azure_credential
+
+        credential = get_sync_default_azure_credential(
+            managed_identity_client_id=extra.get("managed_identity_client_id"),
+            workload_identity_tenant_id=extra.get("workload_identity_tenant_id"),
+        )
+    return credential, str(subscription)
+
+
 class AzureRelayBackend:
     """Rent, find and return relay VMs of fleets on Azure.
 
     :param clients_factory: ``() -> (compute, network, resources, subscription id)`` management
-        clients; by default built from ``AzureComputeHook(azure_conn_id)``'s credential and
-        subscription, with ``base_url`` / ``connection_verify`` when given.
+        clients; by default built with the credential and subscription of ``AzureComputeHook``'s
+        connection ``azure_conn_id`` (``credential``, when given, instead of the connection's), with
+        ``base_url`` / ``connection_verify`` when given.
     """
 
     def __init__(
@@ -146,13 +201,8 @@ class AzureRelayBackend:
 
                 resource_client = _resource_client_class()
 
-                credential, subscription = self._credential, None
-                if credential is None or subscription is None:
-                    from airflow.providers.microsoft.azure.hooks.compute import AzureComputeHook
-
-                    hooked = AzureComputeHook(azure_conn_id=self.azure_conn_id).get_conn()
-                    credential = credential or hooked._config.credential
-                    subscription = hooked._config.subscription_id
+                credential, subscription = _connection_credential(self.azure_conn_id)
+                credential = self._credential or credential
                 options: dict[str, Any] = {"connection_verify": self.connection_verify}
                 if self.base_url:
                     options["base_url"] = self.base_url
@@ -263,7 +313,9 @@ class AzureRelayBackend:
                 "properties": {
                     "networkSecurityGroup": {"id": nsg["id"]},
                     "ipConfigurations": [{"name": "primary", "properties": {
-                        "subnet": {"id": subnet}, "publicIPAddress": {"id": ip["id"]}}}],
+                        "subnet": {"id": subnet},
+                        # deleted with the NIC, which is deleted with the VM (as is its disk)
+                        "publicIPAddress": {"id": ip["id"], "properties": {"deleteOption": "Delete"}}}}],
                 },
             }, region, spec)  # fmt: skip
             vm_body: dict[str, Any] = {
@@ -282,6 +334,8 @@ class AzureRelayBackend:
                     },
                     "networkProfile": {"networkInterfaces": [
                         {"id": nic["id"], "properties": {"deleteOption": "Delete"}}]},
+                    # managed boot diagnostics: the serial log the worker reads the host keys from
+                    "diagnosticsProfile": {"bootDiagnostics": {"enabled": True}},
                 },
             }  # fmt: skip
             if spec.use_spot:
@@ -315,6 +369,32 @@ class AzureRelayBackend:
                 spec,
             )
 
+    def console_host_keys(self, vm: RelayVM) -> list[str]:
+        """The relay's host keys from its boot diagnostics' serial log (empty until cloud-init has
+        printed them): ``retrieveBootDiagnosticsData`` gives a short-lived SAS URL of the log."""
+        import requests
+        from azure.core.rest import HttpRequest
+
+        resources = self.clients()[2]
+        vm_id = self._id("Microsoft.Compute/virtualMachines", vm.instance_id)
+        api = _API["Microsoft.Compute/virtualMachines"]
+        request = HttpRequest(
+            "POST", f"{vm_id}/retrieveBootDiagnosticsData?sasUriExpirationTimeInMinutes=5&api-version={api}"
+        )
+        response = resources.send_request(request)
+        if response.status_code == 404:
+            return []  # no boot diagnostics yet
+        response.raise_for_status()
+        log_url = (response.json() or {}).get("serialConsoleLogBlobUri")
+        if not log_url:
+            return []
+        # the SAS in the URL is the authorization: no bearer token goes to the storage account
+        got = requests.get(log_url, timeout=30, verify=self.connection_verify)
+        if got.status_code == 404:
+            return []
+        got.raise_for_status()
+        return host_keys_from_console(got.text)
+
     # -- finding and removing ----------------------------------------------------------------------
     def tagged(self, fleet_id: str | None) -> list[dict[str, Any]]:
         """Live resources of the fleet (of every fleet when ``fleet_id`` is None) in the group."""
@@ -344,10 +424,17 @@ class AzureRelayBackend:
         """Delete every resource tagged with the fleet, in dependency order; idempotent."""
         resources = self.clients()[2]
         removed: dict[str, list[str]] = {}
-        for kind in _ORDER:
-            for item in [r for r in self.tagged(fleet_id) if r["kind"] == kind]:
-                with contextlib.suppress(Exception):  # what remains is reported below
-                    resources.resources.begin_delete_by_id(item["id"], api_version=_API[kind]).result()
+
+        def delete(item: dict[str, Any]) -> None:
+            with contextlib.suppress(Exception):  # what remains is reported below
+                resources.resources.begin_delete_by_id(item["id"], api_version=_API[item["kind"]]).result()
+
+        for kind in _ORDER:  # one kind at a time (what uses a resource goes first), its items at once
+            items = [r for r in self.tagged(fleet_id) if r["kind"] == kind]
+            if items:
+                with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
+                    list(pool.map(delete, items))
+            for item in items:
                 removed.setdefault(kind.split("/")[1], []).append(item["id"].rsplit("/", 1)[-1])
         left = [r["id"].rsplit("/", 1)[-1] for r in self.tagged(fleet_id)]
         check_nothing_left(fleet_id, left)

@@ -14,9 +14,11 @@ return them in every path.
    dependencies, this package); on any failure everything made so far is removed and the error
    (quota and capacity errors name the region, the quota and the fix) is raised;
 3. the VMs become :class:`~airflow_skyplane.compute.remote.RelayHost` entries: reached over SSH on
-   their public address (or private, ``relay_address="private"``), host keys pinned at the fleet's
-   first connection (trust on first use) unless the console output shows them already (AWS only;
-   a new instance's is usually still empty);
+   their public address (or private, ``relay_address="private"``), each with the host key read from
+   the cloud's console of the VM (EC2 console output, GCE serial port 1, Azure boot diagnostics),
+   polled until cloud-init has printed it (``host_key_wait_s`` at most; a VM that shows none by then
+   fails the fleet). Only ``relay_host_keys="first_use"`` trusts the key a VM presents at the first
+   connection instead, and each such pin is logged;
 4. :meth:`CloudFleet.teardown` (idempotent) closes the SSH sessions and removes every resource of
    the fleet, found by tag.
 
@@ -45,6 +47,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: how long a new VM's console may take to show the host keys cloud-init prints at first boot
+HOST_KEY_WAIT_S = 300.0
+
 CLOUD_FILE = "cloud.json"
 CLOUDS = ("aws", "gcp", "azure")
 
@@ -71,6 +76,10 @@ class CloudOptions:
     azure_resource_group: str | None = None
     azure_vm_size: str = "Standard_D32_v5"
     image: Mapping[str, str] = field(default_factory=dict)
+    #: "console" (host keys read from the cloud's console of each VM) or "first_use"
+    relay_host_keys: str = "console"
+    #: how long a VM's console may take to show its host keys (cloud-init prints them at first boot)
+    host_key_wait_s: float = HOST_KEY_WAIT_S
 
     @classmethod
     def from_settings(
@@ -98,6 +107,7 @@ class CloudOptions:
             azure_resource_group=settings.azure_resource_group,
             azure_vm_size=settings.azure_vm_size,
             image=dict(settings.relay_image),
+            relay_host_keys=settings.relay_host_keys,
         )
 
     def __post_init__(self) -> None:
@@ -231,6 +241,7 @@ class CloudFleet:
                 {vm.region: self._host(vm) for vm in self.vms},
                 python=self.options.relay_python,
                 key=relays_key,  # the key the VMs were given
+                trust_on_first_use=self.options.relay_host_keys == "first_use",
             )
             self.relays.prepare_all(parallel=self.parallel)
         except BaseException:
@@ -255,14 +266,14 @@ class CloudFleet:
                 "their network"
             )
         keys: list[str] = []
-        console = getattr(self.backend(vm.cloud), "console_host_keys", None)
-        if console is not None:
-            try:
-                keys = console(vm)
-            except Exception as err:  # noqa: BLE001 - pin on first use instead
-                log.info(
-                    "relay %s: no host key from the console (%s); pinning at first use", vm.instance_id, err
-                )
+        if self.options.relay_host_keys == "first_use":
+            log.warning(
+                "relay %s: its SSH host key will be trusted at the first connection "
+                "(relay_host_keys=first_use), not read from the cloud's console",
+                vm.instance_id,
+            )
+        else:
+            keys = self._console_keys(vm)
         return RelayHost(
             region=vm.region,
             ssh_host=address,
@@ -273,6 +284,38 @@ class CloudFleet:
             host_keys=keys,
             instance_id=vm.instance_id,
         )
+
+    def _console_keys(self, vm: RelayVM) -> list[str]:
+        """The VM's host keys from its cloud's console, polled until they appear (bounded)."""
+        from airflow_skyplane.compute.relays import RelayProvisionError
+
+        console = getattr(self.backend(vm.cloud), "console_host_keys", None)
+        if console is None:
+            raise RelayProvisionError(
+                f"relay {vm.instance_id}: the {vm.cloud} backend cannot read a VM's console, so its "
+                "host key cannot be pinned; set relay_host_keys='first_use' to trust it at first use"
+            )
+        deadline = time.monotonic() + self.options.host_key_wait_s
+        last = ""
+        pause = 1.0
+        while True:
+            try:
+                keys: list[str] = console(vm)
+            except Exception as err:  # noqa: BLE001 - the console may not answer yet: ask again
+                keys, last = [], f" (last answer: {type(err).__name__}: {str(err)[:200]})"
+            if keys:
+                log.info("relay %s: host key pinned from the %s console: %s", vm.instance_id, vm.cloud,
+                         keys[0].split()[0])  # fmt: skip
+                return keys
+            if time.monotonic() >= deadline:
+                raise RelayProvisionError(
+                    f"relay {vm.instance_id} in {vm.region}: its console showed no SSH host key within "
+                    f"{self.options.host_key_wait_s:.0f} s{last}; the image must run cloud-init, which "
+                    "prints the keys at first boot (or set relay_host_keys='first_use' to trust the key "
+                    "at the first connection)"
+                )
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 1.5, 10.0)
 
     def _record(self) -> None:
         record = {

@@ -39,6 +39,7 @@ from airflow_skyplane.compute.relays import (
     RelayVM,
     check_nothing_left,
     check_worker_cidr,
+    host_keys_from_console,
     per_region,
     relay_fleet,
 )
@@ -149,10 +150,14 @@ class GCPRelayBackend:
     ) -> None:
         compute, project = self.compute()
         deadline = time.monotonic() + 600
-        while operation.get("status") != "DONE":
+        polls = 0
+        while operation.get("status") != "DONE":  # PENDING, RUNNING
             if time.monotonic() > deadline:
                 raise RelayProvisionError(f"{region}: operation {operation.get('name')} not done after 600 s")
-            time.sleep(1)
+            # wait holds the request until the operation is done (two minutes at most) but may return
+            # sooner, still RUNNING: ask again, backing off a little each time
+            time.sleep(min(2.0, 0.25 * polls))
+            polls += 1
             if zone:
                 operation = (
                     compute.zoneOperations()
@@ -290,6 +295,16 @@ class GCPRelayBackend:
             public = (interface.get("accessConfigs") or [{}])[0].get("natIP")
             vms.append(RelayVM("gcp", region, name, public, interface.get("networkIP"), spec.use_spot))
         return vms
+
+    def console_host_keys(self, vm: RelayVM) -> list[str]:
+        """The relay's host keys from its serial port 1 (empty until cloud-init has printed them)."""
+        compute, project = self.compute()
+        output = (
+            compute.instances()
+            .getSerialPortOutput(project=project, zone=_zone(vm.region), instance=vm.instance_id, port=1)
+            .execute()
+        )
+        return host_keys_from_console(output.get("contents") or "")
 
     # -- finding and removing ----------------------------------------------------------------------
     def instances(self, fleet_id: str | None) -> list[tuple[str, str, dict[str, str]]]:

@@ -53,6 +53,10 @@ class GatewayHandle(Protocol):
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of its log, for error messages."""
 
+    def resend(self, path: str) -> None:
+        """Hand the gateway again a file its program named, which the controller has replaced (its
+        renewed store credentials); a gateway that reads the controller's own file needs nothing."""
+
 
 @dataclass
 class StartedGateway:
@@ -65,6 +69,9 @@ class StartedGateway:
     control_host: str = "127.0.0.1"
     #: the gateway's ready file: its bound ports
     info: dict[str, object] = field(default_factory=dict)
+
+    def resend(self, path: str) -> None:
+        """Nothing to do: a gateway on this machine reads the controller's file itself."""
 
 
 class GatewayLauncher(Protocol):

@@ -93,3 +93,25 @@ def relay_fleet(backend: RelayBackend, spec: Any) -> Iterator[list[RelayVM]]:
         yield vms
     finally:
         backend.teardown(spec.fleet_id, spec.regions)
+
+
+def host_keys_from_console(text: str) -> list[str]:
+    """SSH host keys (``"<type> <base64>"``) that cloud-init printed to the console at first boot
+    (EC2 console output, GCE serial port 1, Azure boot diagnostics' serial log).
+
+    The console comes from the cloud's API, not from the VM's network, so a key read there pins the
+    relay's identity before the first SSH connection.
+    """
+    keys = []
+    inside = False
+    for line in (text or "").splitlines():
+        line = line.strip()
+        if line == "-----BEGIN SSH HOST KEY KEYS-----":
+            inside = True
+        elif line == "-----END SSH HOST KEY KEYS-----":
+            inside = False
+        elif inside:
+            parts = line.split()
+            if len(parts) >= 2 and parts[0].startswith(("ssh-", "ecdsa-")):
+                keys.append(f"{parts[0]} {parts[1]}")
+    return sorted(keys, key=lambda k: not k.startswith("ssh-ed25519"))  # the ed25519 key first

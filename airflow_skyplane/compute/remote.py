@@ -73,7 +73,16 @@ class SSHGateway(StartedGateway):
     pid: int
     #: its log on the relay
     log_path: str
+    #: the files its program named (controller's path -> the relay's copy)
+    shipped: dict[str, str] = field(default_factory=dict)
     stopped: bool = False
+
+    def resend(self, path: str) -> None:
+        """Replace the relay's copy of ``path`` (whole, 0600): renewed credentials reach the gateway
+        over the fleet's SSH session, and it reads them at its next refresh."""
+        remote = self.shipped.get(path)
+        if remote is not None and not self.stopped:
+            self.session.put(remote, Path(path).read_bytes(), mode=0o600)
 
     def alive(self) -> bool:
         return not self.stopped and bool(self.session.is_running(self.pid))
@@ -90,10 +99,10 @@ class SSHGateway(StartedGateway):
         return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 
 
-def ship_program(session: RelaySSH, remote: str, program: Program) -> str:
-    """Hand ``program`` and every file it names (certificates, keys, manifest, uploads) to a relay
-    over SFTP, each 0600 before a byte is written, the program naming the relay's copies; return the
-    program's path on the relay."""
+def ship_program(session: RelaySSH, remote: str, program: Program) -> tuple[str, dict[str, str]]:
+    """Hand ``program`` and every file it names (certificates, keys, manifest, uploads, the stores'
+    credential files) to a relay over SFTP, each 0600 before a byte is written, the program naming
+    the relay's copies; return the program's path on the relay, and where each file went."""
     shipped: dict[str, str] = {}
 
     def ship(path: str) -> str:
@@ -102,20 +111,28 @@ def ship_program(session: RelaySSH, remote: str, program: Program) -> str:
             session.put(shipped[path], Path(path).read_bytes(), mode=0o600)
         return shipped[path]
 
+    def store(part: Mapping[str, Any]) -> dict[str, Any]:
+        spec = dict(part["store"])
+        if spec.get("credentials_file"):
+            spec["credentials_file"] = ship(spec["credentials_file"])
+        return {**part, "store": spec}
+
     source, destination = program.source, program.destination
     on_relay = replace(
         program,
         tls={role: ship(path) for role, path in program.tls.items()},
         cipher_key_file=ship(program.cipher_key_file) if program.cipher_key_file else None,
-        source={**source, "manifest": ship(source["manifest"])} if source else None,
+        source={**store(source), "manifest": ship(source["manifest"])} if source else None,
         destination=(
-            {**destination, "uploads_file": ship(destination["uploads_file"])}
+            {**store(destination), "uploads_file": ship(destination["uploads_file"])}
             if destination and destination.get("uploads_file")
-            else destination
+            else store(destination)
+            if destination
+            else None
         ),
     )
     session.put(f"{remote}/program.json", on_relay.dumps().encode(), mode=0o600)
-    return f"{remote}/program.json"
+    return f"{remote}/program.json", shipped
 
 
 def launch_over_ssh(
@@ -134,7 +151,7 @@ def launch_over_ssh(
     (this package's zip) on its path, record it in ``gateways`` (so a teardown finds it even if it
     never becomes ready) and wait for its ready file. With ``forward_control``, its control endpoint
     (on the relay's loopback) is reached through an SSH port forward."""
-    program_path = ship_program(session, remote, program)
+    program_path, shipped = ship_program(session, remote, program)
     pid = session.start_daemon(
         [python, "-m", "airflow_skyplane.gateway", "--program", program_path,
          "--ready-file", f"{remote}/ready.json"],
@@ -148,6 +165,7 @@ def launch_over_ssh(
         session=session,
         pid=pid,
         log_path=f"{remote}/gateway.log",
+        shipped=shipped,
     )
     gateway.control_host = "127.0.0.1" if forward_control else program.control.host
     gateways[program.gateway_id] = gateway
@@ -200,6 +218,7 @@ class RelayHosts:
         remote_root: str = "/tmp/airflow-skyplane",  # noqa: S108 - a folder on the relay, 0700
         connect_deadline_s: float = 300.0,
         key: Any = None,
+        trust_on_first_use: bool = False,
     ) -> None:
         from airflow_skyplane.compute.ssh import HostKeyPins, SSHKeyPair
 
@@ -210,8 +229,8 @@ class RelayHosts:
         self.connect_deadline_s = connect_deadline_s
         self.key = key or SSHKeyPair.generate(f"skyplane-fleet-{fleet_id}")
         preset = {f"{h.ssh_host}:{h.ssh_port}": h.host_keys[0] for h in self.hosts.values() if h.host_keys}
-        # relays whose console showed no host key are pinned at the fleet's first connection
-        self.pins = HostKeyPins(preset, pin_on_first_use=True)
+        # a relay without a key read from its console is refused, unless trust on first use is asked
+        self.pins = HostKeyPins(preset, pin_on_first_use=trust_on_first_use)
         self._sessions: dict[str, Any] = {}
         self._prepared: dict[str, str] = {}  # region -> the package zip on that relay
         self._ports: dict[str, int] = {}

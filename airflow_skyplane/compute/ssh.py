@@ -8,11 +8,11 @@ their hooks resolve them: not minted for the transfer), then a detached start of
 command line (visible in ``ps``), in user-data, tags, or logs; files holding them are created with
 mode 0600 before a byte is written, and removed at teardown.
 
-Host keys are pinned, not blindly accepted: a relay's key is either given in advance (a local
-relay's sshd) or pinned at the fleet's first connection to that relay, which is trust on first use;
-any later connection that presents another key is refused (:class:`HostKeyMismatchError`). Cloud
-relays are, in practice, pinned on first use: the AWS backend reads the console output, which a new
-instance has not filled yet when it is read, and the GCP and Azure backends have no reader.
+Host keys are pinned, not blindly accepted: a relay's key is given in advance (a local relay's sshd;
+a cloud VM's, read from the cloud's console of the VM before the first connection, see
+:mod:`.cloud`) and a host that presents another key is refused (:class:`HostKeyMismatchError`).
+Pinning at the first connection (trust on first use) happens only when it is asked for
+(``pin_on_first_use``; for cloud relays the ``relay_host_keys="first_use"`` setting).
 
 Why paramiko: a pure-Python SSH and SFTP client with no system ``ssh`` binary needed on the worker.
 Why tenacity: the bounded wait for a booting VM's SSH port is a retry with backoff, not a loop.

@@ -1,20 +1,28 @@
 """Open an object store on a relay from a store spec: a small JSON object, no Airflow.
 
 Inside the Airflow task, the store's kind (:mod:`airflow_skyplane.storage.kinds`) turns an opened
-store (built from an Airflow connection) into such a spec: the bucket, the endpoint and the
-connection's credentials. The spec travels to the gateway inside its program file (mode 0600, never
-logged; see :func:`redact`), and the gateway rebuilds the same adapter on a plain SDK client here,
-through the same kind. Only the SDK of the store a gateway touches is imported.
+store (built from an Airflow connection) into such a spec: the bucket and the endpoint, and the path
+of a credential file (``credentials_file``) holding what the kind minted for this gateway from the
+connection (:mod:`airflow_skyplane.storage.grants`; the file is 0600, the spec never holds its
+content). The spec travels to the gateway inside its program file, and the gateway rebuilds the same
+adapter on a plain SDK client here, through the same kind. Only the SDK of the store a gateway
+touches is imported.
 
 ==========  ==================================================================================
 scheme      fields
 ==========  ==================================================================================
 ``file``    ``root``
-``s3``      ``bucket``, ``region``, ``endpoint_url``, ``access_key_id``, ``secret_access_key``,
-            ``session_token`` (credentials optional: the SDK's default chain otherwise)
-``gs``      ``bucket``, ``project``, ``emulator_host`` (then anonymous), or ``service_account_info``
-``az``      ``container``, and ``connection_string`` or ``account_url`` + ``credential``
+``s3``      ``bucket``, ``region``, ``endpoint_url``, ``credentials_file`` (an STS session), or
+            inline ``access_key_id``, ``secret_access_key``, ``session_token``; with neither,
+            the SDK's default chain
+``gs``      ``bucket``, ``project``, ``emulator_host``, ``credentials_file`` (an access token);
+            without it an emulator anonymously, else the machine's own identity
+``az``      ``container``, ``account_url``, ``credentials_file`` (a SAS of the container), or
+            inline ``connection_string`` or ``credential`` (a SAS token)
 ==========  ==================================================================================
+
+Inline secrets are still read (a caller may hand a gateway a spec of its own), and :func:`redact`
+masks them wherever a program is shown.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ SECRET_FIELDS = frozenset(
         "connection_string",
         "credential",
         "service_account_info",
+        "sas",
+        "token",
     }
 )
 

@@ -26,10 +26,12 @@ from typing import Any, ClassVar
 from airflow.sdk import BaseHook
 
 from airflow_skyplane.exceptions import ConnectionNotFoundError, InvalidInputError, SkyplaneError
+from airflow_skyplane.storage.grants import GCP_STS_ENDPOINT, RELAY_CREDENTIAL_MODES
 from airflow_skyplane.transfer.options import COMPRESSION_MODES
 
 RELAY_BACKENDS = ("local", "aws", "gcp", "azure", "auto")
 OBJECTIVES = ("throughput", "cost")
+HOST_KEY_SOURCES = ("console", "first_use")
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,14 @@ class SkyplaneSettings:
     #: AWS region ("aws:us-east-1") -> subnet to launch relays in (default: the region's default VPC)
     aws_subnets: Mapping[str, str] = field(default_factory=dict)
     azure_resource_group: str | None = None
+    #: the gateways' store credentials: "scoped" (minted for the transfer from the task's connection:
+    #: an STS session, a downscoped GCS token, a container SAS) or "connection" (the connection's own)
+    relay_credentials: str = "scoped"
+    #: the token exchange endpoint that downscopes the relays' GCS tokens
+    gcp_sts_endpoint: str = GCP_STS_ENDPOINT
+    #: how the worker knows a relay VM's SSH host key: "console" (read from the cloud's console
+    #: output of the VM before the first connection) or "first_use" (trusted at the first connection)
+    relay_host_keys: str = "console"
 
     _INT_LIMITS: ClassVar[dict[str, tuple[int, int]]] = {
         "max_relays_per_region": (1, 64),
@@ -178,6 +188,27 @@ class SkyplaneSettings:
                     f"{origin}: worker_cidr={raw!r} is not an address range: give the worker's public "
                     "address as a CIDR, e.g. '203.0.113.7/32'"
                 ) from None
+            return raw
+        if name == "relay_credentials":
+            if raw not in RELAY_CREDENTIAL_MODES:
+                raise InvalidInputError(
+                    f"{origin}: relay_credentials={raw!r} is unknown; use 'scoped' (credentials minted for "
+                    "the transfer) or 'connection' (the connection's own)"
+                )
+            return raw
+        if name == "relay_host_keys":
+            if raw not in HOST_KEY_SOURCES:
+                raise InvalidInputError(
+                    f"{origin}: relay_host_keys={raw!r} is unknown; use 'console' (keys read from the "
+                    "cloud's console output) or 'first_use' (trusted at the first connection)"
+                )
+            return raw
+        if name == "gcp_sts_endpoint":
+            if not isinstance(raw, str) or not raw.startswith(("https://", "http://")):
+                raise InvalidInputError(
+                    f"{origin}: gcp_sts_endpoint={raw!r} is not a URL; give the token exchange endpoint, "
+                    f"e.g. {GCP_STS_ENDPOINT!r}"
+                )
             return raw
         if name == "relay_address":
             if raw not in ("public", "private"):

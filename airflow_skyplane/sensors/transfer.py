@@ -1,12 +1,14 @@
 """Sensors: wait on a running transfer, or on a replica being in sync with its source.
 
 ``SkyplaneTransferSensor`` waits on a fleet the operator left running (``wait_for_completion=False``),
-by the fleet id of the operator's XCom summary. Each poke reads the gateways' status and logs the
-progress; when every chunk is written it completes the uploads, verifies every object, tears the
-fleet down and returns the operator's summary (to XCom); when a gateway fails it tears the fleet
-down and fails with the gateways' errors. A failure of the sensor itself (timeout included) tears
-the fleet down too, through the ``on_failure_callback`` it installs. In deferrable mode it waits in
-the triggerer (:class:`~airflow_skyplane.triggers.transfer.SkyplaneTransferTrigger`).
+by the fleet id of the operator's XCom summary. Each poke renews the gateways' store credentials
+that near their expiry (:func:`~airflow_skyplane.transfer.credentials.renew_fleet`), reads the
+gateways' status and logs the progress; when every chunk is written it completes the uploads,
+verifies every object, tears the fleet down and returns the operator's summary (to XCom); when a
+gateway fails it tears the fleet down and fails with the gateways' errors. A failure of the sensor
+itself (timeout included) tears the fleet down too, through the ``on_failure_callback`` it installs.
+In deferrable mode it waits in the triggerer
+(:class:`~airflow_skyplane.triggers.transfer.SkyplaneTransferTrigger`).
 
 ``SkyplaneReplicaSensor`` succeeds once every source object under a prefix (filtered by
 ``include``/``exclude``) is at the destination with the same size and checksum (or size and
@@ -87,11 +89,14 @@ class SkyplaneTransferSensor(BaseSensorOperator):
 
     def poke(self, context: Any) -> bool | PokeReturnValue:
         from airflow_skyplane.compute.fleets import check_fleet_id, fleet_dir
+        from airflow_skyplane.transfer.credentials import renew_fleet
         from airflow_skyplane.transfer.fleet import teardown
         from airflow_skyplane.transfer.tracker import poll_fleet
 
         state_dir = fleets_dir(self.skyplane_conn_id)
-        status = poll_fleet(fleet_dir(state_dir, check_fleet_id(self.fleet_id)))
+        folder = fleet_dir(state_dir, check_fleet_id(self.fleet_id))
+        renew_fleet(folder)  # the gateways' store credentials that near their expiry
+        status = poll_fleet(folder)
         self.log.info("fleet %s: %s", self.fleet_id, status.progress.line())
         if status.state == "running":
             return False

@@ -37,6 +37,7 @@ from airflow_skyplane.storage.base import (
     validate_key,
     validate_part_number,
 )
+from airflow_skyplane.storage.grants import Grant, Issued
 from airflow_skyplane.storage.kinds import ConnectionKind, StoreKind, StoreSpec, need, text
 from airflow_skyplane.storage.uri import StorageURI
 
@@ -288,9 +289,9 @@ class AzureBlobStore(ObjectStore):
 class AzureBlobKind(StoreKind):
     """``az://``: ``WasbHook`` in the task; a plain ``BlobServiceClient`` from the spec on a relay.
 
-    Spec: ``container``, and ``connection_string`` (a shared key, also what a connection string
-    carries) or ``account_url`` + ``credential`` (a SAS token, or none: anonymous). A connection that
-    signs in with an Azure AD identity cannot be handed to a relay.
+    Spec: ``container``, ``account_url`` (no SAS in it), and ``credentials_file``: the relay's SAS of
+    the container (:mod:`.azure_credentials`), read again whenever the controller replaces it. Inline
+    ``connection_string``, or ``credential`` (a SAS token), are taken as they are; with neither, anonymous.
     """
 
     scheme = "az"
@@ -310,37 +311,33 @@ class AzureBlobKind(StoreKind):
         return AzureBlobStore(client, location.bucket, conn_id=conn_id)
 
     def spec(self, store: ObjectStore) -> StoreSpec:
+        from airflow_skyplane.storage.azure_credentials import account_url
+
         assert isinstance(store, AzureBlobStore)
-        client = store.client
-        credential = client.credential
-        if hasattr(credential, "account_key"):  # shared key (also what a connection string carries)
-            endpoint = client.url.rstrip("/")
-            protocol = endpoint.split(":", 1)[0]
-            return {
-                "scheme": "az",
-                "container": store.bucket,
-                "connection_string": (
-                    f"DefaultEndpointsProtocol={protocol};AccountName={credential.account_name};"
-                    f"AccountKey={credential.account_key};BlobEndpoint={endpoint};"
-                ),
-            }
-        if isinstance(credential, str) or credential is None:  # SAS token in the URL or anonymous
-            return {
-                "scheme": "az",
-                "container": store.bucket,
-                "account_url": client.url,
-                "credential": credential,
-            }
-        raise InvalidInputError(
-            f"{store.uri}: relays cannot reuse the connection's {type(credential).__name__} credential; give "
-            "the wasb connection a shared key, SAS token or connection string"
-        )
+        return {"scheme": "az", "container": store.bucket, "account_url": account_url(store.client)}
+
+    def issue(self, store: ObjectStore, grant: Grant) -> Issued | None:
+        from airflow_skyplane.storage import azure_credentials
+
+        assert isinstance(store, AzureBlobStore)
+        return azure_credentials.issue(store.client, store.bucket, grant, store.conn_id)
 
     def open_spec(self, spec: Mapping[str, object]) -> ObjectStore:
         from azure.storage.blob import BlobServiceClient
 
+        path = text(spec, "credentials_file")
         connection_string = text(spec, "connection_string")
-        if connection_string:
+        if path:
+            from airflow_skyplane.storage.grants import CredentialFile
+
+            fields = CredentialFile(path).fields()
+            if fields.get("connection_string"):  # the connection's shared key (relay_credentials)
+                service = BlobServiceClient.from_connection_string(fields["connection_string"])
+            else:
+                from airflow_skyplane.storage.azure_credentials import FileSas
+
+                service = BlobServiceClient(account_url=need(spec, "account_url"), credential=FileSas(path))
+        elif connection_string:
             service = BlobServiceClient.from_connection_string(connection_string)
         else:
             service = BlobServiceClient(

@@ -36,6 +36,7 @@ from airflow_skyplane.storage.base import (
     validate_part_number,
 )
 from airflow_skyplane.storage.checksums import b64_to_hex
+from airflow_skyplane.storage.grants import Grant, Issued
 from airflow_skyplane.storage.kinds import ConnectionKind, StoreKind, StoreSpec, need, text
 from airflow_skyplane.storage.uri import StorageURI
 
@@ -265,8 +266,10 @@ class GCSStore(ObjectStore):
 class GCSKind(StoreKind):
     """``gs://``: ``GCSHook`` in the task; a plain ``storage.Client`` from the spec on a relay.
 
-    Spec: ``bucket``, ``project``, and ``emulator_host`` (then anonymous) or ``service_account_info``;
-    without either, the relay's own identity (its service account).
+    Spec: ``bucket``, ``project``, ``emulator_host`` (the API endpoint of an emulator), and
+    ``credentials_file``: the relay's access token (downscoped to the transfer's prefixes,
+    :mod:`.gcs_credentials`), read again as the controller renews it. Without a credential file: an
+    emulator anonymously, else the relay's own identity.
     """
 
     scheme = "gs"
@@ -287,27 +290,33 @@ class GCSKind(StoreKind):
             spec["emulator_host"] = os.environ["STORAGE_EMULATOR_HOST"]
         return spec
 
+    def issue(self, store: ObjectStore, grant: Grant) -> Issued | None:
+        from airflow_skyplane.storage import gcs_credentials
+
+        assert isinstance(store, GCSStore) and store.conn_id is not None
+        return gcs_credentials.issue(store.conn_id, grant)
+
     def open_spec(self, spec: Mapping[str, object]) -> ObjectStore:
         from google.cloud import storage
 
-        project, emulator, account = (
+        project, emulator, path = (
             text(spec, "project"),
             text(spec, "emulator_host"),
-            spec.get("service_account_info"),
+            text(spec, "credentials_file"),
         )
-        if emulator:
+        options = {"api_endpoint": emulator} if emulator else None
+        if path:
+            from airflow_skyplane.storage.gcs_credentials import FileToken
+
+            client = storage.Client(project=project, credentials=FileToken(path), client_options=options)
+        elif emulator:
             from google.auth.credentials import AnonymousCredentials
 
             client = storage.Client(
                 project=project or "anonymous",
                 credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-                client_options={"api_endpoint": emulator},
+                client_options=options,
             )
-        elif account:
-            from google.oauth2 import service_account
-
-            creds = service_account.Credentials.from_service_account_info(account)  # type: ignore[no-untyped-call]
-            client = storage.Client(project=project, credentials=creds)
         else:
             client = storage.Client(project=project)
         return GCSStore(client, need(spec, "bucket"))

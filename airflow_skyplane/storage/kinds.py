@@ -5,8 +5,13 @@ A :class:`StoreKind` knows, for its scheme:
 * **open**: build the adapter through the Airflow hook of its provider, from a URI and an Airflow
   connection (the task's side: :func:`~airflow_skyplane.hooks.storage.open_store`);
 * **spec**: turn a store opened that way into a *store spec*, the small JSON object a gateway opens
-  without Airflow (the bucket, the endpoint, credentials resolved from the same connection);
-* **open_spec**: build the adapter from a spec on a relay (:mod:`airflow_skyplane.gateway.stores`);
+  without Airflow (the bucket, the endpoint: no secret);
+* **issue**: mint, from the same connection, credentials for a relay limited to a
+  :class:`~airflow_skyplane.storage.grants.Grant` (the transfer's bucket and prefixes, read or write,
+  until the fleet's expiry); they travel in a credential file the spec names
+  (:mod:`airflow_skyplane.storage.grants`);
+* **open_spec**: build the adapter from a spec on a relay (:mod:`airflow_skyplane.gateway.stores`),
+  reading its credential file through the SDK's own refresh hook;
 * **region**: where the store is, asked of the store itself (the bucket's location), in the planner's
   names (:mod:`airflow_skyplane.storage.placement`).
 
@@ -26,6 +31,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from airflow_skyplane.exceptions import InvalidInputError
 from airflow_skyplane.storage.base import ObjectStore
+from airflow_skyplane.storage.grants import Grant, Issued
 from airflow_skyplane.storage.uri import StorageURI
 
 if TYPE_CHECKING:
@@ -77,7 +83,14 @@ class StoreKind(abc.ABC):
 
     @abc.abstractmethod
     def open_spec(self, spec: Mapping[str, object]) -> ObjectStore:
-        """The adapter a spec describes, on plain SDK clients (no Airflow)."""
+        """The adapter a spec describes, on plain SDK clients (no Airflow); with ``credentials_file``
+        in the spec, its credentials are read from that file, and read again as it is replaced."""
+
+    def issue(self, store: ObjectStore, grant: Grant) -> Issued | None:
+        """Credentials for a relay to do what ``grant`` allows in ``store``, minted from the
+        connection ``store`` was opened with; None when the store needs none (local files, an
+        anonymous emulator). Airflow side only."""
+        return None
 
     def region(self, store: ObjectStore) -> Placement | None:
         """Where the store is (:class:`~airflow_skyplane.storage.placement.Placement`: the planner's

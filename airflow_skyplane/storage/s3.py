@@ -31,6 +31,7 @@ from airflow_skyplane.storage.base import (
     validate_key,
     validate_part_number,
 )
+from airflow_skyplane.storage.grants import Grant, Issued
 from airflow_skyplane.storage.kinds import ConnectionKind, StoreKind, StoreSpec, need, text
 from airflow_skyplane.storage.uri import StorageURI
 
@@ -270,9 +271,10 @@ class S3Store(ObjectStore):
 class S3Kind(StoreKind):
     """``s3://``: ``S3Hook`` in the task; a plain boto3 client from the spec on a relay.
 
-    Spec: ``bucket``, ``region``, ``endpoint_url``, and the connection's credentials resolved by the
-    hook (a role assumed) and frozen for the relay: ``access_key_id``, ``secret_access_key``,
-    ``session_token`` (without them, the relay's default credential chain).
+    Spec: ``bucket``, ``region``, ``endpoint_url``, and ``credentials_file``: the relay's credentials
+    (an STS session limited to the transfer's prefixes, :mod:`.aws_credentials`), read again as the
+    controller renews them. Inline ``access_key_id``, ``secret_access_key``, ``session_token`` are
+    taken as they are; with neither, the relay's default credential chain.
     """
 
     scheme = "s3"
@@ -286,37 +288,42 @@ class S3Kind(StoreKind):
 
     def spec(self, store: ObjectStore) -> StoreSpec:
         assert isinstance(store, S3Store)
-        spec: StoreSpec = {
+        return {
             "scheme": "s3",
             "bucket": store.bucket,
             "region": store.client.meta.region_name,
             "endpoint_url": store.client.meta.endpoint_url,
         }
-        if store.conn_id:
-            from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-            frozen = S3Hook(aws_conn_id=store.conn_id).get_credentials()
-            spec.update(
-                access_key_id=frozen.access_key,
-                secret_access_key=frozen.secret_key,
-                session_token=frozen.token,
-            )
-        return spec
+    def issue(self, store: ObjectStore, grant: Grant) -> Issued | None:
+        from airflow_skyplane.storage import aws_credentials
+
+        assert isinstance(store, S3Store)
+        return aws_credentials.issue(store.conn_id, store.client, grant)
 
     def open_spec(self, spec: Mapping[str, object]) -> ObjectStore:
         import boto3
         from botocore.config import Config
 
-        client = boto3.client(
-            "s3",
-            region_name=text(spec, "region"),
-            endpoint_url=text(spec, "endpoint_url"),
-            aws_access_key_id=text(spec, "access_key_id"),
-            aws_secret_access_key=text(spec, "secret_access_key"),
-            aws_session_token=text(spec, "session_token"),
-            # one pooled connection per gateway thread, and the SDK's adaptive retries
-            config=Config(max_pool_connections=64, retries={"mode": "adaptive", "max_attempts": 8}),
-        )
+        # one pooled connection per gateway thread, and the SDK's adaptive retries
+        config = Config(max_pool_connections=64, retries={"mode": "adaptive", "max_attempts": 8})
+        path = text(spec, "credentials_file")
+        if path:
+            from airflow_skyplane.storage.aws_credentials import file_session
+
+            client = file_session(path).client(
+                "s3", region_name=text(spec, "region"), endpoint_url=text(spec, "endpoint_url"), config=config
+            )
+        else:
+            client = boto3.client(
+                "s3",
+                region_name=text(spec, "region"),
+                endpoint_url=text(spec, "endpoint_url"),
+                aws_access_key_id=text(spec, "access_key_id"),
+                aws_secret_access_key=text(spec, "secret_access_key"),
+                aws_session_token=text(spec, "session_token"),
+                config=config,
+            )
         return S3Store(client, need(spec, "bucket"))
 
     def region(self, store: ObjectStore) -> Placement:

@@ -7,10 +7,18 @@ it through their ``base_url`` option. It serves HTTPS (the SDKs refuse to send a
 plain HTTP) with a certificate of a throw-away CA, whose file :attr:`FakeARM.ca_file` the clients
 trust through ``connection_verify``.
 
-Any resource under a resource group can be created (PUT: stored, ``provisioningState`` Succeeded at
-once), read, listed and deleted; references are enforced as Azure does: a NIC, public IP, security
-group or virtual network in use cannot be deleted. Public IPs get an address, NICs a private one.
-:meth:`FakeARM.fail_next` makes the next PUT of a resource type fail with an ARM error (a quota, say).
+Any resource under a resource group can be created, read, listed and deleted, as long-running
+operations the way Resource Manager runs them: a PUT answers ``201 Created`` with the resource in
+``provisioningState`` ``Creating`` (``Updating`` for one that exists, ``200``) and an
+``Azure-AsyncOperation`` header; a DELETE answers ``202 Accepted`` with ``Azure-AsyncOperation`` and
+``Location`` and leaves the resource ``Deleting``. Each operation's status is ``InProgress`` when
+first asked, then ``Succeeded`` (the resource ``Succeeded``, or gone), so the SDK's poller polls.
+:attr:`FakeARM.seen_statuses` records the statuses each operation was answered with. References are
+enforced as Azure does: a NIC, public IP, security group or virtual network in use cannot be deleted,
+and a VM's deletion takes its NICs and their public IPs whose ``deleteOption`` is ``Delete``.
+Public IPs get an address, NICs a private one. A VM's ``retrieveBootDiagnosticsData`` answers the URL
+of its serial log, which serves :attr:`FakeARM.serial_output` (what the VM printed). :meth:`FakeARM.fail_next`
+makes the next PUT of a resource type fail with an ARM error (a quota, say).
 """
 
 from __future__ import annotations
@@ -20,10 +28,14 @@ import re
 import ssl
 import tempfile
 import threading
+import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from airflow_skyplane.testing.loopback_http import serve, shut
 
 _RG = re.compile(
     r"^/subscriptions/([^/]+)/resourcegroups/([^/]+)(?:/providers/([^/]+)/([^/]+)(?:/([^/]+))?)?$", re.I
@@ -31,12 +43,26 @@ _RG = re.compile(
 
 
 class FakeARM:
-    def __init__(self) -> None:
+    """``retry_after_s``: the ``Retry-After`` of its long-running operations, whole seconds as ARM
+    gives it (the SDK reads it as an integer); the fake's operations end when next asked."""
+
+    def __init__(self, *, retry_after_s: int = 1) -> None:
+        self.retry_after_s = retry_after_s
         self.resources: dict[str, dict[str, Any]] = {}  # lower-cased id -> resource
         self._faults: dict[str, list[tuple[int, str, str]]] = {}
         self._lock = threading.Lock()
+        self._pending = threading.local()  # the operation the request being answered began
         self._next_ip = 10
         self._server: ThreadingHTTPServer | None = None
+        self._url = ""
+        #: operation id -> what finishing it does (run once, when it is first answered Succeeded)
+        self._operations: dict[str, Callable[[], None] | None] = {}
+        #: operation id -> the statuses it was answered with, in order
+        self.seen_statuses: dict[str, list[str]] = {}
+        #: names of resources deleted with another (a VM's NIC, a NIC's public IP)
+        self.deleted_with: list[str] = []
+        #: VM name -> its boot diagnostics' serial log (what it printed to its console)
+        self.serial_output: dict[str, str] = {}
         self._tmp = tempfile.TemporaryDirectory(prefix="fake-arm-")
         self.ca_file = str(Path(self._tmp.name) / "ca.pem")
 
@@ -62,9 +88,14 @@ class FakeARM:
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}") if length else {}
-                status, payload = fake.handle(self.command, self.path, body)
-                data = b"" if payload is None else json.dumps(payload).encode()
+                status, payload, headers = fake.answer(self.command, self.path, body)
+                if isinstance(payload, str):  # a blob's text (a serial log)
+                    data = payload.encode()
+                else:
+                    data = b"" if payload is None else json.dumps(payload).encode()
                 self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -72,16 +103,13 @@ class FakeARM:
 
             do_GET = do_PUT = do_DELETE = do_POST = _answer  # noqa: N815 - http.server's naming
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-        threading.Thread(target=self._server.serve_forever, daemon=True, name="fake-arm").start()
-        return f"https://127.0.0.1:{self._server.server_address[1]}"
+        self._server = serve(Handler, "fake-arm", context)
+        self._url = f"https://127.0.0.1:{self._server.server_address[1]}"
+        return self._url
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        shut(self._server)
+        self._server = None
         self._tmp.cleanup()
 
     def __enter__(self) -> FakeARM:
@@ -109,6 +137,79 @@ class FakeARM:
         """Live resources whose body mentions ``rid`` (a NIC naming a public IP, a VM naming a NIC...)."""
         needle = rid.lower()
         return [r["id"] for k, r in self.resources.items() if k != needle and needle in json.dumps(r).lower()]
+
+    def answer(self, method: str, path: str, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+        """Status, body and headers of a request: a long-running PUT or DELETE names its operation in
+        ``Azure-AsyncOperation`` (and ``Location``, for a DELETE); the operation's URL answers its status."""
+        url = urlparse(path)
+        diagnostics = re.match(
+            r"^(/subscriptions/.+/virtualMachines/([^/]+))/retrieveBootDiagnosticsData$", url.path
+        )
+        if diagnostics and method == "POST":
+            with self._lock:
+                if diagnostics.group(1).lower() not in self.resources:
+                    return (*self._error(404, "ResourceNotFound", "no such virtual machine"), {})
+            log = f"{self._url}/bootdiagnostics/{diagnostics.group(2)}.serialconsole.log?sv=fake&sig=fake"
+            return 200, {"consoleScreenshotBlobUri": log, "serialConsoleLogBlobUri": log}, {}
+        if url.path.startswith("/bootdiagnostics/"):
+            name = url.path.rsplit("/", 1)[-1].removesuffix(".serialconsole.log")
+            with self._lock:
+                text = self.serial_output.get(name)
+            if text is None:
+                return 404, None, {}
+            return 200, text, {}
+        if url.path.startswith("/providers/skyplane.fake/operations/"):
+            status, payload = self._operation_status(url.path.rsplit("/", 1)[-1])
+            return status, payload, {"Retry-After": str(self.retry_after_s)}
+        status, payload = self.handle(method, path, body)
+        headers: dict[str, str] = {}
+        operation = getattr(self._pending, "operation", None)
+        if operation is not None:
+            self._pending.operation = None
+            link = f"{self._url}/providers/skyplane.fake/operations/{operation}?api-version=2024-01-01"
+            headers["Azure-AsyncOperation"] = link
+            headers["Retry-After"] = str(self.retry_after_s)
+            if method == "DELETE":
+                headers["Location"] = link
+        return status, payload, headers
+
+    def _begin(self, then: Callable[[], None] | None) -> None:
+        """A long-running operation of the request being answered (with the lock held)."""
+        operation = uuid.uuid4().hex
+        self._operations[operation] = then
+        self._pending.operation = operation
+
+    def _operation_status(self, operation: str) -> tuple[int, Any]:
+        with self._lock:
+            if operation not in self._operations:
+                return self._error(404, "NotFound", f"no operation {operation}")
+            seen = self.seen_statuses.setdefault(operation, [])
+            status = "InProgress" if not seen else "Succeeded"
+            if status == "Succeeded" and "Succeeded" not in seen:
+                then = self._operations[operation]
+                if then is not None:
+                    then()
+            seen.append(status)
+        return 200, {"id": operation, "name": operation, "status": status}
+
+    def _cascade(self, deleted: dict[str, Any]) -> None:
+        """What Azure deletes with a resource (with the lock held): a VM's NICs whose
+        ``deleteOption`` is ``Delete``, and a NIC's public IPs whose ``deleteOption`` is ``Delete``."""
+        properties = deleted.get("properties") or {}
+        linked = [
+            ref
+            for ref in ((properties.get("networkProfile") or {}).get("networkInterfaces") or [])
+            if (ref.get("properties") or {}).get("deleteOption") == "Delete"
+        ]
+        for config in properties.get("ipConfigurations") or []:
+            ref = (config.get("properties") or {}).get("publicIPAddress") or {}
+            if (ref.get("properties") or {}).get("deleteOption") == "Delete":
+                linked.append(ref)
+        for ref in linked:
+            found = self.resources.pop(str(ref.get("id", "")).lower(), None)
+            if found is not None:
+                self.deleted_with.append(found["name"])
+                self._cascade(found)
 
     def handle(self, method: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:
         url = urlparse(path)
@@ -140,7 +241,8 @@ class FakeARM:
                     return self._error(status, code, message or f"{code} for {rtype} {name}")
                 resource = {**body, "id": rid, "name": name, "type": f"{provider}/{rtype}"}
                 properties = dict(resource.get("properties") or {})
-                properties["provisioningState"] = "Succeeded"
+                created = key not in self.resources
+                properties["provisioningState"] = "Creating" if created else "Updating"
                 if rtype.lower() == "publicipaddresses":
                     self._next_ip += 1
                     properties.setdefault("ipAddress", f"20.1.0.{self._next_ip}")
@@ -151,9 +253,14 @@ class FakeARM:
                             f"10.0.0.{self._next_ip + n}"
                         )
                 resource["properties"] = properties
-                created = key not in self.resources
                 self.resources[key] = resource
-                return (201 if created else 200), resource
+
+                def succeeded() -> None:
+                    if self.resources.get(key) is resource:
+                        properties["provisioningState"] = "Succeeded"
+
+                self._begin(succeeded)
+                return (201 if created else 200), json.loads(json.dumps(resource))
             found = self.resources.get(key)
             if method == "GET":
                 if found is None:
@@ -167,6 +274,13 @@ class FakeARM:
                 users = self._references(rid)
                 if users:
                     return self._error(400, "InUseCannotBeDeleted", f"{rtype} {name} is in use by {users[0]}")
-                del self.resources[key]
-                return 200, None
+                found.setdefault("properties", {})["provisioningState"] = "Deleting"
+
+                def gone() -> None:
+                    if self.resources.get(key) is found:
+                        del self.resources[key]
+                        self._cascade(found)
+
+                self._begin(gone)
+                return 202, None
         return self._error(405, "MethodNotAllowed", method)

@@ -3,11 +3,15 @@
 No Compute Engine emulator exists, so the GCP relay backend is tested against this: the real client
 library (``googleapiclient``, built by ``ComputeEngineHook``'s credentials) pointed at it through its
 ``api_endpoint`` client option. It keeps networks, firewalls and instances per project in memory,
-answers inserts and deletes with operations that are already ``DONE``, and supports the
-``labels.KEY=VALUE`` / ``labels.KEY:*`` filters of ``aggregatedList``.
+and supports the ``labels.KEY=VALUE`` / ``labels.KEY:*`` filters of ``aggregatedList``.
 
-Faults for tests: :meth:`FakeGCE.fail_next` makes the next insert of a kind fail, either at once
-(an HTTP error, as for a quota) or in its operation (as for ``ZONE_RESOURCE_POOL_EXHAUSTED``).
+Inserts and deletes answer an operation that is ``PENDING``, then ``RUNNING`` when next asked,
+then ``DONE``, as Compute Engine's go: an instance is ``PROVISIONING`` until its insert is done, then
+``RUNNING``; a deleted instance is ``STOPPING`` until its delete is done, a deleted network or
+firewall rule is there until then; an operation's error shows once it is ``DONE``. The operations'
+``wait`` holds the request ``wait_hold_s`` and answers the next status (Compute Engine's holds it up
+to two minutes and may answer before the operation is done), so a client must poll until ``DONE``.
+:attr:`FakeGCE.seen_statuses` records the statuses each operation was answered with.
 """
 
 from __future__ import annotations
@@ -15,22 +19,32 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+from airflow_skyplane.testing.loopback_http import answer_json, serve, shut
 
 
 class FakeGCE:
     """``loopback_addresses``: give instances internal and external addresses on loopback
     (``127.120.0.N``), so :class:`~airflow_skyplane.testing.vms.EmulatedVMs` can bring them up."""
 
-    def __init__(self, *, loopback_addresses: bool = False) -> None:
+    def __init__(self, *, loopback_addresses: bool = False, wait_hold_s: float = 0.05) -> None:
         self.loopback_addresses = loopback_addresses
+        self.wait_hold_s = wait_hold_s
+        self.operations: dict[str, _Operation] = {}
+        #: operation name -> the statuses it was answered with, in order (its insert or delete first)
+        self.seen_statuses: dict[str, list[str]] = {}
         self.networks: dict[str, dict[str, Any]] = {}
         self.firewalls: dict[str, dict[str, Any]] = {}
         self.instances: dict[tuple[str, str], dict[str, Any]] = {}  # (zone, name) -> instance
         self.requests: list[tuple[str, str]] = []
+        #: (zone, name) -> what the instance printed to its serial port 1 (its console)
+        self.serial_output: dict[tuple[str, str], str] = {}
         self._faults: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         self._lock = threading.Lock()
         self.lock = self._lock  # held while the tables change
@@ -48,13 +62,7 @@ class FakeGCE:
             def _answer(self, method: str) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}") if length else {}
-                status, payload = fake.handle(method, self.path, body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                answer_json(self, *fake.handle(method, self.path, body))
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 self._answer("GET")
@@ -65,15 +73,12 @@ class FakeGCE:
             def do_DELETE(self) -> None:  # noqa: N802
                 self._answer("DELETE")
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True, name="fake-gce").start()
+        self._server = serve(Handler, "fake-gce")
         return f"http://127.0.0.1:{self._server.server_address[1]}/"
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        shut(self._server)
+        self._server = None
 
     def __enter__(self) -> FakeGCE:
         return self
@@ -90,7 +95,8 @@ class FakeGCE:
         return [
             name
             for (_, name), inst in self.instances.items()
-            if inst["labels"].get(label) == value and inst["status"] in ("PROVISIONING", "STAGING", "RUNNING")
+            if inst["labels"].get(label) == value
+            and inst["status"] in ("PROVISIONING", "STAGING", "RUNNING", "STOPPING")
         ]
 
     # -- the API -------------------------------------------------------------------------------------
@@ -101,20 +107,49 @@ class FakeGCE:
         }
 
     def _operation(
-        self, project: str, zone: str | None, target: str, error: dict[str, Any] | None = None
-    ) -> dict:
-        op: dict[str, Any] = {
+        self,
+        project: str,
+        zone: str | None,
+        target: str,
+        error: dict[str, Any] | None = None,
+        then: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
+        """A new operation on ``target`` (``PENDING``); ``then`` runs, and ``error`` shows, once it is
+        done. Called with the lock held."""
+        body: dict[str, Any] = {
             "kind": "compute#operation",
             "name": f"operation-{uuid.uuid4().hex[:12]}",
-            "status": "DONE",
+            "status": "PENDING",
             "targetLink": target,
-            "progress": 100,
+            "progress": 0,
         }
         if zone:
-            op["zone"] = f"projects/{project}/zones/{zone}"
-        if error:
-            op["error"] = {"errors": [error]}
-        return op
+            body["zone"] = f"projects/{project}/zones/{zone}"
+        op = _Operation(body, error, then)
+        self.operations[body["name"]] = op
+        return self._answer_operation(op, advance=False)
+
+    def _answer_operation(self, op: _Operation, advance: bool = True) -> dict[str, Any]:
+        """The operation one step further (with the lock held): done, it ran ``then`` once."""
+        order = ("PENDING", "RUNNING", "DONE")
+        status = order[min(order.index(op.body["status"]) + (1 if advance else 0), 2)]
+        if status == "DONE" and op.body["status"] != "DONE":
+            if op.then is not None:
+                op.then()
+            if op.error:
+                op.body["error"] = {"errors": [op.error]}
+        op.body.update(status=status, progress={"PENDING": 0, "RUNNING": 50, "DONE": 100}[status])
+        self.seen_statuses.setdefault(op.body["name"], []).append(status)
+        return dict(op.body)
+
+    def _wait_operation(self, name: str) -> tuple[int, Any]:
+        """``operations/NAME/wait``: the operation's next status, after holding the request a while."""
+        time.sleep(self.wait_hold_s)
+        with self._lock:
+            op = self.operations.get(name)
+            if op is None:
+                return self._error(404, "notFound", f"The resource 'operations/{name}' was not found")
+            return 200, self._answer_operation(op)
 
     def _fault(self, kind: str) -> tuple[str, dict[str, Any]] | None:
         queue = self._faults.get(kind)
@@ -144,15 +179,22 @@ class FakeGCE:
         parts = [p for p in url.path.split("/") if p]
         with self._lock:
             self.requests.append((method, url.path))
-            if len(parts) < 3 or parts[0] != "projects":
-                return self._error(404, "notFound", f"unknown path {url.path}")
-            project, rest = parts[1], parts[2:]
+        if len(parts) < 3 or parts[0] != "projects":
+            return self._error(404, "notFound", f"unknown path {url.path}")
+        project, rest = parts[1], parts[2:]
+        # global/operations/NAME[/wait], zones/ZONE/operations/NAME[/wait]
+        operation = rest[2:] if rest[0] == "global" else rest[3:] if rest[0] == "zones" else []
+        if "operations" in rest[:3] and operation:
+            if operation[1:] == ["wait"] and method == "POST":
+                return self._wait_operation(operation[0])
+            with self._lock:
+                op = self.operations.get(operation[0])
+                if op is None or method != "GET" or len(operation) != 1:
+                    return self._error(404, "notFound", f"unknown path {url.path}")
+                return 200, self._answer_operation(op)
+        with self._lock:
             if rest[0] == "global" and rest[1] in ("networks", "firewalls"):
                 return self._global(method, project, rest[1], rest[2:], body, query)
-            if rest[0] == "global" and rest[1] == "operations":
-                return 200, self._operation(project, None, "")
-            if rest[0] == "zones" and len(rest) >= 3 and rest[2] == "operations":
-                return 200, self._operation(project, rest[1], "")
             if rest[0] == "zones" and len(rest) >= 3 and rest[2] == "instances":
                 return self._instances(method, project, rest[1], rest[3:], body)
             if rest[0] == "aggregated" and rest[1] == "instances":
@@ -198,8 +240,11 @@ class FakeGCE:
                 f.get("network", "").endswith(f"/{name}") for f in self.firewalls.values()
             ):
                 return self._error(400, "resourceInUseByAnotherResource", f"network {name} is in use")
-            del table[name]
-            return 200, self._operation(project, None, f"{link}/{name}")
+
+            def gone() -> None:
+                table.pop(name, None)
+
+            return 200, self._operation(project, None, f"{link}/{name}", then=gone)
         return self._error(405, "badRequest", f"{method} not supported")
 
     def _instances(
@@ -234,12 +279,18 @@ class FakeGCE:
                 **body,
                 "networkInterfaces": interfaces,
                 "labels": dict(body.get("labels", {})),
-                "status": "RUNNING",
+                "status": "PROVISIONING",
                 "zone": f"projects/{project}/zones/{zone}",
                 "selfLink": f"{link}/{name}",
                 "id": str(uuid.uuid4().int % 10**12),
             }
-            return 200, self._operation(project, zone, f"{link}/{name}")
+            created = self.instances[(zone, name)]
+
+            def running() -> None:
+                if created["status"] == "PROVISIONING":
+                    created["status"] = "RUNNING"
+
+            return 200, self._operation(project, zone, f"{link}/{name}", then=running)
         if not rest:
             return self._error(405, "badRequest", f"{method} not supported")
         name = rest[0]
@@ -247,10 +298,25 @@ class FakeGCE:
         if instance is None or instance["status"] == "TERMINATED":
             return self._error(404, "notFound", f"The resource '{link}/{name}' was not found")
         if method == "GET" and len(rest) == 2 and rest[1] == "serialPort":
-            return 200, {"contents": f"booting {name}\n", "start": "0", "next": "1"}
+            contents = self.serial_output.get((zone, name), "")
+            return 200, {"kind": "compute#serialPortOutput", "contents": contents, "start": "0",
+                         "next": str(len(contents))}  # fmt: skip
         if method == "GET":
             return 200, instance
         if method == "DELETE":
-            instance["status"] = "TERMINATED"
-            return 200, self._operation(project, zone, f"{link}/{name}")
+            if instance["status"] == "STOPPING":
+                return self._error(400, "resourceNotReady", f"The resource '{link}/{name}' is being deleted")
+            instance["status"] = "STOPPING"
+            return 200, self._operation(
+                project, zone, f"{link}/{name}", then=lambda: instance.update(status="TERMINATED")
+            )
         return self._error(405, "badRequest", f"{method} not supported")
+
+
+class _Operation:
+    """An operation of the fake: its body as the API answers it, and what its end does."""
+
+    def __init__(
+        self, body: dict[str, Any], error: dict[str, Any] | None, then: Callable[[], None] | None
+    ) -> None:
+        self.body, self.error, self.then = body, error, then

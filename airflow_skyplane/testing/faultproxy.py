@@ -11,6 +11,10 @@ emulator, Azurite); every request is forwarded unchanged, except while a fault i
 * :meth:`FaultProxy.delay` holds every matching request for a fixed time before forwarding it, as
   the round trip to a distant region's API endpoint does.
 
+Beyond faults, :meth:`FaultProxy.intercept` lets a test answer some requests itself (what an
+emulator does not serve as the cloud does), and :meth:`FaultProxy.rewrite` change the answers it
+forwards; the AWS front of the tests (:mod:`airflow_skyplane.testing.aws_front`) is built that way.
+
 Counters say what happened (``forwarded``, ``injected``, ``throttled``), so a test can assert its
 fault was really exercised. The proxy listens on ``127.0.0.1`` only, forwards only to the one
 upstream it was given, and runs in threads of the test process (:meth:`start`, :meth:`stop`). It logs
@@ -25,7 +29,7 @@ import http.client
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -62,6 +66,36 @@ class _Rule:
         return not (self.until is not None and time.monotonic() >= self.until)
 
 
+@dataclass(frozen=True)
+class ProxyRequest:
+    """A request as the proxy read it (the body whole)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def header(self, name: str) -> str:
+        wanted = name.lower()
+        return next((v for k, v in self.headers.items() if k.lower() == wanted), "")
+
+
+@dataclass
+class ProxyResponse:
+    """An answer: from upstream, or made by an interceptor."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    reason: str = ""
+
+
+#: answers a request here instead of upstream (None: forward it)
+Interceptor = Callable[[ProxyRequest], "ProxyResponse | None"]
+#: changes an answer from upstream before the client gets it
+Rewriter = Callable[[ProxyRequest, ProxyResponse], ProxyResponse]
+
+
 @dataclass
 class FaultCounters:
     forwarded: int = 0
@@ -82,6 +116,8 @@ class FaultProxy:
         self.upstream_port = parsed.port or 80
         self.counters = FaultCounters()
         self._rules: list[_Rule] = []
+        self._interceptors: list[Interceptor] = []
+        self._rewriters: list[Rewriter] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -188,6 +224,33 @@ class FaultProxy:
         with self._lock:
             self._rules.clear()
 
+    def intercept(self, interceptor: Interceptor) -> None:
+        """Ask ``interceptor`` first about every request: what it answers goes back to the client,
+        and upstream never sees the request; None forwards it (faults still apply)."""
+        with self._lock:
+            self._interceptors.append(interceptor)
+
+    def rewrite(self, rewriter: Rewriter) -> None:
+        """Pass every answer from upstream through ``rewriter`` before the client gets it."""
+        with self._lock:
+            self._rewriters.append(rewriter)
+
+    def _intercepted(self, request: ProxyRequest) -> ProxyResponse | None:
+        with self._lock:
+            interceptors = list(self._interceptors)
+        for interceptor in interceptors:
+            answer = interceptor(request)
+            if answer is not None:
+                return answer
+        return None
+
+    def _rewritten(self, request: ProxyRequest, response: ProxyResponse) -> ProxyResponse:
+        with self._lock:
+            rewriters = list(self._rewriters)
+        for rewriter in rewriters:
+            response = rewriter(request, response)
+        return response
+
     def armed(self) -> bool:
         """True while a fault is still to come."""
         with self._lock:
@@ -255,8 +318,27 @@ class _Handler(BaseHTTPRequestHandler):
         if rate is not None and nbytes:
             time.sleep(nbytes / rate)
 
+    def _send(self, response: ProxyResponse) -> None:
+        self.send_response(response.status, response.reason or None)
+        for key, value in response.headers:
+            if key.lower() not in _HOP_BY_HOP and key.lower() != "content-length":
+                self.send_header(key, value)
+        if self.command == "HEAD":
+            given = dict((k.lower(), v) for k, v in response.headers)
+            self.send_header("Content-Length", given.get("content-length", "0"))
+        else:
+            self.send_header("Content-Length", str(len(response.body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(response.body)
+
     def _handle(self) -> None:
         body = self._body()
+        request = ProxyRequest(self.command, self.path, dict(self.headers.items()), body)
+        answer = self.owner._intercepted(request)
+        if answer is not None:
+            self._send(answer)
+            return
         status, rate, wait = self.owner._decide(self.command, self.path)
         if wait:
             time.sleep(wait)
@@ -293,17 +375,8 @@ class _Handler(BaseHTTPRequestHandler):
                 if attempt:
                     raise
         self._pace(len(data), rate)
-        self.send_response(response.status, response.reason)
-        for key, value in response.getheaders():
-            if key.lower() not in _HOP_BY_HOP and key.lower() != "content-length":
-                self.send_header(key, value)
-        if self.command == "HEAD":
-            self.send_header("Content-Length", response.getheader("Content-Length") or "0")
-        else:
-            self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+        answer = ProxyResponse(response.status, list(response.getheaders()), data, response.reason)
+        self._send(self.owner._rewritten(request, answer))
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:

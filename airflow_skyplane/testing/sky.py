@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from airflow_skyplane.testing._moto_server import CONSOLE_DIR_VARIABLE
+
 #: Azurite's well-known development account (public, documented by Microsoft; not a secret).
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
@@ -98,7 +100,8 @@ def emulator_argv(service: str, host: str, port: int, azurite: str | None = None
     """The command line that serves ``service`` (``s3``, ``gs`` or ``az``) on ``host:port``, and the
     path that answers once it is up. ``az`` needs the ``azurite-blob`` executable (:func:`find_azurite`)."""
     if service == "s3":
-        return [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)], "/moto-api/"
+        argv = [sys.executable, "-m", "airflow_skyplane.testing._moto_server", "-H", host, "-p", str(port)]
+        return argv, "/moto-api/"
     if service == "gs":
         argv = [sys.executable, "-m", "airflow_skyplane.testing._gcs_emulator", "start", "--host", host,
                 "--port", str(port), "--in-memory", "--quiet"]  # fmt: skip
@@ -216,6 +219,9 @@ class EmulatedSky:
             raise ValueError(f"unknown emulated services {sorted(unknown)}: choose from {SERVICES}")
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        #: what emulated EC2 instances print to their console, one file per instance id
+        self.ec2_console_dir = self.workdir / "ec2-console"
+        self.ec2_console_dir.mkdir(exist_ok=True)
         self.missing: dict[str, str] = {}
         self._servers: dict[str, EmulatorServer] = {}
         for service in services:
@@ -230,6 +236,8 @@ class EmulatedSky:
             argv, ready = emulator_argv(service, "127.0.0.1", port, azurite)
             name, log = names[service]
             env = {"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if service == "s3" and moto_auth else {}
+            if service == "s3":  # where emulated EC2 instances print their console (testing/vms.py)
+                env[CONSOLE_DIR_VARIABLE] = str(self.ec2_console_dir)
             self._servers[service] = EmulatorServer(name, argv, port, ready, self.workdir / log, env=env)
 
     # -- life cycle ------------------------------------------------------------------------------

@@ -13,6 +13,11 @@ moto (in server mode, in the emulated sky) serves the EC2 API the AWS relay back
   instance's address that admits the key pair the instance was launched with (read back from the
   EC2 API, as cloud-init installs it), and marks every process started through it with
   ``SKYPLANE_EMULATED_VM=<instance id>``;
+* at boot it prints the sshd's host key to the instance's console as cloud-init does (``-----BEGIN
+  SSH HOST KEY KEYS-----``): moto's ``GetConsoleOutput`` answers it (``console_dir``, see
+  :mod:`airflow_skyplane.testing._moto_server`), the Compute Engine fake's serial port too, so the
+  worker pins the key the machine really has; :attr:`EmulatedVMs.forge_console` prints another key
+  instead, as a machine-in-the-middle would present, for the test of a refused key;
 * when the instance is terminated, its sshd stops and every process it started is killed, as a VM's
   would be.
 
@@ -44,6 +49,8 @@ class EmulatedVMs:
     :param describe: ``instance id -> (authorized public key, metadata text)``, read once at boot;
         the metadata (tags, labels, user-data, startup script) is kept for tests to search.
     :param ssh_port: the port every emulated VM's sshd listens on (each on its own address).
+    :param console: ``(instance id, text)``: print ``text`` to the instance's console, as the cloud
+        shows it.
     """
 
     def __init__(
@@ -52,9 +59,14 @@ class EmulatedVMs:
         describe: Callable[[str], tuple[str, str]],
         *,
         ssh_port: int = 2222,
+        console: Callable[[str, str], None] | None = None,
     ) -> None:
         self._running, self._describe = running, describe
         self.ssh_port = ssh_port
+        self._console = console
+        #: print a key other than the sshd's to the console (the cloud shows one key, the address
+        #: presents another: the worker must refuse it)
+        self.forge_console = False
         self.sshd: dict[str, Any] = {}  # instance id -> LocalSSHD
         self.started: list[str] = []  # every instance that was brought up
         self.metadata: dict[str, str] = {}  # instance id -> its tags and user-data, as the cloud shows them
@@ -65,9 +77,12 @@ class EmulatedVMs:
         self.regions: list[str] = []
 
     @classmethod
-    def on_moto(cls, client: Any, regions: Iterable[str], *, ssh_port: int = 2222) -> EmulatedVMs:
+    def on_moto(
+        cls, client: Any, regions: Iterable[str], *, ssh_port: int = 2222, console_dir: Path | None = None
+    ) -> EmulatedVMs:
         """For moto's EC2: ``client`` is ``aws region -> boto3 EC2 client``; ``regions`` the planner
-        regions to watch (``aws:us-east-1``...). Use :meth:`subnets` for the relays' subnets."""
+        regions to watch (``aws:us-east-1``...); ``console_dir`` the emulated sky's
+        ``ec2_console_dir``, where moto reads the consoles. Use :meth:`subnets` for the relays' subnets."""
         regions = list(regions)
 
         def running() -> dict[str, str]:
@@ -100,7 +115,11 @@ class EmulatedVMs:
                 where[instance_id] = value.split("|", 1)[0]
             return {instance_id: value.split("|", 1)[1] for instance_id, value in found.items()}
 
-        vms = cls(running_addresses, describe, ssh_port=ssh_port)
+        def console(instance_id: str, text: str) -> None:
+            if console_dir is not None:
+                (Path(console_dir) / instance_id).write_text(text)
+
+        vms = cls(running_addresses, describe, ssh_port=ssh_port, console=console)
         vms._client, vms.regions = client, regions
         return vms
 
@@ -124,7 +143,12 @@ class EmulatedVMs:
             key = items["ssh-keys"].split(":", 1)[1]  # "user:ssh-ed25519 AAAA... comment"
             return key, repr(body.get("labels")) + repr(body.get("metadata"))
 
-        return cls(running, describe, ssh_port=ssh_port)
+        def console(instance_id: str, text: str) -> None:
+            zone, name = instance_id.split("/", 1)
+            with gce.lock:
+                gce.serial_output[(zone, name)] = text
+
+        return cls(running, describe, ssh_port=ssh_port, console=console)
 
     def subnets(self) -> dict[str, str]:
         """Per region, a moto subnet on loopback addresses for the relays (``aws_subnets``)."""
@@ -178,6 +202,9 @@ class EmulatedVMs:
         self.sshd[instance_id] = sshd
         self.started.append(instance_id)
         self.metadata[instance_id] = metadata
+        if self._console is not None:
+            key = _other_host_key() if self.forge_console else sshd.host_public_key
+            self._console(instance_id, cloud_init_console(key))
 
     def _power_off(self, instance_id: str) -> None:
         sshd = self.sshd.pop(instance_id, None)
@@ -191,6 +218,22 @@ class EmulatedVMs:
         """Processes still running that one of these emulated VMs started (there must be none after
         teardown). Only these VMs': other test runs on the machine bring up VMs of their own."""
         return sorted({pid for instance in self.started for pid in processes_of(instance)})
+
+
+def cloud_init_console(*host_keys: str) -> str:
+    """A first boot's console as cloud-init prints it: the SSH host keys between its markers."""
+    lines = ["cloud-init: modules:final running", "-----BEGIN SSH HOST KEY KEYS-----"]
+    lines += [" ".join(key.split()[:2]) + " root@relay" for key in host_keys]
+    lines += ["-----END SSH HOST KEY KEYS-----", "cloud-init: finished"]
+    return "\n".join(lines) + "\n"
+
+
+def _other_host_key() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    public = Ed25519PrivateKey.generate().public_key()
+    return public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
 
 
 def _marker(instance_id: str) -> str:

@@ -34,9 +34,10 @@ from airflow_skyplane.compute.launcher import GatewayHandle, GatewayLauncher
 from airflow_skyplane.exceptions import SkyplaneError, StorageError, TransferError
 from airflow_skyplane.storage.base import MultipartUpload, ObjectInfo, ObjectStore
 from airflow_skyplane.storage.kinds import StoreSpec, store_kind
-from airflow_skyplane.transfer import control, manifest, resume, tuning, verify, wiring
+from airflow_skyplane.transfer import control, credentials, manifest, resume, tuning, verify, wiring
 from airflow_skyplane.transfer.completion import Completion
 from airflow_skyplane.transfer.control import GatewayStatus, Receipt
+from airflow_skyplane.transfer.credentials import RelayCredentials
 from airflow_skyplane.transfer.options import TransferKnobs, TransferOptions
 from airflow_skyplane.transfer.overlay import Hop, Overlay, overlay_from_plan
 from airflow_skyplane.transfer.resume import ResumeLedger
@@ -131,6 +132,8 @@ class TransferJob:
         self._uploads_lock = threading.Lock()
         self._fetched_at = 0.0
         self._next_sweep = 0.0
+        #: the gateways' store credentials (minted when the programs are made)
+        self.credentials: RelayCredentials | None = None
 
     # -- conducting ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -190,9 +193,17 @@ class TransferJob:
 
     def _wiring(self, manifest_path: Path) -> wiring.Wiring:
         assert self.tuning is not None  # decided while the manifest was cut
+        relay_credentials = self.credentials = RelayCredentials(
+            self.workdir,
+            transfer_id=self.transfer_id,
+            expires_at=self.expires_at or time.time() + self.options.timeout,
+            mode=self.options.relay_credentials,
+            gcp_sts_endpoint=self.options.gcp_sts_endpoint,
+        )
 
-        def store_spec(store: ObjectStore) -> StoreSpec:  # with the connection's credentials
-            return store_kind(store.scheme).spec(store)
+        def store_spec(role: str, store: ObjectStore, prefix: str) -> StoreSpec:
+            # the store without a secret, and its credential file: minted for this role of this transfer
+            return relay_credentials.spec(role, store, prefix, store_kind(store.scheme).spec(store))
 
         return wiring.Wiring(
             transfer_id=self.transfer_id,
@@ -200,10 +211,11 @@ class TransferJob:
             overlay=self._tuned_overlay(),
             options=self.options,
             tuning=self.tuning,
-            source_spec=self._source_spec or store_spec(self.source),
+            source_spec=self._source_spec or store_spec("source", self.source, self.source_prefix),
             source_prefix=self.source_prefix,
             manifest=manifest_path,
-            destination_spec=self._destination_spec or store_spec(self.destination),
+            destination_spec=self._destination_spec
+            or store_spec("destination", self.destination, self.destination_prefix),
             destination_prefix=self.destination_prefix,
             uploads=self.uploads,
             expires_at=self.expires_at,
@@ -262,6 +274,7 @@ class TransferJob:
         job.chunks_to_send = state.get("chunks_to_send", 0)
         job.objects = manifest.read_objects(folder)
         job.started = dict(backend.gateways)
+        job.credentials = RelayCredentials.load(folder)
         return job
 
     def progress(self) -> Progress:
@@ -310,9 +323,18 @@ class TransferJob:
         self.checkpoint()
         if done:
             return True
+        self.renew_credentials()
         if time.time() - self.started_at > self.options.timeout:
             raise TransferError(f"transfer did not finish in {self.options.timeout:.0f} s (status {status})")
         return False
+
+    def renew_credentials(self) -> list[str]:
+        """Renew the gateways' store credentials that near their expiry (see
+        :mod:`~airflow_skyplane.transfer.credentials`); the roles renewed."""
+        if self.credentials is None or not self.credentials.due():
+            return []
+        stores = {"source": self.source, "destination": self.destination}
+        return self.credentials.renew(stores, self.started.values())
 
     def _fetch_receipts(self) -> None:
         """Append the writer's receipts this job has not seen yet; their objects complete as they can."""
@@ -417,7 +439,9 @@ class TransferJob:
                 self.resume.delete()
         self.uploads.clear()
         self.destination.tidy()
-        for name in ("job.json", resume.CARRIED_FILE, *wiring.SECRET_FILES):
+        if self.credentials is not None:
+            self.credentials.close()
+        for name in ("job.json", resume.CARRIED_FILE, *wiring.SECRET_FILES, *credentials.FILES):
             (self.workdir / name).unlink(missing_ok=True)
         if refused:
             raise TransferError(

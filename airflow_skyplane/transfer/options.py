@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypedDict
 
 from airflow_skyplane.exceptions import InvalidInputError
+from airflow_skyplane.storage.grants import GCP_STS_ENDPOINT, RELAY_CREDENTIAL_MODES
 
 if TYPE_CHECKING:
     from airflow_skyplane.hooks.skyplane import SkyplaneSettings
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 MiB = 1024 * 1024
 Compression = Literal["auto", "always", "never"]
 COMPRESSION_MODES: tuple[Compression, ...] = ("auto", "always", "never")
+RelayCredentialMode = Literal["scoped", "connection"]
 
 
 def compression_mode(value: bool | str, *, origin: str = "compression") -> Compression:
@@ -64,6 +66,10 @@ class TransferOptions:
     state_every_chunks: int | None = None
     #: a failed resumable transfer keeps its uploads and state for a retry of the task
     keep_on_failure: bool = True
+    #: the gateways' store credentials: minted for the transfer (``scoped``) or the connection's own
+    relay_credentials: RelayCredentialMode = "scoped"
+    #: the token exchange endpoint that downscopes the relays' GCS tokens
+    gcp_sts_endpoint: str = GCP_STS_ENDPOINT
 
     def __post_init__(self) -> None:
         if self.chunk_size is not None and (not _whole(self.chunk_size) or self.chunk_size < 1):
@@ -89,6 +95,11 @@ class TransferOptions:
         every = self.state_every_chunks
         if every is not None and (not _whole(every) or every < 1):
             raise InvalidInputError(f"state_every_chunks={every!r} must be a whole number >= 1, or None")
+        if self.relay_credentials not in RELAY_CREDENTIAL_MODES:
+            raise InvalidInputError(
+                f"relay_credentials={self.relay_credentials!r} is unknown: use 'scoped' (minted for the "
+                "transfer) or 'connection' (the connection's own)"
+            )
 
     @classmethod
     def from_settings(
@@ -105,6 +116,8 @@ class TransferOptions:
             timeout=timeout,
             state_every_s=float(settings.state_checkpoint_s),
             keep_on_failure=keep_on_failure,
+            relay_credentials="connection" if settings.relay_credentials == "connection" else "scoped",
+            gcp_sts_endpoint=settings.gcp_sts_endpoint,
         )
 
 
@@ -120,6 +133,8 @@ class TransferKnobs(TypedDict, total=False):
     state_every_s: float
     state_every_chunks: int | None
     keep_on_failure: bool
+    relay_credentials: RelayCredentialMode
+    gcp_sts_endpoint: str
 
 
 def _whole(value: object) -> bool:

@@ -1,10 +1,13 @@
 """``SkyplaneTransferTrigger``: wait in the triggerer for a fleet's transfers to finish or fail.
 
 It polls the gateways' status endpoints (:func:`~airflow_skyplane.transfer.tracker.poll_fleet`, run in
-a thread so the triggerer's event loop never blocks) every ``poll_interval`` seconds, logs a progress
-line, and fires one event: ``done`` when every chunk is written at every destination, ``failed`` with
-the gateways' errors, or ``timeout``. Finishing (completing the uploads, verifying every object) and
-tearing down happen where the task resumes (``execute_complete``), which finds the fleet by its id.
+a thread so the triggerer's event loop never blocks) every ``poll_interval`` seconds, renews the
+gateways' store credentials that near their expiry
+(:func:`~airflow_skyplane.transfer.credentials.renew_fleet`, through the Airflow hooks, in a thread
+too), logs a progress line, and fires one event: ``done`` when every chunk is written at every
+destination, ``failed`` with the gateways' errors, or ``timeout``. Finishing (completing the
+uploads, verifying every object) and tearing down happen where the task resumes
+(``execute_complete``), which finds the fleet by its id.
 
 Local relays are found through the fleet records on this machine, so with the local relay backend
 the triggerer must run on the worker's machine (as in ``airflow standalone`` or a LocalExecutor
@@ -44,12 +47,14 @@ class SkyplaneTransferTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from airflow_skyplane.compute.fleets import fleet_dir
+        from airflow_skyplane.transfer.credentials import renew_fleet
         from airflow_skyplane.transfer.tracker import poll_fleet
 
         folder = fleet_dir(self.state_dir, self.fleet_id)
         event = {"fleet_id": self.fleet_id, "state_dir": self.state_dir}
         deadline = time.monotonic() + self.timeout_s
         while True:
+            await asyncio.to_thread(renew_fleet, folder)  # store credentials near their expiry
             status = await asyncio.to_thread(poll_fleet, folder)
             self.log.info("fleet %s: %s", self.fleet_id, status.progress.line())
             if status.state != "running":

@@ -56,7 +56,7 @@ def backend(fake: FakeARM) -> AzureRelayBackend:
             "sub-1",
         )
 
-    return AzureRelayBackend(resource_group="relays", clients_factory=clients)
+    return AzureRelayBackend(resource_group="relays", clients_factory=clients, connection_verify=fake.ca_file)
 
 
 def _spec(fleet_id: str, **kwargs: Any) -> AzureFleetSpec:
@@ -85,7 +85,12 @@ def test_a_fleet_in_two_regions_is_created_tagged_and_torn_down(
             f"{vm.public_ip}/32" for vm in vms
         )
     assert fake.tagged("skyplane-fleet", "fleet-a") == []
+    # deleting a VM deleted its NIC and public IP with it (the disk too, in Azure)
+    assert sorted(fake.deleted_with) == sorted([vm.instance_id for vm in vms] * 2)
     assert backend.teardown("fleet-a") == {}
+    # every PUT and DELETE was a long-running operation, polled from InProgress until it Succeeded
+    assert len(fake.seen_statuses) > 2 * len(vms) * 4
+    assert {tuple(statuses) for statuses in fake.seen_statuses.values()} == {("InProgress", "Succeeded")}
 
 
 @pytest.mark.parametrize("kind", ["networkSecurityGroups", "publicIPAddresses", "virtualMachines"])
@@ -117,3 +122,56 @@ def test_a_failure_in_bootstrap_tears_down_and_the_sweeper_takes_expired_fleets(
         and fake.tagged("skyplane-fleet", "fleet-live") != []
     )
     backend.teardown("fleet-live")
+
+
+def test_the_backend_takes_its_subscription_and_credential_from_the_connection(
+    fake: FakeARM, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """No clients injected: the management clients are built from the ``AzureComputeHook``
+    connection's subscription (Entra ID has no emulator, so only the token comes from here)."""
+    import json
+
+    from azure.identity import ClientSecretCredential
+
+    from airflow_skyplane.compute.azure import _connection_credential
+    from airflow_skyplane.exceptions import InvalidInputError
+
+    conn = {"conn_type": "azure", "login": "app-id", "password": "app-secret",
+            "extra": {"tenantId": "tenant-1", "subscriptionId": "sub-of-the-connection"}}  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_AZURE_RELAYS", json.dumps(conn))
+    credential, subscription = _connection_credential("azure_relays")
+    assert isinstance(credential, ClientSecretCredential) and subscription == "sub-of-the-connection"
+
+    backend = AzureRelayBackend(
+        resource_group="relays", azure_conn_id="azure_relays", base_url=fake.url,  # type: ignore[attr-defined]
+        connection_verify=fake.ca_file, credential=OfflineToken(),
+    )  # fmt: skip
+    with azure_fleet(backend, _spec("fleet-conn", regions={"azure:eastus": 1})) as vms:
+        assert len(vms) == 1 and vms[0].public_ip
+        ids = [r["id"] for r in fake.resources.values()]
+        assert ids and all(
+            i.startswith("/subscriptions/sub-of-the-connection/resourceGroups/relays/") for i in ids
+        )
+    assert fake.tagged("skyplane-fleet", "fleet-conn") == []
+
+    for extra, fix in (({"tenantId": "t"}, "set subscriptionId"), ({"key_path": str(tmp_path / "no.json"),
+                       "subscriptionId": "s"}, "auth file")):  # fmt: skip
+        monkeypatch.setenv("AIRFLOW_CONN_AZURE_RELAYS", json.dumps({"conn_type": "azure", "extra": extra}))
+        with pytest.raises(InvalidInputError, match=fix) as err:
+            AzureRelayBackend(resource_group="relays", azure_conn_id="azure_relays").clients()
+        assert "azure_relays" in str(err.value)
+
+
+def test_a_relays_host_keys_are_read_from_its_boot_diagnostics(
+    fake: FakeARM, backend: AzureRelayBackend
+) -> None:
+    from airflow_skyplane.testing.vms import cloud_init_console
+
+    key = SSHKeyPair.generate("host").public_openssh
+    with azure_fleet(backend, _spec("fleet-keys", regions={"azure:eastus": 1})) as vms:
+        [vm] = vms
+        body = fake.resources[backend._id("Microsoft.Compute/virtualMachines", vm.instance_id).lower()]
+        assert body["properties"]["diagnosticsProfile"] == {"bootDiagnostics": {"enabled": True}}
+        assert backend.console_host_keys(vm) == []  # nothing printed yet
+        fake.serial_output[vm.instance_id] = "booting\n" + cloud_init_console(key)
+        assert backend.console_host_keys(vm) == [" ".join(key.split()[:2])]

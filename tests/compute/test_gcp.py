@@ -70,7 +70,13 @@ def test_a_fleet_in_three_zones_is_created_labelled_and_torn_down(
             f"{vm.public_ip}/32" for vm in vms
         )
         assert "skyplane-relays" in gce.networks  # the dedicated network
+        assert all(i["status"] == "RUNNING" for i in gce.instances.values())
     assert _leftovers(gce, "fleet-a") == []
+    # every insert and delete was an operation that went PENDING -> RUNNING -> DONE, and each was
+    # polled until DONE before the next step went on (the instances and rules are gone)
+    assert len(gce.seen_statuses) >= 2 * (len(vms) + 2)
+    for statuses in gce.seen_statuses.values():
+        assert statuses[0] == "PENDING" and statuses[-1] == "DONE" and "RUNNING" in statuses, statuses
     assert backend.teardown("fleet-a") == {"instance": [], "firewall": []}  # idempotent
 
 

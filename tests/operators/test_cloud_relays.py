@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import os
 import random
 import re
@@ -40,7 +41,7 @@ MiB = 1024 * 1024
 @pytest.fixture
 def vms(emulated_sky: EmulatedSky, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatedVMs]:
     backend = AWSRelayBackend(wait_timeout_s=60)
-    emulated = EmulatedVMs.on_moto(backend.client, REGIONS)
+    emulated = EmulatedVMs.on_moto(backend.client, REGIONS, console_dir=emulated_sky.ec2_console_dir)
     subnets = emulated.subnets()
     grid = tmp_path / "grid.csv"  # today's scenario: the direct path is congested
     grid.write_text(
@@ -103,7 +104,9 @@ def test_a_transfer_through_aws_relay_vms_is_byte_exact_and_leaves_nothing(
     vms: EmulatedVMs,
     state_dir: Path,
     capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="airflow_skyplane.compute.cloud")
     src, dst = sky_bucket("s3"), sky_bucket("s3", "aws:eu-west-1")
     data = _seed(emulated_sky, src)
     summary = _operator(src, dst).execute(context={})
@@ -118,6 +121,9 @@ def test_a_transfer_through_aws_relay_vms_is_byte_exact_and_leaves_nothing(
     assert summary["objects"] == len(data) and summary["checksums_verified"] == len(data)
     _assert_nothing_left(vms, state_dir, summary["fleet_id"])
     logged = "".join(capfd.readouterr())
+    # every relay's host key was read from its EC2 console output before the first connection
+    assert caplog.text.count("host key pinned from the aws console") == len(plan["relays"])
+    assert "trusted at the first connection" not in caplog.text
     shown = json.dumps(summary) + logged + "".join(vms.metadata.values())
     for secret in ("emulated-secret-key", AZURITE_KEY, "PRIVATE KEY"):
         assert secret not in shown  # not in the logs, the XCom summary, the VMs' tags or user-data
@@ -253,3 +259,37 @@ def test_a_transfer_through_gcp_relay_vms_is_byte_exact_and_leaves_nothing(
         time.sleep(0.1)
     assert not vms.sshd and vms.live_processes() == [] and fleet_ids(state_dir) == []
     assert "PRIVATE KEY" not in json.dumps(summary) + "".join(vms.metadata.values())
+
+
+def test_a_relay_whose_console_shows_another_host_key_is_refused_and_leaves_nothing(
+    emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str], gce_vms: Any, state_dir: Path
+) -> None:
+    """The serial port shows one key, the machine at the VM's address presents another (an address
+    taken over, a machine in the middle): the worker refuses to connect, and the fleet is removed."""
+    from airflow_skyplane.compute.ssh import HostKeyMismatchError
+
+    gce, backend, vms = gce_vms
+    vms.forge_console = True
+    src, dst = sky_bucket("s3"), sky_bucket("s3")
+    _seed(emulated_sky, src)
+    op = SkyplaneTransferOperator(
+        task_id="to_eu", source=f"{src}/in/", destination=f"{dst}/out/", chunk_size_mb=4,
+        source_region="gcp:us-central1-a", destination_region="gcp:europe-west4-a",
+    )  # fmt: skip
+    op.cloud_backends = {"gcp": backend}
+    with pytest.raises(Exception) as raised:
+        op.execute(context={})
+    chain = [raised.value, raised.value.__cause__, raised.value.__context__]
+    refused = any(isinstance(e, HostKeyMismatchError) for e in chain)
+    assert refused or "not the key pinned" in str(raised.value), raised.value
+    assert vms.started  # the VMs were up: only their key was wrong
+    assert list(emulated_sky.open(dst).list("out/")) == []
+    fleets = {inst["labels"]["skyplane-fleet"] for inst in gce.instances.values()}
+    assert fleets
+    for fleet in fleets:
+        assert gce.live_instances("skyplane-fleet", fleet) == []
+        assert [n for n in gce.firewalls if fleet in n] == []
+    deadline = time.monotonic() + 10
+    while vms.sshd and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not vms.sshd and vms.live_processes() == [] and fleet_ids(state_dir) == []

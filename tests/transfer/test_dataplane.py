@@ -97,13 +97,15 @@ def test_200mib_mixed_objects_from_s3_to_azure_blob(sky_bucket: Callable[[str], 
         assert az.store.read("copy/" + key) == s3.store.read("mixed/" + key)
     assert result.checksums_verified >= 320  # every single-put object by MD5 at both ends
     assert list(az.store.list_multipart_uploads()) == []
-    # credentials travel in program files (0600, deleted at teardown) and never show in logs or results
+    # the gateways' credentials were minted for them, in credential files the programs name (0600,
+    # deleted at teardown): no connection secret, nor theirs, shows in logs or results
     fleet = tmp_path / "fleet"
-    assert list(fleet.glob("*.program.json")) == []
+    assert list(fleet.glob("*.program.json")) == [] and list(tmp_path.rglob("*.credentials")) == []
     shown = "".join(p.read_text(errors="replace") for p in fleet.glob("*.log"))
     shown += json.dumps(result.summary()) + json.dumps(result.gateways)
     assert "emulated-secret-key" not in shown and AZURITE_KEY not in shown
-    assert '"secret_access_key": "***"' in shown  # the programs were shown, redacted
+    assert "sig=" not in shown  # no SAS either
+    assert shown.count('"credentials_file": ') == 2  # the programs were shown: they name the files only
 
 
 def test_two_relays_split_the_flow_by_weight(tmp_path: Path) -> None:
