@@ -78,6 +78,13 @@ def _seconds(name: str, value: float | timedelta | None) -> float | None:
     return float(seconds)
 
 
+def _stale(message: str, src: Location) -> bool:
+    """True when a transfer failed on a source object gone or changed since it was listed."""
+    if "ObjectNotFoundError" in message and src.store.uri in message:
+        return True
+    return "changed since it was listed" in message or "changed during the transfer" in message
+
+
 _KILLED = (
     "the task was stopped (SIGTERM, on_kill) during the transfer: its fleet was torn down and no "
     "object was half-written; a retry sends what is missing"
@@ -518,11 +525,12 @@ class SkyplaneTransferOperator(BaseOperator):
             if self._killed:
                 raise TransferError(_KILLED) from err
             self.log.error("Gateway logs:\n%s", fleet.gateway_logs())
-            if self.source_inventory and "ObjectNotFoundError" in str(err) and src.store.uri in str(err):
+            if self.source_inventory and _stale(str(err), src):
                 raise TransferError(
-                    f"{err}: source_inventory={self.source_inventory!r} lists an object the source no "
-                    "longer has (deleted after the report was taken); a retry fails the same way: give a "
-                    "newer report, or leave source_inventory out to list the source"
+                    f"{err}: source_inventory={self.source_inventory!r} lists objects the source no "
+                    "longer has as reported (deleted or rewritten after the report was taken); a retry "
+                    "fails the same way: give a newer report, or leave source_inventory out to list the "
+                    "source"
                 ) from err
             raise
         finally:

@@ -79,7 +79,7 @@ def test_objects_deleted_since_the_report(
         _sync(src, dst, source_inventory=f"{reports}/list.csv")
     message = str(err.value)
     assert f"{src}/in/2.bin does not exist" in message
-    assert f"source_inventory='{reports}/list.csv' lists an object the source no longer has" in message
+    assert f"source_inventory='{reports}/list.csv' lists objects the source no longer has as" in message
     assert "give a newer report, or leave source_inventory out" in message
     assert "2.bin" not in _contents(f"{dst}/out/")  # nothing half-written
 
@@ -92,3 +92,26 @@ def test_a_bad_report_fails_before_anything_moves(
     with pytest.raises(InvalidInputError, match=r"source_inventory='s3://.*/nope/manifest.json'"):
         _sync(src, dst, source_inventory=f"{reports}/nope/manifest.json")
     assert _contents(f"{dst}/") == {}
+
+
+def test_objects_changed_since_the_report(
+    emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str]
+) -> None:
+    """Rewritten with the same size: sent whole as it is now. Grown: the transfer fails, rather than
+    write the first bytes of the new object as the object."""
+    src, dst, reports = sky_bucket("s3"), sky_bucket("gs"), sky_bucket("s3")
+    source = emulated_sky.open(src)
+    for i in range(3):
+        source.put(f"in/{i}.bin", bytes([i]) * 5000)
+    _report(source, emulated_sky.open(reports), "list.csv")
+    source.put("in/2.bin", b"X" * 5000)
+    _sync(src, dst, source_inventory=f"{reports}/list.csv")
+    assert _contents(f"{dst}/out/")["2.bin"] == b"X" * 5000
+    source.put("in/1.bin", b"grown" * 3000)
+    fresh = sky_bucket("gs")
+    with pytest.raises(TransferError) as err:
+        _sync(src, fresh, source_inventory=f"{reports}/list.csv")
+    message = str(err.value)
+    assert "'1.bin' has more than the 5000 bytes it was listed with" in message
+    assert f"source_inventory='{reports}/list.csv' lists objects the source no longer has as" in message
+    assert "1.bin" not in _contents(f"{fresh}/out/")  # nothing of it written
