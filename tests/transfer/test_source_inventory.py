@@ -10,6 +10,7 @@ import io
 import json
 import random
 from collections.abc import Callable, Iterable
+from contextlib import closing
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -198,10 +199,7 @@ def test_plain_csv_and_parquet_lists_give_the_listing_diff(s3_pair: tuple[Locati
     listed = _diff(src, dst, None)
     for name in ("objects.csv.gz", "objects.parquet"):
         uri = f"{reports}/lists/{name}"
-        with _closing(
-            SourceInventory(locate(uri, open_store), uri, src, keep=KEEP, state_prefix=STATE)
-        ) as report:
-            assert _diff(src, dst, report) == listed
+        _assert_same_diff(uri, src, dst, listed)
 
 
 def test_local_store_plain_csv_and_gcs_shards(tmp_path: Any) -> None:
@@ -226,21 +224,12 @@ def test_local_store_plain_csv_and_gcs_shards(tmp_path: Any) -> None:
     assert listed[1]["new"] > 0 and listed[1]["changed"] > 0
     for name in ("objects.csv", "insights/"):
         uri = f"{rep_root}/{name}"
-        with _closing(
-            SourceInventory(locate(uri, open_store), uri, src, keep=KEEP, state_prefix=STATE)
-        ) as report:
-            assert _diff(src, dst, report) == listed
+        _assert_same_diff(uri, src, dst, listed)
 
 
-class _closing:
-    def __init__(self, report: SourceInventory) -> None:
-        self.report = report
-
-    def __enter__(self) -> SourceInventory:
-        return self.report
-
-    def __exit__(self, *exc: object) -> None:
-        self.report.close()
+def _assert_same_diff(uri: str, src: Location, dst: Location, listed: tuple[list[str], dict]) -> None:
+    with closing(SourceInventory(locate(uri, open_store), uri, src, keep=KEEP, state_prefix=STATE)) as report:
+        assert _diff(src, dst, report) == listed
 
 
 def _refused(uri: str, src: Location, *words: str) -> None:
