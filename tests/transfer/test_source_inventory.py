@@ -19,10 +19,11 @@ import pytest
 from airflow_skyplane.exceptions import InvalidInputError
 from airflow_skyplane.hooks.storage import Location, open_store
 from airflow_skyplane.storage.base import ObjectInfo, ObjectStore
+from airflow_skyplane.storage.local import LocalStore
 from airflow_skyplane.testing.sky import EmulatedSky
-from airflow_skyplane.transfer import inventory
+from airflow_skyplane.transfer import inventory, report_files
 from airflow_skyplane.transfer.diff import DiffCounts, KeyFilter
-from airflow_skyplane.transfer.source_inventory import SourceInventory, locate
+from airflow_skyplane.transfer.source_inventory import At, SourceInventory, locate
 
 pa = pytest.importorskip("pyarrow", reason="Parquet and ORC reports need pyarrow (the inventory extra)")
 STATE = ".skyplane-state/"
@@ -271,3 +272,39 @@ def test_bad_reports_are_refused_naming_the_parameter(s3_pair: tuple[Location, L
     pq.write_table(_table(rows, src.store.bucket).drop_columns(["key"]), sink)
     store.put("lists/nokey.parquet", sink.getvalue())
     _refused(f"{reports}/lists/nokey.parquet", src, "no key column", "lastmodifieddate")
+
+
+class _CountingStore(LocalStore):
+    """Local files, with the length of every range read of a report."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.reads: list[int] = []
+
+    def read_range(self, key: str, offset: int, length: int) -> bytes:
+        self.reads.append(length)
+        return super().read_range(key, offset, length)
+
+
+def test_a_report_is_read_in_blocks_never_whole(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(report_files, "BLOCK", 64 * 1024)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "reports").mkdir()
+    reports = _CountingStore(str(tmp_path / "reports"))
+    rng = random.Random(2)
+    text = io.StringIO()
+    w = csv.writer(text)
+    w.writerow(["key", "size", "md5"])
+    n = 50_000
+    for i in rng.sample(range(n), n):  # in no order
+        w.writerow([f"data/{i:08d}.json", i, f"{i:032x}"])
+    body = gzip.compress(text.getvalue().encode(), compresslevel=1)
+    reports.put("big.csv.gz", body)
+    src = At(LocalStore(str(tmp_path / "src")), "data/")
+    with closing(
+        SourceInventory(At(reports, "big.csv.gz"), "big", src, keep=KeyFilter(), state_prefix=None)
+    ) as report:
+        keys = [info.key for info in report]
+    assert len(body) > 4 * 64 * 1024 and len(reports.reads) >= len(body) // (64 * 1024)
+    assert max(reports.reads) <= 64 * 1024
+    assert keys == [f"data/{i:08d}.json" for i in range(n)]
