@@ -209,7 +209,17 @@ class SourceReader:
     def _read(self, request: Mapping[str, Any], attempt: int) -> bytes:
         data = self.whole.range(request, attempt)
         if data is None:
-            data = self.store.read_range(self.prefix + request["key"], request["offset"], request["length"])
+            # an object sent in one chunk is asked one byte more: one that grew since it was listed
+            # (or since the inventory report that stood for the listing) shows, instead of a prefix
+            # of it being written as the object
+            whole = 0 < request["length"] == request["object_size"] and request["offset"] == 0
+            asked = request["length"] + whole
+            data = self.store.read_range(self.prefix + request["key"], request["offset"], asked)
+            if whole and len(data) > request["length"]:
+                raise TransferError(
+                    f"source object {request['key']!r} has more than the {request['length']} bytes it was "
+                    "listed with: it changed since it was listed"
+                )
         if len(data) != request["length"]:
             raise TransferError(
                 f"source object {request['key']!r} returned {len(data)} bytes at offset {request['offset']}, "

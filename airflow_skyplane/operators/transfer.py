@@ -56,8 +56,9 @@ if TYPE_CHECKING:
     from airflow_skyplane.hooks.skyplane import SkyplaneSettings
     from airflow_skyplane.hooks.storage import Location
     from airflow_skyplane.operators.planning import TransferPlanner
-    from airflow_skyplane.transfer.diff import DiffCounts, Spool
+    from airflow_skyplane.transfer.diff import DiffCounts, KeyFilter, Spool
     from airflow_skyplane.transfer.fleet import FleetTransfer
+    from airflow_skyplane.transfer.source_inventory import SourceInventory
 
 MiB = 1024 * 1024
 
@@ -75,6 +76,13 @@ def _seconds(name: str, value: float | timedelta | None) -> float | None:
     if not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds <= 0:
         raise InvalidInputError(f"{name}={value!r} must be a positive number of seconds or a timedelta")
     return float(seconds)
+
+
+def _stale(message: str, src: Location) -> bool:
+    """True when a transfer failed on a source object gone or changed since it was listed."""
+    if "ObjectNotFoundError" in message and src.store.uri in message:
+        return True
+    return "changed since it was listed" in message or "changed during the transfer" in message
 
 
 _KILLED = (
@@ -108,6 +116,13 @@ class SkyplaneTransferOperator(BaseOperator):
         first; with ``dry_run`` nothing is deleted.
     :param max_delete: refuse (before anything starts) a sync that would delete more objects than
         this at one destination: a wrong or empty source must not empty a replica.
+    :param source_inventory: URI of an inventory of the source to read instead of listing it: an S3
+        Inventory manifest (``.../manifest.json``; CSV, ORC or Parquet), a folder of report shards
+        ending in ``/`` (a GCS Storage Insights inventory report, CSV or Parquet), or one ``.csv``,
+        ``.csv.gz``, ``.parquet`` or ``.orc`` list of keys, sizes and optionally checksums and
+        modification times (:mod:`airflow_skyplane.transfer.source_inventory`). Read through the
+        connection of its own store. Objects added since the report are not sent; an object deleted
+        since fails the transfer. The destinations are still listed. Templated.
     :param include: glob pattern(s) over keys relative to ``source``; only matching objects are sent.
     :param exclude: glob pattern(s); matching objects are never sent.
     :param objective: ``throughput`` (fastest within ``max_cost_usd``) or ``cost`` (cheapest that
@@ -149,6 +164,7 @@ class SkyplaneTransferOperator(BaseOperator):
     template_fields: Sequence[str] = (
         "source",
         "destination",
+        "source_inventory",
         "source_region",
         "destination_region",
         "include",
@@ -164,6 +180,7 @@ class SkyplaneTransferOperator(BaseOperator):
         destination: str | Sequence[str],
         source_region: str | None = None,
         destination_region: str | Sequence[str] | None = None,
+        source_inventory: str | None = None,
         aws_conn_id: str | None = None,
         gcp_conn_id: str | None = None,
         wasb_conn_id: str | None = None,
@@ -205,6 +222,7 @@ class SkyplaneTransferOperator(BaseOperator):
         self.source = source
         self.destination = destination
         self.source_region = source_region
+        self.source_inventory = source_inventory
         self.destination_region = destination_region
         self.aws_conn_id, self.gcp_conn_id, self.wasb_conn_id = aws_conn_id, gcp_conn_id, wasb_conn_id
         self.azure_conn_id = azure_conn_id
@@ -361,12 +379,14 @@ class SkyplaneTransferOperator(BaseOperator):
         # inventory, taken once: what each destination needs (its size feeds a deadline or a budget)
         counts = [DiffCounts() for _ in dsts]
         spools: list[Spool] = []
+        report = self._source_inventory(src, keep, settings.state_prefix)
         try:
             for dst, count in zip(dsts, counts, strict=True):
                 items = inventory.to_send(
                     src, dst, mode=self.mode, compare=self.compare, keep=keep,
                     state_prefix=settings.state_prefix, counts=count,
                     keep_extraneous=self.max_delete + 1 if self.delete_extraneous else 0,
+                    source_objects=report,
                 )  # fmt: skip
                 spools.append(Spool(items))
             if self.mode == "sync":
@@ -389,6 +409,26 @@ class SkyplaneTransferOperator(BaseOperator):
         finally:
             for spool in spools:
                 spool.close()
+            if report is not None:
+                report.close()
+
+    def _source_inventory(
+        self, src: Location, keep: KeyFilter, state_prefix: str | None
+    ) -> SourceInventory | None:
+        """The report ``source_inventory`` names, read and sorted; None when the source is listed."""
+        from airflow_skyplane.transfer.source_inventory import SourceInventory, locate
+
+        uri = self.source_inventory
+        if uri is None:
+            return None
+        if not isinstance(uri, str) or not uri:
+            raise InvalidInputError(
+                f"source_inventory={uri!r}: give the URI of an inventory report of the source, or leave "
+                "it out to list the source"
+            )
+        report = SourceInventory(locate(uri, self._open), uri, src, keep=keep, state_prefix=state_prefix)
+        self.log.info("%s", report.describe())
+        return report
 
     def _planner(self, settings: SkyplaneSettings) -> TransferPlanner:
         from airflow_skyplane.operators.planning import TransferPlanner
@@ -485,6 +525,13 @@ class SkyplaneTransferOperator(BaseOperator):
             if self._killed:
                 raise TransferError(_KILLED) from err
             self.log.error("Gateway logs:\n%s", fleet.gateway_logs())
+            if self.source_inventory and _stale(str(err), src):
+                raise TransferError(
+                    f"{err}: source_inventory={self.source_inventory!r} lists objects the source no "
+                    "longer has as reported (deleted or rewritten after the report was taken); a retry "
+                    "fails the same way: give a newer report, or leave source_inventory out to list the "
+                    "source"
+                ) from err
             raise
         finally:
             fleet.close()

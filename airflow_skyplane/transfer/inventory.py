@@ -47,20 +47,23 @@ def to_send(
     counts: DiffCounts,
     compare: str = "checksum",
     keep_extraneous: int = 0,
+    source_objects: Iterable[ObjectInfo] | None = None,
 ) -> Iterator[ObjectInfo]:
     """The source objects (full keys) a ``copy`` or a ``sync`` sends to ``destination``; ``counts``
     fills as the stream is read (with ``sync``, up to ``keep_extraneous`` keys found only at the
-    destination are kept in it)."""
+    destination are kept in it). ``source_objects``: what the source holds, sorted as a listing is
+    (:class:`~airflow_skyplane.transfer.source_inventory.SourceInventory`), instead of listing it."""
     if mode not in MODES:
         raise InvalidInputError(f"mode={mode!r} is unknown: use 'copy' or 'sync'")
+    listed = listing(source, state_prefix) if source_objects is None else source_objects
     if mode == "copy":
-        for info in select(listing(source, state_prefix), source_prefix=source.prefix, keep=keep):
+        for info in select(listed, source_prefix=source.prefix, keep=keep):
             counts.new += 1
             counts.new_bytes += info.size
             yield info
         return
     yield from diff(
-        listing(source, state_prefix),
+        listed,
         listing(destination, state_prefix),
         source_prefix=source.prefix,
         destination_prefix=destination.prefix,
