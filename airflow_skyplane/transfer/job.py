@@ -179,8 +179,8 @@ class TransferJob:
             hops, self.overlay.source, self.overlay.destination, work,
             chunk_size=self.resume.chunk_size or self.options.chunk_size,
             min_part_size=self.destination.min_part_size, max_inflight_mb=self.options.max_inflight_mb,
-            shared_cpus=getattr(self.backend, "shared_cpus", None),
-            workers=getattr(self.backend, "gateway_workers", None),
+            shared_cpus=self.backend.shared_cpus,
+            workers=self.backend.gateway_workers,
         )  # fmt: skip
         return self.tuning.chunk_size
 
