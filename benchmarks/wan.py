@@ -416,7 +416,7 @@ def run_ours(
         return out
 
     finished: list[tuple[float, float, int]] = []  # (start, end, bytes) of each object's completion
-    finish_object = job._finish_object
+    finish_object = job.landing.finish_object
 
     def timed_finish(key: str, receipts: list[dict[str, Any]]) -> bool:
         began = time.time()
@@ -425,7 +425,7 @@ def run_ours(
         finally:
             finished.append((began, time.time(), job.objects[key].size))
 
-    job._finish_object = timed_finish  # type: ignore[method-assign]
+    job.landing.finish_object = timed_finish  # type: ignore[method-assign]
     moto_cpu0, busy0 = cpu_of(bed.moto_pids()), machine_busy()
     t0 = time.time()
     try:

@@ -86,6 +86,16 @@ class GatewayLauncher(Protocol):
         """True when the gateways run on the controller's machine, so they can watch its process id
         and stop when it dies without tearing them down."""
 
+    @property
+    def shared_cpus(self) -> int | None:
+        """The CPUs every gateway of this launcher shares when they all run on one machine (each then
+        gets a fair share of worker processes, see :mod:`airflow_skyplane.transfer.tuning`); None when
+        each gateway has a machine of its own."""
+
+    @property
+    def gateway_workers(self) -> int | None:
+        """Worker processes per gateway when the launcher fixes them; None: derived for the transfer."""
+
     def listen_endpoint(self, region: str | None) -> tuple[str, int]:
         """The address and port a receiving gateway in ``region`` binds (port 0: any free one)."""
 

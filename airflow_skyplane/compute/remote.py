@@ -344,6 +344,14 @@ class SSHRelayBackend:
     def same_machine(self) -> bool:
         return False  # the relays cannot watch the worker's processes; they stop at the fleet's expiry
 
+    @property
+    def shared_cpus(self) -> int | None:
+        return None  # one relay VM per region: its gateway has the machine's CPUs to itself
+
+    @property
+    def gateway_workers(self) -> int | None:
+        return None  # the gateway sizes its workers to its VM
+
     def listen_endpoint(self, region: str | None) -> tuple[str, int]:
         host = self.relays.host(region)
         return host.listen_address, self.relays.next_port(host.region)

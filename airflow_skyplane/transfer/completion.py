@@ -9,16 +9,23 @@ the source object did not change since it was listed: all its ranges have been r
 a small pool, exactly as at the end before; what remains at the end is the last few objects.
 
 An object that fails verification is deleted from the destination, and the error says a rerun
-sends it again. Nothing here imports Airflow.
+sends it again. :class:`Landing` is the job's side of it: it fetches the writer's receipts, feeds
+them to the :class:`Completion` and completes one object at a time under the lock of the job's
+uploads (a job attached in another process completes and verifies everything at the end instead).
+Nothing here imports Airflow.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from airflow_skyplane.compute.launcher import GatewayHandle
 from airflow_skyplane.exceptions import TransferError
+from airflow_skyplane.storage.base import MultipartUpload, ObjectInfo
+from airflow_skyplane.transfer import control, verify
 from airflow_skyplane.transfer.control import Receipt
 from airflow_skyplane.transfer.summary import Unverified
 
@@ -93,3 +100,75 @@ class Completion:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Landing:
+    """The writing gateway's receipts, and the objects they complete as they land.
+
+    ``objects`` and ``uploads`` (relative key -> the source's object, the upload still open) are the
+    job's own, filled as its manifest is written; an object's upload leaves ``uploads`` once it is
+    completed, under :attr:`lock` (objects complete in a pool while the job checkpoints or closes).
+    After :meth:`begin`, each object is completed and verified as soon as the receipts cover it; a
+    job attached in another process does not begin, and :meth:`finish` completes and verifies every
+    object at once.
+    """
+
+    def __init__(
+        self, sides: verify.Sides, objects: dict[str, ObjectInfo], uploads: dict[str, MultipartUpload]
+    ) -> None:
+        self.sides, self.objects, self.uploads = sides, objects, uploads
+        self.lock = threading.Lock()
+        #: the receipts this try's writer returned (a previous try's kept ones: ``resume.carried``)
+        self.receipts: list[Receipt] = []
+        self._completion: Completion | None = None
+        self._fetched_at = 0.0
+
+    def begin(self) -> Completion:
+        """Complete objects as they land from now on; the :class:`Completion` to tell what to expect."""
+        self._completion = Completion(self.finish_object, self.discard_bad)
+        return self._completion
+
+    def fetch(self, writer: GatewayHandle | None) -> None:
+        """Append the writer's receipts not seen yet; their objects complete as they can."""
+        if writer is None or not writer.alive():  # a dead writer's receipts died with it
+            return
+        if time.monotonic() - self._fetched_at < 0.02:
+            return  # fetched just now (poll, then checkpoint)
+        new = control.receipts(writer, len(self.receipts))
+        self._fetched_at = time.monotonic()
+        self.receipts.extend(new)
+        if self._completion is not None:
+            self._completion.add(new)
+
+    def finish_object(self, key: str, receipts: list[Receipt]) -> str | None:
+        """Complete (when striped) and verify one object once every chunk of it is written."""
+        with self.lock:
+            upload = self.uploads.get(key)
+        checked = verify.finish_object(self.sides, key, self.objects[key], upload, receipts)
+        if upload is not None:
+            with self.lock:
+                self.uploads.pop(key, None)
+        return checked
+
+    def discard_bad(self, key: str, err: TransferError) -> TransferError:
+        return verify.discard_bad(self.sides, key, err)
+
+    def open_uploads(self) -> dict[str, MultipartUpload]:
+        """The uploads not completed yet, as of now."""
+        with self.lock:
+            return dict(self.uploads)
+
+    def finish(self, carried: list[Receipt], unverified: Unverified) -> int:
+        """Complete and verify every object not done yet (``carried``: the receipts a previous try
+        kept); the number whose checksum was verified. Raise TransferError on the first that fails."""
+        if self._completion is not None:
+            return self._completion.finish(self.objects, unverified)
+        # attached in another process: everything is completed and verified here
+        return verify.complete_and_verify(
+            self.sides, self.objects, self.uploads, carried + self.receipts, unverified
+        )
+
+    def close(self) -> None:
+        """Complete nothing more (the job aborts or records the uploads left)."""
+        if self._completion is not None:
+            self._completion.close()

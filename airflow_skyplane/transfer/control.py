@@ -4,7 +4,8 @@ Each gateway serves ``GET /status`` (its counters, errors and whether its work i
 ``GET /receipts?since=N`` (a writing gateway's receipts of the chunks it wrote, from the N-th on) and
 ``POST /stop`` (see :mod:`airflow_skyplane.gateway.status`). A gateway that stops answering is
 reported with its cause: its exit code and the end of its log when it died, or the error when it
-still runs.
+still runs. :class:`Watch` reads the statuses a running job looks at, and :func:`check` turns them
+into the error that names the gateway that failed first.
 """
 
 from __future__ import annotations
@@ -12,10 +13,17 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from collections.abc import Mapping
 from typing import TypedDict, cast
 
 from airflow_skyplane.compute.launcher import GatewayHandle
 from airflow_skyplane.exceptions import TransferError
+from airflow_skyplane.transfer.tracker import first_failure
+
+#: seconds between two looks at every gateway (the reader and the writer are looked at each time)
+SWEEP_S = 1.0
+#: seconds a gateway that reports errors is given to show as dead (the cause, when one is vanishing)
+GRACE_S = 1.0
 
 
 class Receipt(TypedDict):
@@ -63,6 +71,48 @@ class GatewayStatus(TypedDict, total=False):
 
 def status(gateway: GatewayHandle) -> GatewayStatus:
     return cast(GatewayStatus, _get(gateway, "/status"))
+
+
+def all_statuses(gateways: Mapping[str, GatewayHandle]) -> dict[str, GatewayStatus]:
+    return {gid: status(gw) for gid, gw in gateways.items()}
+
+
+class Watch:
+    """The statuses a running job looks at: the reader's and the writer's each time; every gateway's
+    once every :data:`SWEEP_S`, or as soon as the reader or the writer reports errors."""
+
+    def __init__(self, reader: str, writer: str) -> None:
+        self.ends = (reader, writer)
+        self._next_sweep = 0.0
+
+    def statuses(self, gateways: Mapping[str, GatewayHandle]) -> dict[str, GatewayStatus]:
+        statuses = {gid: status(gateways[gid]) for gid in self.ends if gid in gateways}
+        now = time.monotonic()
+        if now >= self._next_sweep or any(s["errors"] for s in statuses.values()):
+            self._next_sweep = now + SWEEP_S
+            statuses.update(all_statuses({g: gw for g, gw in gateways.items() if g not in self.ends}))
+        return statuses
+
+
+def check(
+    gateways: Mapping[str, GatewayHandle], statuses: Mapping[str, GatewayStatus], *, done: bool
+) -> None:
+    """Raise TransferError when a gateway failed, naming the cause: a gateway that died before the
+    work was done (it makes the others report errors), else the one whose first error came first."""
+    dead = _dead(gateways)
+    grace = time.monotonic() + GRACE_S
+    while first_failure(statuses) and not dead and time.monotonic() < grace:
+        time.sleep(0.05)  # a peer that vanished shows as errors a moment before it shows as dead
+        dead = _dead(gateways)
+    if dead and not done:  # the cause first
+        raise exit_error(gateways[dead[0]])
+    failure = first_failure(statuses)
+    if failure is not None:
+        raise TransferError(f"gateway {failure[0]} failed: {failure[1][:3]}")
+
+
+def _dead(gateways: Mapping[str, GatewayHandle]) -> list[str]:
+    return [gid for gid, gw in gateways.items() if not gw.alive()]
 
 
 def receipts(gateway: GatewayHandle, since: int) -> list[Receipt]:

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from airflow_skyplane.compute.launcher import GatewayHandle
 from airflow_skyplane.exceptions import SkyplaneError
@@ -35,6 +36,9 @@ from airflow_skyplane.storage.base import ObjectStore
 from airflow_skyplane.storage.grants import GCP_STS_ENDPOINT, Grant, Issued, due, write_credential_file
 from airflow_skyplane.storage.kinds import StoreSpec, store_kind
 from airflow_skyplane.transfer.manifest import private_write
+
+if TYPE_CHECKING:
+    from airflow_skyplane.transfer.options import TransferOptions
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +127,16 @@ class RelayCredentials:
         self.entries: dict[str, _Entry] = {}
 
     @classmethod
+    def for_transfer(
+        cls, workdir: Path, transfer_id: str, expires_at: float, options: TransferOptions
+    ) -> RelayCredentials:
+        """The credentials a transfer mints for its gateways, as its ``options`` say."""
+        return cls(
+            workdir, transfer_id=transfer_id, expires_at=expires_at, mode=options.relay_credentials,
+            gcp_sts_endpoint=options.gcp_sts_endpoint,
+        )  # fmt: skip
+
+    @classmethod
     def load(cls, workdir: Path) -> RelayCredentials | None:
         """The credentials a job recorded in ``workdir`` (None: it has none)."""
         try:
@@ -147,9 +161,12 @@ class RelayCredentials:
             gcp_sts_endpoint=self.gcp_sts_endpoint,
         )
 
-    def spec(self, role: str, store: ObjectStore, prefix: str, spec: StoreSpec) -> StoreSpec:
-        """``spec`` of the gateway that plays ``role`` (``source`` or ``destination``), with the
-        credential file minted for it now (unchanged for a store that needs none)."""
+    def spec(self, role: str, store: ObjectStore, prefix: str, spec: StoreSpec | None = None) -> StoreSpec:
+        """``spec`` (by default the store's own, without a secret: its kind's
+        :meth:`~airflow_skyplane.storage.kinds.StoreKind.spec`) of the gateway that plays ``role``
+        (``source`` or ``destination``), with the credential file minted for it now (unchanged for a
+        store that needs none)."""
+        spec = store_kind(store.scheme).spec(store) if spec is None else spec
         grant = self._grant(role, store, prefix)
         issued = store_kind(store.scheme).issue(store, grant)
         if issued is None:

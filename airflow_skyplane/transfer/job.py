@@ -19,10 +19,8 @@ and state for the retry; without, it aborts the uploads and deletes the state.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -31,18 +29,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from airflow_skyplane.compute.launcher import GatewayHandle, GatewayLauncher
-from airflow_skyplane.exceptions import SkyplaneError, StorageError, TransferError
+from airflow_skyplane.exceptions import SkyplaneError, TransferError
 from airflow_skyplane.storage.base import MultipartUpload, ObjectInfo, ObjectStore
-from airflow_skyplane.storage.kinds import StoreSpec, store_kind
-from airflow_skyplane.transfer import control, credentials, manifest, resume, tuning, verify, wiring
-from airflow_skyplane.transfer.completion import Completion
-from airflow_skyplane.transfer.control import GatewayStatus, Receipt
+from airflow_skyplane.storage.kinds import StoreSpec
+from airflow_skyplane.transfer import control, credentials, manifest, record, resume, tuning, verify, wiring
+from airflow_skyplane.transfer.completion import Landing
 from airflow_skyplane.transfer.credentials import RelayCredentials
 from airflow_skyplane.transfer.options import TransferKnobs, TransferOptions
 from airflow_skyplane.transfer.overlay import Hop, Overlay, overlay_from_plan
 from airflow_skyplane.transfer.resume import ResumeLedger
 from airflow_skyplane.transfer.summary import TransferResult, Unverified
-from airflow_skyplane.transfer.tracker import Progress, aggregate, complete, first_failure
+from airflow_skyplane.transfer.tracker import Progress, complete, transfer_progress
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -59,9 +56,9 @@ class TransferJob:
 
     :meth:`run` does it all in this process. A transfer can also be conducted in steps, possibly from
     different processes: :meth:`start` (inventory, uploads, gateways; writes ``job.json`` in the
-    work folder), :meth:`poll` until done, then :meth:`finish` (complete and verify) and always
-    :meth:`close`; :meth:`attach` rebuilds the job from its work folder in another process (the
-    deferrable operator's ``execute_complete``, the sensor).
+    work folder, :mod:`.record`), :meth:`poll` until done, then :meth:`finish` (complete and verify)
+    and always :meth:`close`; :meth:`attach` rebuilds the job from its work folder in another process
+    (the deferrable operator's ``execute_complete``, the sensor).
 
     :param backend: what runs the gateways (a :class:`~airflow_skyplane.compute.launcher.GatewayLauncher`).
     :param objects: the source objects to send (full keys, under ``source_prefix``), e.g. a listing
@@ -98,7 +95,6 @@ class TransferJob:
     ) -> None:
         self.source, self.source_prefix = source, source_prefix
         self.destination, self.destination_prefix = destination, destination_prefix
-        self.sides = verify.Sides(source, source_prefix, destination, destination_prefix)
         self.backend = backend
         self.workdir = Path(workdir)
         self.overlay = overlay or Overlay.direct()
@@ -116,8 +112,6 @@ class TransferJob:
         self.started: dict[str, GatewayHandle] = {}
         self.started_at = 0.0
         self._next_report = 0.0
-        #: the receipts this try's writer returned (a previous try's kept ones: ``resume.carried``)
-        self.receipts: list[Receipt] = []
         self.resume = ResumeLedger(
             destination, state_key, source_prefix=source_prefix, destination_prefix=destination_prefix,
             chunk_size=self.options.chunk_size, every_s=self.options.state_every_s,
@@ -126,12 +120,10 @@ class TransferJob:
         self._succeeded = False
         #: the settings derived for this transfer (:meth:`start`)
         self.tuning: tuning.Tuning | None = None
-        # objects are completed and verified as their last chunk is written (None: a job attached in
-        # another process, which completes and verifies everything in finish())
-        self._completion: Completion | None = None
-        self._uploads_lock = threading.Lock()
-        self._fetched_at = 0.0
-        self._next_sweep = 0.0
+        #: the writer's receipts, and the objects they complete (:mod:`.completion`)
+        sides = verify.Sides(source, source_prefix, destination, destination_prefix)
+        self.landing = Landing(sides, self.objects, self.uploads)
+        self.watch = control.Watch(self.overlay.source, self.overlay.destination)
         #: the gateways' store credentials (minted when the programs are made)
         self.credentials: RelayCredentials | None = None
 
@@ -148,7 +140,7 @@ class TransferJob:
             if previous is not None:
                 self.resume.take_over(rel, info, previous, self.uploads)
 
-        completion = self._completion = Completion(self._finish_object, self._discard_bad)
+        completion = self.landing.begin()
         written = manifest.write_manifest(
             self.workdir, listed, source_prefix=self.source_prefix, destination=self.destination,
             destination_prefix=self.destination_prefix, chunk_size=self._tune, objects=self.objects,
@@ -165,57 +157,40 @@ class TransferJob:
         self.checkpoint(force=True)  # ... and in the durable state, for a retry on another worker
         if self.chunks_to_send:
             programs = wiring.build_programs(self._wiring(written.path), self.backend)
-            self.started = wiring.start_gateways(programs, self._tuned_overlay(), self.backend)
+            self.started = wiring.start_gateways(programs, self._tuned(), self.backend)
             self._save()
 
     def _tune(self, work: tuning.Work) -> int:
         """Decide the data plane's settings once the work is listed; the chunk size to cut it with."""
-        regions = self.overlay.regions
-        hops = [
-            tuning.HopSpec(h.src, h.dst, h.connections, h.gbps, tuning.rtt_between(regions, h.src, h.dst))
-            for h in self.overlay.hops
-        ]
-        self.tuning = tuning.tune(
-            hops, self.overlay.source, self.overlay.destination, work,
-            chunk_size=self.resume.chunk_size or self.options.chunk_size,
+        self.tuning = tuning.tune_overlay(
+            self.overlay, work, chunk_size=self.resume.chunk_size or self.options.chunk_size,
             min_part_size=self.destination.min_part_size, max_inflight_mb=self.options.max_inflight_mb,
-            shared_cpus=getattr(self.backend, "shared_cpus", None),
-            workers=getattr(self.backend, "gateway_workers", None),
+            shared_cpus=self.backend.shared_cpus, workers=self.backend.gateway_workers,
         )  # fmt: skip
         return self.tuning.chunk_size
 
-    def _tuned_overlay(self) -> Overlay:
-        """The overlay with the connections the tuning chose for each hop."""
-        assert self.tuning is not None
-        connections = self.tuning.connections
-        hops = [replace(h, connections=connections[(h.src, h.dst)]) for h in self.overlay.hops]
-        return replace(self.overlay, hops=hops)
+    def _tuned(self) -> Overlay:
+        assert self.tuning is not None  # decided while the manifest was cut
+        return tuning.tuned_overlay(self.overlay, self.tuning)
 
     def _wiring(self, manifest_path: Path) -> wiring.Wiring:
-        assert self.tuning is not None  # decided while the manifest was cut
-        relay_credentials = self.credentials = RelayCredentials(
-            self.workdir,
-            transfer_id=self.transfer_id,
-            expires_at=self.expires_at or time.time() + self.options.timeout,
-            mode=self.options.relay_credentials,
-            gcp_sts_endpoint=self.options.gcp_sts_endpoint,
+        assert self.tuning is not None
+        expires_at = self.expires_at or time.time() + self.options.timeout
+        # the gateways' store credentials, minted for this transfer (:mod:`.credentials`)
+        minted = self.credentials = RelayCredentials.for_transfer(
+            self.workdir, self.transfer_id, expires_at, self.options
         )
-
-        def store_spec(role: str, store: ObjectStore, prefix: str) -> StoreSpec:
-            # the store without a secret, and its credential file: minted for this role of this transfer
-            return relay_credentials.spec(role, store, prefix, store_kind(store.scheme).spec(store))
-
         return wiring.Wiring(
             transfer_id=self.transfer_id,
             workdir=self.workdir,
-            overlay=self._tuned_overlay(),
+            overlay=self._tuned(),
             options=self.options,
             tuning=self.tuning,
-            source_spec=self._source_spec or store_spec("source", self.source, self.source_prefix),
+            source_spec=self._source_spec or minted.spec("source", self.source, self.source_prefix),
             source_prefix=self.source_prefix,
             manifest=manifest_path,
             destination_spec=self._destination_spec
-            or store_spec("destination", self.destination, self.destination_prefix),
+            or minted.spec("destination", self.destination, self.destination_prefix),
             destination_prefix=self.destination_prefix,
             uploads=self.uploads,
             expires_at=self.expires_at,
@@ -224,21 +199,8 @@ class TransferJob:
         )
 
     def _save(self) -> None:
-        state = {
-            "transfer_id": self.transfer_id,
-            "source_prefix": self.source_prefix,
-            "destination_prefix": self.destination_prefix,
-            "overlay": {"source": self.overlay.source, "destination": self.overlay.destination},
-            "bytes_total": self.bytes_total,
-            "started_at": self.started_at,
-            "uploads": {k: u.upload_id for k, u in self.uploads.items()},
-            "keep_on_failure": self.options.keep_on_failure,
-            "chunks_to_send": self.chunks_to_send,
-            **self.resume.save(self.workdir),
-        }
-        tmp = self.workdir / "job.json.tmp"
-        manifest.private_write(tmp, json.dumps(state))
-        os.replace(tmp, self.workdir / "job.json")
+        """Record the job in its work folder (:mod:`.record`), for :meth:`attach`."""
+        record.write(self.workdir, record.of(self))
 
     @classmethod
     def attach(
@@ -251,12 +213,7 @@ class TransferJob:
     ) -> TransferJob:
         """The job :meth:`start` recorded in ``workdir``, with its running gateways (``backend``)."""
         folder = Path(workdir)
-        try:
-            state = json.loads((folder / "job.json").read_text())
-        except FileNotFoundError:
-            raise TransferError(
-                f"no transfer is recorded in {folder}: it finished and was cleaned up, or was torn down"
-            ) from None
+        state = record.read(folder)
         overlay = Overlay(state["overlay"]["source"], state["overlay"]["destination"], [])
         job = cls(
             source, state["source_prefix"], destination, state["destination_prefix"],
@@ -266,60 +223,33 @@ class TransferJob:
         job.transfer_id = state["transfer_id"]
         job.bytes_total = state["bytes_total"]
         job.started_at = state["started_at"]
-        job.uploads = {
-            k: MultipartUpload(job.destination_prefix + k, upload_id)
-            for k, upload_id in state["uploads"].items()
-        }
+        job.uploads.update(record.open_uploads(state))
         job.resume.restore(state, folder)
         job.chunks_to_send = state.get("chunks_to_send", 0)
-        job.objects = manifest.read_objects(folder)
+        job.objects.update(manifest.read_objects(folder))
         job.started = dict(backend.gateways)
         job.credentials = RelayCredentials.load(folder)
         return job
 
     def progress(self) -> Progress:
-        statuses = {gid: control.status(gw) for gid, gw in self.started.items()}
-        if not statuses:
-            return Progress(0, 0, 0, 0, 0.0, 0, 0, ())
-        writers = [self.overlay.destination] if self.overlay.destination in statuses else None
-        return aggregate(
-            statuses, [self.overlay.source], self.bytes_total - self.resume.resumed_bytes, writers
-        )
-
-    def _statuses(self) -> dict[str, GatewayStatus]:
-        """The reader's and the writer's status; every gateway's once a second, or when one failed."""
-        ends = (self.overlay.source, self.overlay.destination)
-        statuses = {gid: control.status(self.started[gid]) for gid in ends if gid in self.started}
-        now = time.monotonic()
-        if now >= self._next_sweep or any(s["errors"] for s in statuses.values()):
-            self._next_sweep = now + 1.0
-            others = {gid: gw for gid, gw in self.started.items() if gid not in ends}
-            statuses.update({gid: control.status(gw) for gid, gw in others.items()})
-        return statuses
+        """The transfer's progress from its gateways' statuses (:mod:`.tracker`)."""
+        statuses, sent = control.all_statuses(self.started), self.bytes_total - self.resume.resumed_bytes
+        return transfer_progress(statuses, self.overlay.source, self.overlay.destination, sent)
 
     def poll(self) -> bool:
         """True once every chunk is written at the destination (the writing gateway counts what it
         wrote); raise TransferError on a failure, naming the gateway that failed first."""
         if not self.started:
             return True  # nothing to send
-        statuses = self._statuses()
+        statuses = self.watch.statuses(self.started)
         status = statuses[self.overlay.source]
         done = complete(status, statuses[self.overlay.destination], self.chunks_to_send)
         now = time.monotonic()
         if self.on_progress is not None and (done or now >= self._next_report):
             self.on_progress(self.progress())
             self._next_report = now + self.progress_every_s
-        dead = [gid for gid, gw in self.started.items() if not gw.alive()]
-        grace = time.monotonic() + 1.0
-        while first_failure(statuses) and not dead and time.monotonic() < grace:
-            time.sleep(0.05)  # a peer that vanished shows as errors a moment before it shows as dead
-            dead = [gid for gid, gw in self.started.items() if not gw.alive()]
-        if dead and not done:  # the cause first: a dead gateway makes the others report errors
-            raise control.exit_error(self.started[dead[0]])
-        failure = first_failure(statuses)
-        if failure is not None:
-            raise TransferError(f"gateway {failure[0]} failed: {failure[1][:3]}")
-        self._fetch_receipts()
+        control.check(self.started, statuses, done=done)  # the gateway that failed first, if any
+        self.landing.fetch(self.started.get(self.overlay.destination))
         self.checkpoint()
         if done:
             return True
@@ -336,63 +266,29 @@ class TransferJob:
         stores = {"source": self.source, "destination": self.destination}
         return self.credentials.renew(stores, self.started.values())
 
-    def _fetch_receipts(self) -> None:
-        """Append the writer's receipts this job has not seen yet; their objects complete as they can."""
-        writer = self.started.get(self.overlay.destination)
-        if writer is None or not writer.alive():  # a dead writer's receipts died with it
-            return
-        if time.monotonic() - self._fetched_at < 0.02:
-            return  # fetched just now (poll, then checkpoint)
-        new = control.receipts(writer, len(self.receipts))
-        self._fetched_at = time.monotonic()
-        self.receipts.extend(new)
-        if self._completion is not None:
-            self._completion.add(new)
-
-    def _finish_object(self, key: str, receipts: list[Receipt]) -> str | None:
-        """Complete (when striped) and verify one object once every chunk of it is written."""
-        with self._uploads_lock:
-            upload = self.uploads.get(key)
-        checked = verify.finish_object(self.sides, key, self.objects[key], upload, receipts)
-        if upload is not None:
-            with self._uploads_lock:
-                self.uploads.pop(key, None)
-        return checked
-
-    def _discard_bad(self, key: str, err: TransferError) -> TransferError:
-        return verify.discard_bad(self.sides, key, err)
-
     def checkpoint(self, *, force: bool = False) -> bool:
         """Write the durable state when it is due (or ``force``); True when it was written."""
         if not self.resume.active:
             return False
         if self.started:
-            self._fetch_receipts()
-        if not (force or self.resume.due(len(self.receipts))):
+            self.landing.fetch(self.started.get(self.overlay.destination))
+        receipts = self.landing.receipts
+        if not (force or self.resume.due(len(receipts))):
             return False
-        with self._uploads_lock:  # objects complete (and leave ``uploads``) meanwhile
-            uploads = dict(self.uploads)
-        return self.resume.checkpoint(self.transfer_id, self.objects, uploads, self.receipts)
+        # objects complete (and leave ``uploads``) meanwhile
+        return self.resume.checkpoint(self.transfer_id, self.objects, self.landing.open_uploads(), receipts)
 
     def finish(self) -> TransferResult:
         """Complete the uploads and verify every object; call once :meth:`poll` says done."""
-        statuses = {gid: control.status(gw) for gid, gw in self.started.items()}
-        self._fetch_receipts()
+        statuses = control.all_statuses(self.started)
+        self.landing.fetch(self.started.get(self.overlay.destination))
         unverified = Unverified()
         try:
-            if self._completion is not None:
-                verified = self._completion.finish(self.objects, unverified)
-            else:  # attached in another process: everything is completed and verified here
-                verified = verify.complete_and_verify(
-                    self.sides, self.objects, self.uploads, self.resume.carried + self.receipts, unverified
-                )
+            verified = self.landing.finish(self.resume.carried, unverified)  # :mod:`.completion`
         except TransferError:
             self.resume.bad = True  # what was recorded does not hold up: a retry starts over
             raise
-        if self.resume.key is not None:
-            if self.resume.resumed:
-                self.resume.sweep_dangling(self.objects)
-            self.resume.delete()
+        self.resume.finished(self.objects)
         self._succeeded = True
         reader = statuses.get(self.overlay.source, {})
         return TransferResult(
@@ -416,8 +312,7 @@ class TransferJob:
 
         A resumable job that failed and will be retried (``keep_on_failure``) instead records what its
         writer wrote in the durable state, and keeps its uploads for the retry."""
-        if self._completion is not None:
-            self._completion.close()  # nothing completes while the uploads are aborted or recorded
+        self.landing.close()  # nothing completes while the uploads are aborted or recorded
         keep = self.resume.keeps(succeeded=self._succeeded, keep_on_failure=self.options.keep_on_failure)
         owner = self.resume.owner(self.transfer_id) if not self._succeeded else None
         if keep and owner == self.transfer_id:  # never over a later try's state, nor bring one back
@@ -428,27 +323,20 @@ class TransferJob:
         for gw in self.started.values():
             control.stop(gw)
         self.backend.teardown()
-        refused: list[str] = []
+        refused = None
         if not keep and owner in (None, self.transfer_id):
-            for upload in list(self.uploads.values()):  # only what was not completed: a failed transfer
-                try:
-                    manifest.abort_upload(self.destination, upload)
-                except StorageError as err:  # after retries: keep going, every other upload still goes
-                    refused.append(f"{upload.key}: {err}")
+            # only what was not completed: a failed transfer (:mod:`.manifest`)
+            refused = manifest.abort_uploads(self.destination, list(self.uploads.values()))
             if not self._succeeded:
                 self.resume.delete()
         self.uploads.clear()
         self.destination.tidy()
         if self.credentials is not None:
             self.credentials.close()
-        for name in ("job.json", resume.CARRIED_FILE, *wiring.SECRET_FILES, *credentials.FILES):
+        for name in (record.JOB_FILE, resume.CARRIED_FILE, *wiring.SECRET_FILES, *credentials.FILES):
             (self.workdir / name).unlink(missing_ok=True)
-        if refused:
-            raise TransferError(
-                f"the destination store refused to abort {len(refused)} multipart upload(s) after retries "
-                f"(first: {refused[0]}); no object was written for them; abort them with the store's "
-                "tools or an expiry rule for incomplete uploads"
-            )
+        if refused is not None:
+            raise refused
 
     def run(self) -> TransferResult:
         try:

@@ -10,7 +10,8 @@ work as a whole (:mod:`.tuning`). Writing the manifest begins a multipart upload
 for every striped object not begun yet (a resumed transfer reuses the uploads it continues), a few at
 once. An object record is also how the durable
 state of a resumable transfer (:mod:`.resume`) and the spooled selection (:mod:`.diff`) keep an
-object: :func:`object_record` and :func:`object_from_record`.
+object: :func:`object_record` and :func:`object_from_record`. The uploads a transfer did not
+complete are aborted with :func:`abort_uploads`, so that no partial object appears.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from airflow_skyplane.exceptions import (
     InvalidInputError,
     ObjectNotFoundError,
     StorageError,
+    TransferError,
 )
 from airflow_skyplane.storage.base import Checksum, MultipartUpload, ObjectInfo, ObjectStore
 from airflow_skyplane.transfer.chunks import Chunk, batch_small, plan_chunks
@@ -192,3 +194,21 @@ def abort_upload(store: ObjectStore, upload: MultipartUpload) -> None:
                 store.abort_multipart(upload)
             except ObjectNotFoundError:
                 return  # gone already (an earlier attempt went through)
+
+
+def abort_uploads(store: ObjectStore, uploads: Iterable[MultipartUpload]) -> TransferError | None:
+    """Abort every upload of ``uploads``, going on past those the store refuses after retries; the
+    error that lists the refused ones (for the caller to raise once it cleaned up), None when none was."""
+    refused: list[str] = []
+    for upload in uploads:
+        try:
+            abort_upload(store, upload)
+        except StorageError as err:  # after retries: keep going, every other upload still goes
+            refused.append(f"{upload.key}: {err}")
+    if not refused:
+        return None
+    return TransferError(
+        f"the destination store refused to abort {len(refused)} multipart upload(s) after retries "
+        f"(first: {refused[0]}); no object was written for them; abort them with the store's "
+        "tools or an expiry rule for incomplete uploads"
+    )

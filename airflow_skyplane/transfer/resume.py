@@ -419,6 +419,15 @@ class ResumeLedger:
             if upload.key[len(self.destination_prefix) :] in objects:
                 self.store.abort_multipart(upload)
 
+    def finished(self, objects: Mapping[str, ObjectInfo]) -> None:
+        """After the transfer succeeded: sweep what a crashed try left dangling (when this one resumed
+        it, :meth:`sweep_dangling`), then delete the durable state."""
+        if self.key is None:
+            return
+        if self.resumed:
+            self.sweep_dangling(objects)
+        self.delete()
+
     def delete(self) -> None:
         if self.key is not None:
             self.store.delete(self.key)

@@ -13,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from airflow_skyplane.transfer.control import GatewayStatus
+if TYPE_CHECKING:  # control reads the statuses and asks this module for the first failure
+    from airflow_skyplane.transfer.control import GatewayStatus
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,16 @@ def first_failure(statuses: Mapping[str, GatewayStatus]) -> tuple[str, list[str]
         return None
     gid = min(failed)[1]
     return gid, list(dict.fromkeys(statuses[gid]["errors"]))
+
+
+def transfer_progress(
+    statuses: Mapping[str, GatewayStatus], reader: str, writer: str, bytes_total: int
+) -> Progress:
+    """One transfer's progress: what its ``writer`` wrote once its status is in, else what its
+    ``reader`` sent (``bytes_total``: the bytes this try sends)."""
+    if not statuses:
+        return Progress(0, 0, 0, 0, 0.0, 0, 0, ())
+    return aggregate(statuses, [reader], bytes_total, [writer] if writer in statuses else None)
 
 
 def aggregate(

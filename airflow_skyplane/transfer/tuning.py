@@ -1,6 +1,6 @@
 """The data plane's settings, derived from the plan, the work and the machines: nothing to tune by hand.
 
-One function, :func:`tune`, from
+One function, :func:`tune` (:func:`tune_overlay` over an overlay's hops), from
 
 * the overlay's hops: connections (the planner's, up to 64 per edge), planned Gbps, round-trip
   time (from the region catalog when the gateways sit in known regions);
@@ -38,9 +38,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from airflow_skyplane.transfer.chunks import MAX_PARTS, part_size_for
+from airflow_skyplane.transfer.overlay import Overlay
 
 MiB = 1024 * 1024
 MIN_CHUNK = 1 * MiB
@@ -208,6 +209,34 @@ def tune(
         workers=worker_counts,
         notes={"frames": count, "largest_frame_mib": round(frame / MiB, 2)},
     )
+
+
+def tune_overlay(
+    overlay: Overlay,
+    work: Work,
+    *,
+    chunk_size: int | None = None,
+    min_part_size: int = 1,
+    max_inflight_mb: int | None = None,
+    shared_cpus: int | None = None,
+    workers: int | None = None,
+) -> Tuning:
+    """:func:`tune` for the hops of ``overlay``, each with the round trip between its gateways' regions."""
+    hops = [
+        HopSpec(h.src, h.dst, h.connections, h.gbps, rtt_between(overlay.regions, h.src, h.dst))
+        for h in overlay.hops
+    ]
+    return tune(
+        hops, overlay.source, overlay.destination, work, chunk_size=chunk_size,
+        min_part_size=min_part_size, max_inflight_mb=max_inflight_mb, shared_cpus=shared_cpus,
+        workers=workers,
+    )  # fmt: skip
+
+
+def tuned_overlay(overlay: Overlay, tuning: Tuning) -> Overlay:
+    """``overlay`` with the connections ``tuning`` chose for each hop."""
+    hops = [replace(h, connections=tuning.connections[(h.src, h.dst)]) for h in overlay.hops]
+    return replace(overlay, hops=hops)
 
 
 def rtt_between(regions: Mapping[str, str | None], src: str, dst: str) -> float | None:
