@@ -278,7 +278,8 @@ def _listening_addresses(port: int) -> set[str]:
 def test_loopback_gateways_listen_on_loopback_and_hand_credentials_only_to_private_files(
     sky_bucket: Any, tmp_path: Path
 ) -> None:
-    """Storage credentials reach a gateway only in its 0600 program file, and leave with it."""
+    """A gateway gets credentials minted for the transfer in a 0600 credential file, never the
+    connection's own secret; they leave with the transfer."""
     secret = "emulated-secret-key"  # what the sky's S3 connection holds (moto accepts any)
     src = local_store(tmp_path / "src")
     data = _marked_source(tmp_path / "src")
@@ -296,6 +297,9 @@ def test_loopback_gateways_listen_on_loopback_and_hand_credentials_only_to_priva
         seen["holding"] = {
             p: stat.S_IMODE(os.stat(p).st_mode) for p in _holding(secret.encode(), fleet, jobdir)
         }
+        seen["credential_files"] = {
+            p.name: stat.S_IMODE(p.stat().st_mode) for p in jobdir.glob("*.credentials")
+        }
         seen["cmdlines"] = [
             gw.process.pid for gw in backend.gateways.values()
             if secret.encode() in Path(f"/proc/{gw.process.pid}/cmdline").read_bytes()
@@ -311,9 +315,10 @@ def test_loopback_gateways_listen_on_loopback_and_hand_credentials_only_to_priva
 
     outcome, result = drive(job, observe)
     assert outcome == "completed", result
-    # while it ran: the secret was only in the destination's program file, private to its owner
-    assert seen["holding"] and all(p.endswith(".program.json") for p in seen["holding"]), seen["holding"]
-    assert all(mode == 0o600 for mode in seen["holding"].values())
+    # while it ran: the connection's secret was in no file at all; the writer had a credential file
+    # of its own (a session minted for the transfer), private to its owner
+    assert seen["holding"] == {}, seen["holding"]
+    assert seen["credential_files"] == {"destination.credentials": 0o600}, seen["credential_files"]
     assert seen["cmdlines"] == [] and seen["environ"] == []
     for gid, (control, data_port) in seen["listening"].items():
         assert control == {"127.0.0.1"}, (gid, control)  # the control endpoint: loopback only
@@ -321,7 +326,8 @@ def test_loopback_gateways_listen_on_loopback_and_hand_credentials_only_to_priva
     # after teardown: no file, log or result holds it
     assert _holding(secret.encode(), fleet, jobdir) == []
     assert _holding(AZURITE_KEY.encode(), fleet, jobdir) == []
+    assert list(jobdir.glob("*.credentials")) == []
     logs = "".join(p.read_text(errors="replace") for p in fleet.glob("*.log"))
     assert secret not in logs and secret not in json.dumps(result.summary()) + json.dumps(result.gateways)
-    assert '"secret_access_key": "***"' in logs  # the program was logged, redacted
+    assert '"credentials_file": ' in logs  # the program was logged: it names its credential file only
     assert dst.store.read("copy/secret.txt") == data["secret.txt"]

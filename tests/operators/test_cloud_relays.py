@@ -270,7 +270,7 @@ def test_a_relay_whose_console_shows_another_host_key_is_refused_and_leaves_noth
 
     gce, backend, vms = gce_vms
     vms.forge_console = True
-    src, dst = sky_bucket("s3"), sky_bucket("s3")
+    src, dst = sky_bucket("gs"), sky_bucket("gs")  # buckets in the regions the relays are asked for
     _seed(emulated_sky, src)
     op = SkyplaneTransferOperator(
         task_id="to_eu", source=f"{src}/in/", destination=f"{dst}/out/", chunk_size_mb=4,
