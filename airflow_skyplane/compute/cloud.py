@@ -52,6 +52,7 @@ HOST_KEY_WAIT_S = 300.0
 
 CLOUD_FILE = "cloud.json"
 CLOUDS = ("aws", "gcp", "azure")
+AZURE_ENDPOINT_OPTIONS = ("azure_management_endpoint", "azure_authority_host", "azure_ca_bundle")
 
 
 @dataclass
@@ -332,7 +333,12 @@ class CloudFleet:
     def _record(self) -> None:
         record = {
             "regions": self.regions,
-            "options": {k: v for k, v in asdict(self.options).items() if k.endswith(("_conn_id", "_group"))},
+            # what finds the resources again: connections, group, and Azure's endpoints (no secret)
+            "options": {
+                k: v
+                for k, v in asdict(self.options).items()
+                if k.endswith(("_conn_id", "_group")) or k.startswith(AZURE_ENDPOINT_OPTIONS)
+            },
             "recorded_at": time.time(),
         }
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -180,3 +180,30 @@ def test_a_relay_that_azure_refuses_fails_clearly_and_leaves_nothing(
         _operator(src, dst).execute(context={})
     assert list(emulated_sky.open(dst).list("out/")) == []
     _assert_nothing_left(arm, vms, state_dir)
+
+
+def test_a_fleet_whose_worker_died_is_torn_down_by_its_id_alone(
+    arm_vms: tuple[FakeARM, EmulatedVMs], state_dir: Path
+) -> None:
+    """What the failure callback does: the fleet id and ``cloud.json`` (the connection, the group and
+    the endpoints, no secret) are enough to find and delete an Azure fleet."""
+    from airflow_skyplane.compute.cloud import CloudFleet, CloudOptions
+    from airflow_skyplane.compute.fleets import FleetRecord, fleet_dir
+    from airflow_skyplane.hooks.skyplane import SkyplaneHook
+    from airflow_skyplane.transfer.fleet import teardown
+
+    arm, vms = arm_vms
+    folder = fleet_dir(state_dir, "deadworker1")
+    FleetRecord("deadworker1", "cloud", time.time(), time.time() + 600).write(folder)
+    options = CloudOptions.from_settings(
+        SkyplaneHook().get_settings(), aws_conn_id=None, gcp_conn_id=None, azure_conn_id="azure_default"
+    )
+    CloudFleet("deadworker1", folder, options).provision(
+        dict.fromkeys(REGIONS[:2], 1), expires_at=time.time() + 600, owner={"task_id": "t"}
+    )  # the process that rented them forgets them, as a dead worker would
+    assert arm.tagged("skyplane-fleet", "deadworker1") != []
+    recorded = (folder / "cloud.json").read_text()
+    assert arm.ca_file in recorded and CLIENT_SECRET not in recorded
+    assert "relay VMs" in teardown("deadworker1", str(state_dir))
+    assert teardown("deadworker1", str(state_dir)) == []  # idempotent
+    _assert_nothing_left(arm, vms, state_dir)
