@@ -71,6 +71,15 @@ _OPTIONS: dict[str, tuple[str, str | None, str, str]] = {
         "subnet relays are launched in; none: each region's default VPC."),
     "azure_resource_group": ("string", None, "skyplane-relays", "The resource group Azure relays are "
         "created in. Required for Azure relays."),
+    "azure_management_endpoint": ("string", "https://management.azure.com", "https://management.usgovcloudapi.net",
+        "The Resource Manager endpoint Azure relays are rented through (a sovereign cloud's, an Azure "
+        "Stack Hub's)."),
+    "azure_authority_host": ("string", None, "https://login.microsoftonline.us", "The Entra ID authority "
+        "the azure connection's service principal logs in at; none: azure-identity's default "
+        "(AZURE_AUTHORITY_HOST, else the public cloud's). One named here is trusted without instance "
+        "discovery."),
+    "azure_ca_bundle": ("string", None, "/etc/ssl/certs/corp-ca.pem", "A PEM file of the CAs that sign "
+        "the management endpoint and the authority; none: the system's CAs."),
     "relay_credentials": ("string", "scoped", "connection", "The gateways' store credentials: scoped "
         "(minted for each transfer from the task's connection, limited to its buckets and prefixes, "
         "expiring with the fleet or renewed: an STS session, a downscoped GCS token, a container SAS) or "

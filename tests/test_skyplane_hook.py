@@ -54,6 +54,8 @@ def test_missing_named_connection_names_it_and_the_fix(monkeypatch: pytest.Monke
         ({"objective": "fast"}, "objective='fast' is unknown"),
         ({"encryption": "maybe"}, "encryption='maybe' is not a boolean"),
         ({"allowed_regions": [1]}, "allowed_regions=[1] must be a list of region patterns"),
+        ({"azure_management_endpoint": "management.azure.com"}, "is not an https URL"),
+        ({"azure_authority_host": "http://login.example"}, "azure_authority_host='http://login.example'"),
     ],
 )
 def test_bad_settings_name_the_key_and_the_fix(

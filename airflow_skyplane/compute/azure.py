@@ -13,8 +13,11 @@ auto-shutdown schedule (``Microsoft.DevTestLab/schedules``) that *deallocates* i
 expiry, on top of the boot script that powers it off; the sweeper then deletes what is left.
 
 The clients are Azure's management SDKs, built with the credential and subscription of the
-``AzureComputeHook`` connection (its ``subscriptionId``, required); ``base_url`` (a fake of Resource
-Manager in tests) and ``connection_verify`` are passed to them as their endpoint options.
+``AzureComputeHook`` connection (its ``subscriptionId``, required), resolved as the hook resolves
+them. The ``azure_management_endpoint``, ``azure_authority_host`` and ``azure_ca_bundle`` settings
+reach them as the SDKs' own options (``base_url`` and ``credential_scopes``, the credential's
+``authority``, ``connection_verify``): a sovereign cloud, an Azure Stack Hub, a TLS-inspecting proxy,
+or the fakes of Resource Manager and Entra ID the tests run on loopback.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from airflow_skyplane.compute.relays import (
 )
 from airflow_skyplane.exceptions import InvalidInputError
 
+AZURE_MANAGEMENT_ENDPOINT = "https://management.azure.com"
 TAG_FLEET = "skyplane-fleet"
 TAG_EXPIRES = "skyplane-expires"
 IMAGE = {"publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server", "version": "latest"}
@@ -109,12 +113,16 @@ def _resource_client_class() -> Any:
     return ResourceManagementClient
 
 
-def _connection_credential(conn_id: str) -> tuple[Any, str]:
+def _connection_credential(
+    conn_id: str, *, authority: str | None = None, connection_verify: str | bool = True
+) -> tuple[Any, str]:
     """The credential and subscription of ``AzureComputeHook``'s connection ``conn_id``, resolved as
     the hook resolves them (its auth file or JSON, a service principal's login, password and
     ``tenantId``, else the default credential chain with its managed or workload identity), through
     the connection alone: the hook keeps its credential inside its client, where nothing public reads
-    it. Raise :class:`InvalidInputError` when the connection names no subscription."""
+    it. A service principal logs in at ``authority`` when given (trusted as named: no instance
+    discovery at Microsoft), over TLS checked with ``connection_verify``. Raise
+    :class:`InvalidInputError` when the connection names no subscription."""
     import json
     from pathlib import Path
 
@@ -142,15 +150,18 @@ def _connection_credential(conn_id: str) -> tuple[Any, str]:
             "(the subscription the relays' resource group is in)"
         )
     tenant = auth.get("tenantId") or extra.get("tenantId")
+    login: dict[str, Any] = {"connection_verify": connection_verify}
+    if authority:
+        login.update(authority=authority, disable_instance_discovery=True)
     if auth:
         if not (tenant and auth.get("clientId") and auth.get("clientSecret")):
             raise InvalidInputError(
                 f"Azure connection {conn_id!r}: its auth file or key_json lacks tenantId, clientId or "
                 "clientSecret: give a service principal's auth file whole"
             )
-        credential: Any = ClientSecretCredential(str(tenant), auth["clientId"], auth["clientSecret"])
+        credential: Any = ClientSecretCredential(str(tenant), auth["clientId"], auth["clientSecret"], **login)
     elif conn.login and conn.password and tenant:
-        credential = ClientSecretCredential(tenant, conn.login, conn.password)
+        credential = ClientSecretCredential(tenant, conn.login, conn.password, **login)
     else:
         from airflow.providers.microsoft.azure.utils import get_sync_default_azure_credential
 
@@ -166,8 +177,10 @@ class AzureRelayBackend:
 
     :param clients_factory: ``() -> (compute, network, resources, subscription id)`` management
         clients; by default built with the credential and subscription of ``AzureComputeHook``'s
-        connection ``azure_conn_id`` (``credential``, when given, instead of the connection's), with
-        ``base_url`` / ``connection_verify`` when given.
+        connection ``azure_conn_id`` (``credential``, when given, instead of the connection's), at
+        ``base_url`` (Resource Manager's endpoint, tokens asked for ``<base_url>/.default``), the
+        service principal logging in at ``authority``, TLS checked with ``connection_verify`` (a CA
+        bundle's path, or True for the system's CAs).
     """
 
     def __init__(
@@ -177,6 +190,7 @@ class AzureRelayBackend:
         azure_conn_id: str = "azure_default",
         base_url: str | None = None,
         connection_verify: str | bool = True,
+        authority: str | None = None,
         credential: Any = None,
         clients_factory: Callable[[], tuple[Any, Any, Any, str]] | None = None,
     ) -> None:
@@ -188,6 +202,7 @@ class AzureRelayBackend:
         self.resource_group = resource_group
         self.azure_conn_id = azure_conn_id
         self.base_url, self.connection_verify, self._credential = base_url, connection_verify, credential
+        self.authority = authority
         self._factory = clients_factory
         self._clients: tuple[Any, Any, Any, str] | None = None
 
@@ -201,11 +216,14 @@ class AzureRelayBackend:
 
                 resource_client = _resource_client_class()
 
-                credential, subscription = _connection_credential(self.azure_conn_id)
+                credential, subscription = _connection_credential(
+                    self.azure_conn_id, authority=self.authority, connection_verify=self.connection_verify
+                )
                 credential = self._credential or credential
                 options: dict[str, Any] = {"connection_verify": self.connection_verify}
                 if self.base_url:
-                    options["base_url"] = self.base_url
+                    base = self.base_url.rstrip("/")
+                    options.update(base_url=base, credential_scopes=[f"{base}/.default"])
                 self._clients = (
                     ComputeManagementClient(credential, subscription, **options),
                     NetworkManagementClient(credential, subscription, **options),

@@ -52,6 +52,7 @@ HOST_KEY_WAIT_S = 300.0
 
 CLOUD_FILE = "cloud.json"
 CLOUDS = ("aws", "gcp", "azure")
+AZURE_ENDPOINT_OPTIONS = ("azure_management_endpoint", "azure_authority_host", "azure_ca_bundle")
 
 
 @dataclass
@@ -75,6 +76,11 @@ class CloudOptions:
     azure_conn_id: str = "azure_default"
     azure_resource_group: str | None = None
     azure_vm_size: str = "Standard_D32_v5"
+    #: Resource Manager's endpoint, the Entra ID authority and the CA bundle of both (see
+    #: :class:`~airflow_skyplane.compute.azure.AzureRelayBackend`)
+    azure_management_endpoint: str | None = None
+    azure_authority_host: str | None = None
+    azure_ca_bundle: str | None = None
     image: Mapping[str, str] = field(default_factory=dict)
     #: "console" (host keys read from the cloud's console of each VM) or "first_use"
     relay_host_keys: str = "console"
@@ -106,6 +112,9 @@ class CloudOptions:
             azure_conn_id=azure_conn_id,
             azure_resource_group=settings.azure_resource_group,
             azure_vm_size=settings.azure_vm_size,
+            azure_management_endpoint=settings.azure_management_endpoint,
+            azure_authority_host=settings.azure_authority_host,
+            azure_ca_bundle=settings.azure_ca_bundle,
             image=dict(settings.relay_image),
             relay_host_keys=settings.relay_host_keys,
         )
@@ -144,7 +153,11 @@ def make_backend(cloud: str, options: CloudOptions) -> Any:
         raise InvalidInputError(
             "Azure relays need a resource group: set azure_resource_group in the skyplane connection"
         )
-    return AzureRelayBackend(resource_group=options.azure_resource_group, azure_conn_id=options.azure_conn_id)
+    return AzureRelayBackend(
+        resource_group=options.azure_resource_group, azure_conn_id=options.azure_conn_id,
+        base_url=options.azure_management_endpoint, authority=options.azure_authority_host,
+        connection_verify=options.azure_ca_bundle or True,
+    )  # fmt: skip
 
 
 def _spec(cloud: str, options: CloudOptions, fleet_id: str, regions: dict[str, int], **common: Any) -> Any:
@@ -320,7 +333,12 @@ class CloudFleet:
     def _record(self) -> None:
         record = {
             "regions": self.regions,
-            "options": {k: v for k, v in asdict(self.options).items() if k.endswith(("_conn_id", "_group"))},
+            # what finds the resources again: connections, group, and Azure's endpoints (no secret)
+            "options": {
+                k: v
+                for k, v in asdict(self.options).items()
+                if k.endswith(("_conn_id", "_group")) or k.startswith(AZURE_ENDPOINT_OPTIONS)
+            },
             "recorded_at": time.time(),
         }
         self.folder.mkdir(parents=True, exist_ok=True)

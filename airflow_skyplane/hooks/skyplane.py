@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from airflow.sdk import BaseHook
 
+from airflow_skyplane.compute.azure import AZURE_MANAGEMENT_ENDPOINT
 from airflow_skyplane.exceptions import ConnectionNotFoundError, InvalidInputError, SkyplaneError
 from airflow_skyplane.storage.grants import GCP_STS_ENDPOINT, RELAY_CREDENTIAL_MODES
 from airflow_skyplane.transfer.options import COMPRESSION_MODES
@@ -78,6 +79,15 @@ class SkyplaneSettings:
     #: AWS region ("aws:us-east-1") -> subnet to launch relays in (default: the region's default VPC)
     aws_subnets: Mapping[str, str] = field(default_factory=dict)
     azure_resource_group: str | None = None
+    #: the Resource Manager endpoint Azure relays are rented through (a sovereign cloud's, an Azure
+    #: Stack Hub's); its token scope is ``<endpoint>/.default``
+    azure_management_endpoint: str = AZURE_MANAGEMENT_ENDPOINT
+    #: the Entra ID authority a service principal of the ``azure`` connection logs in at (default:
+    #: azure-identity's, ``AZURE_AUTHORITY_HOST`` or the public cloud's); one named here is trusted
+    #: as named, without Microsoft's instance discovery
+    azure_authority_host: str | None = None
+    #: a PEM file of the CAs that sign those two endpoints (default: the system's)
+    azure_ca_bundle: str | None = None
     #: the gateways' store credentials: "scoped" (minted for the transfer from the task's connection:
     #: an STS session, a downscoped GCS token, a container SAS) or "connection" (the connection's own)
     relay_credentials: str = "scoped"
@@ -126,6 +136,8 @@ class SkyplaneSettings:
             "state_dir",
             "worker_cidr",
             "azure_resource_group",
+            "azure_authority_host",
+            "azure_ca_bundle",
             "ssh_username",
         ):
             return None
@@ -210,6 +222,13 @@ class SkyplaneSettings:
                     f"e.g. {GCP_STS_ENDPOINT!r}"
                 )
             return raw
+        if name in ("azure_management_endpoint", "azure_authority_host"):
+            if not isinstance(raw, str) or not raw.startswith("https://"):
+                raise InvalidInputError(
+                    f"{origin}: {name}={raw!r} is not an https URL; give the endpoint's URL, e.g. "
+                    f"{AZURE_MANAGEMENT_ENDPOINT!r} or 'https://login.microsoftonline.us'"
+                )
+            return raw.rstrip("/")
         if name == "relay_address":
             if raw not in ("public", "private"):
                 raise InvalidInputError(

@@ -28,7 +28,8 @@ class SkyplaneCleanupOperator(BaseOperator):
     :param gcp: also sweep expired GCP relay fleets (found by label) of the ``gcp_conn_id`` project.
     :param gcp_compute_endpoint: the Compute Engine API endpoint, when not Google's own.
     :param azure_resource_group: also sweep expired Azure relay fleets (found by tag) in this resource
-        group, with the ``azure_conn_id`` credential.
+        group, with the ``azure_conn_id`` credential, at the ``skyplane`` connection's
+        ``azure_management_endpoint`` (and its ``azure_authority_host`` and ``azure_ca_bundle``).
     """
 
     ui_color = "#f0e4d7"
@@ -62,7 +63,8 @@ class SkyplaneCleanupOperator(BaseOperator):
         from airflow_skyplane.hooks.skyplane import SkyplaneHook
         from airflow_skyplane.transfer.fleet import teardown
 
-        state_dir = SkyplaneHook(self.skyplane_conn_id).get_settings().fleets_dir()
+        settings = SkyplaneHook(self.skyplane_conn_id).get_settings()
+        state_dir = settings.fleets_dir()
         now = time.time()
         swept = []
         for record, running in list(fleets.list_fleets(state_dir)):
@@ -98,8 +100,10 @@ class SkyplaneCleanupOperator(BaseOperator):
             from airflow_skyplane.compute import azure
 
             backend_az = azure.AzureRelayBackend(
-                resource_group=self.azure_resource_group, azure_conn_id=self.azure_conn_id
-            )
+                resource_group=self.azure_resource_group, azure_conn_id=self.azure_conn_id,
+                base_url=settings.azure_management_endpoint, authority=settings.azure_authority_host,
+                connection_verify=settings.azure_ca_bundle or True,
+            )  # fmt: skip
             for fleet_id in azure.sweep(backend_az):
                 self.log.info("swept Azure fleet %s", fleet_id)
                 swept.append(fleet_id)

@@ -19,6 +19,14 @@ and a VM's deletion takes its NICs and their public IPs whose ``deleteOption`` i
 Public IPs get an address, NICs a private one. A VM's ``retrieveBootDiagnosticsData`` answers the URL
 of its serial log, which serves :attr:`FakeARM.serial_output` (what the VM printed). :meth:`FakeARM.fail_next`
 makes the next PUT of a resource type fail with an ARM error (a quota, say).
+
+A VM created from an image gets its OS disk (``Microsoft.Compute/disks``), deleted with it when its
+``deleteOption`` is ``Delete``, as Azure does. With ``loopback_addresses`` public IPs get addresses
+on loopback (``127.121.0.n``), a NIC the address of its public IP, where
+:meth:`~airflow_skyplane.testing.vms.EmulatedVMs.on_fake_arm` brings the VMs to life. The same server
+is the token service of a fake Entra ID tenant (:attr:`FakeARM.entra`, see
+:mod:`~airflow_skyplane.testing.fake_entra`): once a service principal is registered there, every
+management request needs a bearer token it issued (``401`` otherwise, as Resource Manager answers).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from airflow_skyplane.testing.fake_entra import EntraTokens
 from airflow_skyplane.testing.loopback_http import serve, shut
 
 _RG = re.compile(
@@ -44,13 +53,17 @@ _RG = re.compile(
 
 class FakeARM:
     """``retry_after_s``: the ``Retry-After`` of its long-running operations, whole seconds as ARM
-    gives it (the SDK reads it as an integer); the fake's operations end when next asked."""
+    gives it (the SDK reads it as an integer; 0 makes it wait its own default, 30 s); the fake's
+    operations end when next asked."""
 
-    def __init__(self, *, retry_after_s: int = 1) -> None:
+    def __init__(self, *, retry_after_s: int = 1, loopback_addresses: bool = False) -> None:
         self.retry_after_s = retry_after_s
+        self.loopback_addresses = loopback_addresses
+        #: the token service of the fake tenant (its principals, the tokens it issued)
+        self.entra = EntraTokens()
         self.resources: dict[str, dict[str, Any]] = {}  # lower-cased id -> resource
         self._faults: dict[str, list[tuple[int, str, str]]] = {}
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         self._pending = threading.local()  # the operation the request being answered began
         self._next_ip = 10
         self._server: ThreadingHTTPServer | None = None
@@ -87,8 +100,20 @@ class FakeARM:
 
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}") if length else {}
-                status, payload, headers = fake.answer(self.command, self.path, body)
+                raw = self.rfile.read(length) if length else b""
+                headers: dict[str, str] = {}
+                token = fake.entra.answer(fake._url, self.command, self.path, raw)
+                if token is not None:
+                    status, payload = token
+                elif (
+                    fake.entra.enforced
+                    and not self.path.startswith("/bootdiagnostics/")
+                    and not fake.entra.check(self.headers.get("Authorization"))
+                ):  # the serial log's URL carries its own SAS, as a storage account's blob does
+                    status, payload = fake._error(401, "InvalidAuthenticationToken", "no valid token")
+                else:
+                    body = json.loads(raw or b"{}") if raw else {}
+                    status, payload, headers = fake.answer(self.command, self.path, body)
                 if isinstance(payload, str):  # a blob's text (a serial log)
                     data = payload.encode()
                 else:
@@ -136,7 +161,11 @@ class FakeARM:
     def _references(self, rid: str) -> list[str]:
         """Live resources whose body mentions ``rid`` (a NIC naming a public IP, a VM naming a NIC...)."""
         needle = rid.lower()
-        return [r["id"] for k, r in self.resources.items() if k != needle and needle in json.dumps(r).lower()]
+        return [
+            r["id"]
+            for k, r in self.resources.items()
+            if k != needle and needle in json.dumps({**r, "managedBy": None}).lower()
+        ]  # a disk's managedBy does not hold its VM back: the VM's deletion detaches or deletes it
 
     def answer(self, method: str, path: str, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
         """Status, body and headers of a request: a long-running PUT or DELETE names its operation in
@@ -146,14 +175,14 @@ class FakeARM:
             r"^(/subscriptions/.+/virtualMachines/([^/]+))/retrieveBootDiagnosticsData$", url.path
         )
         if diagnostics and method == "POST":
-            with self._lock:
+            with self.lock:
                 if diagnostics.group(1).lower() not in self.resources:
                     return (*self._error(404, "ResourceNotFound", "no such virtual machine"), {})
             log = f"{self._url}/bootdiagnostics/{diagnostics.group(2)}.serialconsole.log?sv=fake&sig=fake"
             return 200, {"consoleScreenshotBlobUri": log, "serialConsoleLogBlobUri": log}, {}
         if url.path.startswith("/bootdiagnostics/"):
             name = url.path.rsplit("/", 1)[-1].removesuffix(".serialconsole.log")
-            with self._lock:
+            with self.lock:
                 text = self.serial_output.get(name)
             if text is None:
                 return 404, None, {}
@@ -180,7 +209,7 @@ class FakeARM:
         self._pending.operation = operation
 
     def _operation_status(self, operation: str) -> tuple[int, Any]:
-        with self._lock:
+        with self.lock:
             if operation not in self._operations:
                 return self._error(404, "NotFound", f"no operation {operation}")
             seen = self.seen_statuses.setdefault(operation, [])
@@ -192,15 +221,47 @@ class FakeARM:
             seen.append(status)
         return 200, {"id": operation, "name": operation, "status": status}
 
+    def _private_address(self, config: dict[str, Any], fresh: str) -> str:
+        """A NIC's private address (with the lock held): on loopback, its public IP's own address (the
+        one machine of this host answers on both), else ``fresh``."""
+        ref = str((config.get("publicIPAddress") or {}).get("id", "")).lower()
+        found = self.resources.get(ref) if self.loopback_addresses else None
+        return str((found or {}).get("properties", {}).get("ipAddress") or fresh)
+
+    def _os_disk(self, vm_id: str, name: str, vm: dict[str, Any], properties: dict[str, Any]) -> None:
+        """The managed OS disk Azure makes for a VM created from an image (with the lock held); the
+        VM's ``storageProfile.osDisk.managedDisk`` names it."""
+        os_disk = (properties.get("storageProfile") or {}).get("osDisk")
+        if not os_disk or os_disk.get("createOption") != "FromImage":
+            return
+        disk_name = os_disk.setdefault("name", f"{name}_OsDisk_1_{uuid.uuid4().hex[:12]}")
+        prefix = vm_id.rsplit("/providers/", 1)[0]
+        disk_id = f"{prefix}/providers/Microsoft.Compute/disks/{disk_name}"
+        os_disk["managedDisk"] = {"id": disk_id}
+        self.resources[disk_id.lower()] = {
+            "id": disk_id, "name": disk_name, "type": "Microsoft.Compute/disks",
+            "location": vm.get("location"), "managedBy": vm_id,
+            "properties": {"provisioningState": "Succeeded", "osType": "Linux", "diskState": "Attached"},
+        }  # fmt: skip
+
     def _cascade(self, deleted: dict[str, Any]) -> None:
-        """What Azure deletes with a resource (with the lock held): a VM's NICs whose
-        ``deleteOption`` is ``Delete``, and a NIC's public IPs whose ``deleteOption`` is ``Delete``."""
+        """What Azure deletes with a resource (with the lock held): a VM's NICs and OS disk whose
+        ``deleteOption`` is ``Delete``, and a NIC's public IPs whose ``deleteOption`` is ``Delete``
+        (an OS disk kept is detached, and stays)."""
         properties = deleted.get("properties") or {}
         linked = [
             ref
             for ref in ((properties.get("networkProfile") or {}).get("networkInterfaces") or [])
             if (ref.get("properties") or {}).get("deleteOption") == "Delete"
         ]
+        os_disk = (properties.get("storageProfile") or {}).get("osDisk") or {}
+        disk = os_disk.get("managedDisk") or {}
+        if disk and os_disk.get("deleteOption") == "Delete":
+            linked.append(disk)
+        elif disk and disk.get("id", "").lower() in self.resources:
+            disk_body = self.resources[disk["id"].lower()]
+            disk_body.pop("managedBy", None)
+            disk_body["properties"]["diskState"] = "Unattached"
         for config in properties.get("ipConfigurations") or []:
             ref = (config.get("properties") or {}).get("publicIPAddress") or {}
             if (ref.get("properties") or {}).get("deleteOption") == "Delete":
@@ -219,7 +280,7 @@ class FakeARM:
         _, _, provider, rtype, name = match.groups()
         rid = url.path
         key = rid.lower()
-        with self._lock:
+        with self.lock:
             if provider is None:  # the resource group itself
                 return 200, {"id": rid, "name": match.group(2), "location": "westeurope",
                              "properties": {"provisioningState": "Succeeded"}}  # fmt: skip
@@ -243,15 +304,19 @@ class FakeARM:
                 properties = dict(resource.get("properties") or {})
                 created = key not in self.resources
                 properties["provisioningState"] = "Creating" if created else "Updating"
+                public, private = ("127.121.0.", "127.121.0.") if self.loopback_addresses else (
+                    "20.1.0.", "10.0.0.")  # fmt: skip
                 if rtype.lower() == "publicipaddresses":
                     self._next_ip += 1
-                    properties.setdefault("ipAddress", f"20.1.0.{self._next_ip}")
+                    properties.setdefault("ipAddress", f"{public}{self._next_ip}")
                 if rtype.lower() == "networkinterfaces":
-                    for n, config in enumerate(properties.get("ipConfigurations") or []):
+                    for config in properties.get("ipConfigurations") or []:
                         self._next_ip += 1
-                        config.setdefault("properties", {})["privateIPAddress"] = (
-                            f"10.0.0.{self._next_ip + n}"
+                        config.setdefault("properties", {})["privateIPAddress"] = self._private_address(
+                            config["properties"], f"{private}{self._next_ip}"
                         )
+                if rtype.lower() == "virtualmachines" and created:
+                    self._os_disk(rid, name, resource, properties)
                 resource["properties"] = properties
                 self.resources[key] = resource
 

@@ -23,7 +23,10 @@ moto (in server mode, in the emulated sky) serves the EC2 API the AWS relay back
 
 The Compute Engine fake (:class:`~airflow_skyplane.testing.fake_gce.FakeGCE`, with
 ``loopback_addresses=True``) gives its instances loopback addresses itself; the authorized key comes
-from their ``ssh-keys`` metadata, as the guest agent installs it.
+from their ``ssh-keys`` metadata, as the guest agent installs it. The Resource Manager fake
+(:class:`~airflow_skyplane.testing.fake_arm.FakeARM`, with ``loopback_addresses=True``) gives its
+public IPs loopback addresses; the key comes from the VM's ``osProfile``, the console is its boot
+diagnostics' serial log.
 
 So the relay bootstrap (paramiko, SFTP hand-over, detached gateway, port-forwarded control endpoint)
 and the data plane between relays run for real; only the VM's kernel is this machine's.
@@ -147,6 +150,51 @@ class EmulatedVMs:
             zone, name = instance_id.split("/", 1)
             with gce.lock:
                 gce.serial_output[(zone, name)] = text
+
+        return cls(running, describe, ssh_port=ssh_port, console=console)
+
+    @classmethod
+    def on_fake_arm(cls, arm: Any, *, ssh_port: int = 2222) -> EmulatedVMs:
+        """For :class:`~airflow_skyplane.testing.fake_arm.FakeARM` started with loopback addresses:
+        a VM is up once its creation succeeded, at its NIC's public address (its private one when it
+        has none); the authorized key is the ``osProfile``'s, as the Linux agent installs it, and
+        the console is the boot diagnostics' serial log."""
+
+        def running() -> dict[str, str]:
+            with arm.lock:
+                found = {r["id"].lower(): r for r in arm.resources.values()}
+            out = {}
+            for vm in found.values():
+                properties = vm.get("properties") or {}
+                if (
+                    vm["type"] != "Microsoft.Compute/virtualMachines"
+                    or "skyplane-fleet" not in (vm.get("tags") or {})
+                    or properties.get("provisioningState") != "Succeeded"
+                ):
+                    continue
+                [nic_ref] = properties["networkProfile"]["networkInterfaces"][:1]
+                nic = found.get(nic_ref["id"].lower()) or {}
+                config = (nic.get("properties", {}).get("ipConfigurations") or [{}])[0].get("properties", {})
+                ip = found.get(str((config.get("publicIPAddress") or {}).get("id", "")).lower()) or {}
+                address = ip.get("properties", {}).get("ipAddress") or config.get("privateIPAddress", "")
+                if address.startswith("127."):
+                    out[vm["name"]] = address
+            return out
+
+        def describe(instance_id: str) -> tuple[str, str]:
+            with arm.lock:
+                [vm] = [
+                    r
+                    for r in arm.resources.values()
+                    if r["type"] == "Microsoft.Compute/virtualMachines" and r["name"] == instance_id
+                ]
+            os_profile = vm["properties"]["osProfile"]
+            key = os_profile["linuxConfiguration"]["ssh"]["publicKeys"][0]["keyData"]
+            return key, repr(vm.get("tags")) + repr(os_profile.get("customData"))
+
+        def console(instance_id: str, text: str) -> None:
+            with arm.lock:
+                arm.serial_output[instance_id] = text
 
         return cls(running, describe, ssh_port=ssh_port, console=console)
 

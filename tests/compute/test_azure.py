@@ -85,8 +85,11 @@ def test_a_fleet_in_two_regions_is_created_tagged_and_torn_down(
             f"{vm.public_ip}/32" for vm in vms
         )
     assert fake.tagged("skyplane-fleet", "fleet-a") == []
-    # deleting a VM deleted its NIC and public IP with it (the disk too, in Azure)
-    assert sorted(fake.deleted_with) == sorted([vm.instance_id for vm in vms] * 2)
+    # deleting a VM deleted its NIC, public IP and OS disk with it
+    names = sorted(vm.instance_id for vm in vms)
+    assert sorted(n for n in fake.deleted_with if "_OsDisk_" not in n) == sorted(names * 2)
+    assert sorted(n.split("_OsDisk_")[0] for n in fake.deleted_with if "_OsDisk_" in n) == names
+    assert fake.resources == {}
     assert backend.teardown("fleet-a") == {}
     # every PUT and DELETE was a long-running operation, polled from InProgress until it Succeeded
     assert len(fake.seen_statuses) > 2 * len(vms) * 4
