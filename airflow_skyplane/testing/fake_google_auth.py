@@ -232,6 +232,8 @@ class Checked:
     path: str = ""
     #: which token it was, as the fake numbered it when it issued it (not the token)
     serial: int = 0
+    #: when the request came (time.monotonic())
+    at: float = 0.0
 
 
 @dataclass
@@ -305,6 +307,7 @@ class GCSTokenCheck(FaultProxy):
                     status,
                     request.path,
                     found.serial if found else 0,
+                    time.monotonic(),
                 )
             )
         if status == 0:

@@ -8,8 +8,10 @@ covered in ``test_resolve.py``), so this file checks the adapters themselves.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -274,20 +276,26 @@ def test_crc32c_of_parts_combines_to_the_crc32c_of_the_whole() -> None:
 
 @pytest.mark.parametrize("scheme", STORES)
 def test_a_store_kind_opens_through_airflow_and_again_on_a_relay_from_its_spec(
-    scheme: str, sky_bucket: Callable[[str], str]
+    scheme: str, sky_bucket: Callable[[str], str], tmp_path: Path
 ) -> None:
-    """The registry's four jobs for each kind: open through the Airflow hook, the gateway's spec,
-    the store opened again from that spec as a relay does (no Airflow), its region."""
+    """The registry's jobs for each kind: open through the Airflow hook, the gateway's spec (no
+    secret), credentials minted for a relay's role, the store opened again from the spec and its
+    credential file as a relay does (no Airflow), its region."""
     from airflow_skyplane.hooks.storage import open_store
     from airflow_skyplane.storage.kinds import store_kind
     from airflow_skyplane.testing.sky import AWS_REGION
+    from airflow_skyplane.transfer.credentials import RelayCredentials
 
     location = open_store(sky_bucket(scheme))
     kind = store_kind(scheme)
     assert kind.scheme == location.store.scheme == scheme
     location.store.put("kind/from-the-task.txt", b"written in the task")
-    relay = kind.open_spec(kind.spec(location.store))
-    assert relay.read("kind/from-the-task.txt") == b"written in the task"
-    relay.put("kind/from-the-relay.txt", b"written on the relay")
+    credentials = RelayCredentials(tmp_path, transfer_id="contract", expires_at=time.time() + 900)
+    reader = kind.open_spec(credentials.spec("source", location.store, "kind/"))
+    assert reader.read("kind/from-the-task.txt") == b"written in the task"
+    writer = kind.open_spec(credentials.spec("destination", location.store, "kind/"))
+    writer.put("kind/from-the-relay.txt", b"written on the relay")
     assert location.store.read("kind/from-the-relay.txt") == b"written on the relay"
-    assert kind.region(location.store) == (f"aws:{AWS_REGION}" if scheme == "s3" else None)
+    credentials.close()
+    placement = kind.region(location.store)
+    assert (placement.region if placement else None) == (f"aws:{AWS_REGION}" if scheme == "s3" else None)

