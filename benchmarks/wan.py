@@ -34,7 +34,7 @@ Needs root, ``ip``/``tc`` (iproute2) and ``rclone``; set ``SKYPLANE_WAN_SUBNET``
 WANs may run on the machine. It ends by itself (``--deadline-s``, every run has a timeout) and
 removes its servers (by pid) and namespaces, also on SIGTERM::
 
-    sudo SKYPLANE_WAN_SUBNET=10.214.0.0/16 flock /work/locks/bench.lock \\
+    sudo SKYPLANE_WAN_SUBNET=10.214.0.0/16 flock /tmp/skyplane-bench.lock \\
         .venv/bin/python benchmarks/wan.py --out .cache/wan
 """
 

@@ -401,6 +401,12 @@ def _context(
 ) -> ssl.SSLContext:
     context = ssl.SSLContext(purpose)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
+    if purpose == ssl.PROTOCOL_TLS_SERVER:
+        # No session tickets: gateways never resume a session, and a TLS 1.3 ticket arrives after the
+        # client's handshake, while one thread of the link already writes frames and another reads
+        # ACKs on the same connection. OpenSSL's SSL object is not safe for such concurrent use: a
+        # write that ran into the ticket being read waited for more to read, and the link hung.
+        context.num_tickets = 0
     context.verify_mode = ssl.CERT_REQUIRED
     context.verify_flags |= ssl.VERIFY_X509_STRICT
     try:
