@@ -32,6 +32,7 @@ management request needs a bearer token it issued (``401`` otherwise, as Resourc
 from __future__ import annotations
 
 import json
+import math
 import re
 import ssl
 import tempfile
@@ -52,11 +53,18 @@ _RG = re.compile(
 
 
 class FakeARM:
-    """``retry_after_s``: the ``Retry-After`` of its long-running operations, whole seconds as ARM
-    gives it (the SDK reads it as an integer; 0 makes it wait its own default, 30 s); the fake's
-    operations end when next asked."""
+    """``retry_after_s``: how long the SDK is told to wait before it polls a long-running operation
+    again, given as ARM gives it: ``Retry-After`` in whole seconds (at least 1) and, which the SDK
+    reads first, ``x-ms-retry-after-ms`` in milliseconds (so tests can poll every tenth of a second;
+    without either the SDK waits its own default, 30 s); the fake's operations end when next asked."""
 
-    def __init__(self, *, retry_after_s: int = 1, loopback_addresses: bool = False) -> None:
+    def _retry_after(self) -> dict[str, str]:
+        return {
+            "Retry-After": str(max(1, math.ceil(self.retry_after_s))),
+            "x-ms-retry-after-ms": str(max(1, round(self.retry_after_s * 1000))),
+        }
+
+    def __init__(self, *, retry_after_s: float = 0.1, loopback_addresses: bool = False) -> None:
         self.retry_after_s = retry_after_s
         self.loopback_addresses = loopback_addresses
         #: the token service of the fake tenant (its principals, the tokens it issued)
@@ -189,7 +197,7 @@ class FakeARM:
             return 200, text, {}
         if url.path.startswith("/providers/skyplane.fake/operations/"):
             status, payload = self._operation_status(url.path.rsplit("/", 1)[-1])
-            return status, payload, {"Retry-After": str(self.retry_after_s)}
+            return status, payload, self._retry_after()
         status, payload = self.handle(method, path, body)
         headers: dict[str, str] = {}
         operation = getattr(self._pending, "operation", None)
@@ -197,7 +205,7 @@ class FakeARM:
             self._pending.operation = None
             link = f"{self._url}/providers/skyplane.fake/operations/{operation}?api-version=2024-01-01"
             headers["Azure-AsyncOperation"] = link
-            headers["Retry-After"] = str(self.retry_after_s)
+            headers.update(self._retry_after())
             if method == "DELETE":
                 headers["Location"] = link
         return status, payload, headers

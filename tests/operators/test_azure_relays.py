@@ -45,7 +45,7 @@ MiB = 1024 * 1024
 def arm_vms(
     emulated_sky: EmulatedSky, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[FakeARM, EmulatedVMs]]:
-    with FakeARM(retry_after_s=1, loopback_addresses=True) as arm:
+    with FakeARM(loopback_addresses=True) as arm:
         url = arm.start()
         arm.entra.add_principal(TENANT, CLIENT_ID, CLIENT_SECRET)
         connection = {"conn_type": "azure", "login": CLIENT_ID, "password": CLIENT_SECRET,
