@@ -29,14 +29,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from airflow_skyplane.exceptions import CredentialsError
-from airflow_skyplane.storage.grants import CredentialFile, Grant, Issued
+from airflow_skyplane.storage.grants import Grant, Issued
 
 if TYPE_CHECKING:
-    import boto3
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -240,36 +240,3 @@ def _own(hook: Any, region: str | None, via: str, grant: Grant) -> Issued:
         fields["session_token"] = frozen.token
     expires = time.time() + OWN_TEMPORARY_S if frozen.token else None
     return Issued(fields, expires, f"the credentials of {via} (not narrowed)", scoped=False)
-
-
-def file_session(path: str) -> boto3.Session:
-    """A boto3 session whose credentials come from the credential file at ``path``, read again
-    whenever botocore refreshes them (near their expiry)."""
-    import boto3
-    import botocore.session
-    from botocore.credentials import CredentialProvider, RefreshableCredentials
-
-    source = CredentialFile(path)
-
-    def metadata() -> dict[str, Any]:
-        fields = source.fields()
-        expires = source.expires_at if source.expires_at is not None else time.time() + 365 * 86400
-        return {
-            "access_key": fields["access_key_id"],
-            "secret_key": fields["secret_access_key"],
-            "token": fields.get("session_token"),
-            "expiry_time": datetime.fromtimestamp(expires, tz=timezone.utc).isoformat(),
-        }
-
-    class FromCredentialFile(CredentialProvider):  # type: ignore[misc]
-        METHOD = "skyplane-credential-file"
-        CANONICAL_NAME = "SkyplaneCredentialFile"
-
-        def load(self) -> RefreshableCredentials:
-            return RefreshableCredentials.create_from_metadata(
-                metadata=metadata(), refresh_using=metadata, method=self.METHOD
-            )
-
-    core = botocore.session.get_session()
-    core.get_component("credential_provider").insert_before("env", FromCredentialFile())
-    return boto3.Session(botocore_session=core)

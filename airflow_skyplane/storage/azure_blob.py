@@ -334,7 +334,7 @@ class AzureBlobKind(StoreKind):
             if fields.get("connection_string"):  # the connection's shared key (relay_credentials)
                 service = BlobServiceClient.from_connection_string(fields["connection_string"])
             else:
-                from airflow_skyplane.storage.azure_credentials import FileSas
+                from airflow_skyplane.storage.relay_credentials import FileSas
 
                 service = BlobServiceClient(account_url=need(spec, "account_url"), credential=FileSas(path))
         elif connection_string:

@@ -28,7 +28,7 @@ from typing import Any
 from azure.core.credentials import AzureSasCredential
 
 from airflow_skyplane.exceptions import CredentialsError
-from airflow_skyplane.storage.grants import EXPIRY_SLACK_S, CredentialFile, Grant, Issued
+from airflow_skyplane.storage.grants import EXPIRY_SLACK_S, Grant, Issued
 
 #: a user delegation key is valid for 7 days at most
 MAX_DELEGATION_S = 7 * 24 * 3600.0
@@ -119,25 +119,3 @@ def _connection_string(client: Any, credential: Any) -> str:
         f"DefaultEndpointsProtocol={protocol};AccountName={credential.account_name};"
         f"AccountKey={credential.account_key};BlobEndpoint={endpoint};"
     )
-
-
-class FileSas(AzureSasCredential):  # type: ignore[misc]
-    """A SAS read from a credential file; the Azure SDK asks for it on every request, and gets the
-    file's current one."""
-
-    def __init__(self, path: str) -> None:
-        self._file = CredentialFile(path)
-        super().__init__(self._read())
-
-    def _read(self) -> str:
-        sas = self._file.fields().get("sas")
-        if not isinstance(sas, str) or not sas:
-            raise CredentialsError(f"the relay's credential file {str(self._file.path)!r} holds no SAS")
-        return sas
-
-    @property
-    def signature(self) -> str:
-        return self._read()
-
-    def __repr__(self) -> str:
-        return f"FileSas({str(self._file.path)!r})"

@@ -306,7 +306,7 @@ class GCSKind(StoreKind):
         )
         options = {"api_endpoint": emulator} if emulator else None
         if path:
-            from airflow_skyplane.storage.gcs_credentials import FileToken
+            from airflow_skyplane.storage.relay_credentials import FileToken
 
             client = storage.Client(project=project, credentials=FileToken(path), client_options=options)
         elif emulator:

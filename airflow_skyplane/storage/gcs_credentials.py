@@ -23,11 +23,9 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-import google.auth.credentials
-
 from airflow_skyplane.exceptions import CredentialsError
 from airflow_skyplane.storage.base import UPLOADS_PREFIX
-from airflow_skyplane.storage.grants import CredentialFile, Grant, Issued
+from airflow_skyplane.storage.grants import Grant, Issued
 
 log = logging.getLogger(__name__)
 
@@ -126,24 +124,3 @@ def issue(conn_id: str, grant: Grant) -> Issued | None:
     return Issued(
         {"token": response["access_token"]}, expires, f"an access token downscoped to {_where(grant)}"
     )
-
-
-class FileToken(google.auth.credentials.Credentials):  # type: ignore[misc]
-    """An access token read from a credential file, read again whenever google-auth refreshes it."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self._file = CredentialFile(path)
-
-    def refresh(self, request: Any) -> None:
-        fields = self._file.fields()
-        token = fields.get("token")
-        if not isinstance(token, str) or not token:
-            raise CredentialsError(f"the relay's credential file {str(self._file.path)!r} holds no token")
-        self.token = token
-        expires = self._file.expires_at
-        self.expiry = (
-            datetime.fromtimestamp(expires, tz=timezone.utc).replace(tzinfo=None)
-            if expires is not None
-            else None
-        )

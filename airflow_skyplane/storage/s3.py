@@ -309,7 +309,7 @@ class S3Kind(StoreKind):
         config = Config(max_pool_connections=64, retries={"mode": "adaptive", "max_attempts": 8})
         path = text(spec, "credentials_file")
         if path:
-            from airflow_skyplane.storage.aws_credentials import file_session
+            from airflow_skyplane.storage.relay_credentials import file_session
 
             client = file_session(path).client(
                 "s3", region_name=text(spec, "region"), endpoint_url=text(spec, "endpoint_url"), config=config

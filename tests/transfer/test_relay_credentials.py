@@ -139,7 +139,7 @@ def test_a_credential_file_is_replaced_whole_and_private(tmp_path: Path) -> None
     path = tmp_path / "source.credentials"
     write_credential_file(path, Issued({"sas": "sv=1&sig=first"}, time.time() + 60, "a SAS"))
     assert path.stat().st_mode & 0o777 == 0o600
-    from airflow_skyplane.storage.azure_credentials import FileSas
+    from airflow_skyplane.storage.relay_credentials import FileSas
 
     sas = FileSas(str(path))
     assert sas.signature == "sv=1&sig=first"
@@ -239,8 +239,8 @@ def test_a_downscoped_gcs_token_is_refused_outside_its_prefix_and_its_role(
     from google.api_core.exceptions import Forbidden
     from google.cloud import storage
 
-    from airflow_skyplane.storage.gcs_credentials import FileToken
     from airflow_skyplane.storage.kinds import store_kind
+    from airflow_skyplane.storage.relay_credentials import FileToken
 
     auth, check = gcs_checked
     bucket = emulated_sky.make_bucket("gs")
@@ -279,8 +279,8 @@ def test_azure_gateways_write_with_a_sas_of_their_container_only(
     from azure.core.exceptions import HttpResponseError
     from azure.storage.blob import BlobServiceClient
 
-    from airflow_skyplane.storage.azure_credentials import FileSas
     from airflow_skyplane.storage.kinds import store_kind
+    from airflow_skyplane.storage.relay_credentials import FileSas
 
     src_uri, dst_uri, other_uri = (emulated_sky.make_bucket(s) for s in ("s3", "az", "az"))
     seed = emulated_sky.open(src_uri)
