@@ -65,9 +65,11 @@ SRC, R1, R2, DST = "aws:us-east-1", "aws:us-west-2", "aws:eu-west-1", "aws:eu-ce
 REGIONS = (SRC, R1, R2, DST)
 PORT = 5000
 BUCKET = "wan-source"
-# moto accepts any key: placeholders, not credentials
-ACCESS_KEY, SECRET_KEY = "emulated-access-key", "emulated-secret-key"  # noqa: S105
-AWS_REGION = "us-east-1"
+# moto accepts any key (placeholders, not credentials); the emulators' keys, rclone's environment
+# and the text objects are the peers benchmark's
+from peerbench.testbed import ACCESS_KEY, AWS_REGION, SECRET_KEY, rclone_env  # noqa: E402
+from peerbench.workloads import text_block  # noqa: E402
+
 DIRECT_CONNECTIONS = 64  # what the planner gives a direct edge (connections per VM)
 RCLONE_FLAGS = ["--transfers", "32", "--checkers", "16", "--s3-upload-cutoff", "8M",
                 "--s3-chunk-size", "8M", "--s3-upload-concurrency", "4"]  # fmt: skip
@@ -143,18 +145,6 @@ def plan_for(shape: Shape) -> Any:
 
 
 # -- workload --------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=1)
-def text_block() -> bytes:
-    rng = random.Random(1)
-    words = ["view", "click", "buy", "search", "cart", "share"]
-    rows = (
-        f"{n},2026-11-{1 + n % 28:02d}T{n % 24:02d}:{n % 60:02d}:00Z,user{rng.randrange(10**6)},"
-        f"{rng.choice(words)},/p/{rng.randrange(10**4)},{rng.random():.6f}\n"
-        for n in range(200_000)
-    )
-    return "".join(rows).encode()[: 4 * MiB]
-
-
 def workload(gib: float, seed: int = 16) -> list[tuple[str, int, bool]]:
     """(key, size, is_text): log-uniform sizes of 1-64 MiB until ``gib`` is reached, alternating kinds."""
     rng = random.Random(seed)
@@ -500,20 +490,9 @@ def run_ours(
 
 def run_rclone(bed: Testbed, objects: list[tuple[str, int, bool]], timeout: float) -> dict[str, Any]:
     bucket = bed.bucket()
-    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE" and not k.startswith("RCLONE_")}
-    conf = bed.work / "rclone.conf"
-    conf.write_text("")
-    env["RCLONE_CONFIG"] = str(conf)
-    for remote, url in (
-        ("SRC", f"http://127.0.0.1:{PORT}"),
-        ("DST", f"http://{bed.wan.address(SRC, DST)}:{PORT}"),
-    ):
-        env.update({
-            f"RCLONE_CONFIG_{remote}_TYPE": "s3", f"RCLONE_CONFIG_{remote}_PROVIDER": "Other",
-            f"RCLONE_CONFIG_{remote}_ENDPOINT": url, f"RCLONE_CONFIG_{remote}_REGION": AWS_REGION,
-            f"RCLONE_CONFIG_{remote}_ACCESS_KEY_ID": ACCESS_KEY,
-            f"RCLONE_CONFIG_{remote}_SECRET_ACCESS_KEY": SECRET_KEY,
-        })  # fmt: skip
+    env = rclone_env(
+        bed.work, {"SRC": f"http://127.0.0.1:{PORT}", "DST": f"http://{bed.wan.address(SRC, DST)}:{PORT}"}
+    )
     argv = ["rclone", "copy", f"SRC:{BUCKET}/data", f"DST:{bucket}/data", *RCLONE_FLAGS]
     moto_cpu0, busy0 = cpu_of(bed.moto_pids()), machine_busy()
     usage0 = os.times()

@@ -34,7 +34,7 @@ from typing import Any
 
 from airflow_skyplane.testing.sky import azure_connection_string
 
-from .testbed import ACCESS_KEY, AWS_REGION, PORTS, SECRET_KEY, SRC, Destination, Run, Testbed
+from .testbed import ACCESS_KEY, AWS_REGION, PORTS, SECRET_KEY, SRC, Destination, Run, Testbed, rclone_env
 from .workloads import BUCKET, MiB, Workload
 
 MAX_CONNECTIONS_PER_HOP = 16
@@ -255,20 +255,9 @@ class Contenders:
     # -- rclone ------------------------------------------------------------------------------------
     def run_rclone(self, prefix: str, dest: Destination, run: Run, flags: list[str]) -> str:
         bucket = self.bed.new_bucket(dest, run.contender)
-        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE" and not k.startswith("RCLONE_")}
-        conf = self.work / "rclone.conf"
-        conf.write_text("")
-        env["RCLONE_CONFIG"] = str(conf)
-        for remote, url in (
-            ("SRC", f"http://127.0.0.1:{PORTS['s3']}"),
-            ("DST", self.bed.url_from(SRC, dest)),
-        ):
-            env.update({
-                f"RCLONE_CONFIG_{remote}_TYPE": "s3", f"RCLONE_CONFIG_{remote}_PROVIDER": "Other",
-                f"RCLONE_CONFIG_{remote}_ENDPOINT": url, f"RCLONE_CONFIG_{remote}_REGION": AWS_REGION,
-                f"RCLONE_CONFIG_{remote}_ACCESS_KEY_ID": ACCESS_KEY,
-                f"RCLONE_CONFIG_{remote}_SECRET_ACCESS_KEY": SECRET_KEY,
-            })  # fmt: skip
+        env = rclone_env(
+            self.work, {"SRC": f"http://127.0.0.1:{PORTS['s3']}", "DST": self.bed.url_from(SRC, dest)}
+        )
         argv = ["rclone", "copy", f"SRC:{BUCKET}/{prefix}", f"DST:{bucket}/{prefix}", *flags]
         t0 = time.monotonic()
         done = subprocess.run(

@@ -33,6 +33,23 @@ ACCESS_KEY, SECRET_KEY = "emulated-access-key", "emulated-secret-key"  # noqa: S
 AWS_REGION = "us-east-1"
 
 
+def rclone_env(work: Path, endpoints: dict[str, str]) -> dict[str, str]:
+    """The environment rclone runs in: none of the user's configuration, and one S3 remote per name
+    of ``endpoints`` (its URL), with the emulators' keys."""
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE" and not k.startswith("RCLONE_")}
+    conf = work / "rclone.conf"
+    conf.write_text("")
+    env["RCLONE_CONFIG"] = str(conf)
+    for remote, url in endpoints.items():
+        env.update({
+            f"RCLONE_CONFIG_{remote}_TYPE": "s3", f"RCLONE_CONFIG_{remote}_PROVIDER": "Other",
+            f"RCLONE_CONFIG_{remote}_ENDPOINT": url, f"RCLONE_CONFIG_{remote}_REGION": AWS_REGION,
+            f"RCLONE_CONFIG_{remote}_ACCESS_KEY_ID": ACCESS_KEY,
+            f"RCLONE_CONFIG_{remote}_SECRET_ACCESS_KEY": SECRET_KEY,
+        })  # fmt: skip
+    return env
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
