@@ -100,6 +100,15 @@ class _Entry:
         )
 
 
+def retry_wait(expires_at: float | None, now: float) -> float:
+    """How long to wait before trying a failed renewal again: ``RETRY_S``, but at most a quarter
+    of the time the credentials in hand still hold (a short session gets several tries before it
+    lapses), and never under a second."""
+    if expires_at is None:
+        return RETRY_S
+    return max(1.0, min(RETRY_S, (expires_at - now) / 4))
+
+
 def _when(stamp: float | None) -> str:
     return "never" if stamp is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp))
 
@@ -203,13 +212,16 @@ class RelayCredentials:
         gateways: Iterable[GatewayHandle],
         *,
         now: float | None = None,
+        roles: Iterable[str] | None = None,
     ) -> list[str]:
         """Renew what is due, from ``stores`` (role -> the task's store, opened on the connection);
-        hand each new file to ``gateways``. Returns the roles renewed. A renewal that fails is logged
-        and tried again later: the credentials in hand hold until they expire."""
+        hand each new file to ``gateways``. Returns the roles renewed. ``roles`` are the ones the
+        caller found due when it opened ``stores`` (another may have fallen due since: it waits for
+        the next call rather than fail for want of a store). A renewal that fails is logged and tried
+        again soon: the credentials in hand hold until they expire."""
         renewed = []
         handles = list(gateways)
-        for role in self.due(now):
+        for role in self.due(now) if roles is None else list(roles):
             entry = self.entries[role]
             store = stores.get(role)
             try:
@@ -222,11 +234,12 @@ class RelayCredentials:
                 for gateway in handles:
                     gateway.resend(str(entry.path))
             except (SkyplaneError, OSError) as err:
-                entry.retry_at = time.time() + RETRY_S
+                wait = retry_wait(entry.expires_at, time.time())
+                entry.retry_at = time.time() + wait
                 log.warning(
                     "could not renew the relays' %s credentials (%s); they hold until %s, trying again "
                     "in %.0f s",
-                    role, str(err)[:300], _when(entry.expires_at), RETRY_S,
+                    role, str(err)[:300], _when(entry.expires_at), wait,
                 )  # fmt: skip
                 continue
             log.info(
@@ -257,7 +270,8 @@ def renew_fleet(folder: str | Path) -> list[str]:
     request: dict[str, object] | None = None
     for sub in fleets.transfer_dirs(root):
         found = RelayCredentials.load(sub)
-        if found is None or not found.due():
+        due = [] if found is None else found.due()
+        if found is None or not due:
             continue
         if request is None:
             try:
@@ -265,12 +279,12 @@ def renew_fleet(folder: str | Path) -> list[str]:
             except (OSError, ValueError):
                 return renewed
         stores: dict[str, ObjectStore] = {}
-        for role in found.due():
+        for role in due:
             try:
                 stores[role] = _open(found.entries[role].uri, request)
             except SkyplaneError as err:  # renew() logs the role it cannot renew, and it is tried again
                 log.warning("could not open %s to renew its relays' credentials: %s", role, str(err)[:300])
-        renewed += [f"{sub.name}/{role}" for role in found.renew(stores, ())]
+        renewed += [f"{sub.name}/{role}" for role in found.renew(stores, (), roles=due)]
     return renewed
 
 

@@ -29,6 +29,7 @@ from airflow_skyplane.testing.aws_front import AWSFront
 from airflow_skyplane.testing.fake_google_auth import FakeGoogleAuth, GCSTokenCheck
 from airflow_skyplane.testing.iam_account import IAMAccount, documented_account
 from airflow_skyplane.testing.sky import EmulatedSky, patched_environ
+from airflow_skyplane.transfer.credentials import RETRY_S, RelayCredentials, _Entry, retry_wait
 from airflow_skyplane.transfer.job import TransferJob
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,6 +43,22 @@ def test_credentials_are_renewed_within_their_margin_and_never_past_the_fleet() 
     assert due(1010.0, 1000.0, until=1e9, now=1005.0) and not due(1010.0, 1000.0, until=1e9, now=1004.9)
     assert not due(expires, issued, until=expires, now=expires)  # they outlive the fleet: never
     assert not due(None, issued, until=1e9, now=1e8)  # a shared key does not expire
+
+
+def test_a_role_that_falls_due_while_the_stores_open_waits_for_the_next_poll(tmp_path: Path) -> None:
+    """The sensor opens the stores of the roles due when it looks; a role that falls due while they
+    open is renewed at its next poke, not marked failed for want of a store (a failed renewal waits
+    before it is tried again, which a session of seconds does not survive)."""
+    creds = RelayCredentials(tmp_path, transfer_id="t" * 16, expires_at=1e9)
+    for role, issued in (("source", 1000.0), ("destination", 1000.1)):
+        grant = Grant(bucket="b", prefixes=("p/",), write=role == "destination", expires_at=1e9, session_name="s")
+        creds.entries[role] = _Entry(role, "s3", "s3://b/p/", tmp_path / role, grant, issued, issued + 5.0, "")
+    assert creds.due(now=1002.55) == ["source"]
+    assert creds.renew({}, (), now=1002.7, roles=[]) == []
+    assert creds.entries["destination"].retry_at == 0.0 and creds.due(now=1002.7) == ["source", "destination"]
+    # a renewal that fails is tried again within a quarter of the time the credentials still hold
+    assert retry_wait(1010.0, now=1002.0) == 2.0 and retry_wait(1e9, now=0.0) == RETRY_S
+    assert retry_wait(1000.5, now=1000.0) == 1.0 and retry_wait(None, now=0.0) == RETRY_S
 
 
 # -- S3 ------------------------------------------------------------------------------------------------
