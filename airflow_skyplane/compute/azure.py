@@ -8,9 +8,12 @@ and the VM itself. Every resource is tagged ``skyplane-fleet=<fleet id>`` and
 names kept in memory, and delete them in dependency order (VMs, then NICs, public IPs, security
 groups, networks), so a fleet whose provisioning stopped half-way is removed completely.
 
-Self-destruct: an Azure VM that powers itself off stays allocated and billed, so each relay gets an
-auto-shutdown schedule (``Microsoft.DevTestLab/schedules``) that *deallocates* it at the fleet's
-expiry, on top of the boot script that powers it off; the sweeper then deletes what is left.
+Self-destruct: an Azure VM that powers itself off stays allocated and billed, so each relay deletes
+itself at the fleet's expiry with its own managed identity, allowed to delete nothing but its own
+resources (:mod:`.azure_identity`); its NIC, public IP and OS disk go with it. A fleet that expires
+within a day also gets an auto-shutdown schedule (``Microsoft.DevTestLab/schedules``, daily at a
+time of day, so only then does its first run fall on the expiry) that *deallocates* a relay whose
+deletion failed; the sweeper deletes what is left.
 
 The clients are Azure's management SDKs, built with the credential and subscription of the
 ``AzureComputeHook`` connection (its ``subscriptionId``, required), resolved as the hook resolves
@@ -43,8 +46,8 @@ from airflow_skyplane.compute.relays import (
     host_keys_from_console,
     per_region,
     relay_fleet,
-    self_destruct_script,
 )
+from airflow_skyplane.compute.azure_identity import SelfDeleteGrants, boot_script
 from airflow_skyplane.exceptions import InvalidInputError
 
 AZURE_MANAGEMENT_ENDPOINT = "https://management.azure.com"
@@ -205,6 +208,14 @@ class AzureRelayBackend:
         self.authority = authority
         self._factory = clients_factory
         self._clients: tuple[Any, Any, Any, str] | None = None
+        self._grants: SelfDeleteGrants | None = None
+
+    def grants(self) -> SelfDeleteGrants:
+        """The relays' self-delete role and its assignments (:mod:`.azure_identity`)."""
+        if self._grants is None:
+            _, _, resources, subscription = self.clients()
+            self._grants = SelfDeleteGrants(resources, subscription, self.resource_group)
+        return self._grants
 
     def clients(self) -> tuple[Any, Any, Any, str]:
         if self._clients is None:
@@ -318,10 +329,13 @@ class AzureRelayBackend:
         }, region, spec)  # fmt: skip
         subnet = f"{vnet['id']}/subnets/relays"
         expiry = datetime.fromtimestamp(spec.expires_at, tz=timezone.utc)
-        custom_data = base64.b64encode(self_destruct_script(spec.expires_at).encode()).decode()
+        management = self.base_url or AZURE_MANAGEMENT_ENDPOINT
         vms = []
         for index in range(count):
             name = f"{base}-{index}"
+            vm_id = self._id("Microsoft.Compute/virtualMachines", name)
+            script = boot_script(vm_id, spec.expires_at, management, _API["Microsoft.Compute/virtualMachines"])
+            custom_data = base64.b64encode(script.encode()).decode()
             ip = self._put("Microsoft.Network/publicIPAddresses", name, {
                 "location": location, "tags": tags, "sku": {"name": "Standard"},
                 "properties": {"publicIPAllocationMethod": "Static"},
@@ -339,10 +353,12 @@ class AzureRelayBackend:
             vm_body: dict[str, Any] = {
                 "location": location,
                 "tags": tags,
+                "identity": {"type": "SystemAssigned"},  # what the relay deletes itself with
                 "properties": {
                     "hardwareProfile": {"vmSize": spec.vm_size},
                     "storageProfile": {"imageReference": dict(spec.image),
-                                       "osDisk": {"createOption": "FromImage", "deleteOption": "Delete"}},
+                                       "osDisk": {"name": f"{name}-osdisk", "createOption": "FromImage",
+                                                  "deleteOption": "Delete"}},
                     "osProfile": {
                         "computerName": name[:15], "adminUsername": spec.login_user,
                         "customData": custom_data,
@@ -359,12 +375,19 @@ class AzureRelayBackend:
             if spec.use_spot:
                 vm_body["properties"].update(priority="Spot", evictionPolicy="Delete")
             vm = self._put("Microsoft.Compute/virtualMachines", name, vm_body, region, spec)
-            self._put("Microsoft.DevTestLab/schedules", f"shutdown-computevm-{name}", {
-                "location": location, "tags": tags,
-                "properties": {"status": "Enabled", "taskType": "ComputeVmShutdownTask",
-                               "dailyRecurrence": {"time": expiry.strftime("%H%M")}, "timeZoneId": "UTC",
-                               "targetResourceId": vm["id"]},
-            }, region, spec)  # fmt: skip
+            identity = vm.get("identity") or {}
+            self.grants().grant(
+                name,
+                identity.get("principalId") or identity.get("principal_id"),
+                (vm_id, nic["id"], ip["id"], self._id("Microsoft.Compute/disks", f"{name}-osdisk")),
+            )
+            if spec.expires_at - time.time() < 23.5 * 3600:  # its first run is the expiry
+                self._put("Microsoft.DevTestLab/schedules", f"shutdown-computevm-{name}", {
+                    "location": location, "tags": tags,
+                    "properties": {"status": "Enabled", "taskType": "ComputeVmShutdownTask",
+                                   "dailyRecurrence": {"time": expiry.strftime("%H%M")},
+                                   "timeZoneId": "UTC", "targetResourceId": vm["id"]},
+                }, region, spec)  # fmt: skip
             public = ip.get("properties", {}).get("ipAddress") or ip.get("ip_address")
             private = (
                 (nic.get("properties", {}).get("ipConfigurations") or [{}])[0]

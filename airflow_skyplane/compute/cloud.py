@@ -9,7 +9,7 @@ return them in every path.
    failure callback, the cleanup operator) even if this process dies in the middle of provisioning;
 2. :meth:`CloudFleet.provision` rents one VM per region of the plans, every cloud in parallel (and,
    inside each backend, every region in parallel), each VM tagged with the fleet id and its expiry
-   and set to stop then (AWS and GCP delete it, Azure deallocates it), and bootstraps them
+   and set to go then (AWS and GCP delete it, an Azure relay deletes itself), and bootstraps them
    all at once (SSH reachable, the gateway's
    dependencies, this package); on any failure everything made so far is removed and the error
    (quota and capacity errors name the region, the quota and the fix) is raised;

@@ -27,6 +27,8 @@ on loopback (``127.121.0.n``), a NIC the address of its public IP, where
 is the token service of a fake Entra ID tenant (:attr:`FakeARM.entra`, see
 :mod:`~airflow_skyplane.testing.fake_entra`): once a service principal is registered there, every
 management request needs a bearer token it issued (``401`` otherwise, as Resource Manager answers).
+A VM created with a system-assigned identity gets a principal, tokens from its metadata service, and
+is held to the roles assigned to it (:attr:`FakeARM.rbac`, see :mod:`~airflow_skyplane.testing.fake_rbac`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from airflow_skyplane.testing.fake_entra import EntraTokens
+from airflow_skyplane.testing.fake_rbac import RoleBasedAccess, action_of
 from airflow_skyplane.testing.loopback_http import serve, shut
 
 _RG = re.compile(
@@ -69,6 +72,8 @@ class FakeARM:
         self.loopback_addresses = loopback_addresses
         #: the token service of the fake tenant (its principals, the tokens it issued)
         self.entra = EntraTokens()
+        #: the VMs' managed identities, their tokens, role definitions and assignments
+        self.rbac = RoleBasedAccess()
         self.resources: dict[str, dict[str, Any]] = {}  # lower-cased id -> resource
         self._faults: dict[str, list[tuple[int, str, str]]] = {}
         self.lock = threading.Lock()
@@ -111,17 +116,23 @@ class FakeARM:
                 raw = self.rfile.read(length) if length else b""
                 headers: dict[str, str] = {}
                 token = fake.entra.answer(fake._url, self.command, self.path, raw)
+                with fake.lock:
+                    imds = fake.rbac.imds(self.path, self.headers, fake.resources)
+                    principal = fake.rbac.principal(self.headers.get("Authorization"))
                 if token is not None:
                     status, payload = token
+                elif imds is not None:  # a VM's metadata service
+                    status, payload = imds
                 elif (
                     fake.entra.enforced
+                    and principal is None
                     and not self.path.startswith("/bootdiagnostics/")
                     and not fake.entra.check(self.headers.get("Authorization"))
                 ):  # the serial log's URL carries its own SAS, as a storage account's blob does
                     status, payload = fake._error(401, "InvalidAuthenticationToken", "no valid token")
                 else:
                     body = json.loads(raw or b"{}") if raw else {}
-                    status, payload, headers = fake.answer(self.command, self.path, body)
+                    status, payload, headers = fake.answer(self.command, self.path, body, principal)
                 if isinstance(payload, str):  # a blob's text (a serial log)
                     data = payload.encode()
                 else:
@@ -172,13 +183,30 @@ class FakeARM:
         return [
             r["id"]
             for k, r in self.resources.items()
-            if k != needle and needle in json.dumps({**r, "managedBy": None}).lower()
-        ]  # a disk's managedBy does not hold its VM back: the VM's deletion detaches or deletes it
+            if k != needle
+            and needle in json.dumps({**r, "managedBy": None, "properties": {
+                **(r.get("properties") or {}), "targetResourceId": None}}).lower()
+        ]  # a disk's managedBy does not hold its VM back (the VM's deletion detaches or deletes it),
+        # nor does an auto-shutdown schedule's target (the schedule stays, targeting nothing)
 
-    def answer(self, method: str, path: str, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
-        """Status, body and headers of a request: a long-running PUT or DELETE names its operation in
-        ``Azure-AsyncOperation`` (and ``Location``, for a DELETE); the operation's URL answers its status."""
+    def answer(
+        self, method: str, path: str, body: dict[str, Any], principal: str | None = None
+    ) -> tuple[int, Any, dict[str, str]]:
+        """Status, body and headers of a request (of a managed identity ``principal``, held to its
+        roles): a long-running PUT or DELETE names its operation in ``Azure-AsyncOperation`` (and
+        ``Location``, for a DELETE); the operation's URL answers its status."""
         url = urlparse(path)
+        with self.lock:
+            kind = url.path.rsplit("/", 2)[-2].lower() if url.path.count("/") > 2 else ""
+            faults = self._faults.get(kind) if method == "PUT" else None
+            if faults and "/providers/microsoft.authorization/" in url.path.lower():
+                status, code, message = faults.pop(0)
+                return (*self._error(status, code, message or f"{code} for {kind}"), {})
+            if principal is not None and "/providers/microsoft.authorization/" in url.path.lower():
+                return (*self.rbac.refusal(principal, f"Microsoft.Authorization/{kind}/write", url.path), {})
+            role = self.rbac.authorization(method, path, body)
+        if role is not None:
+            return (*role, {})
         diagnostics = re.match(
             r"^(/subscriptions/.+/virtualMachines/([^/]+))/retrieveBootDiagnosticsData$", url.path
         )
@@ -198,7 +226,7 @@ class FakeARM:
         if url.path.startswith("/providers/skyplane.fake/operations/"):
             status, payload = self._operation_status(url.path.rsplit("/", 1)[-1])
             return status, payload, self._retry_after()
-        status, payload = self.handle(method, path, body)
+        status, payload = self.handle(method, path, body, principal)
         headers: dict[str, str] = {}
         operation = getattr(self._pending, "operation", None)
         if operation is not None:
@@ -252,10 +280,29 @@ class FakeARM:
             "properties": {"provisioningState": "Succeeded", "osType": "Linux", "diskState": "Attached"},
         }  # fmt: skip
 
+    def _taken_with(self, deleted: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every live resource deleting ``deleted`` takes with it, recursively (with the lock held)."""
+        taken = []
+        for ref in self._linked(deleted):
+            found = self.resources.get(str(ref.get("id", "")).lower())
+            if found is not None:
+                taken += [found, *self._taken_with(found)]
+        return taken
+
     def _cascade(self, deleted: dict[str, Any]) -> None:
         """What Azure deletes with a resource (with the lock held): a VM's NICs and OS disk whose
         ``deleteOption`` is ``Delete``, and a NIC's public IPs whose ``deleteOption`` is ``Delete``
-        (an OS disk kept is detached, and stays)."""
+        (an OS disk kept is detached, and stays); the role assignments at each one's scope."""
+        self.rbac.drop_scope(deleted["id"])
+        for ref in self._linked(deleted):
+            found = self.resources.pop(str(ref.get("id", "")).lower(), None)
+            if found is not None:
+                self.deleted_with.append(found["name"])
+                self._cascade(found)
+
+    def _linked(self, deleted: dict[str, Any]) -> list[dict[str, Any]]:
+        """The references of ``deleted`` to resources deleted with it; an OS disk kept is detached
+        (with the lock held)."""
         properties = deleted.get("properties") or {}
         linked = [
             ref
@@ -274,13 +321,11 @@ class FakeARM:
             ref = (config.get("properties") or {}).get("publicIPAddress") or {}
             if (ref.get("properties") or {}).get("deleteOption") == "Delete":
                 linked.append(ref)
-        for ref in linked:
-            found = self.resources.pop(str(ref.get("id", "")).lower(), None)
-            if found is not None:
-                self.deleted_with.append(found["name"])
-                self._cascade(found)
+        return linked
 
-    def handle(self, method: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+    def handle(
+        self, method: str, path: str, body: dict[str, Any], principal: str | None = None
+    ) -> tuple[int, Any]:
         url = urlparse(path)
         match = _RG.match(url.path)
         if not match:
@@ -292,6 +337,14 @@ class FakeARM:
             if provider is None:  # the resource group itself
                 return 200, {"id": rid, "name": match.group(2), "location": "westeurope",
                              "properties": {"provisioningState": "Succeeded"}}  # fmt: skip
+            if principal is not None:  # a VM's identity: its roles decide
+                targets = [self.resources.get(key) or {"id": rid, "type": f"{provider}/{rtype}"}]
+                if method == "DELETE" and key in self.resources:
+                    targets += self._taken_with(self.resources[key])
+                for target in targets:
+                    action = action_of(method, *target["type"].split("/")[:2])
+                    if not self.rbac.allowed(principal, action, target["id"]):
+                        return self.rbac.refusal(principal, action, target["id"])
             if name is None:  # a collection
                 if method != "GET":
                     return self._error(405, "MethodNotAllowed", method)
@@ -325,6 +378,7 @@ class FakeARM:
                         )
                 if rtype.lower() == "virtualmachines" and created:
                     self._os_disk(rid, name, resource, properties)
+                self.rbac.give_identity(resource, self.resources.get(key))
                 resource["properties"] = properties
                 self.resources[key] = resource
 

@@ -56,7 +56,10 @@ def backend(fake: FakeARM) -> AzureRelayBackend:
             "sub-1",
         )
 
-    return AzureRelayBackend(resource_group="relays", clients_factory=clients, connection_verify=fake.ca_file)
+    return AzureRelayBackend(
+        resource_group="relays", clients_factory=clients, base_url=fake.url,  # type: ignore[attr-defined]
+        connection_verify=fake.ca_file,
+    )  # fmt: skip
 
 
 def _spec(fleet_id: str, **kwargs: Any) -> AzureFleetSpec:
@@ -75,7 +78,7 @@ def test_a_fleet_in_two_regions_is_created_tagged_and_torn_down(
         assert sorted(vm.region for vm in vms) == ["azure:eastus", "azure:westeurope", "azure:westeurope"]
         assert all(vm.public_ip for vm in vms)
         kinds = {r["type"] for r in fake.resources.values()}
-        assert "Microsoft.DevTestLab/schedules" in kinds  # deallocation at expiry
+        assert "Microsoft.DevTestLab/schedules" in kinds  # deallocation at expiry, within a day
         [nsg] = [r for r in fake.resources.values() if r["id"].lower().endswith("skyplane-fleet-a-westeurope")
                  and r["type"].endswith("networkSecurityGroups")]  # fmt: skip
         rules = {r["name"]: r["properties"] for r in nsg["properties"]["securityRules"]}
@@ -87,8 +90,8 @@ def test_a_fleet_in_two_regions_is_created_tagged_and_torn_down(
     assert fake.tagged("skyplane-fleet", "fleet-a") == []
     # deleting a VM deleted its NIC, public IP and OS disk with it
     names = sorted(vm.instance_id for vm in vms)
-    assert sorted(n for n in fake.deleted_with if "_OsDisk_" not in n) == sorted(names * 2)
-    assert sorted(n.split("_OsDisk_")[0] for n in fake.deleted_with if "_OsDisk_" in n) == names
+    assert sorted(fake.deleted_with) == sorted([*names, *names, *(f"{n}-osdisk" for n in names)])
+    assert fake.rbac.assignments == {}  # the relays' role assignments went with their resources
     assert fake.resources == {}
     assert backend.teardown("fleet-a") == {}
     # every PUT and DELETE was a long-running operation, polled from InProgress until it Succeeded
@@ -178,3 +181,92 @@ def test_a_relays_host_keys_are_read_from_its_boot_diagnostics(
         assert backend.console_host_keys(vm) == []  # nothing printed yet
         fake.serial_output[vm.instance_id] = "booting\n" + cloud_init_console(key)
         assert backend.console_host_keys(vm) == [" ".join(key.split()[:2])]
+
+
+def _self_destruct(fake: FakeARM, script: str, vm_name: str, tmp_path: Any) -> Any:
+    """Run the self-destruct program a relay's boot script holds, as the relay ``vm_name`` would at
+    expiry: its metadata service is the fake's for that VM, Resource Manager the fake."""
+    import os
+    import subprocess
+    import sys
+
+    from airflow_skyplane.compute.azure_identity import program_of
+
+    program = tmp_path / f"self_destruct_{vm_name}.py"
+    program.write_text(program_of(script))
+    env = {**os.environ, "SKYPLANE_IMDS_ENDPOINT": f"{fake.url}/imds/{vm_name}",  # type: ignore[attr-defined]
+           "SSL_CERT_FILE": fake.ca_file}  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(program)], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def _boot_script(fake: FakeARM, backend: AzureRelayBackend, vm_name: str) -> str:
+    import base64
+
+    body = fake.resources[backend._id("Microsoft.Compute/virtualMachines", vm_name).lower()]
+    return base64.b64decode(body["properties"]["osProfile"]["customData"]).decode()
+
+
+def test_a_relay_deletes_itself_with_its_own_identity_and_only_itself(
+    fake: FakeARM, backend: AzureRelayBackend, tmp_path: Any
+) -> None:
+    from airflow_skyplane.compute.azure_identity import SELF_DELETE_ACTIONS, self_destruct_program
+
+    expires_at = time.time() + 3600
+    vms = backend.provision(_spec("fleet-sd", regions={"azure:eastus": 2}, expires_at=expires_at))
+    first, second = sorted(vm.instance_id for vm in vms)
+    script = _boot_script(fake, backend, first)
+    assert f"delay=$(( {int(expires_at)} - $(date +%s) ))" in script and "systemd-run" in script
+    # the relay's identity holds a role of deletions only, on the relay's own resources only
+    principal = fake.resources[backend._id("Microsoft.Compute/virtualMachines", first).lower()]["identity"][
+        "principalId"
+    ]
+    scopes = sorted(
+        a["properties"]["scope"].rsplit("/providers/", 1)[-1]
+        for a in fake.rbac.assignments.values()
+        if a["properties"]["principalId"] == principal
+    )
+    assert scopes == sorted([f"Microsoft.Compute/virtualMachines/{first}",
+                             f"Microsoft.Network/networkInterfaces/{first}",
+                             f"Microsoft.Network/publicIPAddresses/{first}",
+                             f"Microsoft.Compute/disks/{first}-osdisk"])  # fmt: skip
+    [role] = fake.rbac.definitions.values()
+    assert role["properties"]["permissions"][0]["actions"] == list(SELF_DELETE_ACTIONS)
+
+    # its identity cannot delete another relay of the fleet
+    other = backend._id("Microsoft.Compute/virtualMachines", second)
+    stolen = script.replace(
+        self_destruct_program(backend._id("Microsoft.Compute/virtualMachines", first), fake.url, "2024-07-01"),  # type: ignore[attr-defined]
+        self_destruct_program(other, fake.url, "2024-07-01"),  # type: ignore[attr-defined]
+    )
+    refused = _self_destruct(fake, stolen, first, tmp_path)
+    assert refused.returncode == 1 and "AuthorizationFailed" in refused.stderr, refused.stderr
+    assert other.lower() in fake.resources
+
+    # at expiry, its own deletion reaches Resource Manager and takes its NIC, public IP and disk
+    done = _self_destruct(fake, script, first, tmp_path)
+    assert done.returncode == 0 and "Succeeded" in done.stderr, done.stderr
+    left = {r["name"] for r in fake.resources.values()}
+    assert not {first, f"{first}-osdisk"} & left and second in left
+    assert sorted(n for n in fake.deleted_with) == sorted([first, first, f"{first}-osdisk"])
+    assert not any(a["properties"]["principalId"] == principal for a in fake.rbac.assignments.values())
+    backend.teardown("fleet-sd")  # the rest: the other relay, the region's network
+    assert fake.tagged("skyplane-fleet", "fleet-sd") == []
+
+
+def test_a_relay_whose_identity_lacks_the_role_logs_it_and_the_sweeper_removes_it(
+    fake: FakeARM, backend: AzureRelayBackend, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    fake.fail_next("roleAssignments", 403, "AuthorizationFailed", "no roleAssignments/write on the group")
+    with caplog.at_level(logging.WARNING, logger="airflow_skyplane.compute.azure_identity"):
+        [vm] = backend.provision(_spec("fleet-norole", regions={"azure:eastus": 1}, expires_at=time.time() + 60))
+    assert "cannot delete itself at expiry" in caplog.text and "AuthorizationFailed" in caplog.text
+    refused = _self_destruct(fake, _boot_script(fake, backend, vm.instance_id), vm.instance_id, tmp_path)
+    assert refused.returncode == 1 and "refused to delete" in refused.stderr, refused.stderr
+    assert "the sweeper deletes it" in refused.stderr
+    assert backend._id("Microsoft.Compute/virtualMachines", vm.instance_id).lower() in fake.resources
+    assert sweep(backend, now=time.time() + 120) == ["fleet-norole"]
+    assert fake.tagged("skyplane-fleet", "fleet-norole") == [] and fake.resources == {}
