@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from airflow_skyplane.compute.azure_identity import SelfDeleteGrants, boot_script
 from airflow_skyplane.compute.relays import (
     GATEWAY_PORTS,
     RELAY_USER,
@@ -47,7 +48,6 @@ from airflow_skyplane.compute.relays import (
     per_region,
     relay_fleet,
 )
-from airflow_skyplane.compute.azure_identity import SelfDeleteGrants, boot_script
 from airflow_skyplane.exceptions import InvalidInputError
 
 AZURE_MANAGEMENT_ENDPOINT = "https://management.azure.com"
@@ -334,7 +334,9 @@ class AzureRelayBackend:
         for index in range(count):
             name = f"{base}-{index}"
             vm_id = self._id("Microsoft.Compute/virtualMachines", name)
-            script = boot_script(vm_id, spec.expires_at, management, _API["Microsoft.Compute/virtualMachines"])
+            script = boot_script(
+                vm_id, spec.expires_at, management, _API["Microsoft.Compute/virtualMachines"]
+            )
             custom_data = base64.b64encode(script.encode()).decode()
             ip = self._put("Microsoft.Network/publicIPAddresses", name, {
                 "location": location, "tags": tags, "sku": {"name": "Standard"},

@@ -68,7 +68,9 @@ def say(message):
 
 def main():
     query = urllib.parse.urlencode({{"api-version": "2018-02-01", "resource": MANAGEMENT + "/"}})
-    ask = urllib.request.Request(IMDS + "/metadata/identity/oauth2/token?" + query, headers={{"Metadata": "true"}})
+    ask = urllib.request.Request(
+        IMDS + "/metadata/identity/oauth2/token?" + query, headers={{"Metadata": "true"}}
+    )
     try:
         with urllib.request.urlopen(ask, timeout=30) as answer:
             token = json.loads(answer.read())["access_token"]
@@ -77,7 +79,9 @@ def main():
             % (IMDS, type(err).__name__, str(err)[:300]))
         return 1
     auth = {{"Authorization": "Bearer " + token}}
-    delete = urllib.request.Request(MANAGEMENT + VM_ID + "?api-version=" + API_VERSION, method="DELETE", headers=auth)
+    delete = urllib.request.Request(
+        MANAGEMENT + VM_ID + "?api-version=" + API_VERSION, method="DELETE", headers=auth
+    )
     try:
         with urllib.request.urlopen(delete, timeout=60) as answer:
             status, headers = answer.status, answer.headers
@@ -97,7 +101,8 @@ def main():
         pause = headers.get("x-ms-retry-after-ms")
         time.sleep(min(30.0, float(pause) / 1000 if pause else float(headers.get("Retry-After") or 5)))
         try:
-            with urllib.request.urlopen(urllib.request.Request(operation, headers=auth), timeout=60) as answer:
+            poll = urllib.request.Request(operation, headers=auth)
+            with urllib.request.urlopen(poll, timeout=60) as answer:
                 headers, state = answer.headers, json.loads(answer.read()).get("status")
         except (OSError, ValueError):
             continue
@@ -130,8 +135,8 @@ def boot_script(vm_id: str, expires_at: float, management_endpoint: str, api_ver
         f"mkdir -p {PROGRAM_PATH.rsplit('/', 1)[0]}\n"
         f"cat > {PROGRAM_PATH} <<'{_HEREDOC}'\n{program}{_HEREDOC}\n"
         f"delay=$(( {int(expires_at)} - $(date +%s) ))\n"
-        "[ \"$delay\" -lt 60 ] && delay=60\n"
-        "systemd-run --unit=skyplane-self-destruct --on-active=\"${delay}s\" /bin/sh -c "
+        '[ "$delay" -lt 60 ] && delay=60\n'
+        'systemd-run --unit=skyplane-self-destruct --on-active="${delay}s" /bin/sh -c '
         f"'python3 {PROGRAM_PATH} 2>&1 | logger -t skyplane-self-destruct; shutdown -h now'\n"
         "shutdown -h +$(( delay / 60 + 15 ))\n"
     )
@@ -180,7 +185,8 @@ class SelfDeleteGrants:
         if self._defined is None:
             scope = f"/subscriptions/{self.subscription}/resourceGroups/{self.resource_group}"
             response = self._put(self.role_id, {"properties": {
-                "roleName": f"airflow-skyplane relay self-delete ({self.subscription[:8]}/{self.resource_group})",
+                "roleName": f"airflow-skyplane relay self-delete "
+                            f"({self.subscription[:8]}/{self.resource_group})",
                 "description": "Lets an airflow-skyplane relay VM delete itself at its fleet's expiry",
                 "type": "CustomRole",
                 "permissions": [{"actions": list(SELF_DELETE_ACTIONS), "notActions": []}],

@@ -184,8 +184,14 @@ class FakeARM:
             r["id"]
             for k, r in self.resources.items()
             if k != needle
-            and needle in json.dumps({**r, "managedBy": None, "properties": {
-                **(r.get("properties") or {}), "targetResourceId": None}}).lower()
+            and needle
+            in json.dumps(
+                {
+                    **r,
+                    "managedBy": None,
+                    "properties": {**(r.get("properties") or {}), "targetResourceId": None},
+                }
+            ).lower()
         ]  # a disk's managedBy does not hold its VM back (the VM's deletion detaches or deletes it),
         # nor does an auto-shutdown schedule's target (the schedule stays, targeting nothing)
 

@@ -43,6 +43,8 @@ class RoleBasedAccess:
         self.definitions: dict[str, dict[str, Any]] = {}  # lower-cased id -> role definition
         self.assignments: dict[str, dict[str, Any]] = {}  # lower-cased id -> role assignment
         self._tokens: dict[str, tuple[str, float]] = {}  # token -> (principal id, expiry)
+        #: the scope of every role assignment made
+        self.assigned: list[str] = []
         #: (principal id, action, resource id) of every request an identity was refused
         self.refused: list[tuple[str, str, str]] = []
 
@@ -69,16 +71,27 @@ class RoleBasedAccess:
         if not match:
             return None
         if headers.get("Metadata") != "true":
-            return 400, {"error": "bad_request", "error_description": "Required metadata header not specified"}
-        [vm] = [r for r in resources.values()
-                if r.get("type") == "Microsoft.Compute/virtualMachines" and r["name"] == match["vm"]] or [{}]  # fmt: skip
-        principal = (vm.get("identity") or {}).get("principalId")
+            return 400, {
+                "error": "bad_request",
+                "error_description": "Required metadata header not specified",
+            }
+        vms = [
+            r
+            for r in resources.values()
+            if r.get("type") == "Microsoft.Compute/virtualMachines" and r["name"] == match["vm"]
+        ]
+        principal = ((vms[0] if vms else {}).get("identity") or {}).get("principalId")
         if not principal:
             return 400, {"error": "invalid_request", "error_description": "Identity not found"}
         token = secrets.token_urlsafe(24)
         self._tokens[token] = (principal, time.time() + 3600)
         resource = parse_qs(url.query).get("resource", [""])[0]
-        return 200, {"access_token": token, "expires_in": "3600", "resource": resource, "token_type": "Bearer"}
+        return 200, {
+            "access_token": token,
+            "expires_in": "3600",
+            "resource": resource,
+            "token_type": "Bearer",
+        }
 
     def authorization(self, method: str, path: str, body: dict[str, Any]) -> tuple[int, Any] | None:
         """The answer to a request of a role definition or assignment, or None when it is none."""
@@ -92,6 +105,7 @@ class RoleBasedAccess:
                                   "type": f"Microsoft.Authorization/{match['kind']}"}  # fmt: skip
             if store is self.assignments:
                 store[rid.lower()]["properties"]["scope"] = match["scope"]
+                self.assigned.append(match["scope"])
             return 201, store[rid.lower()]
         if method == "GET":
             found = store.get(rid.lower())
@@ -107,7 +121,9 @@ class RoleBasedAccess:
         for assignment in self.assignments.values():
             properties = assignment.get("properties") or {}
             scope = str(properties.get("scope", "")).lower()
-            if properties.get("principalId") != principal or not (target == scope or target.startswith(scope + "/")):
+            if properties.get("principalId") != principal or not (
+                target == scope or target.startswith(scope + "/")
+            ):
                 continue
             role = self.definitions.get(str(properties.get("roleDefinitionId", "")).lower()) or {}
             for permission in (role.get("properties") or {}).get("permissions") or []:

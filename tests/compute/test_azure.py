@@ -237,7 +237,9 @@ def test_a_relay_deletes_itself_with_its_own_identity_and_only_itself(
     # its identity cannot delete another relay of the fleet
     other = backend._id("Microsoft.Compute/virtualMachines", second)
     stolen = script.replace(
-        self_destruct_program(backend._id("Microsoft.Compute/virtualMachines", first), fake.url, "2024-07-01"),  # type: ignore[attr-defined]
+        self_destruct_program(
+            backend._id("Microsoft.Compute/virtualMachines", first), fake.url, "2024-07-01"
+        ),  # type: ignore[attr-defined]
         self_destruct_program(other, fake.url, "2024-07-01"),  # type: ignore[attr-defined]
     )
     refused = _self_destruct(fake, stolen, first, tmp_path)
@@ -262,7 +264,9 @@ def test_a_relay_whose_identity_lacks_the_role_logs_it_and_the_sweeper_removes_i
 
     fake.fail_next("roleAssignments", 403, "AuthorizationFailed", "no roleAssignments/write on the group")
     with caplog.at_level(logging.WARNING, logger="airflow_skyplane.compute.azure_identity"):
-        [vm] = backend.provision(_spec("fleet-norole", regions={"azure:eastus": 1}, expires_at=time.time() + 60))
+        [vm] = backend.provision(
+            _spec("fleet-norole", regions={"azure:eastus": 1}, expires_at=time.time() + 60)
+        )
     assert "cannot delete itself at expiry" in caplog.text and "AuthorizationFailed" in caplog.text
     refused = _self_destruct(fake, _boot_script(fake, backend, vm.instance_id), vm.instance_id, tmp_path)
     assert refused.returncode == 1 and "refused to delete" in refused.stderr, refused.stderr

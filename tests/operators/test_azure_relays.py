@@ -130,7 +130,10 @@ def test_a_transfer_through_azure_relay_vms_is_byte_exact_and_leaves_nothing(
     assert arm.seen_statuses and all(s[-1] == "Succeeded" for s in arm.seen_statuses.values())
     assert any(len(s) > 1 for s in arm.seen_statuses.values())
     # each VM's OS disk, NIC and public IP went with it
-    assert sum("_OsDisk_" in name for name in arm.deleted_with) == len(relays)
+    assert sum(name.endswith("-osdisk") for name in arm.deleted_with) == len(relays)
+    # each VM's identity was given the self-delete role on its own resources, gone with them
+    assert len(arm.rbac.definitions) == 1 and len(arm.rbac.assigned) == 4 * len(relays)
+    assert arm.rbac.assignments == {}
     _assert_nothing_left(arm, vms, state_dir)
     assert caplog.text.count("host key pinned from the azure console") == len(relays)
     assert "trusted at the first connection" not in caplog.text
