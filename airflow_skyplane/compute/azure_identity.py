@@ -25,6 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -205,37 +206,42 @@ class SelfDeleteGrants:
         return self._defined
 
     def grant(self, vm_name: str, principal_id: str | None, scopes: Iterable[str]) -> bool:
-        """Assign the role to the VM's identity at each of ``scopes`` (its own resources). A new
-        identity may be unknown to authorization for a while (``PrincipalNotFound``): asked again,
-        for :data:`PRINCIPAL_WAIT_S` at most. False (logged) when refused."""
+        """Assign the role to the VM's identity at each of ``scopes`` (its own resources), all at
+        once. False (logged) when refused."""
         if not self.define():
             return False
         if not principal_id:
             log.warning("relay %s has no managed identity: it cannot delete itself at expiry", vm_name)
             return False
-        for scope in scopes:
-            name = uuid.uuid5(uuid.NAMESPACE_URL, f"{scope.lower()}|{principal_id}")
-            path = f"{scope}/providers/Microsoft.Authorization/roleAssignments/{name}"
-            body = {"properties": {"roleDefinitionId": self.role_id, "principalId": principal_id,
-                                   "principalType": "ServicePrincipal"}}  # fmt: skip
-            deadline, pause = time.monotonic() + PRINCIPAL_WAIT_S, 1.0
-            while True:
-                response = self._put(path, body)
-                if response.status_code in (200, 201):
-                    break
-                code, message = self._error(response)
-                if code == "RoleAssignmentExists":
-                    break
-                if code == "PrincipalNotFound" and time.monotonic() < deadline:
-                    time.sleep(pause)
-                    pause = min(pause * 2, 10.0)
-                    continue
-                log.warning(
-                    "relay %s cannot delete itself at expiry: assigning it the self-delete role on %s "
-                    "was refused (%s: %s); give the connection Microsoft.Authorization/roleAssignments/"
-                    "write on the group (docs/connections.md). It powers off at expiry, and teardown "
-                    "or the sweeper deletes it",
-                    vm_name, scope.rsplit("/", 1)[-1], code, message,
-                )  # fmt: skip
-                return False
-        return True
+        targets = list(scopes)
+        with ThreadPoolExecutor(max_workers=len(targets) or 1) as pool:
+            refusals = [r for r in pool.map(lambda scope: self._assign(principal_id, scope), targets) if r]
+        if refusals:
+            log.warning(
+                "relay %s cannot delete itself at expiry: assigning it the self-delete role was refused "
+                "(%s); give the connection Microsoft.Authorization/roleAssignments/write on the group "
+                "(docs/connections.md). It powers off at expiry, and teardown or the sweeper deletes it",
+                vm_name, "; ".join(refusals),
+            )  # fmt: skip
+        return not refusals
+
+    def _assign(self, principal_id: str, scope: str) -> str:
+        """Assign the role at ``scope``; the refusal, or "" once done. A new identity may be unknown
+        to authorization for a while (``PrincipalNotFound``): asked again, for
+        :data:`PRINCIPAL_WAIT_S` at most."""
+        name = uuid.uuid5(uuid.NAMESPACE_URL, f"{scope.lower()}|{principal_id}")
+        path = f"{scope}/providers/Microsoft.Authorization/roleAssignments/{name}"
+        body = {"properties": {"roleDefinitionId": self.role_id, "principalId": principal_id,
+                               "principalType": "ServicePrincipal"}}  # fmt: skip
+        deadline, pause = time.monotonic() + PRINCIPAL_WAIT_S, 1.0
+        while True:
+            response = self._put(path, body)
+            if response.status_code in (200, 201):
+                return ""
+            code, message = self._error(response)
+            if code == "RoleAssignmentExists":
+                return ""
+            if code != "PrincipalNotFound" or time.monotonic() >= deadline:
+                return f"on {scope.rsplit('/', 1)[-1]}: {code}: {message}"
+            time.sleep(pause)
+            pause = min(pause * 2, 10.0)

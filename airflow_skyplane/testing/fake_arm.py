@@ -119,6 +119,9 @@ class FakeARM:
                 with fake.lock:
                     imds = fake.rbac.imds(self.path, self.headers, fake.resources)
                     principal = fake.rbac.principal(self.headers.get("Authorization"))
+                    client = fake.entra.client_of(self.headers.get("Authorization"))
+                    if principal is None and client in fake.rbac.enforced:
+                        principal = client  # a service principal held to its roles
                 if token is not None:
                     status, payload = token
                 elif imds is not None:  # a VM's metadata service
@@ -126,6 +129,7 @@ class FakeARM:
                 elif (
                     fake.entra.enforced
                     and principal is None
+                    and client is None
                     and not self.path.startswith("/bootdiagnostics/")
                     and not fake.entra.check(self.headers.get("Authorization"))
                 ):  # the serial log's URL carries its own SAS, as a storage account's blob does
@@ -209,7 +213,10 @@ class FakeARM:
                 status, code, message = faults.pop(0)
                 return (*self._error(status, code, message or f"{code} for {kind}"), {})
             if principal is not None and "/providers/microsoft.authorization/" in url.path.lower():
-                return (*self.rbac.refusal(principal, f"Microsoft.Authorization/{kind}/write", url.path), {})
+                collection = "roleDefinitions" if kind == "roledefinitions" else "roleAssignments"
+                action, scope = f"Microsoft.Authorization/{collection}/write", url.path.rsplit("/", 4)[0]
+                if not self.rbac.allowed(principal, action, scope):
+                    return (*self.rbac.refusal(principal, action, url.path), {})
             role = self.rbac.authorization(method, path, body)
         if role is not None:
             return (*role, {})
@@ -217,6 +224,9 @@ class FakeARM:
             r"^(/subscriptions/.+/virtualMachines/([^/]+))/retrieveBootDiagnosticsData$", url.path
         )
         if diagnostics and method == "POST":
+            action = "Microsoft.Compute/virtualMachines/retrieveBootDiagnosticsData/action"
+            if principal is not None and not self.rbac.allowed(principal, action, diagnostics.group(1)):
+                return (*self.rbac.refusal(principal, action, diagnostics.group(1)), {})
             with self.lock:
                 if diagnostics.group(1).lower() not in self.resources:
                     return (*self._error(404, "ResourceNotFound", "no such virtual machine"), {})
@@ -341,9 +351,12 @@ class FakeARM:
         key = rid.lower()
         with self.lock:
             if provider is None:  # the resource group itself
+                action = "Microsoft.Resources/subscriptions/resourceGroups/read"
+                if principal is not None and not self.rbac.allowed(principal, action, rid):
+                    return self.rbac.refusal(principal, action, rid)
                 return 200, {"id": rid, "name": match.group(2), "location": "westeurope",
                              "properties": {"provisioningState": "Succeeded"}}  # fmt: skip
-            if principal is not None:  # a VM's identity: its roles decide
+            if principal is not None:  # an identity held to its roles
                 targets = [self.resources.get(key) or {"id": rid, "type": f"{provider}/{rtype}"}]
                 if method == "DELETE" and key in self.resources:
                     targets += self._taken_with(self.resources[key])

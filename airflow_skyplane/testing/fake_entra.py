@@ -72,6 +72,12 @@ class EntraTokens:
             self.issued.append((tenant, client_id, form.get("scope", "")))
         return 200, {"token_type": "Bearer", "expires_in": self.lifetime_s, "access_token": token}
 
+    def client_of(self, authorization: str | None) -> str | None:
+        """The client id of the live token ``authorization`` carries, or None."""
+        with self._lock:
+            found = self._tokens.get((authorization or "").removeprefix("Bearer "))
+        return found[0] if found is not None and found[1] > time.time() else None
+
     def check(self, authorization: str | None) -> bool:
         """Whether ``authorization`` (a request's header) carries a live token issued here."""
         if not authorization or not authorization.startswith("Bearer "):

@@ -10,7 +10,9 @@ Manager keeps them, and a request bearing an identity's token is held to them: i
 only where an assignment of a role holding that action covers the resource (the resource itself or a
 scope above it). A deletion must be allowed on every resource it takes with it (a VM's NIC, public IP
 and disk): the stricter reading of what Resource Manager asks. Assignments go with their scope's
-resource. The worker's own tokens (a service principal's) are not held to roles.
+resource. A service principal's tokens (the worker's) are held to roles once a test gives it some
+(:meth:`RoleBasedAccess.enforce`, e.g. the custom role docs/connections.md documents, read by
+:func:`documented_actions`); a reference to another resource (``join/action``) is not checked.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class RoleBasedAccess:
         self.definitions: dict[str, dict[str, Any]] = {}  # lower-cased id -> role definition
         self.assignments: dict[str, dict[str, Any]] = {}  # lower-cased id -> role assignment
         self._tokens: dict[str, tuple[str, float]] = {}  # token -> (principal id, expiry)
+        #: service principals (client ids) held to their roles, as the VMs' identities always are
+        self.enforced: set[str] = set()
         #: the scope of every role assignment made
         self.assigned: list[str] = []
         #: (principal id, action, resource id) of every request an identity was refused
@@ -114,6 +118,16 @@ class RoleBasedAccess:
             return (200, store.pop(rid.lower())) if rid.lower() in store else (204, None)
         return _error(405, "MethodNotAllowed", method)
 
+    def enforce(self, principal: str, actions: list[str], scope: str) -> None:
+        """Hold ``principal`` (a service principal's client id) to a custom role of ``actions``
+        assigned at ``scope``."""
+        role = f"{scope}/providers/Microsoft.Authorization/roleDefinitions/{uuid.uuid4()}"
+        self.definitions[role.lower()] = {"id": role, "properties": {"permissions": [{"actions": actions}]}}
+        assignment = f"{scope}/providers/Microsoft.Authorization/roleAssignments/{uuid.uuid4()}"
+        self.assignments[assignment.lower()] = {"id": assignment, "properties": {
+            "scope": scope, "principalId": principal, "roleDefinitionId": role}}  # fmt: skip
+        self.enforced.add(principal)
+
     def allowed(self, principal: str, action: str, resource_id: str) -> bool:
         """Whether an assignment of ``principal`` covers ``resource_id`` with a role holding ``action``
         (noted in :attr:`refused` when not)."""
@@ -145,6 +159,24 @@ class RoleBasedAccess:
         for key in [k for k, a in self.assignments.items()
                     if str((a.get("properties") or {}).get("scope", "")).lower() == scope]:  # fmt: skip
             del self.assignments[key]
+
+
+def documented_actions(text: str) -> list[str]:
+    """The actions of the first code block under ``### Azure`` in ``text`` (docs/connections.md):
+    ``Microsoft.X/y/read  .../write`` is ``Microsoft.X/y/read`` and ``Microsoft.X/y/write``."""
+    section = text.split("### Azure", 1)[1]
+    block = section.split("```", 2)[1]
+    actions = []
+    for line in block.splitlines():
+        words = line.split()
+        if not words:
+            continue
+        first = words[0]
+        base = first.rsplit("/", 1)[0]
+        actions.append(first)
+        for word in words[1:]:
+            actions.append(base + word[3:] if word.startswith(".../") else word)
+    return actions
 
 
 def action_of(method: str, provider: str, rtype: str) -> str:

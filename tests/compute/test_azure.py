@@ -274,3 +274,39 @@ def test_a_relay_whose_identity_lacks_the_role_logs_it_and_the_sweeper_removes_i
     assert backend._id("Microsoft.Compute/virtualMachines", vm.instance_id).lower() in fake.resources
     assert sweep(backend, now=time.time() + 120) == ["fleet-norole"]
     assert fake.tagged("skyplane-fleet", "fleet-norole") == [] and fake.resources == {}
+
+
+def test_a_connection_without_the_right_to_assign_roles_gets_relays_that_cannot_delete_themselves(
+    fake: FakeARM, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The connection's service principal, logged in at the fake Entra ID, held to the role
+    docs/connections.md documents less ``roleAssignments/write``: the fleet is made and torn down,
+    each relay's missing self-deletion is logged, and the refusal came from the role check."""
+    import json
+    import logging
+    from pathlib import Path
+
+    from airflow_skyplane.testing.fake_rbac import documented_actions
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "connections.md").read_text()
+    fake.entra.add_principal("tenant-1", "app-id", "app-secret")
+    lacking = "Microsoft.Authorization/roleAssignments/write"
+    actions = [a for a in documented_actions(docs) if a != lacking]
+    fake.rbac.enforce("app-id", actions, "/subscriptions/sub-1/resourceGroups/relays")
+    conn = {"conn_type": "azure", "login": "app-id", "password": "app-secret",
+            "extra": {"tenantId": "tenant-1", "subscriptionId": "sub-1"}}  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_AZURE_RELAYS", json.dumps(conn))
+    backend = AzureRelayBackend(
+        resource_group="relays", azure_conn_id="azure_relays", base_url=fake.url,  # type: ignore[attr-defined]
+        authority=fake.url, connection_verify=fake.ca_file,  # type: ignore[attr-defined]
+    )  # fmt: skip
+    logger = logging.getLogger("airflow_skyplane.compute.azure_identity")
+    logger.addHandler(caplog.handler)  # Airflow's logging, set up by the connection, may not propagate
+    try:
+        with azure_fleet(backend, _spec("fleet-rbac", regions={"azure:eastus": 1})) as vms:
+            assert len(vms) == 1
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "cannot delete itself at expiry" in caplog.text and "roleAssignments/write" in caplog.text
+    assert {(p, a) for p, a, _ in fake.rbac.refused} == {("app-id", lacking)}
+    assert fake.tagged("skyplane-fleet", "fleet-rbac") == []

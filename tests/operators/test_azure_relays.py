@@ -5,7 +5,8 @@ The fake of Resource Manager (:class:`~airflow_skyplane.testing.fake_arm.FakeARM
 management API over HTTPS with long-running operations, and the token service of a fake Entra ID
 tenant that knows one service principal: the ``azure_default`` connection's (its login, password,
 ``tenantId`` and ``subscriptionId``), which the backend logs in with through azure-identity, as it
-would at Microsoft. The settings ``azure_management_endpoint``, ``azure_authority_host`` and
+would at Microsoft, and which may do exactly the actions docs/connections.md lists, on the relays'
+resource group. The settings ``azure_management_endpoint``, ``azure_authority_host`` and
 ``azure_ca_bundle`` point the SDKs at the fake. :meth:`EmulatedVMs.on_fake_arm` brings each VM to
 life as an sshd on the loopback address of its public IP and prints its host key to the VM's boot
 diagnostics, where the worker reads it before the first connection. After every case: no VM, NIC,
@@ -31,6 +32,7 @@ from airflow_skyplane.exceptions import TransferError
 from airflow_skyplane.operators.plan_files import read_plans
 from airflow_skyplane.operators.transfer import SkyplaneTransferOperator
 from airflow_skyplane.testing.fake_arm import FakeARM
+from airflow_skyplane.testing.fake_rbac import documented_actions
 from airflow_skyplane.testing.sky import EmulatedSky
 from airflow_skyplane.testing.vms import EmulatedVMs
 
@@ -48,6 +50,11 @@ def arm_vms(
     with FakeARM(loopback_addresses=True) as arm:
         url = arm.start()
         arm.entra.add_principal(TENANT, CLIENT_ID, CLIENT_SECRET)
+        # the connection may do exactly what docs/connections.md lists, on the relays' group
+        docs = (Path(__file__).resolve().parents[2] / "docs" / "connections.md").read_text()
+        arm.rbac.enforce(
+            CLIENT_ID, documented_actions(docs), "/subscriptions/sub-relays/resourceGroups/relays"
+        )
         connection = {"conn_type": "azure", "login": CLIENT_ID, "password": CLIENT_SECRET,
                       "extra": {"tenantId": TENANT, "subscriptionId": "sub-relays"}}  # fmt: skip
         monkeypatch.setenv("AIRFLOW_CONN_AZURE_DEFAULT", json.dumps(connection))
@@ -132,8 +139,9 @@ def test_a_transfer_through_azure_relay_vms_is_byte_exact_and_leaves_nothing(
     # each VM's OS disk, NIC and public IP went with it
     assert sum(name.endswith("-osdisk") for name in arm.deleted_with) == len(relays)
     # each VM's identity was given the self-delete role on its own resources, gone with them
-    assert len(arm.rbac.definitions) == 1 and len(arm.rbac.assigned) == 4 * len(relays)
-    assert arm.rbac.assignments == {}
+    assert len(arm.rbac.assigned) == 4 * len(relays)
+    assert [a for a in arm.rbac.assignments.values() if a["properties"]["principalId"] != CLIENT_ID] == []
+    assert arm.rbac.refused == []  # the documented actions were enough for every call
     _assert_nothing_left(arm, vms, state_dir)
     assert caplog.text.count("host key pinned from the azure console") == len(relays)
     assert "trusted at the first connection" not in caplog.text

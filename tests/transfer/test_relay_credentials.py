@@ -51,8 +51,12 @@ def test_a_role_that_falls_due_while_the_stores_open_waits_for_the_next_poll(tmp
     before it is tried again, which a session of seconds does not survive)."""
     creds = RelayCredentials(tmp_path, transfer_id="t" * 16, expires_at=1e9)
     for role, issued in (("source", 1000.0), ("destination", 1000.1)):
-        grant = Grant(bucket="b", prefixes=("p/",), write=role == "destination", expires_at=1e9, session_name="s")
-        creds.entries[role] = _Entry(role, "s3", "s3://b/p/", tmp_path / role, grant, issued, issued + 5.0, "")
+        grant = Grant(
+            bucket="b", prefixes=("p/",), write=role == "destination", expires_at=1e9, session_name="s"
+        )
+        creds.entries[role] = _Entry(
+            role, "s3", "s3://b/p/", tmp_path / role, grant, issued, issued + 5.0, ""
+        )
     assert creds.due(now=1002.55) == ["source"]
     assert creds.renew({}, (), now=1002.7, roles=[]) == []
     assert creds.entries["destination"].retry_at == 0.0 and creds.due(now=1002.7) == ["source", "destination"]
