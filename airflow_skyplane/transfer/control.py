@@ -26,7 +26,13 @@ SWEEP_S = 1.0
 GRACE_S = 1.0
 
 
-class Receipt(TypedDict):
+class _ReceiptMarks(TypedDict, total=False):
+    #: for an object written whole: the algorithm (``md5``, ``crc32c``) of the checksum the store
+    #: computed of what it stored, returned by the write and checked by the writer; absent otherwise
+    confirmed: str
+
+
+class Receipt(_ReceiptMarks):
     """What a writing gateway returns for one chunk it wrote (and a resumable transfer records)."""
 
     key: str

@@ -146,6 +146,7 @@ class TransferJob:
             destination_prefix=self.destination_prefix, chunk_size=self._tune, objects=self.objects,
             uploads=self.uploads, on_object=take_over, kept=self.resume.kept,
             on_chunk=lambda c: completion.expect(c.key, c.parts),
+            batch_objects=lambda: self.tuning.batch_objects if self.tuning else tuning.MAX_BATCH_OBJECTS,
         )  # fmt: skip
         self.resume.chunk_size = written.chunk_size
         self.chunks_to_send = written.chunks
@@ -166,6 +167,7 @@ class TransferJob:
             self.overlay, work, chunk_size=self.resume.chunk_size or self.options.chunk_size,
             min_part_size=self.destination.min_part_size, max_inflight_mb=self.options.max_inflight_mb,
             shared_cpus=self.backend.shared_cpus, workers=self.backend.gateway_workers,
+            write_rate=self.destination.write_rate,
         )  # fmt: skip
         return self.tuning.chunk_size
 

@@ -97,6 +97,7 @@ def write_manifest(
     on_object: Callable[[str, ObjectInfo], None] = lambda rel, info: None,
     kept: Mapping[str, set[int]] | None = None,
     on_chunk: Callable[[Chunk], None] = lambda chunk: None,
+    batch_objects: Callable[[], int] = lambda: 256,
 ) -> Manifest:
     """Record ``listed`` (full keys under ``source_prefix``) and cut it into the manifest's chunks.
 
@@ -106,7 +107,8 @@ def write_manifest(
     ``on_object`` sees each object before its chunks are cut, so it can fill ``kept`` (relative key
     -> part numbers a previous try wrote, which are not sent again) and ``uploads`` (uploads it
     continues); an upload is begun for every other striped object. ``on_chunk`` sees every chunk of
-    every object, sent or kept.
+    every object, sent or kept. ``batch_objects`` gives the most small objects one batch holds,
+    once the chunk size is chosen (the tuning decides both from the listed work).
     """
     kept = kept if kept is not None else {}
     manifest = workdir / MANIFEST_FILE
@@ -128,7 +130,8 @@ def write_manifest(
     begin: set[str] = set()
     with _private_text(manifest) as f:
         for batch in batch_small(
-            c for c in _seen(chunks, on_chunk) if c.part_number not in kept.get(c.key, ())
+            (c for c in _seen(chunks, on_chunk) if c.part_number not in kept.get(c.key, ())),
+            max_count=batch_objects(),
         ):
             sent += len(batch)
             entries = [
