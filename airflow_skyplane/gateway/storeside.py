@@ -357,6 +357,8 @@ class DestinationWriter:
         }
         if confirmed:
             receipt["confirmed"] = confirmed
+        if header.part_number and header.offset + len(data) == header.object_size:
+            receipt["last"] = True  # its part number is the object's number of parts
         return receipt, header.chunk_id
 
     def _confirm(self, key: str, data: bytes | bytearray, stored: Checksum, crc32c: int | None) -> int | None:

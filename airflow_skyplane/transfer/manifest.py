@@ -82,6 +82,8 @@ class Manifest:
     path: Path
     chunks: int
     chunk_size: int
+    #: objects sent whole (none of their chunks kept from a previous try): what progress counts
+    objects: int = 0
 
 
 def write_manifest(
@@ -112,7 +114,7 @@ def write_manifest(
     """
     kept = kept if kept is not None else {}
     manifest = workdir / MANIFEST_FILE
-    sent = largest = total = 0
+    sent = largest = total = whole = 0
     with _private_text(workdir / OBJECTS_FILE) as inventory:
         for info in listed:
             if not info.key.startswith(source_prefix):
@@ -134,6 +136,7 @@ def write_manifest(
             max_count=batch_objects(),
         ):
             sent += len(batch)
+            whole += sum(1 for c in batch if c.part_number <= 1 and not kept.get(c.key))
             entries = [
                 {"chunk_id": c.chunk_id, "key": c.key, "offset": c.offset, "length": c.length,
                  "object_size": c.object_size, "part_number": c.part_number, "parts": c.parts}
@@ -142,7 +145,7 @@ def write_manifest(
             f.write(json.dumps(entries[0] if len(entries) == 1 else {"chunks": entries}) + "\n")
             begin.update(c.key for c in batch if c.is_part and c.key not in uploads)
     _begin_uploads(destination, destination_prefix, sorted(begin), uploads)
-    return Manifest(manifest, sent, size)
+    return Manifest(manifest, sent, size, whole)
 
 
 def _seen(chunks: Iterable[Chunk], on_chunk: Callable[[Chunk], None]) -> Iterable[Chunk]:
