@@ -28,6 +28,8 @@ Imports no Airflow and no SDK: the standard library only.
 from __future__ import annotations
 
 import http.client
+import json
+import re
 import threading
 import time
 import urllib.parse
@@ -90,6 +92,23 @@ class ProxyResponse:
     headers: list[tuple[str, str]]
     body: bytes
     reason: str = ""
+
+
+def object_named(request: ProxyRequest, names: Iterable[str] | set[str]) -> str | None:
+    """Which of ``names`` (the last segment of object keys) a recorded request is about: named in its
+    path (S3, Azure Blob, a GCS download or metadata request), or in the metadata at the head of the
+    body of a GCS upload; None for any other request (listings, buckets, the transfer's own files)."""
+    wanted = names if isinstance(names, set) else set(names)
+    path = urllib.parse.unquote(request.path)
+    name = path.split("?", 1)[0].rsplit("/", 1)[-1]
+    if name in wanted:
+        return name
+    if request.method == "POST" and "uploadType=multipart" in request.path:
+        found = re.search(rb'\{[^{}]*"name"[^{}]*\}', request.body[:4096])
+        if found:
+            uploaded = str(json.loads(found.group(0))["name"]).rsplit("/", 1)[-1]
+            return uploaded if uploaded in wanted else None
+    return None
 
 
 #: answers a request here instead of upstream (None: forward it)

@@ -9,9 +9,6 @@ only through the proxy, and every request naming one of the transferred objects 
 from __future__ import annotations
 
 import hashlib
-import json
-import re
-import urllib.parse
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +21,7 @@ from airflow_skyplane.storage.base import ObjectStore
 from airflow_skyplane.storage.gcs import GCSStore
 from airflow_skyplane.storage.kinds import StoreSpec, store_kind
 from airflow_skyplane.storage.s3 import S3Store
-from airflow_skyplane.testing.faultproxy import FaultProxy, ProxyRequest, ProxyResponse
+from airflow_skyplane.testing.faultproxy import FaultProxy, ProxyRequest, ProxyResponse, object_named
 from airflow_skyplane.testing.sky import AWS_REGION, GCP_PROJECT, EmulatedSky, azure_connection_string
 from airflow_skyplane.transfer.job import Overlay, TransferJob
 
@@ -73,21 +70,6 @@ def _through(sky: EmulatedSky, scheme: str, bucket: str, url: str) -> tuple[Obje
     }
 
 
-def _object_of(request: ProxyRequest, names: set[str]) -> str | None:
-    """The transferred object a request is about: named in its path, or, for a GCS upload, in the
-    metadata at the head of its body."""
-    path = urllib.parse.unquote(request.path)
-    name = path.split("?", 1)[0].rsplit("/", 1)[-1]
-    if name in names:
-        return name
-    if request.method == "POST" and "uploadType=multipart" in request.path:
-        found = re.search(rb'\{[^{}]*"name"[^{}]*\}', request.body[:4096])
-        if found:
-            uploaded = str(json.loads(found.group(0))["name"]).rsplit("/", 1)[-1]
-            return uploaded if uploaded in names else None
-    return None
-
-
 @pytest.mark.parametrize("scheme", ["s3", "gs", pytest.param("az", marks=pytest.mark.requires("azurite"))])
 def test_a_small_object_costs_one_read_and_one_write(sky: EmulatedSky, tmp_path: Path, scheme: str) -> None:
     if scheme not in sky.services:
@@ -114,7 +96,7 @@ def test_a_small_object_costs_one_read_and_one_write(sky: EmulatedSky, tmp_path:
     assert result.objects == OBJECTS and result.checksums_verified == OBJECTS
     per_object: dict[str, list[str]] = {name: [] for name in names}
     for request in requests:
-        name = _object_of(request, names)
+        name = object_named(request, names)
         if name is not None:
             per_object[name].append(request.method)
     counts = Counter(len(methods) for methods in per_object.values())
