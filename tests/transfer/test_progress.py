@@ -74,3 +74,29 @@ def test_the_eta_follows_whichever_of_bytes_and_objects_is_further_behind() -> N
     assert (both.objects_done, both.objects_total, both.resends) == (200, 2000, 6)
     unknown = combine([progress, Progress(0, None, 0, 0, 1.0, 0, 0, ())])
     assert unknown.objects_total is None and "objects" not in unknown.line().split("MiB")[0]
+
+
+def test_completion_keeps_only_the_objects_in_flight_and_tallies_the_rest() -> None:
+    """Each object's outcome is counted as it ends: nothing of a finished object is held (its
+    receipts, its future), so the controller's memory does not grow with the objects done."""
+    from airflow_skyplane.exceptions import TransferError
+    from airflow_skyplane.transfer.completion import Completion
+    from airflow_skyplane.transfer.summary import Unverified
+
+    def finish_object(key: str, receipts: list) -> str | None:
+        return "the store reports no checksum" if key.endswith("7") else None
+
+    def cleanup(key: str, err: TransferError) -> TransferError:
+        return err
+
+    completion = Completion(finish_object, cleanup)
+    keys = [f"k{i:05d}" for i in range(3000)]
+    for key in keys:
+        completion.expect(key, 1)
+    receipt = {"part_number": 0, "offset": 0, "length": 1, "md5": "", "crc32c": "", "token": ""}
+    completion.add([{**receipt, "key": key} for key in keys])  # type: ignore[typeddict-item]
+    completion.add([{**receipt, "key": keys[0]}])  # a chunk written twice, after its object finished
+    unverified = Unverified()
+    verified = completion.finish(keys, unverified)
+    assert verified == 2700 and unverified.count == 300 and completion.in_flight() == 0
+    assert completion._written == {} and completion._expected == {}
