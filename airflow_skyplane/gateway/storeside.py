@@ -363,14 +363,19 @@ class DestinationWriter:
 
     def _confirm(self, key: str, data: bytes | bytearray, stored: Checksum, crc32c: int | None) -> int | None:
         """Check the checksum a store computed of a whole object it stored against ours of the bytes
-        meant (the CRC-32C of the chunk, checked on arrival, is returned for the receipt). On a
-        mismatch the object is deleted (nothing that is not a copy stays) and the write fails, to be
-        sent again."""
+        meant, where ours costs nothing: a CRC-32C (the chunk's, checked on arrival; returned for the
+        receipt). On a mismatch the object is deleted (nothing that is not a copy stays) and the write
+        fails, to be sent again.
+
+        An MD5 is not computed again here (it would cost as much CPU as the decryption): a store that
+        returns one verified the body as it received it against the checksum the adapter sent (S3 the
+        CRC-32C, Azure the MD5 of the blob; the local adapter read the file back), and the controller
+        compares it with the source's own MD5 where the source has one."""
+        if stored.algorithm == "md5":
+            return crc32c
         if stored.algorithm == "crc32c":
             crc32c = _crc32c(data) if crc32c is None else crc32c
             ours = f"{crc32c:08x}"
-        elif stored.algorithm == "md5":
-            ours = hashlib.md5(data, usedforsecurity=False).hexdigest()
         else:
             raise TransferError(
                 f"the store reported a {stored.algorithm} checksum for {self.store.describe(key)}, which "

@@ -190,7 +190,8 @@ class ObjectStore(abc.ABC):
 
     @abc.abstractmethod
     def complete_multipart(self, upload: MultipartUpload, parts: Iterable[PartInfo]) -> ObjectInfo:
-        """Make the object visible, made of ``parts`` in order of their numbers."""
+        """Make the object visible, made of ``parts`` in order of their numbers; the object as the
+        store now holds it (its size and the checksum the store reports, as :meth:`head` gives them)."""
 
     @abc.abstractmethod
     def abort_multipart(self, upload: MultipartUpload) -> None:

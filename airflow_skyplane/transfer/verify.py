@@ -104,9 +104,10 @@ def finish_object(
                 "transfer: nothing was written for it; rerun the transfer to copy the new version"
             )
         parts = sorted(receipts, key=lambda r: r["part_number"])
-        sides.destination.complete_multipart(
+        completed = sides.destination.complete_multipart(
             upload, [PartInfo(r["part_number"], r["length"], r["token"]) for r in parts]
         )
+        return _verify_one(sides, key, info, receipts, completed)
     return _verify_one(sides, key, info, receipts)
 
 
@@ -134,9 +135,13 @@ def _verify_all(
             yield from [(k, pool.submit(_verify_one, sides, k, o, by_key.get(k, []))) for k, o in window]
 
 
-def _verify_one(sides: Sides, key: str, src: ObjectInfo, receipts: list[Receipt]) -> str | None:
+def _verify_one(
+    sides: Sides, key: str, src: ObjectInfo, receipts: list[Receipt], completed: ObjectInfo | None = None
+) -> str | None:
     """Check one written object (size, and checksums where comparable); None if the destination's
-    checksum matched, else why it could not be compared (the size matched)."""
+    checksum matched, else why it could not be compared (the size matched). ``completed``: the object
+    as ``complete_multipart`` returned it (the store's own look at it after completing: no HEAD
+    again)."""
     parts = sorted(receipts, key=lambda r: r["part_number"])
     destination, dest_key = sides.destination, sides.destination_prefix + key
     written = sum(r["length"] for r in parts)
@@ -144,7 +149,7 @@ def _verify_one(sides: Sides, key: str, src: ObjectInfo, receipts: list[Receipt]
         raise TransferError(
             f"{destination.describe(dest_key)}: the gateways wrote {written} of {src.size} bytes"
         )
-    dst = _confirmed(dest_key, parts) or destination.head(dest_key)
+    dst = completed or _confirmed(dest_key, parts) or destination.head(dest_key)
     if dst.size != src.size:
         raise TransferError(f"{destination.describe(dest_key)} has {dst.size} bytes, the source {src.size}")
     expected = _expected(parts, dst.checksum.algorithm if dst.checksum else "")

@@ -8,7 +8,7 @@ only through the proxy, and every request naming one of the transferred objects 
 
 from __future__ import annotations
 
-import hashlib
+import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,28 +113,28 @@ def test_a_small_object_costs_one_read_and_one_write(sky: EmulatedSky, tmp_path:
 def test_a_write_whose_stored_checksum_differs_is_deleted_and_sent_again(
     sky: EmulatedSky, tmp_path: Path
 ) -> None:
-    """The checksum a write's response reports is checked, not taken on trust: the first PUT of one
-    object answers with the MD5 of other bytes (as if the body had changed on the way), and the writer
-    refuses it, deletes the object and has it sent again."""
-    source_bucket = sky.make_bucket("s3").split("://", 1)[1]
-    destination_bucket = sky.make_bucket("s3").split("://", 1)[1]
-    seeding = sky.open(f"s3://{source_bucket}")
+    """The checksum a write's response reports is checked, not taken on trust: the first upload of
+    one object to GCS answers with the CRC-32C of other bytes (as if the body had changed on the
+    way), and the writer refuses it, deletes the object and has it sent again."""
+    source_bucket = sky.make_bucket("gs").split("://", 1)[1]
+    destination_bucket = sky.make_bucket("gs").split("://", 1)[1]
+    seeding = sky.open(f"gs://{source_bucket}")
     for i in range(4):
         seeding.put(f"in/tiny-{i:04d}.bin", bytes([i]) * SIZE)
     tampered: list[str] = []
 
-    def wrong_etag(request: ProxyRequest, response: ProxyResponse) -> ProxyResponse:
-        if request.method == "PUT" and "/out/tiny-0001.bin" in request.path and not tampered:
-            tampered.append(request.path)
-            other = '"' + hashlib.md5(b"other bytes").hexdigest() + '"'
-            headers = [(k, other if k.lower() == "etag" else v) for k, v in response.headers]
-            return ProxyResponse(response.status, headers, response.body, response.reason)
+    def wrong_crc32c(request: ProxyRequest, response: ProxyResponse) -> ProxyResponse:
+        if object_named(request, {"tiny-0001.bin"}) and request.method == "POST" and not tampered:
+            body, n = re.subn(rb'"crc32c": *"[^"]*"', b'"crc32c": "AAAAAA=="', response.body)
+            if n:
+                tampered.append(request.path)
+                return ProxyResponse(response.status, response.headers, body, response.reason)
         return response
 
-    with FaultProxy(sky.endpoint("s3")) as proxy:
-        proxy.rewrite(wrong_etag)
-        source, source_spec = _through(sky, "s3", source_bucket, proxy.url)
-        destination, destination_spec = _through(sky, "s3", destination_bucket, proxy.url)
+    with FaultProxy(sky.endpoint("gs")) as proxy:
+        proxy.rewrite(wrong_crc32c)
+        source, source_spec = _through(sky, "gs", source_bucket, proxy.url)
+        destination, destination_spec = _through(sky, "gs", destination_bucket, proxy.url)
         job = TransferJob(
             source, "in/", destination, "out/", backend=LocalRelayBackend(tmp_path / "fleet"),
             workdir=tmp_path / "job", overlay=Overlay.direct(2), source_spec=source_spec,
@@ -143,7 +143,7 @@ def test_a_write_whose_stored_checksum_differs_is_deleted_and_sent_again(
         result = job.run()
     assert tampered, "the rewrite never applied"
     assert result.objects == 4 and result.checksums_verified == 4 and result.resends >= 1
-    assert sky.open(f"s3://{destination_bucket}").read("out/tiny-0001.bin") == bytes([1]) * SIZE
+    assert sky.open(f"gs://{destination_bucket}").read("out/tiny-0001.bin") == bytes([1]) * SIZE
 
 
 @pytest.mark.parametrize("scheme", ["s3", "gs", pytest.param("az", marks=pytest.mark.requires("azurite"))])
