@@ -304,17 +304,15 @@ class Link:
                     for chunk_id in answer.chunk_ids:
                         self.owner.acked(self, self._pop(chunk_id))
                 elif isinstance(answer, proto.Nack):
-                    item = self._pop(answer.chunk_id)
-                    item.attempt += 1
+                    # out of flight and into the resend queue at once: a sender that saw neither would
+                    # take its last frame for answered and close the link without sending it again
+                    item = self._pop(answer.chunk_id, resend=True)
                     if item.attempt >= MAX_ATTEMPTS:
                         self.owner.fail(
                             f"a chunk was rejected {MAX_ATTEMPTS} times downstream: {answer.reason}"
                         )
                         return
                     self.owner.nacked(self, item, answer.reason)
-                    with self._cond:
-                        self._resend.append(item)
-                        self._cond.notify_all()
                     self.dispatcher.wake_all()
                 elif isinstance(answer, proto.ErrorReport):
                     raise ProtocolError(f"next hop gave up: {answer.message}")
@@ -326,9 +324,15 @@ class Link:
             if not closing and not self.owner.stop.is_set():
                 self.owner.fail(f"sender to {self.hop.gateway_id}: {err}")
 
-    def _pop(self, chunk_id: int) -> Any:
+    def _pop(self, chunk_id: int, *, resend: bool = False) -> Any:
+        """The frame answered under ``chunk_id``; with ``resend`` (a NACK), queued to be sent again
+        (one attempt more) in the same step, unless it has had its attempts."""
         with self._cond:
             item = self._inflight.pop(chunk_id, None)
+            if resend and item is not None:
+                item.attempt += 1
+                if item.attempt < MAX_ATTEMPTS:
+                    self._resend.append(item)
             self._cond.notify_all()
         self.dispatcher.wake()
         if item is None:

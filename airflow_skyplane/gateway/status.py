@@ -1,7 +1,7 @@
 """A gateway's counters and the small HTTP endpoint that serves them, bound to loopback.
 
-``GET /status`` returns the counters as JSON (chunks and bytes done, wire bytes, resends, errors,
-throughput, memory); ``GET /receipts`` the parts a writing gateway wrote (what the controller needs to
+``GET /status`` returns the counters as JSON (chunks, bytes and objects done, wire bytes, resends,
+errors, throughput, memory); ``GET /receipts`` the parts a writing gateway wrote (what the controller needs to
 complete multipart uploads and verify objects), or with ``?since=N`` those after the first N (the
 controller polls them that way to checkpoint a resumable transfer); ``POST /stop`` asks the
 gateway to finish. On a cloud relay the controller reaches it through an SSH port forward;
@@ -53,6 +53,12 @@ class Counters:
         self.first_error_at: float | None = None
         self.receipts: list[dict[str, Any]] = []
         self._stored: set[int] = set()
+        #: bytes and objects a writing gateway stored, each chunk counted once however often it was
+        #: written; an object counts once all its chunks are stored (the parts of the ones still
+        #: being written: part numbers stored, and the number of parts once the last is)
+        self.bytes_stored = 0
+        self.objects_stored = 0
+        self._partial: dict[str, tuple[set[int], int | None]] = {}
         self.done = False
         self.finished: float | None = None
         self.total_chunks: int | None = None
@@ -91,8 +97,26 @@ class Counters:
         """Record a chunk written; ``chunk_id`` counts it once however often it was written."""
         with self._lock:
             self.receipts.append(receipt)
-            if chunk_id is not None:
+            if chunk_id is not None and chunk_id not in self._stored:
                 self._stored.add(chunk_id)
+                self.bytes_stored += int(receipt.get("length", 0))
+                self._object_progress(receipt)
+
+    def _object_progress(self, receipt: Mapping[str, Any]) -> None:
+        number = int(receipt.get("part_number", 0))
+        if number == 0:
+            self.objects_stored += 1
+            return
+        key = str(receipt.get("key"))
+        parts, total = self._partial.get(key, (set(), None))
+        parts.add(number)
+        if receipt.get("last"):
+            total = number
+        if total is not None and len(parts) >= total:
+            self._partial.pop(key, None)
+            self.objects_stored += 1
+        else:
+            self._partial[key] = (parts, total)
 
     def times(self, first_read_at: float | None = None, last_write_at: float | None = None) -> None:
         with self._lock:
@@ -119,6 +143,8 @@ class Counters:
                 "gateway_id": self.gateway_id,
                 **self.values,
                 "chunks_stored": len(self._stored),
+                "bytes_stored": self.bytes_stored,
+                "objects_stored": self.objects_stored,
                 "seconds": round(seconds, 3),
                 "raw_gbps": round(self.values["raw_bytes"] * 8 / seconds / 1e9, 4),
                 "total_chunks": self.total_chunks,

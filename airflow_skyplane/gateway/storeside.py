@@ -32,7 +32,7 @@ from typing import Any
 
 from airflow_skyplane.exceptions import ProtocolError, TransferError
 from airflow_skyplane.gateway import protocol as proto
-from airflow_skyplane.storage.base import MultipartUpload, ObjectStore
+from airflow_skyplane.storage.base import Checksum, MultipartUpload, ObjectStore
 
 # requests a worker has open at once at its store for the objects of small-object batches: object
 # stores serve each request in tens of milliseconds and many at once, so a batch of 256 objects read or
@@ -255,6 +255,12 @@ class SourceReader:
 
 
 # -- writing ---------------------------------------------------------------------------------------
+def _crc32c(data: bytes | bytearray) -> int:
+    import google_crc32c  # installed with google-cloud-storage, and with the gateway's extra
+
+    return int(google_crc32c.value(bytes(data)))
+
+
 def _etag_md5(token: str) -> str:
     value = token.strip('"').lower()
     return value if len(value) == 32 and all(c in "0123456789abcdef" for c in value) else ""
@@ -308,12 +314,17 @@ class DestinationWriter:
         self._maybe_slow_down()
         key = self.prefix + header.key
         crc32c = checked if header.flags & proto.ChunkFlags.CRC32C else None
-        md5 = ""
+        md5, confirmed = "", ""
         if header.part_number == 0:
             info = self.store.put(key, data, crc32c=crc32c)
             token = info.checksum.value if info.checksum else ""
-            # the MD5 the store computed of what it received (S3's ETag, the adapters' own for Azure
-            # and local files), else ours: the controller checks it against the object's checksum
+            # the checksum the store computed of what it stored, from the write's response, checked
+            # here against ours: the controller then needs no HEAD to verify the object
+            if info.checksum is not None:
+                crc32c = self._confirm(key, data, info.checksum, crc32c)
+                confirmed = info.checksum.algorithm
+            # the MD5 the store computed of what it received (S3's ETag, Azure's Content-MD5, the
+            # local file's), else ours: the controller checks it against the object's checksum
             if info.checksum is not None and info.checksum.algorithm == "md5":
                 md5 = info.checksum.value
             elif self.store.scheme != "gs":
@@ -329,11 +340,9 @@ class DestinationWriter:
                 md5 = _etag_md5(token) or hashlib.md5(data, usedforsecurity=False).hexdigest()
         # GCS reports a CRC32C (of a composed object too): keep each part's, for the controller to combine
         part_crc32c = ""
-        if self.store.scheme == "gs":
+        if self.store.scheme == "gs" or confirmed == "crc32c":
             if crc32c is None:
-                import google_crc32c  # installed with google-cloud-storage, which a GCS gateway has
-
-                crc32c = google_crc32c.value(bytes(data))
+                crc32c = _crc32c(data)
             part_crc32c = f"{crc32c:08x}"
         self._maybe_die()
         self.report.add(chunks_written=1, raw_bytes=len(data))
@@ -346,7 +355,39 @@ class DestinationWriter:
             "crc32c": part_crc32c,
             "token": token,
         }
+        if confirmed:
+            receipt["confirmed"] = confirmed
+        if header.part_number and header.offset + len(data) == header.object_size:
+            receipt["last"] = True  # its part number is the object's number of parts
         return receipt, header.chunk_id
+
+    def _confirm(self, key: str, data: bytes | bytearray, stored: Checksum, crc32c: int | None) -> int | None:
+        """Check the checksum a store computed of a whole object it stored against ours of the bytes
+        meant, where ours costs nothing: a CRC-32C (the chunk's, checked on arrival; returned for the
+        receipt). On a mismatch the object is deleted (nothing that is not a copy stays) and the write
+        fails, to be sent again.
+
+        An MD5 is not computed again here (it would cost as much CPU as the decryption): a store that
+        returns one verified the body as it received it against the checksum the adapter sent (S3 the
+        CRC-32C, Azure the MD5 of the blob; the local adapter read the file back), and the controller
+        compares it with the source's own MD5 where the source has one."""
+        if stored.algorithm == "md5":
+            return crc32c
+        if stored.algorithm == "crc32c":
+            crc32c = _crc32c(data) if crc32c is None else crc32c
+            ours = f"{crc32c:08x}"
+        else:
+            raise TransferError(
+                f"the store reported a {stored.algorithm} checksum for {self.store.describe(key)}, which "
+                "a single write does not give"
+            )
+        if ours != stored.value:
+            self.store.delete(key)
+            raise TransferError(
+                f"{self.store.describe(key)}: the store computed {stored} of what it received, the bytes "
+                f"sent give {stored.algorithm}:{ours}; the object was deleted and is sent again"
+            )
+        return crc32c
 
     def _maybe_die(self) -> None:
         """``test_faults["exit_after_chunks"]``: the process vanishes, as a killed relay does, right

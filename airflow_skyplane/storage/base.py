@@ -115,6 +115,10 @@ class ObjectStore(abc.ABC):
     capabilities: frozenset[str] = frozenset()
     #: Keys asked per listing request (stores cap it at 1000 or 5000).
     list_page_size: int = 1000
+    #: Object writes per second the store takes on one prefix before it throttles (answers 503
+    #: SlowDown or 429), as the store documents it; None: no known limit. Sizes the batches of small
+    #: objects (:func:`airflow_skyplane.transfer.tuning.batch_objects_for`).
+    write_rate: float | None = None
 
     def __init__(self, bucket: str) -> None:
         self.bucket = bucket
@@ -164,6 +168,12 @@ class ObjectStore(abc.ABC):
     def put(self, key: str, data: bytes | bytearray, *, crc32c: int | None = None) -> ObjectInfo:
         """Write a whole object at once. Readers see the old object or the new one, never a part.
 
+        The returned checksum is the one the store computed over the bytes it received and stored, as
+        the write's own response reports it (S3's ETag of a single PUT, the ``md5Hash``/``crc32c`` of
+        a GCS upload, the ``Content-MD5`` Azure returns for a Put Blob, the local file read back), or
+        None when the response carries no such checksum: the writer then checks the object with a
+        HEAD. A writer that compares it with its own checksum of ``data`` needs no HEAD after it.
+
         ``crc32c``: the CRC-32C of ``data`` when the caller has it (a writing gateway checked it): a
         store that verifies writes by a checksum (S3) is handed it instead of computing its own."""
 
@@ -180,7 +190,8 @@ class ObjectStore(abc.ABC):
 
     @abc.abstractmethod
     def complete_multipart(self, upload: MultipartUpload, parts: Iterable[PartInfo]) -> ObjectInfo:
-        """Make the object visible, made of ``parts`` in order of their numbers."""
+        """Make the object visible, made of ``parts`` in order of their numbers; the object as the
+        store now holds it (its size and the checksum the store reports, as :meth:`head` gives them)."""
 
     @abc.abstractmethod
     def abort_multipart(self, upload: MultipartUpload) -> None:

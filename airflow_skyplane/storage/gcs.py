@@ -57,6 +57,8 @@ class GCSStore(ObjectStore):
     scheme = "gs"
     min_part_size = 1
     capabilities = frozenset({CAP_COMPOSE, CAP_SERVER_CHECKSUM})
+    #: object writes per second a bucket takes at first (GCS raises it as the load lasts)
+    write_rate = 1000.0
 
     def __init__(self, client: Any, bucket: str, *, conn_id: str | None = None) -> None:
         super().__init__(bucket)
@@ -148,9 +150,15 @@ class GCSStore(ObjectStore):
     def _upload(self, name: str, data: bytes | bytearray, key: str) -> Any:
         blob = self._bucket.blob(name)
         data = bytes(data) if isinstance(data, bytearray) else data  # upload_from_string takes bytes or str
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
         try:
-            # the upload's response carries the new object's metadata (size, crc32c, updated)
-            blob.upload_from_string(data, content_type="application/octet-stream", checksum="crc32c")
+            # the upload's response carries the new object's metadata (size, crc32c, updated). Writing
+            # the same bytes again is harmless, so a 429 or 503 (GCS slowing a client down) is retried
+            # with the SDK's exponential backoff, which the SDK does not do for an unconditional upload
+            blob.upload_from_string(
+                data, content_type="application/octet-stream", checksum="crc32c", retry=DEFAULT_RETRY
+            )
         except Exception as err:  # noqa: BLE001
             self._raise(err, key, "write")
         return blob

@@ -62,6 +62,21 @@ def etag_checksum(etag: str | None) -> Checksum | None:
     return None  # SSE-KMS / SSE-C objects have ETags that are not MD5s
 
 
+def _written_checksum(response: Mapping[str, Any]) -> Checksum | None:
+    """The checksum S3 computed of the bytes a ``PutObject`` stored, from its response: the ETag
+    (the MD5 of the body) unless the object is encrypted with KMS or a customer key (its ETag is then
+    no MD5), else the CRC-32C S3 checked the body against, when one was sent."""
+    encrypted = str(response.get("ServerSideEncryption", "")).startswith("aws:kms") or response.get(
+        "SSECustomerAlgorithm"
+    )
+    if not encrypted:
+        checksum = etag_checksum(response.get("ETag"))
+        if checksum is not None and checksum.algorithm == "md5":
+            return checksum
+    crc = response.get("ChecksumCRC32C")
+    return Checksum("crc32c", base64.b64decode(crc).hex()) if crc else None
+
+
 def _checksum(crc32c: int | None) -> dict[str, str]:
     """The checksum S3 verifies the body against: the caller's CRC-32C when it has one, so that the SDK
     does not compute a checksum of its own over the body (it does by default, CRC-32, in Python)."""
@@ -75,6 +90,8 @@ class S3Store(ObjectStore):
     min_part_size = 5 * 1024 * 1024
     max_part_size = 5 * 1024**3
     capabilities = frozenset({CAP_NATIVE_MULTIPART, CAP_SERVER_CHECKSUM})
+    #: PUT, COPY, POST and DELETE requests per second per prefix (S3's documented rate)
+    write_rate = 3500.0
 
     def __init__(self, client: Any, bucket: str, *, conn_id: str | None = None) -> None:
         super().__init__(bucket)
@@ -176,7 +193,7 @@ class S3Store(ObjectStore):
             r = self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **_checksum(crc32c))
         except Exception as err:  # noqa: BLE001
             self._raise(err, key, "write")
-        return ObjectInfo(key, len(data), etag_checksum(r.get("ETag")))
+        return ObjectInfo(key, len(data), _written_checksum(r))
 
     def begin_multipart(self, key: str) -> MultipartUpload:
         validate_key(key)

@@ -16,8 +16,10 @@ emulator does not serve as the cloud does), and :meth:`FaultProxy.rewrite` chang
 forwards; the AWS front of the tests (:mod:`airflow_skyplane.testing.aws_front`) is built that way.
 
 Counters say what happened (``forwarded``, ``injected``, ``throttled``), so a test can assert its
-fault was really exercised. The proxy listens on ``127.0.0.1`` only, forwards only to the one
-upstream it was given, and runs in threads of the test process (:meth:`start`, :meth:`stop`). It logs
+fault was really exercised; ``FaultProxy(upstream, record=True)`` also keeps every request it
+received (:attr:`FaultProxy.requests`), so a test can count what a transfer asked of a store. The
+proxy listens on ``127.0.0.1`` only, forwards only to the one upstream it was given, and runs in
+threads of the test process (:meth:`start`, :meth:`stop`). It logs
 nothing: request headers carry signatures and keys.
 
 Imports no Airflow and no SDK: the standard library only.
@@ -26,6 +28,8 @@ Imports no Airflow and no SDK: the standard library only.
 from __future__ import annotations
 
 import http.client
+import json
+import re
 import threading
 import time
 import urllib.parse
@@ -90,6 +94,23 @@ class ProxyResponse:
     reason: str = ""
 
 
+def object_named(request: ProxyRequest, names: Iterable[str] | set[str]) -> str | None:
+    """Which of ``names`` (the last segment of object keys) a recorded request is about: named in its
+    path (S3, Azure Blob, a GCS download or metadata request), or in the metadata at the head of the
+    body of a GCS upload; None for any other request (listings, buckets, the transfer's own files)."""
+    wanted = names if isinstance(names, set) else set(names)
+    path = urllib.parse.unquote(request.path)
+    name = path.split("?", 1)[0].rsplit("/", 1)[-1]
+    if name in wanted:
+        return name
+    if request.method == "POST" and "uploadType=multipart" in request.path:
+        found = re.search(rb'\{[^{}]*"name"[^{}]*\}', request.body[:4096])
+        if found:
+            uploaded = str(json.loads(found.group(0))["name"]).rsplit("/", 1)[-1]
+            return uploaded if uploaded in wanted else None
+    return None
+
+
 #: answers a request here instead of upstream (None: forward it)
 Interceptor = Callable[[ProxyRequest], "ProxyResponse | None"]
 #: changes an answer from upstream before the client gets it
@@ -108,13 +129,16 @@ class FaultCounters:
 class FaultProxy:
     """An HTTP reverse proxy from ``127.0.0.1:<port>`` to ``upstream`` (e.g. ``http://127.0.0.1:5000``)."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, *, record: bool = False) -> None:
         parsed = urllib.parse.urlsplit(upstream)
         if parsed.scheme != "http" or parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"the fault proxy forwards to a loopback emulator over http, not {upstream!r}")
         self.upstream_host = parsed.hostname
         self.upstream_port = parsed.port or 80
         self.counters = FaultCounters()
+        #: every request received, in order, when recording (kept in memory only, never logged)
+        self.requests: list[ProxyRequest] = []
+        self._record = record
         self._rules: list[_Rule] = []
         self._interceptors: list[Interceptor] = []
         self._rewriters: list[Rewriter] = []
@@ -335,6 +359,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         body = self._body()
         request = ProxyRequest(self.command, self.path, dict(self.headers.items()), body)
+        if self.owner._record:
+            with self.owner._lock:
+                self.owner.requests.append(request)
         answer = self.owner._intercepted(request)
         if answer is not None:
             self._send(answer)

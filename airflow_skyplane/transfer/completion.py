@@ -49,13 +49,20 @@ class Completion:
     ) -> None:
         self._finish_object, self._cleanup = finish_object, cleanup
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="complete")
-        self._lock = threading.Lock()
+        # reentrant: a future that ends at once runs its tally in the thread that submitted it
+        self._lock = threading.RLock()
         self._expected: dict[str, int] = {}
         self._written: dict[str, dict[int, Receipt]] = {}
+        #: the objects being completed now; each leaves once its outcome is tallied below, so what
+        #: is held does not grow with the objects done
         self._futures: dict[str, Future[str | None]] = {}
+        self._verified = 0
+        self._unverified = Unverified()
+        self._failure: tuple[str, TransferError] | None = None
 
     def expect(self, key: str, parts: int) -> None:
-        """``key`` is written in ``parts`` chunks (1: a single put)."""
+        """``key`` is written in ``parts`` chunks (1: a single put); it is expected until it is
+        submitted to be completed."""
         self._expected[key] = parts
 
     def add(self, receipts: Iterable[Receipt]) -> None:
@@ -64,15 +71,42 @@ class Completion:
         with self._lock:
             for receipt in receipts:
                 key = receipt["key"]
-                if key in self._futures:
-                    continue
+                if key not in self._expected:
+                    continue  # completed already (a chunk written twice), or never part of the work
                 parts = self._written.setdefault(key, {})
                 parts[receipt["part_number"]] = receipt
-                if len(parts) >= self._expected.get(key, 1 << 62):
+                if len(parts) >= self._expected[key]:
                     ready.append(key)
             for key in ready:
-                receipts_of = list(self._written.pop(key).values())
-                self._futures[key] = self._pool.submit(self._finish_object, key, receipts_of)
+                self._submit(key, list(self._written.pop(key).values()))
+
+    def _submit(self, key: str, receipts: list[Receipt]) -> None:
+        """Complete and verify ``key`` in the pool (the lock held); its outcome is tallied as it ends,
+        so nothing of it is kept after (its receipts, its future)."""
+        self._expected.pop(key, None)
+        future = self._pool.submit(self._finish_object, key, receipts)
+        self._futures[key] = future
+        future.add_done_callback(lambda f: self._tally(key, f))
+
+    def _tally(self, key: str, future: Future[str | None]) -> None:
+        error = None if future.cancelled() else future.exception()
+        with self._lock:
+            self._futures.pop(key, None)
+            if future.cancelled():
+                return
+            if error is not None:
+                if self._failure is None:  # the first failure is the one to raise
+                    failure = error if isinstance(error, TransferError) else None
+                    self._failure = (key, failure or TransferError(f"{type(error).__name__}: {error}"))
+            elif (why := future.result()) is None:
+                self._verified += 1
+            else:
+                self._unverified.add(key, why)
+
+    def in_flight(self) -> int:
+        """Objects being completed and verified now."""
+        with self._lock:
+            return len(self._futures)
 
     def finish(self, keys: Iterable[str], unverified: Unverified | None = None) -> int:
         """Complete and verify every object of ``keys`` not done yet; wait for all. The number whose
@@ -80,23 +114,16 @@ class Completion:
         the first failure raises (the object deleted, see ``cleanup``)."""
         with self._lock:
             for key in keys:
-                if key not in self._futures:
-                    receipts = list(self._written.pop(key, {}).values())
-                    self._futures[key] = self._pool.submit(self._finish_object, key, receipts)
-        verified = 0
-        try:
-            for key, future in list(self._futures.items()):
-                try:
-                    why = future.result()
-                except TransferError as err:
-                    raise self._cleanup(key, err) from err
-                if why is None:
-                    verified += 1
-                elif unverified is not None:
-                    unverified.add(key, why)
-        finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-        return verified
+                if key in self._expected:
+                    self._submit(key, list(self._written.pop(key, {}).values()))
+        self._pool.shutdown(wait=True)  # every object submitted ends, and is tallied
+        with self._lock:
+            if self._failure is not None:
+                key, err = self._failure
+                raise self._cleanup(key, err) from err
+            if unverified is not None:
+                unverified.merge(self._unverified)
+            return self._verified
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -26,7 +26,15 @@ SWEEP_S = 1.0
 GRACE_S = 1.0
 
 
-class Receipt(TypedDict):
+class _ReceiptMarks(TypedDict, total=False):
+    #: for an object written whole: the algorithm (``md5``, ``crc32c``) of the checksum the store
+    #: computed of what it stored, returned by the write and checked by the writer; absent otherwise
+    confirmed: str
+    #: the last part of an object written in parts (its part number is the number of parts)
+    last: bool
+
+
+class Receipt(_ReceiptMarks):
     """What a writing gateway returns for one chunk it wrote (and a resumable transfer records)."""
 
     key: str
@@ -54,6 +62,10 @@ class GatewayStatus(TypedDict, total=False):
     chunks_sent: int
     chunks_written: int
     chunks_stored: int
+    #: what a writing gateway stored, each chunk once: its bytes, and the objects all of whose chunks
+    #: it stored
+    bytes_stored: int
+    objects_stored: int
     total_chunks: int | None
     raw_bytes: int
     wire_bytes: int

@@ -107,6 +107,7 @@ class TransferJob:
         self.transfer_id = uuid.uuid4().hex
         self.bytes_total = 0
         self.chunks_to_send = 0
+        self.objects_to_send = 0
         self.uploads: dict[str, MultipartUpload] = {}
         self.objects: dict[str, ObjectInfo] = {}
         self.started: dict[str, GatewayHandle] = {}
@@ -146,9 +147,10 @@ class TransferJob:
             destination_prefix=self.destination_prefix, chunk_size=self._tune, objects=self.objects,
             uploads=self.uploads, on_object=take_over, kept=self.resume.kept,
             on_chunk=lambda c: completion.expect(c.key, c.parts),
+            batch_objects=lambda: self.tuning.batch_objects if self.tuning else tuning.MAX_BATCH_OBJECTS,
         )  # fmt: skip
         self.resume.chunk_size = written.chunk_size
-        self.chunks_to_send = written.chunks
+        self.chunks_to_send, self.objects_to_send = written.chunks, written.objects
         completion.add(self.resume.carried)
         if previous is not None:
             self.resume.drop_unlisted(previous, self.objects)
@@ -166,6 +168,7 @@ class TransferJob:
             self.overlay, work, chunk_size=self.resume.chunk_size or self.options.chunk_size,
             min_part_size=self.destination.min_part_size, max_inflight_mb=self.options.max_inflight_mb,
             shared_cpus=self.backend.shared_cpus, workers=self.backend.gateway_workers,
+            write_rate=self.destination.write_rate,
         )  # fmt: skip
         return self.tuning.chunk_size
 
@@ -226,6 +229,7 @@ class TransferJob:
         job.uploads.update(record.open_uploads(state))
         job.resume.restore(state, folder)
         job.chunks_to_send = state.get("chunks_to_send", 0)
+        job.objects_to_send = state.get("objects_to_send", 0)
         job.objects.update(manifest.read_objects(folder))
         job.started = dict(backend.gateways)
         job.credentials = RelayCredentials.load(folder)
@@ -234,7 +238,9 @@ class TransferJob:
     def progress(self) -> Progress:
         """The transfer's progress from its gateways' statuses (:mod:`.tracker`)."""
         statuses, sent = control.all_statuses(self.started), self.bytes_total - self.resume.resumed_bytes
-        return transfer_progress(statuses, self.overlay.source, self.overlay.destination, sent)
+        return transfer_progress(
+            statuses, self.overlay.source, self.overlay.destination, sent, self.objects_to_send
+        )
 
     def poll(self) -> bool:
         """True once every chunk is written at the destination (the writing gateway counts what it

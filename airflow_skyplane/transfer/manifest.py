@@ -82,6 +82,8 @@ class Manifest:
     path: Path
     chunks: int
     chunk_size: int
+    #: objects sent whole (none of their chunks kept from a previous try): what progress counts
+    objects: int = 0
 
 
 def write_manifest(
@@ -97,6 +99,7 @@ def write_manifest(
     on_object: Callable[[str, ObjectInfo], None] = lambda rel, info: None,
     kept: Mapping[str, set[int]] | None = None,
     on_chunk: Callable[[Chunk], None] = lambda chunk: None,
+    batch_objects: Callable[[], int] = lambda: 256,
 ) -> Manifest:
     """Record ``listed`` (full keys under ``source_prefix``) and cut it into the manifest's chunks.
 
@@ -106,11 +109,12 @@ def write_manifest(
     ``on_object`` sees each object before its chunks are cut, so it can fill ``kept`` (relative key
     -> part numbers a previous try wrote, which are not sent again) and ``uploads`` (uploads it
     continues); an upload is begun for every other striped object. ``on_chunk`` sees every chunk of
-    every object, sent or kept.
+    every object, sent or kept. ``batch_objects`` gives the most small objects one batch holds,
+    once the chunk size is chosen (the tuning decides both from the listed work).
     """
     kept = kept if kept is not None else {}
     manifest = workdir / MANIFEST_FILE
-    sent = largest = total = 0
+    sent = largest = total = whole = 0
     with _private_text(workdir / OBJECTS_FILE) as inventory:
         for info in listed:
             if not info.key.startswith(source_prefix):
@@ -128,9 +132,11 @@ def write_manifest(
     begin: set[str] = set()
     with _private_text(manifest) as f:
         for batch in batch_small(
-            c for c in _seen(chunks, on_chunk) if c.part_number not in kept.get(c.key, ())
+            (c for c in _seen(chunks, on_chunk) if c.part_number not in kept.get(c.key, ())),
+            max_count=batch_objects(),
         ):
             sent += len(batch)
+            whole += sum(1 for c in batch if c.part_number <= 1 and not kept.get(c.key))
             entries = [
                 {"chunk_id": c.chunk_id, "key": c.key, "offset": c.offset, "length": c.length,
                  "object_size": c.object_size, "part_number": c.part_number, "parts": c.parts}
@@ -139,7 +145,7 @@ def write_manifest(
             f.write(json.dumps(entries[0] if len(entries) == 1 else {"chunks": entries}) + "\n")
             begin.update(c.key for c in batch if c.is_part and c.key not in uploads)
     _begin_uploads(destination, destination_prefix, sorted(begin), uploads)
-    return Manifest(manifest, sent, size)
+    return Manifest(manifest, sent, size, whole)
 
 
 def _seen(chunks: Iterable[Chunk], on_chunk: Callable[[Chunk], None]) -> Iterable[Chunk]:

@@ -39,6 +39,8 @@ class JobRecord(JobResume):
     uploads: dict[str, str]
     keep_on_failure: bool
     chunks_to_send: int
+    #: objects this try sends whole (the progress's count of objects)
+    objects_to_send: int
 
 
 def of(job: TransferJob) -> JobRecord:
@@ -53,6 +55,7 @@ def of(job: TransferJob) -> JobRecord:
         "uploads": {k: u.upload_id for k, u in job.uploads.items()},
         "keep_on_failure": job.options.keep_on_failure,
         "chunks_to_send": job.chunks_to_send,
+        "objects_to_send": job.objects_to_send,
         **job.resume.save(job.workdir),
     }
 

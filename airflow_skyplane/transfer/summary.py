@@ -34,6 +34,13 @@ class Unverified:
         if len(self.keys) < UNVERIFIED_SHOWN:
             self.keys.append(key)
 
+    def merge(self, other: Unverified) -> None:
+        """Add what ``other`` noted."""
+        self.count += other.count
+        for reason, n in other.reasons.items():
+            self.reasons[reason] = self.reasons.get(reason, 0) + n
+        self.keys.extend(other.keys[: max(0, UNVERIFIED_SHOWN - len(self.keys))])
+
     def as_dict(self) -> dict[str, object]:
         return {"objects": self.count, "why": dict(self.reasons), "first": list(self.keys)}
 

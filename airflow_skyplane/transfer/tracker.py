@@ -1,4 +1,4 @@
-"""Fleet progress from the gateways' status endpoints: done %, Gbps, ETA.
+"""Fleet progress from the gateways' status endpoints: done %, objects and bytes, rates, ETA, resends.
 
 The reading gateways know how many chunks there are; the writing gateways count the chunks they
 have written (an ACK between gateways means the next hop holds the chunk, so what is written is
@@ -21,6 +21,12 @@ if TYPE_CHECKING:  # control reads the statuses and asks this module for the fir
 
 @dataclass(frozen=True)
 class Progress:
+    """Where a transfer stands: chunks, bytes and objects done of the totals, in ``seconds``.
+
+    ``objects_done`` counts the objects all of whose chunks the writing gateway stored (the objects a
+    resumed try sends only in part are in neither count); ``resends`` the frames sent again after a
+    NACK (a batch of small objects is one frame)."""
+
     chunks_done: int
     chunks_total: int | None
     bytes_done: int
@@ -29,11 +35,15 @@ class Progress:
     resends: int
     rejected: int
     errors: tuple[str, ...]
+    objects_done: int = 0
+    objects_total: int | None = None
 
     @property
     def fraction(self) -> float | None:
         if self.bytes_total:
             return min(1.0, self.bytes_done / self.bytes_total)
+        if self.objects_total:
+            return min(1.0, self.objects_done / self.objects_total)
         if self.chunks_total:
             return min(1.0, self.chunks_done / self.chunks_total)
         return None
@@ -43,21 +53,73 @@ class Progress:
         return self.bytes_done * 8 / self.seconds / 1e9 if self.seconds > 0 else 0.0
 
     @property
+    def objects_per_s(self) -> float:
+        return self.objects_done / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def resent_share(self) -> float:
+        """Frames sent again, per chunk stored (0.01: one in a hundred)."""
+        return self.resends / max(1, self.chunks_done)
+
+    @property
     def eta_seconds(self) -> float | None:
-        if not self.bytes_done or not self.bytes_total or self.seconds <= 0:
+        """The time left at the rate so far, by bytes or by objects, whichever is further behind
+        (many small objects cost their requests, not their bytes)."""
+        if self.seconds <= 0:
             return None
-        return max(0.0, (self.bytes_total - self.bytes_done) * self.seconds / self.bytes_done)
+        left = []
+        if self.bytes_done and self.bytes_total:
+            left.append((self.bytes_total - self.bytes_done) * self.seconds / self.bytes_done)
+        if self.objects_done and self.objects_total:
+            left.append((self.objects_total - self.objects_done) * self.seconds / self.objects_done)
+        return max(0.0, max(left)) if left else None
 
     def line(self) -> str:
-        """One human line for task logs."""
+        """One human line for task logs: done %, objects, bytes, rates, ETA, what was sent again."""
         pct = f"{self.fraction * 100:5.1f}%" if self.fraction is not None else "  ?  "
-        eta = f"ETA {self.eta_seconds:.0f} s" if self.eta_seconds is not None else "ETA ?"
+        eta = f"ETA {_duration(self.eta_seconds)}" if self.eta_seconds is not None else "ETA ?"
+        parts = [pct]
+        if self.objects_total:
+            parts.append(f"{self.objects_done:,} of {self.objects_total:,} objects")
+        parts.append(f"{self.bytes_done / 2**20:,.1f} of {self.bytes_total / 2**20:,.1f} MiB")
         total = f"/{self.chunks_total}" if self.chunks_total is not None else ""
-        extra = f", {self.resends} resent" if self.resends else ""
-        return (
-            f"{pct} {self.bytes_done / 2**20:,.1f} of {self.bytes_total / 2**20:,.1f} MiB, "
-            f"chunks {self.chunks_done}{total}, {self.gbps:.3f} Gbps, {eta}{extra}"
-        )
+        parts.append(f"chunks {self.chunks_done}{total}")
+        rate = f"{self.bytes_done / 2**20 / self.seconds if self.seconds > 0 else 0.0:,.1f} MiB/s"
+        if self.objects_total:
+            rate += f", {self.objects_per_s:,.0f} objects/s"
+        parts.append(f"{rate} ({self.gbps:.3f} Gbps)")
+        parts.append(eta)
+        line = ", ".join(parts)
+        if self.resends:
+            line += f", {self.resends} resent ({self.resent_share:.1%})"
+        return line
+
+    def fields(self) -> dict[str, object]:
+        """The same figures, for a machine (the sensor's XCom, logs in JSON)."""
+        return {
+            "fraction": self.fraction,
+            "objects_done": self.objects_done,
+            "objects_total": self.objects_total,
+            "bytes_done": self.bytes_done,
+            "bytes_total": self.bytes_total,
+            "chunks_done": self.chunks_done,
+            "chunks_total": self.chunks_total,
+            "seconds": round(self.seconds, 3),
+            "mib_per_s": round(self.bytes_done / 2**20 / self.seconds, 3) if self.seconds > 0 else 0.0,
+            "objects_per_s": round(self.objects_per_s, 1),
+            "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
+            "resends": self.resends,
+            "resent_share": round(self.resent_share, 4),
+        }
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    minutes = seconds / 60
+    return f"{minutes:.0f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
 
 
 def complete(reader: GatewayStatus, writer: GatewayStatus, chunks: int) -> bool:
@@ -75,13 +137,17 @@ def first_failure(statuses: Mapping[str, GatewayStatus]) -> tuple[str, list[str]
 
 
 def transfer_progress(
-    statuses: Mapping[str, GatewayStatus], reader: str, writer: str, bytes_total: int
+    statuses: Mapping[str, GatewayStatus],
+    reader: str,
+    writer: str,
+    bytes_total: int,
+    objects_total: int | None = None,
 ) -> Progress:
     """One transfer's progress: what its ``writer`` wrote once its status is in, else what its
-    ``reader`` sent (``bytes_total``: the bytes this try sends)."""
+    ``reader`` sent (``bytes_total``, ``objects_total``: what this try sends)."""
     if not statuses:
-        return Progress(0, 0, 0, 0, 0.0, 0, 0, ())
-    return aggregate(statuses, [reader], bytes_total, [writer] if writer in statuses else None)
+        return Progress(0, 0, 0, 0, 0.0, 0, 0, (), 0, objects_total)
+    return aggregate(statuses, [reader], bytes_total, [writer] if writer in statuses else None, objects_total)
 
 
 def aggregate(
@@ -89,6 +155,7 @@ def aggregate(
     readers: list[str],
     bytes_total: int,
     writers: list[str] | None = None,
+    objects_total: int | None = None,
 ) -> Progress:
     """Fleet progress from each gateway's ``/status`` (``readers``: the source gateways; ``writers``:
     the destination gateways, whose written chunks and bytes are the progress when given)."""
@@ -99,7 +166,11 @@ def aggregate(
         done = sum(statuses[g].get("chunks_sent", 0) for g in counted)
     totals = [statuses[g].get("total_chunks") for g in readers if g in statuses]
     total = sum(t for t in totals if t is not None) if totals and all(t is not None for t in totals) else None
-    written = sum(statuses[g].get("raw_bytes", 0) for g in counted)
+    if writers:  # each chunk once, however often it was written
+        written = sum(statuses[g].get("bytes_stored", statuses[g].get("raw_bytes", 0)) for g in counted)
+    else:
+        written = sum(statuses[g].get("raw_bytes", 0) for g in counted)
+    objects = sum(statuses[g].get("objects_stored", 0) for g in counted) if writers else 0
     return Progress(
         chunks_done=done,
         chunks_total=total,
@@ -109,6 +180,8 @@ def aggregate(
         resends=sum(s.get("resends", 0) for s in statuses.values()),
         rejected=sum(s.get("rejected_chunks", 0) + s.get("rejected_peers", 0) for s in statuses.values()),
         errors=tuple(e for s in statuses.values() for e in s.get("errors", ())),
+        objects_done=min(objects, objects_total) if objects_total is not None else objects,
+        objects_total=objects_total,
     )
 
 
@@ -155,8 +228,9 @@ def poll_fleet(folder: str | Path) -> FleetStatus:
         if reader in statuses:
             writers = [writer] if writer in statuses else None
             progress = aggregate(
-                statuses, [reader], job["bytes_total"] - job.get("resumed_bytes", 0), writers
-            )
+                statuses, [reader], job["bytes_total"] - job.get("resumed_bytes", 0), writers,
+                job.get("objects_to_send"),
+            )  # fmt: skip
             failure = first_failure(statuses)
             if failure is not None:
                 return FleetStatus("failed", progress, f"gateway {failure[0]} failed: {failure[1][:3]}")
@@ -186,4 +260,10 @@ def combine(parts: list[Progress]) -> Progress:
         resends=sum(p.resends for p in parts),
         rejected=sum(p.rejected for p in parts),
         errors=tuple(e for p in parts for e in p.errors),
+        objects_done=sum(p.objects_done for p in parts),
+        objects_total=(
+            sum(p.objects_total for p in parts if p.objects_total is not None)
+            if all(p.objects_total is not None for p in parts)
+            else None
+        ),
     )

@@ -28,6 +28,13 @@ gateway's byte budget and worker processes. The reasoning, term by term:
   acknowledged; a writing gateway holds, per connection, a frame and its decoded copy. The user's
   ``max_inflight_mb`` is an upper bound, as is each gateway's own memory (the gateway caps it at
   half its machine's available memory when it starts).
+* **Small objects per batch from the destination's request rate.** The frames in flight into the
+  writing gateway (its connections x the window) hold at most about one second of the object writes
+  the destination takes on a prefix before it throttles (``ObjectStore.write_rate``: 3,500/s on S3,
+  about 1,000/s on a new GCS bucket, 20,000/s on an Azure account), within
+  [:data:`MIN_BATCH_OBJECTS`, :data:`MAX_BATCH_OBJECTS`]: a burst the store would answer with
+  503 SlowDown or 429 is not sent in the first place, and what throttling remains is absorbed by
+  the SDK's retries (adaptive on S3).
 * **Workers**: a relay VM runs one worker process per CPU (the gateway's default); gateways that share
   one machine (local relays) get a fair share of its CPUs each.
 
@@ -50,6 +57,8 @@ MAX_CHUNK = 64 * MiB
 CHUNKS_PER_CONNECTION = 4
 #: the largest plaintext of a batch of small objects (chunks.batch_small)
 BATCH_BYTES = 4 * MiB
+#: the most and fewest small objects in one batch (chunks.batch_small)
+MAX_BATCH_OBJECTS, MIN_BATCH_OBJECTS = 256, 16
 #: what a write at the next hop adds to an acknowledgement's round trip
 WRITE_S = 0.05
 #: round trip assumed for a hop whose regions are unknown (loopback, hand-made overlays)
@@ -87,6 +96,8 @@ class Tuning:
     budget_mb: dict[str, int]
     workers: dict[str, int | None]
     notes: dict[str, float] = field(default_factory=dict)
+    #: small objects per batch (:func:`batch_objects_for`)
+    batch_objects: int = MAX_BATCH_OBJECTS
 
     def summary(self) -> dict[str, object]:
         """The figures, for logs and benchmarks."""
@@ -96,6 +107,7 @@ class Tuning:
             "window": self.window,
             "budget_mb": dict(self.budget_mb),
             "workers": dict(self.workers),
+            "batch_objects": self.batch_objects,
             **self.notes,
         }
 
@@ -129,6 +141,15 @@ def window_for(chunk: int, gbps: float | None, connections: int, rtt_s: float | 
     frame_s = chunk / per_connection
     latency = (rtt_s if rtt_s is not None else DEFAULT_RTT_S) + WRITE_S
     return max(MIN_WINDOW, min(MAX_WINDOW, 2 + math.ceil(latency / frame_s)))
+
+
+def batch_objects_for(write_rate: float | None, frames_in_flight: int) -> int:
+    """Small objects per batch, so that ``frames_in_flight`` batches into the writing gateway hold
+    about one second of the destination's ``write_rate`` (object writes per second; None: no known
+    limit)."""
+    if not write_rate:
+        return MAX_BATCH_OBJECTS
+    return max(MIN_BATCH_OBJECTS, min(MAX_BATCH_OBJECTS, int(write_rate // max(1, frames_in_flight))))
 
 
 def _in_flight(hop: HopSpec) -> float:
@@ -178,9 +199,10 @@ def tune(
     max_inflight_mb: int | None = None,
     shared_cpus: int | None = None,
     workers: int | None = None,
+    write_rate: float | None = None,
 ) -> Tuning:
     """Every setting of the data plane for one transfer; ``chunk_size`` and ``workers`` given are kept
-    as they are."""
+    as they are. ``write_rate``: the destination's object writes per second (``ObjectStore.write_rate``)."""
     streams = sum(h.connections for h in hops if h.src == source)
     chunk = chunk_size or chunk_size_for(work, streams, min_part_size=min_part_size)
     # the largest frame: a whole object up to the chunk size, else a part of the largest object (raised
@@ -201,7 +223,9 @@ def tune(
         wanted = math.ceil(budget_for(gateway, tuned, source, destination, frame, window) / MiB)
         budget[gateway] = max(MIN_BUDGET_MB, min(cap, max(wanted, math.ceil(2 * frame / MiB))))
     worker_counts = {g: workers or workers_for(shared_cpus, len(gateways)) for g in gateways}
+    into_destination = sum(c for (_, b), c in connections.items() if b == destination)
     return Tuning(
+        batch_objects=batch_objects_for(write_rate, into_destination * window),
         chunk_size=chunk,
         connections=connections,
         window=window,
@@ -220,6 +244,7 @@ def tune_overlay(
     max_inflight_mb: int | None = None,
     shared_cpus: int | None = None,
     workers: int | None = None,
+    write_rate: float | None = None,
 ) -> Tuning:
     """:func:`tune` for the hops of ``overlay``, each with the round trip between its gateways' regions."""
     hops = [
@@ -229,7 +254,7 @@ def tune_overlay(
     return tune(
         hops, overlay.source, overlay.destination, work, chunk_size=chunk_size,
         min_part_size=min_part_size, max_inflight_mb=max_inflight_mb, shared_cpus=shared_cpus,
-        workers=workers,
+        workers=workers, write_rate=write_rate,
     )  # fmt: skip
 
 

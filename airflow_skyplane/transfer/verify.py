@@ -4,7 +4,9 @@ A running transfer completes and verifies each object as soon as the writer's re
 (:func:`finish_object`, through :mod:`.completion`); :func:`complete_and_verify` does all of them at
 once, for a job attached in another process.
 
-Each object is checked at the destination (one HEAD, :data:`VERIFY_THREADS` at once): its size, and
+Each object is checked at the destination (one HEAD, :data:`VERIFY_THREADS` at once, unless the
+response of its single write carried the checksum the store computed and the writer confirmed it,
+see :func:`_confirmed`): its size, and
 its checksum against what the gateways wrote (MD5, the S3 multipart ETag, or the CRC32C a GCS
 composed object reports, derived from the receipts) and, where the algorithms allow, against the
 source store's own checksum. An object that fails is deleted from the destination, so nothing that
@@ -102,9 +104,10 @@ def finish_object(
                 "transfer: nothing was written for it; rerun the transfer to copy the new version"
             )
         parts = sorted(receipts, key=lambda r: r["part_number"])
-        sides.destination.complete_multipart(
+        completed = sides.destination.complete_multipart(
             upload, [PartInfo(r["part_number"], r["length"], r["token"]) for r in parts]
         )
+        return _verify_one(sides, key, info, receipts, completed)
     return _verify_one(sides, key, info, receipts)
 
 
@@ -132,9 +135,13 @@ def _verify_all(
             yield from [(k, pool.submit(_verify_one, sides, k, o, by_key.get(k, []))) for k, o in window]
 
 
-def _verify_one(sides: Sides, key: str, src: ObjectInfo, receipts: list[Receipt]) -> str | None:
+def _verify_one(
+    sides: Sides, key: str, src: ObjectInfo, receipts: list[Receipt], completed: ObjectInfo | None = None
+) -> str | None:
     """Check one written object (size, and checksums where comparable); None if the destination's
-    checksum matched, else why it could not be compared (the size matched)."""
+    checksum matched, else why it could not be compared (the size matched). ``completed``: the object
+    as ``complete_multipart`` returned it (the store's own look at it after completing: no HEAD
+    again)."""
     parts = sorted(receipts, key=lambda r: r["part_number"])
     destination, dest_key = sides.destination, sides.destination_prefix + key
     written = sum(r["length"] for r in parts)
@@ -142,7 +149,7 @@ def _verify_one(sides: Sides, key: str, src: ObjectInfo, receipts: list[Receipt]
         raise TransferError(
             f"{destination.describe(dest_key)}: the gateways wrote {written} of {src.size} bytes"
         )
-    dst = destination.head(dest_key)
+    dst = completed or _confirmed(dest_key, parts) or destination.head(dest_key)
     if dst.size != src.size:
         raise TransferError(f"{destination.describe(dest_key)} has {dst.size} bytes, the source {src.size}")
     expected = _expected(parts, dst.checksum.algorithm if dst.checksum else "")
@@ -166,6 +173,21 @@ def _verify_one(sides: Sides, key: str, src: ObjectInfo, receipts: list[Receipt]
         f"the store's {dst.checksum.algorithm} of the whole object cannot be derived from the parts' "
         "checksums, and the source reports none to compare it with"
     )
+
+
+def _confirmed(dest_key: str, parts: list[Receipt]) -> ObjectInfo | None:
+    """The object as its single write's response described it, when the store computed its checksum
+    of the bytes it stored and the writing gateway found it equal to its own (``confirmed``): a HEAD
+    would only repeat it (stores read their writes after them). None otherwise (written in parts, or
+    no checksum in the response): then the object is asked for."""
+    if len(parts) != 1 or parts[0]["part_number"] != 0:
+        return None
+    receipt = parts[0]
+    algorithm = receipt.get("confirmed", "")
+    value = {"md5": receipt["md5"], "crc32c": receipt["crc32c"]}.get(algorithm, "")
+    if not value:
+        return None
+    return ObjectInfo(dest_key, receipt["length"], Checksum(algorithm, value))
 
 
 def _compare(

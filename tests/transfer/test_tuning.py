@@ -158,3 +158,28 @@ def test_round_trips_come_from_the_region_catalog() -> None:
     assert rtt is not None and 0.03 < rtt < 0.3  # an ocean between them
     assert tuning.rtt_between(regions, "a", "c") is None  # loopback: unknown
     assert tuning.rtt_between({"a": "nowhere:1", "b": "aws:eu-west-1"}, "a", "b") is None
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_small_object_batches_hold_about_a_second_of_the_destinations_writes(overlay: str) -> None:
+    hops = OVERLAYS[overlay]
+    work = WORKS["10,000 small objects"]
+    for rate in (1000.0, 3500.0, 20000.0):
+        t = tune(hops, "src", "dst", work, write_rate=rate)
+        frames_in = t.window * sum(c for (_, b), c in t.connections.items() if b == "dst")
+        assert tuning.MIN_BATCH_OBJECTS <= t.batch_objects <= tuning.MAX_BATCH_OBJECTS
+        # at most a second of writes in flight, unless the floor of a batch size holds more
+        assert t.batch_objects * frames_in <= rate or t.batch_objects == tuning.MIN_BATCH_OBJECTS
+        # and no smaller than that allows
+        assert (t.batch_objects + 1) * frames_in > rate or t.batch_objects == tuning.MAX_BATCH_OBJECTS
+    slower = tune(hops, "src", "dst", work, write_rate=1000.0).batch_objects
+    assert slower <= tune(hops, "src", "dst", work, write_rate=20000.0).batch_objects
+    # no known limit (local files): the largest batches
+    assert tune(hops, "src", "dst", work).batch_objects == tuning.MAX_BATCH_OBJECTS
+
+
+def test_the_batch_size_follows_the_connections_into_the_destination() -> None:
+    few = tune([HopSpec("src", "dst", 4)], "src", "dst", WORKS["10,000 small objects"], write_rate=3500.0)
+    many = tune([HopSpec("src", "dst", 32)], "src", "dst", WORKS["10,000 small objects"], write_rate=3500.0)
+    assert few.window == many.window == 4  # unplanned hops: the default window
+    assert few.batch_objects == 3500 // (4 * 4) and many.batch_objects == 3500 // (32 * 4)
