@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import socket
+import ssl
 import threading
 import time
 
@@ -38,12 +39,17 @@ MiB = 1024 * 1024
 BLOCK = 4 * MiB  # a chunk's size in the WAN benchmark's range
 
 
-def tls_in_and_out(gib: float) -> tuple[float, str]:
-    """CPU-seconds per GB of sending and receiving ``gib`` over one loopback TLS connection."""
-    fleet = tls.FleetCA.create("tls-floor")
+def _endpoints(fleet_id: str) -> tuple[ssl.SSLContext, ssl.SSLContext, socket.socket]:
+    """The server and client contexts of two gateways of a fresh fleet, and a loopback listener."""
+    fleet = tls.FleetCA.create(fleet_id)
     server_ctx = tls.server_context(fleet.issue("gw-b"), fleet.cert_pem)
     client_ctx = tls.client_context(fleet.issue("gw-a"), fleet.cert_pem)
-    listener = socket.create_server(("127.0.0.1", 0))
+    return server_ctx, client_ctx, socket.create_server(("127.0.0.1", 0))
+
+
+def tls_in_and_out(gib: float) -> tuple[float, str]:
+    """CPU-seconds per GB of sending and receiving ``gib`` over one loopback TLS connection."""
+    server_ctx, client_ctx, listener = _endpoints("tls-floor")
     total = int(gib * 1024) * MiB
     got = [0]
 
@@ -81,10 +87,7 @@ def hop_in_and_out(gib: float) -> float:
     """CPU-seconds per GB of sending and receiving ``gib`` as the gateways' data connections carry it:
     mutual TLS to meet, then chunk frames (sealed end to end, so the hop seals their heads only) on
     the bare socket, read as a relay reads them (head, then the payload into one buffer)."""
-    fleet = tls.FleetCA.create("hop-floor")
-    server_ctx = tls.server_context(fleet.issue("gw-b"), fleet.cert_pem)
-    client_ctx = tls.client_context(fleet.issue("gw-a"), fleet.cert_pem)
-    listener = socket.create_server(("127.0.0.1", 0))
+    server_ctx, client_ctx, listener = _endpoints("hop-floor")
     total = int(gib * 1024) * MiB
     got = [0]
 

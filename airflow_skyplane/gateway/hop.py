@@ -194,6 +194,15 @@ class HopStream(proto.FramedStream):
             got += count
         return buffer
 
+    def _open(self, part: int, seq: int, sealed: bytearray, prefix: bytes, what: str) -> bytes:
+        try:
+            return self._receive.decrypt(_nonce(part, seq), bytes(sealed), prefix)
+        except InvalidTag:
+            raise ProtocolError(
+                f"{what} from {self.peer} failed authentication: it was altered, replayed, reordered "
+                "or injected on the path; dropping the connection"
+            ) from None
+
     def read_frame_head(self) -> tuple[proto.FrameType, bytes, int]:
         """The next frame's type, header and payload length, its head authenticated; the payload is
         then read with :meth:`read_payload_into` (exactly its length)."""
@@ -218,13 +227,7 @@ class HopStream(proto.FramedStream):
         sealed = self._read_exact(sealed_length, "sealed frame head")
         seq = self._receive_seq
         self._receive_seq += 1
-        try:
-            head = self._receive.decrypt(_nonce(0, seq), bytes(sealed), prefix)
-        except InvalidTag:
-            raise ProtocolError(
-                f"frame {seq} from {self.peer} failed authentication: it was altered, replayed, "
-                "reordered or injected on the path; dropping the connection"
-            ) from None
+        head = self._open(0, seq, sealed, prefix, f"frame {seq}")
         frame_type = proto.FrameType(head[0]) if head[0] in proto.FrameType._value2member_map_ else None
         if frame_type is None:
             raise ProtocolError(f"unknown frame type {head[0]} from {self.peer}")
@@ -233,13 +236,7 @@ class HopStream(proto.FramedStream):
             if payload_length < TAG_BYTES:
                 raise ProtocolError(f"a sealed payload from {self.peer} is shorter than its tag")
             body = self._read_exact(payload_length, f"{frame_type.name} frame payload")
-            try:
-                opened = self._receive.decrypt(_nonce(1, seq), bytes(body), prefix)
-            except InvalidTag:
-                raise ProtocolError(
-                    f"the payload of frame {seq} from {self.peer} failed authentication: it was altered "
-                    "on the path; dropping the connection"
-                ) from None
+            opened = self._open(1, seq, body, prefix, f"the payload of frame {seq}")
             self._opened = memoryview(opened)
             return frame_type, header, len(opened)
         if payload_length and not _payload_is_end_to_end(frame_type, header):
