@@ -196,7 +196,7 @@ class HopStream(proto.FramedStream):
 
     def _open(self, part: int, seq: int, sealed: bytearray, prefix: bytes, what: str) -> bytes:
         try:
-            return self._receive.decrypt(_nonce(part, seq), bytes(sealed), prefix)
+            return self._receive.decrypt(_nonce(part, seq), sealed, prefix)  # no copy of the bytearray
         except InvalidTag:
             raise ProtocolError(
                 f"{what} from {self.peer} failed authentication: it was altered, replayed, reordered "

@@ -59,8 +59,13 @@ from airflow_skyplane.gateway.storeside import DestinationWriter, Report, Source
 from airflow_skyplane.storage.base import MultipartUpload
 
 HANDSHAKE_TIMEOUT = 10.0
-#: a relay passes a frame's payload on in pieces of at least this much as it arrives
-CUT_THROUGH_BYTES = 128 * 1024
+#: a relay passes a frame's payload on as it arrives, in pieces of at least this much (or the rest),
+CUT_THROUGH_BYTES = 64 * 1024
+#: ... and of at most this much, or what arrived within CUT_THROUGH_S: a slow flow passes its bytes on
+#: within a few hundredths of a second, a fast one in large pieces (each piece wakes the sending
+#: thread, a system call and a switch of threads: on a fast link, most of a relay's own CPU)
+CUT_THROUGH_MAX_BYTES = 1024 * 1024
+CUT_THROUGH_S = 0.02
 #: a batch of small objects holds at most this much plaintext (transfer/chunks.py batch_small)
 BATCH_RAW_BYTES = 4 * 1024 * 1024
 
@@ -409,13 +414,18 @@ class Worker:
         frame = RelayFrame(ftype, header, length)
         self.dispatcher.put([frame])
         view = memoryview(frame.payload)
-        got, told = 0, 0
+        got, told, told_at = 0, 0, time.monotonic()
         try:
             while got < length:
                 got += proto.read_payload_into(sock, view[got:], f"{ftype.name} frame payload")
-                if got - told >= CUT_THROUGH_BYTES or got == length:
+                piece = got - told
+                if (
+                    got == length
+                    or piece >= CUT_THROUGH_MAX_BYTES
+                    or (piece >= CUT_THROUGH_BYTES and time.monotonic() - told_at >= CUT_THROUGH_S)
+                ):
                     frame.advance(got)
-                    told = got
+                    told, told_at = got, time.monotonic()
         except BaseException:
             frame.advance(got, failed=True)
             raise
