@@ -1,5 +1,6 @@
-"""Fuzzing the parsers that read what a peer or a controller sends: the frame decoder, a gateway data
-connection (sealed frame heads, :mod:`airflow_skyplane.gateway.hop`) and the gateway program parser. Any input must end in a result or in one of the package's own errors
+"""Fuzzing the parsers that read what a peer or a controller sends: the frame decoder, a gateway
+data connection (sealed frame heads, :mod:`airflow_skyplane.gateway.hop`) and the gateway program
+parser. Any input must end in a result or in one of the package's own errors
 (``SkyplaneError``), never in another exception.
 
 ``make test`` runs a fast tier (SKYPLANE_FUZZ_EXAMPLES, default 1,500 inputs per target);
