@@ -15,7 +15,13 @@ chunk written at the destination: the listing, the gateways' start and the contr
 of every object are not in it. ``small_objects_per_s_end_to_end`` is over the whole
 ``TransferJob.run()``, those included.
 
-    python benchmarks/dataplane.py [--gib 2] [--rss-gib 4] [--streams 8]
+    python benchmarks/dataplane.py [--gib 2] [--rss-gib 4] [--streams 8] [--only-relay]
+
+``relay_cpu_workers_1`` and ``relay_cpu_workers_2`` move the same random data source -> relay ->
+destination on loopback with the defaults (AES-GCM on) and give each gateway's CPU-seconds per GB
+(``cpu_s_per_gb``, its processes' utime + stime read from ``/proc``; ``kernel_cpu_s_per_gb`` the
+kernel's part; ``cpu_s_per_gb_after_start`` without what each spent before it was ready, its
+imports and TLS identities) and the data plane's rate.
 
 ``lz4_gain`` is measured over a shaped link (an emulated WAN of two namespaces at ``--wan-mbit``)
 when running as root with ``ip``/``tc``, where bandwidth is the bottleneck as between regions; on
@@ -121,12 +127,70 @@ def transfer(
     return figures
 
 
+def relayed_cpu(work: Path, src: Path, name: str, *, streams: int, workers: int | None) -> dict:
+    """Source -> relay -> destination on loopback with the defaults (AES-GCM on): every gateway's
+    CPU-seconds per GB moved (its main process and workers, utime + stime from ``/proc``, kernel time
+    apart), and the data plane's rate."""
+    from wan import Sampler  # the same /proc sampler as the WAN benchmark
+
+    dst = work / f"dst-{name}"
+    dst.mkdir()
+    hops = [Hop("source", "relay", streams), Hop("relay", "destination", streams)]
+    backend = LocalRelayBackend(work / f"fleet-{name}")
+    backend.gateway_workers = workers
+    job = TransferJob(
+        LocalStore(src), "", LocalStore(dst), "", backend=backend, workdir=work / f"job-{name}",
+        overlay=Overlay("source", "destination", hops),
+    )  # fmt: skip
+
+    def pids() -> dict[str, list[int]]:
+        return {
+            gid: [gw.process.pid, *gw.info.get("workers", [])] for gid, gw in list(backend.gateways.items())
+        }
+
+    try:
+        with Sampler(pids) as sampler:
+            job.start()  # the gateways are up: what they spent starting is not the data's
+            sampler.sample()
+            started = sampler.totals()
+            while not job.poll():
+                time.sleep(0.05)
+            sampler.sample()  # the gateways' last figures, before they stop
+            result = job.finish()
+    finally:
+        job.close()
+        backend.teardown()
+    shutil.rmtree(dst)
+    statuses = result.gateways
+    seconds = statuses["destination"]["last_write_at"] - statuses["source"]["first_read_at"]
+    gb = result.bytes / 1e9
+    totals = sampler.totals()
+    figures = {
+        "run": name,
+        "bytes": result.bytes,
+        "dataplane_seconds": round(seconds, 3),
+        "gbps": round(result.bytes * 8 / seconds / 1e9, 4),
+        "workers": {gid: s["workers"] for gid, s in statuses.items()},
+        "cpu_s_per_gb": {gid: round(t["cpu_s"] / gb, 3) for gid, t in totals.items()},
+        "kernel_cpu_s_per_gb": {gid: round(t["kernel_cpu_s"] / gb, 3) for gid, t in totals.items()},
+        "cpu_s_per_gb_after_start": {
+            gid: round((t["cpu_s"] - started.get(gid, {}).get("cpu_s", 0.0)) / gb, 3)
+            for gid, t in totals.items()
+        },
+    }
+    print(json.dumps(figures), flush=True)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gib", type=float, default=2.0, help="random data for the throughput runs")
     parser.add_argument("--rss-gib", type=float, default=4.0, help="size of the memory run")
     parser.add_argument("--streams", type=int, default=8, help="TCP connections, for iperf3 and gateways")
     parser.add_argument("--wan-mbit", type=float, default=200.0, help="link rate for the lz4 run")
+    parser.add_argument(
+        "--only-relay", action="store_true", help="only the relayed CPU-per-GB runs (workers 1 and 2)"
+    )
     args = parser.parse_args()
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
     work = Path(tempfile.mkdtemp(prefix="skyplane-bench-", dir=base))
@@ -137,6 +201,22 @@ def main() -> None:
         rand.mkdir()
         write_random(rand, args.gib)
         opts = {"streams": args.streams}
+        relayed = {
+            f"relay_cpu_workers_{w}": relayed_cpu(
+                work, rand, f"relayed-w{w}", streams=args.streams, workers=w
+            )
+            for w in (1, 2)
+        }
+        relay_figures = {
+            key: {
+                k: run[k] for k in ("gbps", "cpu_s_per_gb", "cpu_s_per_gb_after_start", "kernel_cpu_s_per_gb")
+            }
+            for key, run in relayed.items()
+        }
+        if args.only_relay:
+            load = round(os.getloadavg()[0], 2)
+            print(json.dumps({**relay_figures, "machine": {"cpus": os.cpu_count(), "load_1m": load}}))
+            return
         ratios = {}
         throughput_runs = []
         for workers in (1, 2):
@@ -204,6 +284,7 @@ def main() -> None:
             "rss_run_gib": args.rss_gib,
             "rss_within_budget": not over,
             "rss_over_budget": over,
+            **relay_figures,
             "machine": {"cpus": os.cpu_count(), "load_1m": round(os.getloadavg()[0], 2)},
         }))  # fmt: skip
     finally:

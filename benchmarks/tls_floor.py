@@ -1,13 +1,19 @@
 """The CPU floor of a gateway's per-GB work in Python: TLS in and out, the payload cipher, CRC-32C.
 
-A relay receives every byte over TLS and sends it on over TLS; a source seals each chunk (AES-GCM)
-and sends it over TLS; a destination receives it over TLS and opens it. This measures those steps
+A relay receives every byte and sends it on; a source seals each chunk (AES-GCM) and sends it; a
+destination receives it and opens it. Data connections used to run TLS for their whole life (so a
+relay decrypted and re-encrypted every byte); they now use it for the handshake only and carry
+frames on the bare socket with sealed heads (:mod:`airflow_skyplane.gateway.hop`). This measures the
+steps of both
 alone, with the gateway's own TLS contexts (TLS 1.3, mutual certificates) on loopback, so that the
 CPU-seconds per GB that ``benchmarks/wan.py`` reports can be set against what the steps cost before
 any store, thread hand-off or emulated network is added.
 
 Prints one JSON object (last line): ``tls_in_and_out_cpu_s_per_gb`` (one process sends and receives
-each byte once over a loopback TLS connection: a relay's floor, its kernel time included),
+each byte once over a loopback TLS connection: a relay's floor before the data connections left
+TLS after the handshake, its kernel time included), ``hop_in_and_out_cpu_s_per_gb`` (the same over a
+gateway data connection as it is now, :mod:`airflow_skyplane.gateway.hop`: chunk frames sealed end to
+end cross the bare socket, only their heads sealed for the hop: a relay's floor now),
 ``aes_gcm_seal_cpu_s_per_gb``, ``aes_gcm_open_cpu_s_per_gb`` (``cryptography``'s AESGCM, the
 payload cipher), ``crc32c_cpu_s_per_gb`` (``google-crc32c``), the TLS cipher negotiated, and the
 load average.
@@ -19,24 +25,31 @@ import argparse
 import json
 import os
 import socket
+import ssl
 import threading
 import time
 
 import google_crc32c
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from airflow_skyplane.gateway import tls
+from airflow_skyplane.gateway import hop, tls
+from airflow_skyplane.gateway import protocol as proto
 
 MiB = 1024 * 1024
 BLOCK = 4 * MiB  # a chunk's size in the WAN benchmark's range
 
 
-def tls_in_and_out(gib: float) -> tuple[float, str]:
-    """CPU-seconds per GB of sending and receiving ``gib`` over one loopback TLS connection."""
-    fleet = tls.FleetCA.create("tls-floor")
+def _endpoints(fleet_id: str) -> tuple[ssl.SSLContext, ssl.SSLContext, socket.socket]:
+    """The server and client contexts of two gateways of a fresh fleet, and a loopback listener."""
+    fleet = tls.FleetCA.create(fleet_id)
     server_ctx = tls.server_context(fleet.issue("gw-b"), fleet.cert_pem)
     client_ctx = tls.client_context(fleet.issue("gw-a"), fleet.cert_pem)
-    listener = socket.create_server(("127.0.0.1", 0))
+    return server_ctx, client_ctx, socket.create_server(("127.0.0.1", 0))
+
+
+def tls_in_and_out(gib: float) -> tuple[float, str]:
+    """CPU-seconds per GB of sending and receiving ``gib`` over one loopback TLS connection."""
+    server_ctx, client_ctx, listener = _endpoints("tls-floor")
     total = int(gib * 1024) * MiB
     got = [0]
 
@@ -70,6 +83,55 @@ def tls_in_and_out(gib: float) -> tuple[float, str]:
     return cpu / (total / 1e9), cipher
 
 
+def hop_in_and_out(gib: float) -> float:
+    """CPU-seconds per GB of sending and receiving ``gib`` as the gateways' data connections carry it:
+    mutual TLS to meet, then chunk frames (sealed end to end, so the hop seals their heads only) on
+    the bare socket, read as a relay reads them (head, then the payload into one buffer)."""
+    server_ctx, client_ctx, listener = _endpoints("hop-floor")
+    total = int(gib * 1024) * MiB
+    got = [0]
+
+    def receive() -> None:
+        raw, _ = listener.accept()
+        with hop.accept_hop(server_ctx, raw, timeout=30) as stream:
+            buffer = memoryview(bytearray(BLOCK + 64))
+            while got[0] < total:
+                _, _, length = proto.read_frame_head(stream)
+                filled = 0
+                while filled < length:
+                    filled += proto.read_payload_into(stream, buffer[filled:length])
+                got[0] += length
+
+    thread = threading.Thread(target=receive, daemon=True)
+    thread.start()
+    stream = hop.open_hop(
+        client_ctx, socket.create_connection(listener.getsockname()[:2], timeout=30), timeout=30
+    )
+    cipher = proto.ChunkCipher.generate()
+    head, payload = proto.encode_chunk(
+        b"\x01" * 16,
+        1,
+        "floor.bin",
+        0,
+        os.urandom(BLOCK - 20),
+        object_size=BLOCK,
+        cipher=cipher,
+        compress=False,
+    )
+    header = head.pack()
+    cpu0 = time.process_time()
+    for _ in range(total // len(payload)):
+        proto.write_frame(stream, proto.CHUNK, header, payload)
+    total = (total // len(payload)) * len(payload)
+    thread.join(120)
+    cpu = time.process_time() - cpu0
+    stream.close()
+    listener.close()
+    if got[0] != total:
+        raise RuntimeError(f"received {got[0]} of {total} bytes")
+    return cpu / (total / 1e9)
+
+
 def per_gb(step: object, gib: float) -> float:
     """CPU-seconds per GB of calling ``step`` once per block over ``gib``."""
     rounds = int(gib * 1024) * MiB // BLOCK
@@ -93,6 +155,7 @@ def main() -> None:
         "gib": args.gib,
         "tls_cipher": cipher,
         "tls_in_and_out_cpu_s_per_gb": round(tls_cpu, 3),
+        "hop_in_and_out_cpu_s_per_gb": round(hop_in_and_out(args.gib), 3),
         "aes_gcm_seal_cpu_s_per_gb": round(per_gb(lambda: aes.encrypt(nonce, data, None), args.gib), 3),
         "aes_gcm_open_cpu_s_per_gb": round(per_gb(lambda: aes.decrypt(nonce, sealed, None), args.gib), 3),
         "crc32c_cpu_s_per_gb": round(per_gb(lambda: google_crc32c.value(data), args.gib), 3),

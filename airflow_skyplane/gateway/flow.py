@@ -8,10 +8,11 @@
   has room, so a path slower than planned takes less and does not hold the tail. Among the hops that
   have a connection waiting, the one furthest below its planned share (the plan's edge flow) goes
   first, so paths that keep up carry the planned split.
-* :class:`Link` is one TLS connection to a next hop with a **window**: up to ``window`` frames are
-  sent before the first is acknowledged, and a second thread reads the ACKs and NACKs as they come
-  back. A NACK puts the frame back at the head of the link's queue (the hop that holds an intact copy
-  sends it again), up to :data:`MAX_ATTEMPTS` sends; an ACK releases the frame.
+* :class:`Link` is one data connection to a next hop (:mod:`.hop`) with a **window**: up to
+  ``window`` frames are sent before the first is acknowledged, and a second thread reads the ACKs
+  and NACKs as they come back. A NACK puts the frame back at the head of the link's queue (the hop
+  that holds an intact copy sends it again), up to :data:`MAX_ATTEMPTS` sends; an ACK releases the
+  frame.
 
 What is sent and how is the owner's business (:class:`~airflow_skyplane.gateway.worker.Worker`): it
 provides ``connect``, ``transmit``, ``acked``, ``nacked`` and ``fail``. Standard library only.

@@ -71,6 +71,7 @@ __all__ = [
     "ErrorReport",
     "Frame",
     "FrameType",
+    "FramedStream",
     "Nack",
     "ReplayGuard",
     "decode_batch",
@@ -895,11 +896,29 @@ class _Read(Protocol):
     def read(self, size: int = ..., /) -> bytes | None: ...
 
 
-Writable = Union[_SendAll, _Write]
-Readable = Union[_RecvInto, _ReadInto, _Read]
+class FramedStream:
+    """A stream that puts frames on the wire in its own format (a keyed data connection between two
+    gateways, :class:`airflow_skyplane.gateway.hop.HopStream`): :func:`write_frame`,
+    :func:`read_frame`, :func:`read_frame_head` and :func:`read_payload_into` hand it the frame."""
+
+    def write_frame(self, frame_type: FrameType, header: bytes, payload: BytesLike = b"") -> None:
+        raise NotImplementedError
+
+    def read_frame_head(self) -> tuple[FrameType, bytes, int]:
+        raise NotImplementedError
+
+    def read_payload_into(self, view: memoryview, what: str = "frame payload") -> int:
+        raise NotImplementedError
+
+    def read_frame(self) -> Frame:
+        raise NotImplementedError
 
 
-def _send(stream: Writable, data: BytesLike) -> None:
+Writable = Union[_SendAll, _Write, FramedStream]
+Readable = Union[_RecvInto, _ReadInto, _Read, FramedStream]
+
+
+def _send(stream: _SendAll | _Write, data: BytesLike) -> None:
     if isinstance(stream, _SendAll):
         stream.sendall(data)
         return
@@ -933,6 +952,9 @@ def write_frame(
         raise InvalidInputError(
             f"a frame payload of {payload_length} bytes exceeds the {MAX_PAYLOAD}-byte limit"
         )
+    if isinstance(stream, FramedStream):
+        stream.write_frame(kind, bytes(header), payload)
+        return
     prefix = _PREFIX.pack(MAGIC, kind, header_length, payload_length)
     if payload_length <= _COALESCE_BYTES:
         _send(stream, b"".join((prefix, header, payload)))
@@ -990,6 +1012,8 @@ def read_frame_head(stream: Readable) -> tuple[FrameType, bytes, int]:
     then reads exactly the payload length (:func:`read_payload_into`). The same checks as
     :func:`read_frame` apply, before anything is allocated.
     """
+    if isinstance(stream, FramedStream):
+        return stream.read_frame_head()
     prefix = _read_exact(stream, _PREFIX.size, "frame prefix")
     magic, type_code, header_length, payload_length = _PREFIX.unpack(prefix)
     if magic != MAGIC:
@@ -1019,6 +1043,8 @@ def read_payload_into(stream: Readable, view: memoryview, what: str = "frame pay
     """Read up to ``len(view)`` bytes of a payload into ``view``: the count read (at least 1).
 
     A stream that ends first raises :class:`ProtocolError`, as a truncated frame does."""
+    if isinstance(stream, FramedStream):
+        return stream.read_payload_into(view, what)
     recv_into = getattr(stream, "recv_into", None) or getattr(stream, "readinto", None)
     if recv_into is not None:
         count = recv_into(view)
@@ -1069,6 +1095,8 @@ def read_frame(stream: Readable) -> Frame:
     the reader allocate more than the limits. End of stream before a frame, bad magic, unknown type,
     oversize lengths and truncation raise :class:`ProtocolError`.
     """
+    if isinstance(stream, FramedStream):
+        return stream.read_frame()
     frame_type, header, payload_length = read_frame_head(stream)
     payload = _read_exact(stream, payload_length, f"{frame_type.name} frame payload")
     return Frame(frame_type, header, payload)
@@ -1104,6 +1132,22 @@ class ReplayGuard:
                     "was already received; dropping the copy"
                 )
             self._seen[entry] = None
+            if len(self._seen) > self.window:
+                self._seen.popitem(last=False)
+
+    def seen(self, header: ChunkHeader) -> bool:
+        """Whether the chunk's triple is among those recorded (:meth:`remember`), without recording it:
+        a writer asks before it writes and records only once the write succeeded, so that a resend
+        of a chunk whose write failed (same triple, from a relay) is not taken for a replay."""
+        with self._lock:
+            return (header.transfer_id, header.chunk_id, header.attempt) in self._seen
+
+    def remember(self, header: ChunkHeader) -> None:
+        """Record the chunk's triple (see :meth:`seen`)."""
+        entry = (header.transfer_id, header.chunk_id, header.attempt)
+        with self._lock:
+            self._seen[entry] = None
+            self._seen.move_to_end(entry)
             if len(self._seen) > self.window:
                 self._seen.popitem(last=False)
 

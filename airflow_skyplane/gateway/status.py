@@ -46,6 +46,7 @@ class Counters:
             "wire_bytes": 0,
             "resends": 0,
             "rejected_chunks": 0,
+            "replayed_chunks": 0,
             "rejected_peers": 0,
         }
         self.errors: list[str] = []

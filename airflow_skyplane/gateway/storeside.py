@@ -285,9 +285,13 @@ class DestinationWriter:
         self._faults = dict(faults)
         self._fault_lock = threading.Lock()
         self._written = itertools.count(0)
+        # chunks written, by (transfer, chunk, attempt): a frame a relay sends again is not written twice
+        self._replays = proto.ReplayGuard()
 
-    def write(self, frame: proto.Frame) -> tuple[bool, str]:
-        """Check, decrypt and write every chunk of a frame; (False, reason) asks for a resend."""
+    def write(self, frame: proto.Frame) -> tuple[bool | None, str]:
+        """Check, decrypt and write every chunk of a frame; (False, reason) asks for a resend; (None,
+        reason) is a replay of a frame already written: nothing is written, and it is not answered
+        (its sender had its answer), only counted (``replayed_chunks``) and reported."""
         try:
             pairs = frame.batch() if frame.type == proto.BATCH else [frame.chunk()]
             decoded = [
@@ -298,11 +302,23 @@ class DestinationWriter:
             self.report.add(rejected_chunks=1)
             self.report.warn(str(err))
             return False, str(err)
+        # checked once authenticated (a forged header cannot pre-empt a real one), recorded once written
+        if all(self._replays.seen(header) for header, _, _ in decoded):
+            first = decoded[0][0]
+            why = (
+                f"replayed frame: {first.describe()} attempt {first.attempt} was already written; "
+                "dropping the copy (a relay on the path sent it twice)"
+            )
+            self.report.add(replayed_chunks=len(decoded))
+            self.report.warn(why)
+            return None, why
         try:
             receipts = self.pool.each(lambda item: self._write_chunk(*item), decoded)
         except Exception as err:  # noqa: BLE001 - a failed write is NACKed and resent; after MAX_ATTEMPTS it fails the transfer
             self.report.warn(f"writing to the destination: {type(err).__name__}: {err}")
             return False, f"the destination store refused the write: {type(err).__name__}: {err}"
+        for header, _, _ in decoded:
+            self._replays.remember(header)
         self.report.wrote()
         self.report.receipts(receipts)
         return True, ""

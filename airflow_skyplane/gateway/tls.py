@@ -402,10 +402,11 @@ def _context(
     context = ssl.SSLContext(purpose)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     if purpose == ssl.PROTOCOL_TLS_SERVER:
-        # No session tickets: gateways never resume a session, and a TLS 1.3 ticket arrives after the
-        # client's handshake, while one thread of the link already writes frames and another reads
-        # ACKs on the same connection. OpenSSL's SSL object is not safe for such concurrent use: a
-        # write that ran into the ticket being read waited for more to read, and the link hung.
+        # No session tickets: gateways never resume a session, so a ticket would be bytes for nothing.
+        # (They also hung links once, when data connections kept TLS for their whole life: a TLS 1.3
+        # ticket arrived while one thread wrote frames and another read ACKs on the same SSLSocket,
+        # which OpenSSL's SSL object does not allow. Data connections now use TLS from one thread,
+        # for the handshake and the hop keys only, and frames go on the bare socket: see hop.py.)
         context.num_tickets = 0
     context.verify_mode = ssl.CERT_REQUIRED
     context.verify_flags |= ssl.VERIFY_X509_STRICT

@@ -26,7 +26,7 @@ source learns what is written from the writer's receipts, through the controller
 ``docs/wire-protocol.md``). Every byte a worker holds is counted once in its byte budget.
 
 Test-only fault hooks (``test_faults`` in the program) act per worker process: ``corrupt_forwarded_frame``,
-``tap_file`` (relays), ``exit_after_chunks``, ``delay_per_chunk_s`` (writers).
+``tap_file``, ``replay_forwarded_frame`` (relays), ``exit_after_chunks``, ``delay_per_chunk_s`` (writers).
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ import os
 import select
 import signal
 import socket
-import ssl
 import sys
 import threading
 import time
@@ -53,14 +52,20 @@ from airflow_skyplane.exceptions import ProtocolError, SkyplaneError, TransferEr
 from airflow_skyplane.gateway import protocol as proto
 from airflow_skyplane.gateway import tls
 from airflow_skyplane.gateway.flow import ByteBudget, Dispatcher, Link
+from airflow_skyplane.gateway.hop import HopStream, accept_hop, open_hop
 from airflow_skyplane.gateway.program import NextHop, Program
 from airflow_skyplane.gateway.stores import open_spec
 from airflow_skyplane.gateway.storeside import DestinationWriter, Report, SourceReader, StorePool
 from airflow_skyplane.storage.base import MultipartUpload
 
 HANDSHAKE_TIMEOUT = 10.0
-#: a relay passes a frame's payload on in pieces of at least this much as it arrives
-CUT_THROUGH_BYTES = 128 * 1024
+#: a relay passes a frame's payload on as it arrives, in pieces of at least this much (or the rest),
+CUT_THROUGH_BYTES = 64 * 1024
+#: ... and of at most this much, or what arrived within CUT_THROUGH_S: a slow flow passes its bytes on
+#: within a few hundredths of a second, a fast one in large pieces (each piece wakes the sending
+#: thread, a system call and a switch of threads: on a fast link, most of a relay's own CPU)
+CUT_THROUGH_MAX_BYTES = 1024 * 1024
+CUT_THROUGH_S = 0.02
 #: a batch of small objects holds at most this much plaintext (transfer/chunks.py batch_small)
 BATCH_RAW_BYTES = 4 * 1024 * 1024
 
@@ -169,6 +174,7 @@ class Worker:
         self._faults = dict(program.test_faults)
         self._fault_lock = threading.Lock()
         self._forwarded = itertools.count(1)
+        self._replayed = itertools.count(1)
 
     # -- life cycle ------------------------------------------------------------------------------
     def fail(self, message: str) -> None:
@@ -256,21 +262,23 @@ class Worker:
             self.report.send({"t": "finished"})
 
     # -- sending ---------------------------------------------------------------------------------
-    def connect(self, hop: NextHop) -> ssl.SSLSocket:
+    def connect(self, next_hop: NextHop) -> HopStream:
+        """A keyed data connection to the next hop (mutual TLS to meet it, then sealed frame heads
+        on the bare socket: :mod:`.hop`)."""
         last: Exception | None = None
         for attempt in range(40):
             if self.stop.is_set():
                 raise TransferError("the gateway is stopping")
             try:
-                raw = socket.create_connection((hop.host, hop.port), timeout=HANDSHAKE_TIMEOUT)
+                raw = socket.create_connection((next_hop.host, next_hop.port), timeout=HANDSHAKE_TIMEOUT)
                 raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock = tls.client_handshake(self.client_ctx, raw, timeout=HANDSHAKE_TIMEOUT)
-                sock.settimeout(None)
-                return sock
+                return open_hop(self.client_ctx, raw, timeout=HANDSHAKE_TIMEOUT)
             except OSError as err:
                 last = err
                 time.sleep(min(0.05 * (attempt + 1), 0.5))
-        raise TransferError(f"cannot reach next hop {hop.gateway_id} at {hop.host}:{hop.port}: {last}")
+        raise TransferError(
+            f"cannot reach next hop {next_hop.gateway_id} at {next_hop.host}:{next_hop.port}: {last}"
+        )
 
     def transmit(self, link: Link, item: Any) -> None:
         if isinstance(item, ReadItem):
@@ -319,7 +327,9 @@ class Worker:
     def _stream(self, link: Link, frame: RelayFrame) -> None:
         sock = link.sock
         frame.sends += 1
-        if self._faults.get("corrupt_forwarded_frame") or self._faults.get("tap_file"):
+        if any(
+            self._faults.get(f) for f in ("corrupt_forwarded_frame", "tap_file", "replay_forwarded_frame")
+        ):
             if frame.size:
                 frame.wait_past(frame.size - 1, self.stop)
             payload = self._maybe_corrupt(frame.payload, frame.sends - 1)
@@ -327,8 +337,18 @@ class Worker:
             assert frame.ack_id is not None
             link.register(frame.ack_id, frame)
             proto.write_frame(sock, frame.type, frame.header, payload)
+            if self._replay_now(frame.sends - 1):
+                proto.write_frame(sock, frame.type, frame.header, payload)  # not registered: a copy
             return
-        sock.sendall(proto.frame_head(frame.type, frame.header, frame.size))
+        if not sock.streams_payload(frame.type, frame.header):
+            # a payload the hop must seal (a batch, an unencrypted chunk) goes out whole
+            if frame.size:
+                frame.wait_past(frame.size - 1, self.stop)
+            assert frame.ack_id is not None
+            link.register(frame.ack_id, frame)
+            proto.write_frame(sock, frame.type, frame.header, frame.payload)
+            return
+        sock.write_head(frame.type, frame.header, frame.size)
         view = memoryview(frame.payload)
         sent = 0
         registered = False
@@ -341,7 +361,7 @@ class Worker:
                 assert frame.ack_id is not None
                 link.register(frame.ack_id, frame)
                 registered = True
-            sock.sendall(view[sent:filled])
+            sock.write_payload(view[sent:filled])
             sent = filled
         if not registered:  # an empty payload
             assert frame.ack_id is not None
@@ -354,8 +374,7 @@ class Worker:
 
     def _receiver(self, raw: socket.socket) -> None:
         try:
-            sock = tls.server_handshake(self.server_ctx, raw, timeout=HANDSHAKE_TIMEOUT)
-            sock.settimeout(None)
+            sock = accept_hop(self.server_ctx, raw, timeout=HANDSHAKE_TIMEOUT)
         except (OSError, ProtocolError) as err:
             # not an error of the transfer: count it and drop the peer, no byte of a frame was read
             self.report.add(rejected_peers=1)
@@ -387,7 +406,7 @@ class Worker:
             with contextlib.suppress(OSError):
                 sock.close()
 
-    def _relay(self, sock: ssl.SSLSocket, ftype: proto.FrameType, header: bytes, length: int) -> None:
+    def _relay(self, sock: HopStream, ftype: proto.FrameType, header: bytes, length: int) -> None:
         """Hand the frame to a next hop at once, fill its payload as it arrives, and ACK it upstream
         once all of it is here (the budget is given back when the next hop ACKs it)."""
         if not self.budget.acquire(length, self.stop):
@@ -395,13 +414,18 @@ class Worker:
         frame = RelayFrame(ftype, header, length)
         self.dispatcher.put([frame])
         view = memoryview(frame.payload)
-        got, told = 0, 0
+        got, told, told_at = 0, 0, time.monotonic()
         try:
             while got < length:
                 got += proto.read_payload_into(sock, view[got:], f"{ftype.name} frame payload")
-                if got - told >= CUT_THROUGH_BYTES or got == length:
+                piece = got - told
+                if (
+                    got == length
+                    or piece >= CUT_THROUGH_MAX_BYTES
+                    or (piece >= CUT_THROUGH_BYTES and time.monotonic() - told_at >= CUT_THROUGH_S)
+                ):
                     frame.advance(got)
-                    told = got
+                    told, told_at = got, time.monotonic()
         except BaseException:
             frame.advance(got, failed=True)
             raise
@@ -409,7 +433,7 @@ class Worker:
         assert frame.ack_id is not None
         proto.write_frame(sock, proto.ACK, proto.Ack(self.transfer_id, (frame.ack_id,)).pack())
 
-    def _receive_whole(self, sock: ssl.SSLSocket, ftype: proto.FrameType, header: bytes, length: int) -> None:
+    def _receive_whole(self, sock: HopStream, ftype: proto.FrameType, header: bytes, length: int) -> None:
         """Read a whole frame, write its chunks (and pass it on, on a relay that also writes), answer it."""
         raw = proto.ChunkHeader.unpack(header).raw_length if ftype == proto.CHUNK else BATCH_RAW_BYTES
         held = length + raw
@@ -426,6 +450,8 @@ class Worker:
             self._await_stores()
             assert self.writer is not None
             ok, why = self.writer.write(frame)
+            if ok is None:  # a replay: written before, answered before
+                return
             if ok and self.program.forwards:
                 if self.budget.acquire(length, self.stop):
                     relayed = RelayFrame(ftype, header, length)
@@ -449,6 +475,16 @@ class Worker:
             with self._fault_lock, open(path, "ab") as tap:
                 tap.write(header)
                 tap.write(payload)
+
+    def _replay_now(self, attempt: int) -> bool:
+        """``test_faults["replay_forwarded_frame"]``: send the N-th forwarded frame twice, as a relay
+        replaying a frame it holds would (the copy is re-sealed for the hop, so only the writer's
+        record of the chunks it wrote can tell)."""
+        target = self._faults.get("replay_forwarded_frame")
+        if not target or attempt:
+            return False
+        with self._fault_lock:
+            return next(self._replayed) == target
 
     def _maybe_corrupt(self, payload: bytes | bytearray, attempt: int) -> bytes | bytearray:
         """``test_faults["corrupt_forwarded_frame"]``: flip one byte of the N-th forwarded frame on its

@@ -1,5 +1,6 @@
-"""Fuzzing the two parsers that read what a peer or a controller sends: the frame decoder and the
-gateway program parser. Any input must end in a result or in one of the package's own errors
+"""Fuzzing the parsers that read what a peer or a controller sends: the frame decoder, a gateway
+data connection (sealed frame heads, :mod:`airflow_skyplane.gateway.hop`) and the gateway program
+parser. Any input must end in a result or in one of the package's own errors
 (``SkyplaneError``), never in another exception.
 
 ``make test`` runs a fast tier (SKYPLANE_FUZZ_EXAMPLES, default 1,500 inputs per target);
@@ -8,6 +9,7 @@ gateway program parser. Any input must end in a result or in one of the package'
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -17,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from airflow_skyplane.exceptions import SkyplaneError
+from airflow_skyplane.gateway import hop
 from airflow_skyplane.gateway import protocol as p
 from airflow_skyplane.gateway.program import Program
 
@@ -102,6 +105,70 @@ def test_mutated_and_truncated_frames_never_crash_the_frame_decoder(
     for position, value in flips:
         frame[position % len(frame)] = value
     consume(bytes(frame[: max(1, len(frame) - cut % len(frame))]) if cut % 3 == 0 else bytes(frame))
+
+
+class _Wire:
+    """Stands in for a socket under a :class:`HopStream`: what is sent piles up; reads come from it."""
+
+    def __init__(self, data: bytes = b"") -> None:
+        self.sent = bytearray()
+        self._in = io.BytesIO(data)
+
+    def sendall(self, data: Any) -> None:
+        self.sent += data
+
+    def sendmsg(self, parts: list[Any]) -> int:
+        for part in parts:
+            self.sent += part
+        return sum(memoryview(part).nbytes for part in parts)
+
+    def recv_into(self, view: memoryview, size: int = 0) -> int:
+        return self._in.readinto(view[: size or len(view)])
+
+
+HOP_KEY = os.urandom(32)
+
+
+def _hop_frames() -> bytes:
+    wire = _Wire()
+    sender = hop.HopStream(wire, HOP_KEY, os.urandom(32), "gw-a")  # type: ignore[arg-type]
+    for frame in VALID:
+        parsed = p.read_frame(io.BytesIO(frame))
+        p.write_frame(sender, parsed.type, parsed.header, parsed.payload)
+    return bytes(wire.sent)
+
+
+HOP_FRAMES = _hop_frames()
+
+
+@FUZZ
+@given(
+    st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), max_size=8),
+    st.integers(0, 1 << 16),
+)
+def test_mutated_and_truncated_hop_frames_never_crash_the_data_connection(
+    flips: list[tuple[int, int]], cut: int
+) -> None:
+    """What arrives on a gateway data connection, damaged on the path, ends in frames or the package's
+    own error (an end-to-end sealed payload is checked by the chunk's own tag, not by the hop)."""
+    wire = bytearray(HOP_FRAMES)
+    for position, value in flips:
+        wire[position % len(wire)] = value
+    data = bytes(wire[: max(1, len(wire) - cut % len(wire))]) if cut % 3 == 0 else bytes(wire)
+    receiver = hop.HopStream(_Wire(data), os.urandom(32), HOP_KEY, "gw-b")  # type: ignore[arg-type]
+    frames = []
+    try:
+        for _ in VALID:
+            frames.append(p.read_frame(receiver))
+    except SkyplaneError:
+        assert data != HOP_FRAMES  # an intact stream reads whole
+    if data == HOP_FRAMES:
+        assert [f.type for f in frames] == [p.read_frame(io.BytesIO(v)).type for v in VALID]
+    for frame in frames:
+        if frame.type is p.FrameType.CHUNK:
+            with contextlib.suppress(SkyplaneError):
+                header, payload = frame.chunk()
+                p.decode_chunk(header, payload, cipher=CIPHER if header.encrypted else None)
 
 
 BASE: dict[str, Any] = {

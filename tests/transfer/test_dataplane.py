@@ -164,6 +164,25 @@ def test_corrupted_chunk_is_detected_and_resent(tmp_path: Path) -> None:
     assert result.gateways["destination"]["rejected_chunks"] == 1
 
 
+def test_a_frame_a_relay_replays_is_detected_and_not_written_twice(tmp_path: Path) -> None:
+    """The relay sends its second forwarded frame twice, re-sealed for the hop as any frame it sends:
+    the hop cannot tell, the writer's record of the chunks it wrote does, and drops the copy."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    for i in range(3):
+        (src / f"f{i}.bin").write_bytes(os.urandom(2 * MiB))
+    _, result = run(
+        LocalStore(src), "", LocalStore(dst), "", tmp_path, overlay=RELAYED, chunk_size=1 * MiB,
+        test_faults={"relay": {"replay_forwarded_frame": 2}},
+    )  # fmt: skip
+    assert tree_digest(dst) == tree_digest(src)
+    destination = result.gateways["destination"]
+    assert destination["replayed_chunks"] == 1
+    assert destination["chunks_received"] == 7  # six chunks, and the copy
+    assert destination["chunks_written"] == 6
+
+
 @pytest.mark.parametrize("encrypt", [True, False])
 def test_a_tapping_relay_sees_no_plaintext(tmp_path: Path, encrypt: bool) -> None:
     marker = b"TOP-SECRET-MARKER-4242"

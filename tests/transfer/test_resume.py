@@ -174,7 +174,10 @@ def test_a_source_object_changed_since_discards_its_state(tmp_path: Path) -> Non
     (src / "big.bin").write_bytes(os.urandom(24 * MiB))
     (src / "other.bin").write_bytes(os.urandom(12 * MiB))
     options = {"overlay": Overlay.direct(1), "chunk_size": MiB, "state_key": KEY, "state_every_chunks": 1}
-    first = new_job(LocalStore(src), "", LocalStore(dst), "", tmp_path / "first", **options)
+    # a slow writer, so that the transfer is surely in flight when it is interrupted, however fast
+    # the data plane moves 36 MiB on loopback
+    slow = {"destination": {"delay_per_chunk_s": 0.05}}
+    first = new_job(LocalStore(src), "", LocalStore(dst), "", tmp_path / "first", test_faults=slow, **options)
     interrupt(first, lambda: recorded_bytes(LocalStore(dst)) >= 3 * MiB)
     old = resume.load_state(LocalStore(dst), KEY)
     assert old is not None and old["objects"]["big.bin"]["upload_id"]
