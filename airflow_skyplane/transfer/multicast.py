@@ -36,7 +36,7 @@ from airflow_skyplane.storage.base import ObjectInfo, ObjectStore
 from airflow_skyplane.storage.kinds import StoreSpec
 from airflow_skyplane.transfer import control, manifest, tuning, wiring
 from airflow_skyplane.transfer.credentials import RelayCredentials
-from airflow_skyplane.transfer.job import TransferJob
+from airflow_skyplane.transfer.job import TransferJob, conduct
 from airflow_skyplane.transfer.options import TransferKnobs, TransferOptions
 from airflow_skyplane.transfer.overlay import Overlay
 from airflow_skyplane.transfer.summary import TransferResult
@@ -301,10 +301,4 @@ class MulticastJob:
             raise TransferError(f"closing the multicast: {refused}")
 
     def run(self) -> MulticastResult:
-        try:
-            self.start()
-            while not self.poll():
-                time.sleep(POLL_S)
-            return self.finish()
-        finally:
-            self.close()
+        return conduct(self, POLL_S)
