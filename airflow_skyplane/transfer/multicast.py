@@ -139,6 +139,7 @@ class MulticastJob:
             for gid, (store, prefix) in destinations.items()
         }
         self.failed: dict[str, str] = {}
+        self._lost: dict[str, control.GatewayStatus] = {}
         self.started: dict[str, GatewayHandle] = {}
         self.started_at = 0.0
         self.tuning: tuning.Tuning | None = None
@@ -223,7 +224,7 @@ class MulticastJob:
         destinations behind it; raise TransferError when none is left."""
         if not self.started:
             return True
-        statuses = control.all_statuses(self.started)
+        statuses = self._statuses()
         self._attribute(statuses)
         for gid in self.live():
             try:
@@ -238,6 +239,21 @@ class MulticastJob:
         if time.time() - self.started_at > self.options.timeout:
             raise TransferError(f"multicast did not finish in {self.options.timeout:.0f} s")
         return False
+
+    def _statuses(self) -> dict[str, control.GatewayStatus]:
+        """Every gateway's status; a gateway that died fails the destinations it serves (and shows
+        the error that named its death from then on)."""
+        out: dict[str, control.GatewayStatus] = {}
+        for gid, gw in self.started.items():
+            if gid not in self._lost:
+                try:
+                    out[gid] = control.status(gw)
+                    continue
+                except TransferError as err:
+                    self._lost[gid] = {"errors": [str(err)[:500]], "lost": True}
+                    self._fail(self.overlay.downstream(gid), str(err)[:500])
+            out[gid] = self._lost[gid]
+        return out
 
     def _attribute(self, statuses: Mapping[str, control.GatewayStatus]) -> None:
         """Fail the destinations behind each gateway that died or failed, and behind each branch a
@@ -262,7 +278,7 @@ class MulticastJob:
 
     def finish(self) -> MulticastResult:
         """Complete and verify every destination still going; call once :meth:`poll` says done."""
-        statuses = control.all_statuses(self.started)
+        statuses = self._statuses()
         results: dict[str, TransferResult] = {}
         for gid in self.live():
             try:

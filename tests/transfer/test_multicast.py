@@ -109,3 +109,20 @@ def test_overlay_from_a_multicast_plan_is_a_tree_that_shares_edges() -> None:
         assert len(named) == len(set(named))
     planned = {(e.src, e.dst) for e in plan.edges if e.gbps > 0}
     assert {(h.src, h.dst) for h in overlay.hops} <= planned
+
+
+def test_a_destination_region_lost_mid_transfer_fails_alone(tmp_path: Path) -> None:
+    total = _fill(tmp_path / "src")
+    # d3's gateway vanishes after its third chunk, as a relay VM whose region is lost
+    job, backend, dests = _job(tmp_path, test_faults={"d3": {"exit_after_chunks": 3}})
+    result = job.run()
+    assert backend.running() == []
+    assert sorted(result.failed) == ["d3"]
+    assert list(result.gateways["source"]["failed_branches"]) == ["d3"]  # dropped at the source's fork
+    for gid in ("d1", "d2"):
+        assert tree_digest(dests[gid]) == tree_digest(tmp_path / "src"), gid
+        assert result.results[gid].bytes == total
+    # at d3: only whole objects (those completed before it was lost), and no upload left open
+    for path in (p for p in dests["d3"].rglob("*") if p.is_file()):
+        assert path.read_bytes() == (tmp_path / "src" / path.relative_to(dests["d3"])).read_bytes()
+    assert list(LocalStore(dests["d3"]).list_multipart_uploads()) == []
