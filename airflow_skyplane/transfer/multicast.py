@@ -250,7 +250,7 @@ class MulticastJob:
                     out[gid] = control.status(gw)
                     continue
                 except TransferError as err:
-                    self._lost[gid] = {"errors": [str(err)[:500]], "lost": True}
+                    self._lost[gid] = {"errors": [str(err)[:500]]}
                     self._fail(self.overlay.downstream(gid), str(err)[:500])
             out[gid] = self._lost[gid]
         return out
