@@ -4,8 +4,10 @@ For each destination whose region and the source's are known and differ, the pla
 (:mod:`airflow_skyplane.planner`, pure) gets the task's objective and limits - its own arguments,
 then the ``skyplane`` settings - and the bytes the destination needs; otherwise the destination is
 sent directly. With several remote destinations the multicast plan is made too, for its cost
-estimate. When a cloud refuses a relay region for quota or capacity, :meth:`TransferPlanner.replan`
-plans again without it.
+estimate: the summary and the log show both costs (one plan per destination, and the tree) and the
+tree itself, as the data plane would run it (:func:`~airflow_skyplane.transfer.tree.tree_from_plan`).
+When a cloud refuses a relay region for quota or capacity, :meth:`TransferPlanner.replan` plans
+again without it.
 
 A plan that cannot be made fails with :class:`~airflow_skyplane.exceptions.InfeasiblePlanError`
 naming the binding limits by the operator's parameters (the planner names them by its own keywords
@@ -38,7 +40,8 @@ class Logger(Protocol):
 
 #: the summary's keys :meth:`Planning.estimate` sets
 ESTIMATE_KEYS = (
-    "predicted_gbps", "direct_gbps", "estimated_cost_usd", "multicast_cost_usd", "excluded_regions",
+    "predicted_gbps", "direct_gbps", "estimated_cost_usd", "multicast_cost_usd", "multicast_tree",
+    "multicast_shares_edges", "excluded_regions",
 )  # fmt: skip
 
 
@@ -65,7 +68,13 @@ class Planning:
             out["direct_gbps"] = round(min(p.direct_throughput_gbps for p, _ in planned), 4)
             out["estimated_cost_usd"] = round(sum(p.cost_per_gb_usd * n / 1e9 for p, n in planned), 6)
         if self.multicast is not None and planned:
+            from airflow_skyplane.transfer.tree import tree_from_plan
+
             out["multicast_cost_usd"] = round(self.multicast.cost_per_gb_usd * max(self.needed) / 1e9, 6)
+            tree = tree_from_plan(self.multicast)
+            out["multicast_tree"] = tree.describe()
+            # an edge that carries the data for more than one destination: the tree pays it once
+            out["multicast_shares_edges"] = any("," in hop.branch for hop in tree.hops)
         if self.excluded:
             out["excluded_regions"] = list(self.excluded)
         return out
@@ -198,6 +207,13 @@ class TransferPlanner:
                 "Estimate: %.1f MiB to send, %.3f Gbps predicted (direct %.3f Gbps), $%.4f",
                 sum(planning.needed) / MiB, estimate["predicted_gbps"], estimate["direct_gbps"],
                 estimate["estimated_cost_usd"],
+            )  # fmt: skip
+        if "multicast_cost_usd" in estimate:
+            self.log.info(
+                "One transfer per destination: $%.4f; the multicast tree (%s): $%.4f\n%s",
+                estimate["estimated_cost_usd"],
+                "shares edges" if estimate["multicast_shares_edges"] else "shares no edge",
+                estimate["multicast_cost_usd"], "\n".join(estimate["multicast_tree"]),
             )  # fmt: skip
 
     def plan(

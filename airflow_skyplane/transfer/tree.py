@@ -11,7 +11,8 @@ source:
 * at each gateway, the destinations it serves (but itself) are split into **branches**: a branch is
   led by the next hop that reaches most of them (ties: the faster edge), and it takes every
   destination that hop reaches; other next hops that reach all of the branch's destinations join it
-  as alternatives (the frames split between them by their planned Gbps, as in a unicast overlay);
+  as alternatives when they are relays (the frames split between them by their planned Gbps, as in
+  a unicast overlay);
 * a gateway fed by several upstream gateways serves one set, the same from each of them.
 
 So each frame is read once at the source, crosses each edge of the tree once, and is copied where
@@ -131,8 +132,12 @@ def tree_from_plan(plan: TransferPlan, *, max_connections_per_hop: int | None = 
                 )
             lead = max(choices, key=lambda n: (len(cover[n] & need), edges[(gid, n)].gbps, n))
             group = cover[lead] & need
+            # alternatives are relays only: a destination of the group fed as an alternative would
+            # have to forward to the others, and they to it (a cycle, or bytes sent twice)
             members = [lead] + sorted(
-                n for n in choices if n != lead and group <= cover[n] and n not in serves
+                n
+                for n in choices
+                if n != lead and group <= cover[n] and n not in serves and n not in targets
             )
             for member in members:
                 if member in serves and serves[member] != group:

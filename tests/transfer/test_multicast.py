@@ -14,6 +14,7 @@ from airflow_skyplane.compute.local import LocalRelayBackend
 from airflow_skyplane.storage.local import LocalStore
 from airflow_skyplane.testing.digest import tree_digest
 from airflow_skyplane.transfer.multicast import MulticastJob
+from airflow_skyplane.transfer.overlay import overlay_from_plan
 from airflow_skyplane.transfer.tree import tree
 
 MiB = 1024 * 1024
@@ -92,9 +93,24 @@ def test_a_destination_whose_store_fails_fails_alone(tmp_path: Path) -> None:
     assert set(result.summary()["failed"]) == {LocalStore(dests["d2"]).uri}
 
 
+def test_a_plan_whose_destinations_relay_for_each_other_becomes_a_tree() -> None:
+    from airflow_skyplane.planner.plan import PlanEdge, TransferPlan
+
+    # the planner's flows may cross between destinations both ways (asia -> europe and back)
+    edges = [("us", "west", 4.9), ("west", "asia", 4.0), ("asia", "europe", 4.0), ("west", "europe", 0.9),
+             ("europe", "asia", 0.9)]  # fmt: skip
+    plan = TransferPlan(
+        "us", ["europe", "asia", "west"], dict.fromkeys(["us", "west", "asia", "europe"], 1),
+        [PlanEdge(a, b, g, 8) for a, b, g in edges], 4.9, 0.2, 0.01, 1.7, 0.3, "fastest", "highs", 0.1,
+    )  # fmt: skip
+    overlay = overlay_from_plan(plan)
+    assert [(h.src, h.dst, h.branch) for h in overlay.hops] == [
+        ("us", "west", "asia,europe,west"), ("west", "asia", "asia,europe"), ("asia", "europe", "europe"),
+    ]  # fmt: skip
+
+
 def test_overlay_from_a_multicast_plan_is_a_tree_that_shares_edges() -> None:
     from airflow_skyplane.planner import NetworkModel, plan_transfer
-    from airflow_skyplane.transfer.overlay import overlay_from_plan
 
     destinations = ["aws:eu-west-1", "aws:eu-central-1", "gcp:asia-east1"]
     plan = plan_transfer(NetworkModel.default(), "aws:us-east-1", destinations, max_vms_per_region=2)
