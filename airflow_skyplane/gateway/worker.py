@@ -404,6 +404,7 @@ class Worker:
             self.report.read_started()
             assert self.reader is not None
             ftype, header, payload = self.reader.frame(item.request, item.attempt)
+            self.report.add(read_bytes=item.size)  # what the store gave, re-reads after a NACK included
             item.wire = len(header) + len(payload)
             self.budget.release(held - len(payload))  # the plaintext is gone: keep what is sent
             held = len(payload)

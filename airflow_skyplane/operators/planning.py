@@ -125,6 +125,38 @@ class Planning:
         return overlays
 
 
+def why_not_multicast(
+    planning: Planning,
+    summary: dict[str, Any],
+    selections: Sequence[tuple[int, int]],
+    *,
+    wanted: bool,
+    mode: str,
+    relay_backend: str,
+    waits: bool,
+) -> str | None:
+    """None when the destinations go through the multicast plan's tree, else why each destination
+    gets a transfer of its own. ``selections``: per destination, the objects and bytes it needs."""
+    if len(selections) < 2:
+        return "one destination"
+    if not wanted:
+        return "multicast=False"
+    planned = [p.destinations[0] for p in planning.plans if p is not None]
+    if planning.multicast is None or len(planned) < len(selections):
+        return "the tree needs every destination's region known and other than the source's"
+    if len(set(planned)) < len(planned):
+        return "two destinations share a region"
+    if mode != "copy" or len(set(selections)) > 1:
+        return "the destinations need different objects (mode='sync')"
+    if relay_backend != "local":
+        return f"relay_backend={relay_backend!r}: the tree runs on local relays only for now"
+    if not waits:
+        return "the tree runs only while the task waits (wait_for_completion=True, deferrable=False)"
+    if not summary.get("multicast_shares_edges"):
+        return "the multicast plan shares no edge: a tree would save nothing"
+    return None
+
+
 #: the planner's names of its limits -> the operator's parameter (or setting) that sets each
 OPERATOR_NAMES = {
     "max_vms_per_region": "max_relays_per_region",

@@ -40,7 +40,7 @@ from airflow_skyplane.transfer.job import TransferJob, conduct
 from airflow_skyplane.transfer.options import TransferKnobs, TransferOptions
 from airflow_skyplane.transfer.overlay import Overlay
 from airflow_skyplane.transfer.summary import TransferResult
-from airflow_skyplane.transfer.tracker import complete
+from airflow_skyplane.transfer.tracker import Progress, combine, complete
 from airflow_skyplane.transfer.tree import MulticastOverlay
 
 if TYPE_CHECKING:
@@ -239,6 +239,16 @@ class MulticastJob:
         if time.time() - self.started_at > self.options.timeout:
             raise TransferError(f"multicast did not finish in {self.options.timeout:.0f} s")
         return False
+
+    def progress(self) -> Progress:
+        """The progress of the destinations still going (what each writer wrote)."""
+        parts = []
+        for gid in self.live():
+            try:
+                parts.append(self.legs[gid].progress())
+            except TransferError:
+                continue  # its gateway just went: the next poll fails the destination
+        return combine(parts)
 
     def _statuses(self) -> dict[str, control.GatewayStatus]:
         """Every gateway's status; a gateway that died fails the destinations it serves (and shows

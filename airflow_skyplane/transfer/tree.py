@@ -135,9 +135,7 @@ def tree_from_plan(plan: TransferPlan, *, max_connections_per_hop: int | None = 
             # alternatives are relays only: a destination of the group fed as an alternative would
             # have to forward to the others, and they to it (a cycle, or bytes sent twice)
             members = [lead] + sorted(
-                n
-                for n in choices
-                if n != lead and group <= cover[n] and n not in serves and n not in targets
+                n for n in choices if n != lead and group <= cover[n] and n not in serves and n not in targets
             )
             for member in members:
                 if member in serves and serves[member] != group:
