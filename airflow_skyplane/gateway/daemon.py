@@ -198,6 +198,8 @@ class Gateway:
                     self._halt()
                 elif kind == "warn":
                     counters.warn(message["m"])
+                elif kind == "branch_failed":
+                    counters.branch_failed(message["b"], message["m"])
                 elif kind == "times":
                     counters.times(first_read_at=message.get("first_read_at"))
                 elif kind == "finished":

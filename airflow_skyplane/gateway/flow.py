@@ -14,8 +14,13 @@
   that holds an intact copy sends it again), up to :data:`MAX_ATTEMPTS` sends; an ACK releases the
   frame.
 
+In a multicast tree a gateway that forks has one dispatcher (and one set of links) per branch; a
+branch that fails is aborted (:meth:`Dispatcher.abort`, :meth:`Link.abort`): what it held is handed
+back to the owner (``dropped``) and the other branches go on.
+
 What is sent and how is the owner's business (:class:`~airflow_skyplane.gateway.worker.Worker`): it
-provides ``connect``, ``transmit``, ``acked``, ``nacked`` and ``fail``. Standard library only.
+provides ``connect``, ``transmit``, ``acked``, ``nacked``, ``link_failed`` and ``dropped``. Standard
+library only.
 """
 
 from __future__ import annotations
@@ -103,21 +108,35 @@ class Dispatcher:
         self._low_water = low_water
         self._refill = refill
         self._passed_over = 0  # connections waiting while another hop has its turn
+        self.aborted = False
 
     def attach(self, link: Link) -> None:
         self._links[link.hop].append(link)
 
-    def put(self, items: Iterable[Any]) -> None:
+    def put(self, items: Iterable[Any]) -> bool:
+        """Queue ``items``; False (nothing queued) once the dispatcher was aborted."""
         with self._cond:
+            if self.aborted:
+                return False
             before = len(self._items)
             self._items.extend(items)
             self._cond.notify(len(self._items) - before + self._passed_over)
+            return True
 
     def close(self) -> None:
         """No more work will come: connections that find none left finish."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+    def abort(self) -> list[Any]:
+        """The branch this dispatcher feeds failed: no more work for its connections; the items
+        still queued are returned (for the owner to release)."""
+        with self._cond:
+            self.aborted = True
+            items, self._items = list(self._items), deque()
+            self._cond.notify_all()
+        return items
 
     def __len__(self) -> int:
         return len(self._items)
@@ -140,7 +159,7 @@ class Dispatcher:
             self._refill()  # asks for more without waiting for it
         with self._cond:
             while True:
-                if self._stop.is_set():
+                if self._stop.is_set() or self.aborted:
                     return None
                 if self._items:
                     if self._turn(hop, self._items[0].size):
@@ -179,7 +198,8 @@ class LinkOwner(Protocol):
     def transmit(self, link: Link, item: Any) -> None: ...
     def acked(self, link: Link, item: Any) -> None: ...
     def nacked(self, link: Link, item: Any, reason: str) -> None: ...
-    def fail(self, message: str) -> None: ...
+    def link_failed(self, link: Link, message: str) -> None: ...
+    def dropped(self, link: Link, item: Any) -> None: ...
 
 
 class Link:
@@ -199,12 +219,35 @@ class Link:
         self._pending = 0  # items taken and being sent, not yet registered
         self._closing = False
         self._sending_since: float | None = None  # when the frame being put on the wire started
+        self.aborted = False
         dispatcher.attach(self)
         self.thread = threading.Thread(target=self._run, name=f"link-{self.name}", daemon=True)
         self._acks = threading.Thread(target=self._read_acks, name=f"acks-{self.name}", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
+
+    def _stopped(self) -> bool:
+        return self.owner.stop.is_set() or self.aborted
+
+    def abort(self) -> None:
+        """Give up this connection (its branch failed): the sender ends, and what it held is handed
+        to the owner's ``dropped``."""
+        with self._cond:
+            self.aborted = True
+            self._cond.notify_all()
+        sock = self.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(2)  # SHUT_RDWR: a send or read blocked on a dead peer returns
+
+    def _drop_held(self) -> None:
+        with self._cond:
+            held = [*self._inflight.values(), *self._resend]
+            self._inflight.clear()
+            self._resend.clear()
+        for item in held:
+            self.owner.dropped(self, item)
 
     # -- sending ---------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -216,18 +259,20 @@ class Link:
                 if item is None:
                     break
                 self.owner.transmit(self, item)
-            if not self.owner.stop.is_set():
+            if not self._stopped():
                 with self._cond:
                     self._closing = True
                 proto.write_frame(self.sock, proto.CLOSE, self.owner.close_frame())
                 self._acks.join(30)
-        except Exception as err:  # noqa: BLE001 - reported, then the gateway stops
-            if not self.owner.stop.is_set():
-                self.owner.fail(f"sender to {self.hop.gateway_id}: {type(err).__name__}: {err}")
+        except Exception as err:  # noqa: BLE001 - reported, then the gateway (or branch) stops
+            if not self._stopped():
+                self.owner.link_failed(self, f"sender to {self.hop.gateway_id}: {type(err).__name__}: {err}")
         finally:
             if self.sock is not None:
                 with contextlib.suppress(OSError):
                     self.sock.close()
+            if self.aborted:
+                self._drop_held()
 
     def _has_resend(self) -> bool:
         return bool(self._resend)
@@ -235,16 +280,14 @@ class Link:
     def _next(self) -> Any:
         """The next item to send: a frame to send again first, else new work when the window has room;
         None once there is no work left and every frame sent is acknowledged."""
-        stop = self.owner.stop
-        while not stop.is_set():
+        stopped = self._stopped
+        while not stopped():
             with self._cond:
                 while (
-                    not stop.is_set()
-                    and not self._resend
-                    and len(self._inflight) + self._pending >= self.window
+                    not stopped() and not self._resend and len(self._inflight) + self._pending >= self.window
                 ):
                     self._cond.wait(0.5)
-                if stop.is_set():
+                if stopped():
                     return None
                 if self._resend:
                     self._pending += 1
@@ -257,7 +300,7 @@ class Link:
                     self._pending += 1
                 return item
             with self._cond:  # no new work: wait for the frames in flight (a NACK brings one back)
-                while not stop.is_set() and (self._inflight or self._pending) and not self._resend:
+                while not stopped() and (self._inflight or self._pending) and not self._resend:
                     self._cond.wait(0.5)
                 if not self._resend:
                     return None
@@ -299,7 +342,7 @@ class Link:
     # -- acknowledgements --------------------------------------------------------------------------
     def _read_acks(self) -> None:
         try:
-            while not self.owner.stop.is_set():
+            while not self._stopped():
                 answer = proto.read_frame(self.sock).control()
                 if isinstance(answer, proto.Ack):
                     for chunk_id in answer.chunk_ids:
@@ -309,8 +352,10 @@ class Link:
                     # take its last frame for answered and close the link without sending it again
                     item = self._pop(answer.chunk_id, resend=True)
                     if item.attempt >= MAX_ATTEMPTS:
-                        self.owner.fail(
-                            f"a chunk was rejected {MAX_ATTEMPTS} times downstream: {answer.reason}"
+                        with self._cond:
+                            self._inflight[answer.chunk_id] = item  # held until the branch is dropped
+                        self.owner.link_failed(
+                            self, f"a chunk was rejected {MAX_ATTEMPTS} times downstream: {answer.reason}"
                         )
                         return
                     self.owner.nacked(self, item, answer.reason)
@@ -322,8 +367,8 @@ class Link:
         except (OSError, ProtocolError, ValueError) as err:
             with self._cond:
                 closing = self._closing and not self._inflight
-            if not closing and not self.owner.stop.is_set():
-                self.owner.fail(f"sender to {self.hop.gateway_id}: {err}")
+            if not closing and not self._stopped():
+                self.owner.link_failed(self, f"sender to {self.hop.gateway_id}: {err}")
 
     def _pop(self, chunk_id: int, *, resend: bool = False) -> Any:
         """The frame answered under ``chunk_id``; with ``resend`` (a NACK), queued to be sent again

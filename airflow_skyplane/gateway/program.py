@@ -7,7 +7,10 @@ A gateway does any of three jobs, by which parts of the program are present:
 * **forward** (``next_hops`` without ``source``): pass received frames on, unopened;
 * **write** (``destination``): check received chunks and write them to the destination store.
 
-A relay in a multicast tree may both write and forward. The controller (the transfer job in the
+A gateway of a multicast tree may both write and forward. Its next hops then belong to
+**branches** (``branch`` of each next hop, named by the destinations it leads to): every frame is
+sent once down every branch, and within a branch to one of its hops, split by weight. A unicast
+program has one branch (every ``branch`` empty). The controller (the transfer job in the
 Airflow task) makes one program per gateway from the TransferPlan; the secrets it holds (store
 credentials, the path of the transfer key) are never printed: :meth:`Program.redacted`.
 
@@ -88,6 +91,16 @@ class NextHop:
     port: int
     connections: int = 8
     weight: float = 1.0
+    #: the branch of a multicast tree the hop belongs to ("" in a unicast overlay)
+    branch: str = ""
+
+
+def branches_of(hops: tuple[NextHop, ...]) -> dict[str, list[NextHop]]:
+    """The next hops grouped by branch, in the order of their first hop."""
+    out: dict[str, list[NextHop]] = {}
+    for hop in hops:
+        out.setdefault(hop.branch, []).append(hop)
+    return out
 
 
 @dataclass(frozen=True)
@@ -154,7 +167,9 @@ class Program:
             "max_inflight_mb": self.max_inflight_mb,
             "chunk_size_mb": self.chunk_size_mb,
             "window": self.window,
-            "next_hops": [hop.__dict__ for hop in self.next_hops],
+            "next_hops": [
+                {k: v for k, v in hop.__dict__.items() if k != "branch" or v} for hop in self.next_hops
+            ],
         }
         if self.workers is not None:
             out["workers"] = self.workers
@@ -224,11 +239,15 @@ class Program:
                 raise _fail(f"next_hops[{n}].connections is {connections!r}", "use 1 to 256")
             if not _number(weight) or weight <= 0:
                 raise _fail(f"next_hops[{n}].weight is {weight!r}", "use a positive share of the flow")
+            branch = hop.get("branch", "")
+            if not isinstance(branch, str):
+                raise _fail(f"next_hops[{n}].branch is {branch!r}", "name the branch, or leave it out")
             hops.append(
                 NextHop(
-                    str(hop.get("gateway_id", "")), endpoint.host, endpoint.port, connections, float(weight)
+                    str(hop.get("gateway_id", "")), endpoint.host, endpoint.port, connections,
+                    float(weight), branch,
                 )
-            )
+            )  # fmt: skip
         source, destination = raw.get("source"), raw.get("destination")
         if source is not None and not (
             isinstance(source, Mapping) and "store" in source and "manifest" in source

@@ -14,7 +14,9 @@ endpoint serves: one set of figures and one ordered stream of receipts per gatew
 
 ``errors`` are failures of the transfer (the controller fails it on the first); what a gateway
 recovers from by itself (a chunk rejected and sent again, a store write that failed once) is counted
-and shown under ``warnings`` instead.
+and shown under ``warnings`` instead. ``failed_branches`` are the branches of a multicast fork the
+gateway gave up while the others went on: they fail only the destinations down those branches.
+``bytes_to:<gateway id>`` counts the bytes each next hop acknowledged (what every edge carried).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class Counters:
         }
         self.errors: list[str] = []
         self.warnings: list[str] = []
+        #: the branches of a multicast fork given up (branch -> why), the others going on
+        self.failed_branches: dict[str, str] = {}
         self.first_error_at: float | None = None
         self.receipts: list[dict[str, Any]] = []
         self._stored: set[int] = set()
@@ -93,6 +97,10 @@ class Counters:
         with self._lock:
             if len(self.warnings) < MAX_MESSAGES:
                 self.warnings.append(message)
+
+    def branch_failed(self, branch: str, message: str) -> None:
+        with self._lock:
+            self.failed_branches.setdefault(branch, message)
 
     def receipt(self, receipt: dict[str, Any], chunk_id: int | None = None) -> None:
         """Record a chunk written; ``chunk_id`` counts it once however often it was written."""
@@ -159,6 +167,7 @@ class Counters:
                 "errors": list(self.errors),
                 "first_error_at": self.first_error_at,
                 "warnings": list(self.warnings),
+                "failed_branches": dict(self.failed_branches),
                 "done": self.done,
             }
 

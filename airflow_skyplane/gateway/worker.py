@@ -25,6 +25,11 @@ So an ACK means *held by the next hop* between gateways and *written* at the wri
 source learns what is written from the writer's receipts, through the controller (see
 ``docs/wire-protocol.md``). Every byte a worker holds is counted once in its byte budget.
 
+**Fork** (a gateway of a multicast tree whose next hops form several branches, :mod:`.fork`): a
+frame is read (or received) once and sent down every branch; at the source, reader threads read and
+seal the chunk requests and hand each sealed frame to the fork. What each next hop acknowledged is
+counted per hop (``bytes_to:<gateway id>``), so the bytes every edge carried are known.
+
 Test-only fault hooks (``test_faults`` in the program) act per worker process: ``corrupt_forwarded_frame``,
 ``tap_file``, ``replay_forwarded_frame`` (relays), ``exit_after_chunks``, ``delay_per_chunk_s`` (writers).
 """
@@ -52,8 +57,9 @@ from airflow_skyplane.exceptions import ProtocolError, SkyplaneError, TransferEr
 from airflow_skyplane.gateway import protocol as proto
 from airflow_skyplane.gateway import tls
 from airflow_skyplane.gateway.flow import ByteBudget, Dispatcher, Link
+from airflow_skyplane.gateway.fork import Fork
 from airflow_skyplane.gateway.hop import HopStream, accept_hop, open_hop
-from airflow_skyplane.gateway.program import NextHop, Program
+from airflow_skyplane.gateway.program import NextHop, Program, branches_of
 from airflow_skyplane.gateway.stores import open_spec
 from airflow_skyplane.gateway.storeside import DestinationWriter, Report, SourceReader, StorePool
 from airflow_skyplane.storage.base import MultipartUpload
@@ -104,12 +110,17 @@ class RelayFrame:
         "failed",
         "sends",
         "ack_id",
+        "waiting",
+        "raw",
+        "chunks",
         "_cond",
     )
 
-    def __init__(self, frame_type: proto.FrameType, header: bytes, size: int) -> None:
+    def __init__(
+        self, frame_type: proto.FrameType, header: bytes, size: int, payload: bytes | bytearray | None = None
+    ) -> None:
         self.type, self.header, self.size = frame_type, header, size
-        self.payload = bytearray(size)
+        self.payload = bytearray(size) if payload is None else payload
         self.filled = 0
         self.failed = False
         self.attempt = 0
@@ -117,6 +128,8 @@ class RelayFrame:
         self.ack_id: int | None = (
             proto.ChunkHeader.unpack(header).chunk_id if frame_type is proto.FrameType.CHUNK else None
         )
+        self.waiting: set[str] = set()  # the branches of a fork still to send it
+        self.raw, self.chunks = size, 1  # a frame read at a forking source: its plaintext and chunks
         self._cond = threading.Condition()
 
     def advance(self, filled: int, *, failed: bool = False) -> None:
@@ -165,12 +178,21 @@ class Worker:
         self._asked = False
         self._ask_lock = threading.Lock()
         self._want = max(8, 4 * connections)
+        branches = branches_of(program.next_hops)
+        self.fork: Fork | None = None
+        # a forking source reads with threads of its own and hands sealed frames to the fork
+        widest = max((share(h.connections, workers, index) for h in program.next_hops), default=1)
+        self._readers = max(2, min(16, widest))
+        self._read_hop = NextHop("read", "", 0, self._readers)
+        if len(branches) > 1:
+            self.fork = Fork(branches, self.stop, budget // 2, self._free)
         self.dispatcher = Dispatcher(
-            program.next_hops,
+            [self._read_hop] if self.fork else program.next_hops,
             self.stop,
             low_water=max(4, 2 * connections) if program.reads else 0,
             refill=self._ask_for_work if program.reads else None,
         )
+        self._pumps: list[threading.Thread] = []
         self._faults = dict(program.test_faults)
         self._fault_lock = threading.Lock()
         self._forwarded = itertools.count(1)
@@ -183,7 +205,12 @@ class Worker:
             self.report.error(message)
             print(f"gateway worker {os.getpid()}: {message}", file=sys.stderr, flush=True)
         self.stop.set()
+        self.wake_all()
+
+    def wake_all(self) -> None:
         self.dispatcher.wake_all()
+        if self.fork is not None:
+            self.fork.wake_all()
 
     def _open_stores(self) -> None:
         program, pool = self.program, StorePool()
@@ -217,11 +244,20 @@ class Worker:
 
     def start(self) -> None:
         threading.Thread(target=self._open_stores, name="stores", daemon=True).start()
+        fork = self.fork
         for hop in self.program.next_hops:
             for n in range(share(hop.connections, self.workers, self.index)):
-                link = Link(self, hop, n, self.program.window, self.dispatcher)
+                dispatcher = fork.dispatchers[hop.branch] if fork else self.dispatcher
+                link = Link(self, hop, n, self.program.window, dispatcher)
+                if fork:
+                    fork.attach(link)
                 self.links.append(link)
                 link.start()
+        if fork and self.program.reads:
+            for n in range(self._readers):
+                pump = threading.Thread(target=self._pump, name=f"read-{n}", daemon=True)
+                self._pumps.append(pump)
+                pump.start()
         if self.program.reads:
             threading.Thread(target=self._finish_reading, name="finish", daemon=True).start()
         threading.Thread(target=self._flush_reports, name="report", daemon=True).start()
@@ -254,6 +290,11 @@ class Worker:
 
     def _finish_reading(self) -> None:
         """Tell the main process once every link has sent all it was given and closed."""
+        if self.fork is not None:  # every chunk read and handed to the fork first
+            for pump in self._pumps:
+                while pump.is_alive() and not self.stop.is_set():
+                    pump.join(0.2)
+            self.fork.close()
         for link in self.links:
             while link.thread.is_alive() and not self.stop.is_set():
                 link.thread.join(0.2)
@@ -287,12 +328,74 @@ class Worker:
             self._send_relayed(link, item)
 
     def acked(self, link: Link, item: Any) -> None:
-        if isinstance(item, ReadItem):
+        wire = item.wire if isinstance(item, ReadItem) else item.size + len(item.header)
+        self.report.add(**{f"bytes_to:{link.hop.gateway_id}": wire})
+        if self.fork is not None:  # counted once, when the last branch has it
+            self.report.add(wire_bytes=wire)
+            if self.fork.done(item, link.hop.branch):
+                self.report.add(chunks_sent=item.chunks, raw_bytes=item.raw)
+                self.budget.release(item.size)
+        elif isinstance(item, ReadItem):
             self.report.add(chunks_sent=item.chunks, raw_bytes=item.size, wire_bytes=item.wire)
         else:
-            self.report.add(chunks_sent=1, raw_bytes=item.size, wire_bytes=item.size + len(item.header))
+            self.report.add(chunks_sent=1, raw_bytes=item.size, wire_bytes=wire)
             self.budget.release(item.size)
         self.report.flush()  # what the next hop holds is counted at once, not 0.1 s later
+
+    def link_failed(self, link: Link, message: str) -> None:
+        """A connection gave up: its branch fails alone while another lives, else the gateway."""
+        branch = link.hop.branch
+        if self.fork is not None and self.fork.fail(branch, message):
+            self.report.send({"t": "branch_failed", "b": branch, "m": message})
+            print(f"gateway worker {os.getpid()}: branch {branch} dropped: {message}", file=sys.stderr)
+            return
+        self.fail(message)
+
+    def dropped(self, link: Link, item: Any) -> None:
+        """A frame a failed branch held: free it when no other branch waits for it."""
+        if self.fork is not None and self.fork.done(item, link.hop.branch):
+            self._free(item)
+
+    def _free(self, item: Any) -> None:
+        self.report.add(chunks_sent=item.chunks, raw_bytes=item.raw)
+        self.budget.release(item.size)
+
+    def _forward(self, frame: RelayFrame) -> None:
+        """Pass a frame on: to the next hops, or down every branch of a fork."""
+        if self.fork is None:
+            self.dispatcher.put([frame])
+        elif not self.fork.put(frame):
+            raise TransferError("the gateway is stopping")
+
+    def _pump(self) -> None:
+        """A reader thread of a forking source: read and seal chunk requests, hand each frame to the
+        fork (the chunk is read once, whatever the number of branches)."""
+        try:
+            while True:
+                item = self.dispatcher.take(self._read_hop)
+                if item is None:
+                    return
+                held = 2 * item.size  # what is read, and its sealed copy
+                if not self.budget.acquire(held, self.stop):
+                    return
+                try:
+                    self._await_stores()
+                    self.report.read_started()
+                    assert self.reader is not None
+                    ftype, header, payload = self.reader.frame(item.request, 0)
+                except BaseException:
+                    self.budget.release(held)
+                    raise
+                self.budget.release(held - len(payload))  # the sealed frame stays until every branch has it
+                frame = RelayFrame(ftype, header, len(payload), payload)
+                frame.raw, frame.chunks = item.size, item.chunks
+                frame.advance(len(payload))
+                self.report.add(read_bytes=item.size)
+                self._forward(frame)
+        except TransferError:
+            return  # stopping
+        except Exception as err:  # noqa: BLE001 - a read that fails fails the gateway, as in a unicast
+            self.fail(f"reading: {type(err).__name__}: {err}")
 
     def nacked(self, link: Link, item: Any, reason: str) -> None:
         self.report.add(resends=1)
@@ -309,6 +412,7 @@ class Worker:
             self.report.read_started()
             assert self.reader is not None
             ftype, header, payload = self.reader.frame(item.request, item.attempt)
+            self.report.add(read_bytes=item.size)  # what the store gave, re-reads after a NACK included
             item.wire = len(header) + len(payload)
             self.budget.release(held - len(payload))  # the plaintext is gone: keep what is sent
             held = len(payload)
@@ -412,7 +516,7 @@ class Worker:
         if not self.budget.acquire(length, self.stop):
             raise TransferError("the relay is stopping")
         frame = RelayFrame(ftype, header, length)
-        self.dispatcher.put([frame])
+        self._forward(frame)
         view = memoryview(frame.payload)
         got, told, told_at = 0, 0, time.monotonic()
         try:
@@ -454,10 +558,9 @@ class Worker:
                 return
             if ok and self.program.forwards:
                 if self.budget.acquire(length, self.stop):
-                    relayed = RelayFrame(ftype, header, length)
-                    relayed.payload = payload
+                    relayed = RelayFrame(ftype, header, length, payload)
                     relayed.advance(length)
-                    self.dispatcher.put([relayed])
+                    self._forward(relayed)
         finally:
             self.budget.release(held)
         if ok:
@@ -565,7 +668,7 @@ def main(ipc_fd: int, sockets_fd: int, parent: int) -> int:
                 worker.work(message["items"], message.get("end", False))
             elif kind == "halt":
                 worker.stop.set()
-                worker.dispatcher.wake_all()
+                worker.wake_all()
             elif kind == "stop":
                 break
     except (EOFError, OSError):

@@ -4,8 +4,10 @@ For each destination whose region and the source's are known and differ, the pla
 (:mod:`airflow_skyplane.planner`, pure) gets the task's objective and limits - its own arguments,
 then the ``skyplane`` settings - and the bytes the destination needs; otherwise the destination is
 sent directly. With several remote destinations the multicast plan is made too, for its cost
-estimate. When a cloud refuses a relay region for quota or capacity, :meth:`TransferPlanner.replan`
-plans again without it.
+estimate: the summary and the log show both costs (one plan per destination, and the tree) and the
+tree itself, as the data plane would run it (:func:`~airflow_skyplane.transfer.tree.tree_from_plan`).
+When a cloud refuses a relay region for quota or capacity, :meth:`TransferPlanner.replan` plans
+again without it.
 
 A plan that cannot be made fails with :class:`~airflow_skyplane.exceptions.InfeasiblePlanError`
 naming the binding limits by the operator's parameters (the planner names them by its own keywords
@@ -38,7 +40,8 @@ class Logger(Protocol):
 
 #: the summary's keys :meth:`Planning.estimate` sets
 ESTIMATE_KEYS = (
-    "predicted_gbps", "direct_gbps", "estimated_cost_usd", "multicast_cost_usd", "excluded_regions",
+    "predicted_gbps", "direct_gbps", "estimated_cost_usd", "multicast_cost_usd", "multicast_tree",
+    "multicast_shares_edges", "excluded_regions",
 )  # fmt: skip
 
 
@@ -65,7 +68,13 @@ class Planning:
             out["direct_gbps"] = round(min(p.direct_throughput_gbps for p, _ in planned), 4)
             out["estimated_cost_usd"] = round(sum(p.cost_per_gb_usd * n / 1e9 for p, n in planned), 6)
         if self.multicast is not None and planned:
+            from airflow_skyplane.transfer.tree import tree_from_plan
+
             out["multicast_cost_usd"] = round(self.multicast.cost_per_gb_usd * max(self.needed) / 1e9, 6)
+            tree = tree_from_plan(self.multicast)
+            out["multicast_tree"] = tree.describe()
+            # an edge that carries the data for more than one destination: the tree pays it once
+            out["multicast_shares_edges"] = any("," in hop.branch for hop in tree.hops)
         if self.excluded:
             out["excluded_regions"] = list(self.excluded)
         return out
@@ -114,6 +123,38 @@ class Planning:
                 overlay.regions = dict.fromkeys(overlay.regions)
             overlays.append(overlay)
         return overlays
+
+
+def why_not_multicast(
+    planning: Planning,
+    summary: dict[str, Any],
+    selections: Sequence[tuple[int, int]],
+    *,
+    wanted: bool,
+    mode: str,
+    relay_backend: str,
+    waits: bool,
+) -> str | None:
+    """None when the destinations go through the multicast plan's tree, else why each destination
+    gets a transfer of its own. ``selections``: per destination, the objects and bytes it needs."""
+    if len(selections) < 2:
+        return "one destination"
+    if not wanted:
+        return "multicast=False"
+    planned = [p.destinations[0] for p in planning.plans if p is not None]
+    if planning.multicast is None or len(planned) < len(selections):
+        return "the tree needs every destination's region known and other than the source's"
+    if len(set(planned)) < len(planned):
+        return "two destinations share a region"
+    if mode != "copy" or len(set(selections)) > 1:
+        return "the destinations need different objects (mode='sync')"
+    if relay_backend != "local":
+        return f"relay_backend={relay_backend!r}: the tree runs on local relays only for now"
+    if not waits:
+        return "the tree runs only while the task waits (wait_for_completion=True, deferrable=False)"
+    if not summary.get("multicast_shares_edges"):
+        return "the multicast plan shares no edge: a tree would save nothing"
+    return None
 
 
 #: the planner's names of its limits -> the operator's parameter (or setting) that sets each
@@ -198,6 +239,13 @@ class TransferPlanner:
                 "Estimate: %.1f MiB to send, %.3f Gbps predicted (direct %.3f Gbps), $%.4f",
                 sum(planning.needed) / MiB, estimate["predicted_gbps"], estimate["direct_gbps"],
                 estimate["estimated_cost_usd"],
+            )  # fmt: skip
+        if "multicast_cost_usd" in estimate:
+            self.log.info(
+                "One transfer per destination: $%.4f; the multicast tree (%s): $%.4f\n%s",
+                estimate["estimated_cost_usd"],
+                "shares edges" if estimate["multicast_shares_edges"] else "shares no edge",
+                estimate["multicast_cost_usd"], "\n".join(estimate["multicast_tree"]),
             )  # fmt: skip
 
     def plan(

@@ -47,10 +47,12 @@ from airflow_skyplane.operators.callbacks import (
     with_callback,
 )
 from airflow_skyplane.operators.plan_files import record_plans
+from airflow_skyplane.operators.planning import why_not_multicast
 from airflow_skyplane.operators.regions import given_destination_regions, given_region, locate
 from airflow_skyplane.transfer.inventory import MODES
 from airflow_skyplane.transfer.options import TransferOptions
 from airflow_skyplane.transfer.summary import summarize
+from airflow_skyplane.transfer.tree import tree_from_plan
 
 if TYPE_CHECKING:
     from airflow_skyplane.hooks.skyplane import SkyplaneSettings
@@ -148,6 +150,13 @@ class SkyplaneTransferOperator(BaseOperator):
         that a retry of this task instance continues where the failed try stopped, sending only
         what was not written; the failed try keeps its multipart uploads for the retry, and they are
         aborted once the task fails for good. ``False``: every try starts over.
+    :param multicast: with several destinations in distinct known regions whose multicast plan
+        shares an edge, send them through that plan's tree: the source is read once and each chunk
+        copied where the tree branches; a destination that fails fails alone (the task fails
+        naming it, after the others are complete and verified). Runs on local relays, in
+        ``copy`` mode, while the task waits; a multicast keeps no resumable state (a retry sends
+        everything again). ``False``: one transfer per destination. The summary's ``multicast``
+        says which ran, and why.
     :param dry_run: inventory, plan and estimate only; move nothing. The log lists the first
         ``preview_keys`` keys it would send to (and, with ``delete_extraneous``, delete at) each
         destination.
@@ -204,6 +213,7 @@ class SkyplaneTransferOperator(BaseOperator):
         chunk_size_mb: int | None = None,
         connections_per_hop: int | None = None,
         resume: bool = True,
+        multicast: bool = True,
         dry_run: bool = False,
         preview_keys: int = 10,
         plan_picture: bool = False,
@@ -281,6 +291,9 @@ class SkyplaneTransferOperator(BaseOperator):
         if not isinstance(resume, bool):
             raise InvalidInputError(f"resume={resume!r} must be True or False")
         self.resume = resume
+        if not isinstance(multicast, bool):
+            raise InvalidInputError(f"multicast={multicast!r} is not a bool: pass True or False")
+        self.multicast = multicast
         self.plan_only = dry_run  # BaseOperator has a dry_run() method of its own
         if not isinstance(preview_keys, int) or isinstance(preview_keys, bool) or preview_keys < 0:
             raise InvalidInputError(f"preview_keys={preview_keys!r} must be a whole number >= 0")
@@ -474,6 +487,17 @@ class SkyplaneTransferOperator(BaseOperator):
         planner.log_estimate(planning)
         ti = context.get("ti") if hasattr(context, "get") else None
         record_plans(self, ti, planning, destinations, summary)
+        why_not = why_not_multicast(
+            planning, summary, [(spool.count, spool.bytes) for spool in spools], wanted=self.multicast,
+            mode=self.mode, relay_backend=settings.relay_backend,
+            waits=self.wait_for_completion and not self.deferrable,
+        )  # fmt: skip
+        if len(dsts) > 1:
+            summary["multicast"] = {"used": why_not is None, "why_not": why_not}
+            self.log.info(
+                "Multicast: %s",
+                "the tree runs" if why_not is None else f"one transfer per destination ({why_not})",
+            )
         if self.plan_only:
             return summary
 
@@ -488,10 +512,19 @@ class SkyplaneTransferOperator(BaseOperator):
         options = TransferOptions.from_settings(
             settings, timeout=self.timeout_s, keep_on_failure=will_retry(ti)
         )
-        state_keys = push_state_keys(ti, self, settings.state_prefix, destinations) if self.resume else []
+        tree, ends = None, []
+        if why_not is None:
+            assert planning.multicast is not None
+            tree = tree_from_plan(planning.multicast, max_connections_per_hop=options.connections_per_hop)
+            tree.regions = {}  # local relays: every gateway on this machine
+            ends = [plan.destinations[0] for plan in planning.plans if plan is not None]
+            if self.resume:
+                self.log.warning("A multicast keeps no resumable state: a retry sends everything again")
+        resumable = self.resume and tree is None
+        state_keys = push_state_keys(ti, self, settings.state_prefix, destinations) if resumable else []
         self._fleet = start_fleet(
             self, settings, planner, planning, ti, request, options,
-            lambda overlays: FleetWork(src, dsts, spools, overlays, state_keys),
+            lambda hops: FleetWork(src, dsts, spools, hops, state_keys, tree=tree, tree_gateways=ends),
         )  # fmt: skip
         if self._killed:  # on_kill ran while the fleet was starting, before there was one to stop
             self._fleet.close()
@@ -535,6 +568,14 @@ class SkyplaneTransferOperator(BaseOperator):
             raise
         finally:
             fleet.close()
+        if fleet.multicast_result is not None:  # what the tree saved: the source read once
+            summary["multicast"].update(
+                {
+                    k: v
+                    for k, v in fleet.multicast_result.summary().items()
+                    if k not in ("destinations", "failed")
+                }
+            )
         return self._summary(summarize(summary, results, fleet.deleted, settings.measurements_path))
 
     def _summary(self, summary: dict[str, Any]) -> dict[str, Any]:

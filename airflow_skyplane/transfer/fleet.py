@@ -1,7 +1,9 @@
 """A fleet's transfers, conducted from any Airflow process that can find the fleet by its id.
 
 The operator starts a :class:`FleetTransfer` (one :class:`~airflow_skyplane.transfer.job.TransferJob`
-per destination, each with its gateways, all under one fleet id) and either waits for it or leaves it
+per destination, each with its gateways, all under one fleet id; or, for a multicast tree, one
+:class:`~airflow_skyplane.transfer.multicast.MulticastJob` for every destination, run in this
+process) and either waits for it or leaves it
 running (``wait_for_completion=False``, or deferrable mode). Whoever continues - the operator's
 ``execute_complete``, the sensor, the ``on_failure_callback`` - calls :meth:`FleetTransfer.attach`
 with the fleet id alone: the fleet's folder holds ``request.json`` (the URIs and connection ids, never
@@ -32,10 +34,12 @@ from airflow_skyplane.processes import alive
 from airflow_skyplane.storage.base import ObjectInfo
 from airflow_skyplane.storage.uri import parse_uri
 from airflow_skyplane.transfer.job import TransferJob
+from airflow_skyplane.transfer.multicast import MulticastJob, MulticastResult
 from airflow_skyplane.transfer.options import TransferOptions
 from airflow_skyplane.transfer.overlay import Overlay
 from airflow_skyplane.transfer.summary import Summary, TransferResult, summarize
 from airflow_skyplane.transfer.tracker import Progress, combine
+from airflow_skyplane.transfer.tree import MulticastOverlay
 
 if TYPE_CHECKING:
     from airflow_skyplane.compute.cloud import CloudFleet
@@ -92,6 +96,10 @@ class FleetWork:
     overlays: Sequence[Overlay]
     #: per destination, the key of its resumable transfer's state (none: not resumable)
     state_keys: Sequence[str | None] = ()
+    #: one multicast tree for every destination, run as one job on local relays (none: a transfer
+    #: per destination); ``tree_gateways``: the tree's gateway of each destination, in order
+    tree: MulticastOverlay | None = None
+    tree_gateways: Sequence[str] = ()
 
 
 class FleetTransfer:
@@ -102,6 +110,9 @@ class FleetTransfer:
         self.folder = fleets.fleet_dir(state_dir, fleet_id)
         self.deleted: list[int] = []
         self.cloud: CloudFleet | None = None  # the relay VMs that run the gateways, if any
+        #: the multicast job that replaces the per-destination jobs, and what it delivered
+        self.multicast: MulticastJob | None = None
+        self.multicast_result: MulticastResult | None = None
         self._on_progress: Callable[[Progress], None] | None = None
         self._every = 5.0
 
@@ -151,6 +162,20 @@ class FleetTransfer:
         fleet = cls(fleet_id, state_dir, request, [])
         fleet.cloud = cloud
         try:
+            if work.tree is not None:
+                ends = {
+                    gid: (d.store, d.prefix)
+                    for gid, d in zip(work.tree_gateways, work.destinations, strict=True)
+                }
+                fleet.multicast = MulticastJob(
+                    work.source.store, work.source.prefix, ends,
+                    backend=LocalRelayBackend(folder / "0", fleet_id=fleet_id), workdir=folder / "0",
+                    overlay=work.tree, objects=work.selections[0], options=options, test_faults=test_faults,
+                    expires_at=now + ttl_s, watch_pid=os.getpid(),
+                )  # fmt: skip
+                fleet.multicast.start()
+                fleet._on_progress, fleet._every = on_progress, progress_every_s
+                return fleet
             relays = None
             regions = [r for overlay in work.overlays for r in overlay.regions.values() if r]
             if cloud is not None and regions:
@@ -222,10 +247,14 @@ class FleetTransfer:
 
     # -- watching ------------------------------------------------------------------------------------
     def progress(self) -> Progress:
+        if self.multicast is not None:
+            return self.multicast.progress()
         return combine([job.progress() for job in self.jobs])
 
     def poll(self) -> bool:
         """True when every destination has every chunk; raise TransferError on a gateway failure."""
+        if self.multicast is not None:
+            return self.multicast.poll()
         return all([job.poll() for job in self.jobs])
 
     def wait(self, *, poll_s: float = 0.05) -> None:
@@ -240,7 +269,12 @@ class FleetTransfer:
 
     def finish(self, log: Logger = log) -> list[TransferResult]:
         """Complete the uploads and verify every object, per destination (results in order); then,
-        and only then, delete the extraneous objects ``sync`` was asked to delete."""
+        and only then, delete the extraneous objects ``sync`` was asked to delete.
+
+        A multicast raises when a destination failed (the others complete and are verified first),
+        naming each failed destination and why."""
+        if self.multicast is not None:
+            return self._finish_multicast(self.multicast)
         results = [job.finish() for job in self.jobs]
         self.deleted = []
         for n, job in enumerate(self.jobs):
@@ -255,9 +289,26 @@ class FleetTransfer:
             self.deleted.append(len(keys))
         return results
 
+    def _finish_multicast(self, job: MulticastJob) -> list[TransferResult]:
+        result = self.multicast_result = job.finish()
+        if result.failed:
+            done = [result.uris[gid] for gid in result.results]
+            raise TransferError(
+                f"{len(result.failed)} of {len(result.uris)} destinations failed: "
+                + "; ".join(f"{result.uris[gid]}: {why[:300]}" for gid, why in result.failed.items())
+                + f" (complete and verified: {', '.join(done) or 'none'}); a retry sends everything again"
+            )
+        self.deleted = [0] * len(result.uris)
+        return [result.results[gid] for gid in job.legs]
+
     def close(self) -> None:
         """Stop every gateway, abort what was not completed, delete the fleet folder. Idempotent."""
-        errors = []
+        errors: list[Exception] = []
+        if self.multicast is not None:
+            try:
+                self.multicast.close()
+            except Exception as err:  # noqa: BLE001 - the folder is torn down all the same, then reported
+                errors.append(err)
         for job in self.jobs:
             try:
                 job.close()
@@ -280,6 +331,9 @@ class FleetTransfer:
 
     def gateway_logs(self, lines: int = 20) -> str:
         out = []
+        if self.multicast is not None:
+            for gid, gw in self.multicast.started.items():
+                out.append(f"--- multicast gateway {gid}:\n{gw.log_tail(lines)}")
         for n, job in enumerate(self.jobs):
             for gid, gw in job.started.items():
                 out.append(f"--- destination {n}, gateway {gid}:\n{gw.log_tail(lines)}")

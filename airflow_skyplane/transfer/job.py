@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from airflow_skyplane.compute.launcher import GatewayHandle, GatewayLauncher
 from airflow_skyplane.exceptions import SkyplaneError, TransferError
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["Hop", "Overlay", "TransferJob", "TransferResult", "overlay_from_plan"]
 
 log = logging.getLogger(__name__)
+R = TypeVar("R", covariant=True)
 #: seconds between two looks at the gateways (each look is an HTTP request to the reader and writer)
 POLL_S = 0.1
 
@@ -345,10 +346,24 @@ class TransferJob:
             raise refused
 
     def run(self) -> TransferResult:
-        try:
-            self.start()
-            while not self.poll():
-                time.sleep(POLL_S)
-            return self.finish()
-        finally:
-            self.close()
+        return conduct(self, POLL_S)
+
+
+class Conducted(Protocol[R]):
+    """A job conducted in steps: start, poll until done, finish; always close."""
+
+    def start(self) -> None: ...
+    def poll(self) -> bool: ...
+    def finish(self) -> R: ...
+    def close(self) -> None: ...
+
+
+def conduct(job: Conducted[R], poll_s: float) -> R:
+    """Run ``job`` to its end in this process, closing it whatever happens."""
+    try:
+        job.start()
+        while not job.poll():
+            time.sleep(poll_s)
+        return job.finish()
+    finally:
+        job.close()

@@ -100,6 +100,7 @@ def write_manifest(
     kept: Mapping[str, set[int]] | None = None,
     on_chunk: Callable[[Chunk], None] = lambda chunk: None,
     batch_objects: Callable[[], int] = lambda: 256,
+    min_part_size: int | None = None,
 ) -> Manifest:
     """Record ``listed`` (full keys under ``source_prefix``) and cut it into the manifest's chunks.
 
@@ -110,7 +111,9 @@ def write_manifest(
     -> part numbers a previous try wrote, which are not sent again) and ``uploads`` (uploads it
     continues); an upload is begun for every other striped object. ``on_chunk`` sees every chunk of
     every object, sent or kept. ``batch_objects`` gives the most small objects one batch holds,
-    once the chunk size is chosen (the tuning decides both from the listed work).
+    once the chunk size is chosen (the tuning decides both from the listed work). ``min_part_size``
+    (default: the destination's) is the least part size; the destinations of a multicast cut the same
+    chunks with the largest of theirs.
     """
     kept = kept if kept is not None else {}
     manifest = workdir / MANIFEST_FILE
@@ -128,7 +131,8 @@ def write_manifest(
             largest, total = max(largest, info.size), total + info.size
     size = chunk_size if isinstance(chunk_size, int) else chunk_size(Work(total, len(objects), largest))
     sizes = ((rel, info.size) for rel, info in objects.items())
-    chunks = plan_chunks(sizes, size, min_part_size=destination.min_part_size)
+    least = destination.min_part_size if min_part_size is None else min_part_size
+    chunks = plan_chunks(sizes, size, min_part_size=least)
     begin: set[str] = set()
     with _private_text(manifest) as f:
         for batch in batch_small(

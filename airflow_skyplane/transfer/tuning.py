@@ -44,7 +44,7 @@ Pure: no I/O, no Airflow; the unit tests run it over many shapes.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from airflow_skyplane.transfer.chunks import MAX_PARTS, part_size_for
@@ -161,7 +161,13 @@ def _in_flight(hop: HopSpec) -> float:
 
 
 def budget_for(
-    gateway: str, hops: Sequence[HopSpec], source: str, destination: str, frame: int, window: int
+    gateway: str,
+    hops: Sequence[HopSpec],
+    source: str,
+    destination: str | Collection[str],
+    frame: int,
+    window: int,
+    forks: Collection[str] = (),
 ) -> float:
     """Bytes a gateway holds at most while every connection is busy (see the module's reasoning)."""
     into = [h for h in hops if h.dst == gateway]
@@ -169,12 +175,14 @@ def budget_for(
     held = 0.0
     if gateway == source:
         held += 2 * frame * sum(h.connections for h in out)
+        if gateway in forks:  # a forking source holds each frame until every branch has it
+            held += frame * window * sum(h.connections for h in out) + sum(_in_flight(h) for h in out)
     elif out:
         # what every upstream connection may have in flight (its window), and one frame per
         # downstream connection being passed on, plus what the next hop has not acknowledged yet
         held += frame * (window * sum(h.connections for h in into) + sum(h.connections for h in out))
         held += sum(_in_flight(h) for h in out)
-    if gateway == destination:
+    if gateway == destination or (not isinstance(destination, str) and gateway in destination):
         held += 2 * max(frame, BATCH_BYTES) * sum(h.connections for h in into)
     return held
 
@@ -190,7 +198,7 @@ def workers_for(shared_cpus: int | None, gateways: int) -> int | None:
 def tune(
     hops: Sequence[HopSpec],
     source: str,
-    destination: str,
+    destination: str | Collection[str],
     work: Work,
     *,
     chunk_size: int | None = None,
@@ -200,6 +208,7 @@ def tune(
     shared_cpus: int | None = None,
     workers: int | None = None,
     write_rate: float | None = None,
+    forks: Collection[str] = (),
 ) -> Tuning:
     """Every setting of the data plane for one transfer; ``chunk_size`` and ``workers`` given are kept
     as they are. ``write_rate``: the destination's object writes per second (``ObjectStore.write_rate``)."""
@@ -220,10 +229,12 @@ def tune(
     cap = min(MAX_BUDGET_MB, max_inflight_mb) if max_inflight_mb else MAX_BUDGET_MB
     budget = {}
     for gateway in gateways:
-        wanted = math.ceil(budget_for(gateway, tuned, source, destination, frame, window) / MiB)
+        wanted = math.ceil(budget_for(gateway, tuned, source, destination, frame, window, forks) / MiB)
         budget[gateway] = max(MIN_BUDGET_MB, min(cap, max(wanted, math.ceil(2 * frame / MiB))))
     worker_counts = {g: workers or workers_for(shared_cpus, len(gateways)) for g in gateways}
-    into_destination = sum(c for (_, b), c in connections.items() if b == destination)
+    # batches sized for the destination fed by the fewest connections (each of a multicast's writes alike)
+    ends = {destination} if isinstance(destination, str) else set(destination)
+    into_destination = min(sum(c for (_, b), c in connections.items() if b == end) for end in ends)
     return Tuning(
         batch_objects=batch_objects_for(write_rate, into_destination * window),
         chunk_size=chunk,
@@ -252,9 +263,9 @@ def tune_overlay(
         for h in overlay.hops
     ]
     return tune(
-        hops, overlay.source, overlay.destination, work, chunk_size=chunk_size,
+        hops, overlay.source, overlay.destinations, work, chunk_size=chunk_size,
         min_part_size=min_part_size, max_inflight_mb=max_inflight_mb, shared_cpus=shared_cpus,
-        workers=workers, write_rate=write_rate,
+        workers=workers, write_rate=write_rate, forks=overlay.forks(),
     )  # fmt: skip
 
 

@@ -38,6 +38,15 @@ SECRET_FILES = ("transfer.key", "uploads.json")
 
 
 @dataclass(frozen=True)
+class WriterSide:
+    """What one writing gateway writes to: its store, prefix and the uploads begun there."""
+
+    spec: StoreSpec
+    prefix: str
+    uploads: Mapping[str, MultipartUpload]
+
+
+@dataclass(frozen=True)
 class Wiring:
     """What the programs of one transfer are made of."""
 
@@ -59,6 +68,15 @@ class Wiring:
     watch_pid: int | None = None
     #: test-only: faults per gateway id (see the daemon)
     test_faults: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    #: a multicast tree's writing gateways, each with its own store (empty: the one destination above)
+    writers: Mapping[str, WriterSide] = field(default_factory=dict)
+
+    def writer_sides(self) -> dict[str, WriterSide]:
+        if self.writers:
+            return dict(self.writers)
+        return {
+            self.overlay.destination: WriterSide(self.destination_spec, self.destination_prefix, self.uploads)
+        }
 
 
 def build_programs(wiring: Wiring, launcher: GatewayLauncher) -> dict[str, Program]:
@@ -67,9 +85,7 @@ def build_programs(wiring: Wiring, launcher: GatewayLauncher) -> dict[str, Progr
     ca = tls.FleetCA.create(f"transfer-{wiring.transfer_id[:12]}")
     ca_file = private_write(workdir / "ca.pem", ca.cert_pem)
     key_file = private_write(workdir / "transfer.key", proto.ChunkCipher.generate().key)
-    uploads_file = private_write(
-        workdir / "uploads.json", json.dumps({k: u.upload_id for k, u in wiring.uploads.items()})
-    )
+    writers = wiring.writer_sides()
     programs: dict[str, Program] = {}
     for gid in overlay.gateways():
         region = overlay.region(gid)
@@ -78,7 +94,13 @@ def build_programs(wiring: Wiring, launcher: GatewayLauncher) -> dict[str, Progr
         peers = [overlay.region(src) for src in overlay.senders_to(gid)]
         identity = ca.issue(gid, addresses=["127.0.0.1", *launcher.cert_addresses(region, peers)])
         files = identity.write(folder)
-        reads, writes = gid == overlay.source, gid == overlay.destination
+        side = writers.get(gid)
+        reads, writes = gid == overlay.source, side is not None
+        if side is not None:  # the uploads the writer continues (one file per writer of a tree)
+            uploads_file = private_write(
+                workdir / "uploads.json" if not wiring.writers else folder / "uploads.json",
+                json.dumps({k: u.upload_id for k, u in side.uploads.items()}),
+            )
         programs[gid] = Program(
             transfer_id=wiring.transfer_id,
             gateway_id=gid,
@@ -96,12 +118,8 @@ def build_programs(wiring: Wiring, launcher: GatewayLauncher) -> dict[str, Progr
                 else None
             ),  # fmt: skip
             destination=(
-                {
-                    "store": wiring.destination_spec,
-                    "prefix": wiring.destination_prefix,
-                    "uploads_file": str(uploads_file),
-                }
-                if writes
+                {"store": side.spec, "prefix": side.prefix, "uploads_file": str(uploads_file)}
+                if side is not None
                 else None
             ),  # fmt: skip
             compress=options.compress,
@@ -129,7 +147,7 @@ def start_gateways(
             if port is None:
                 raise TransferError(f"gateway {hop.dst} started but reported no listening port")
             host = launcher.hop_address(overlay.region(hop.src), overlay.region(hop.dst))
-            hops.append(NextHop(hop.dst, host, port, hop.connections, hop.weight))
+            hops.append(NextHop(hop.dst, host, port, hop.connections, hop.weight, hop.branch))
         program = replace(programs[gid], next_hops=tuple(hops))
         started[gid] = launcher.start(program, region=overlay.region(gid))
     return started

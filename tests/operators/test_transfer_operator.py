@@ -82,6 +82,53 @@ def test_dry_run_plans_and_moves_nothing(emulated_sky: EmulatedSky, sky_bucket: 
     assert list(open_store(dst).store.list()) == []
 
 
+def test_dry_run_to_several_regions_shows_the_multicast_tree_and_both_costs(
+    emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str]
+) -> None:
+    src = sky_bucket("s3")
+    _seed(emulated_sky, f"{src}/in/")
+    dsts = [sky_bucket("gs"), sky_bucket("gs"), sky_bucket("az")]
+    summary = SkyplaneTransferOperator(
+        task_id="estimate_multicast",
+        source=f"{src}/in/",
+        source_region="aws:us-east-1",
+        destination=dsts,
+        destination_region=["gcp:europe-west4-a", "gcp:asia-east1-a", "azure:westeurope"],
+        dry_run=True,
+    ).execute(context={})
+    assert summary["dry_run"] is True
+    assert summary["estimated_cost_usd"] > 0 and summary["multicast_cost_usd"] > 0
+    tree = summary["multicast_tree"]
+    assert tree[0].startswith("aws:us-east-1")  # the source first, then where the tree branches
+    for region in ("gcp:europe-west4-a", "gcp:asia-east1-a", "azure:westeurope"):
+        assert any(region in line for line in tree[1:])
+    assert isinstance(summary["multicast_shares_edges"], bool)
+    for dst in dsts:
+        assert list(open_store(dst).store.list()) == []
+
+
+def test_three_destinations_through_the_multicast_tree_read_the_source_once(
+    emulated_sky: EmulatedSky, sky_bucket: Callable[[str], str]
+) -> None:
+    src = sky_bucket("s3")
+    data = _seed(emulated_sky, src)
+    dsts = [f"{sky_bucket('gs')}/a/", f"{sky_bucket('gs')}/b/", f"{sky_bucket('az')}/c/"]
+    regions = ["gcp:europe-west4-a", "gcp:asia-east1-a", "azure:westeurope"]
+
+    summary = SkyplaneTransferOperator(
+        task_id="distribute", source=f"{src}/in/", destination=dsts, destination_region=regions,
+        chunk_size_mb=4,
+    ).execute(context={})  # fmt: skip
+    total = sum(map(len, data.values()))
+    assert summary["multicast"]["used"] is True, summary["multicast"]
+    assert summary["multicast"]["source_read_bytes"] == total  # read once for three destinations
+    for dst in dsts:
+        copied = open_store(dst)
+        for key, body in data.items():
+            assert copied.store.read(copied.prefix + key) == body
+        assert summary["destinations"][dst]["objects"] == len(data)
+
+
 def test_destination_inside_the_source_is_refused_before_anything(sky_bucket: Callable[[str], str]) -> None:
     src = sky_bucket("s3")
     op = SkyplaneTransferOperator(task_id="loop", source=f"{src}/data/", destination=f"{src}/data/copy/")
