@@ -113,6 +113,11 @@ class HopStream(proto.FramedStream):
     def close(self) -> None:
         self.sock.close()
 
+    def shutdown(self, how: int) -> None:
+        """Shut the bare socket down (``socket.SHUT_RDWR``...): a send or read blocked on it returns,
+        as when a multicast branch is given up."""
+        self.sock.shutdown(how)
+
     def __enter__(self) -> HopStream:
         return self
 
