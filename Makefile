@@ -14,7 +14,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .cache/bootstrap/bin/uv)
 PYTEST_ARGS ?=
 LINT_PATHS := airflow_skyplane tests benchmarks $(wildcard dags_examples)
 
-.PHONY: install test demo bench chaos lint typecheck check clean
+.PHONY: install test demo bench chaos test-full lint typecheck check clean
 
 install: system-packages $(VENV)/.installed azurite
 
@@ -82,6 +82,12 @@ chaos: install
 	  $(PY) -m pytest -q -p no:cacheprovider -o timeout=$(CHAOS_TIMEOUT_S) tests/chaos $(PYTEST_ARGS) \
 	  --junitxml=.cache/chaos.xml; status=$$?; \
 	$(PY) tests/chaos/report.py .cache/chaos.xml $(CHAOS_EXAMPLES) .cache/chaos-ledger.jsonl; exit $$status
+
+# The long cases make test leaves out (marked full_tier, each beside a shorter case of the same
+# behaviour in make test): five backfill runs at once, Airflow's own retries after a kill, the chaos
+# suites' full figures
+test-full: install
+	SKYPLANE_FULL_TIER=1 $(PY) -m pytest -m full_tier $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check $(LINT_PATHS)

@@ -7,7 +7,8 @@ before any test module imports Airflow, so no test touches ``~/airflow``. The em
 
 Under ``CI=true`` a test skipped for a missing tool or data (the plugin's ``requires`` marker,
 ``require`` and ``skip_missing``) fails instead; the end of the run counts those skips and the ones
-made on purpose for time (the ``full_tier`` marker of the chaos suites).
+made on purpose for time (the ``full_tier`` marker: long cases that ``make test-full`` and, for the
+chaos suites, ``make chaos`` run, each with a shorter case of the same behaviour left in ``make test``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,17 @@ logging.getLogger("azure").setLevel(logging.WARNING)
 
 # -- skips: for a missing tool (failures under CI=true), and on purpose for time -----------------------
 CI = requirements.under_ci()
+#: the full tier runs (``make test-full``, ``make chaos``): SKYPLANE_FULL_TIER=1 (or the chaos suites'
+#: older SKYPLANE_CHAOS_FULL=1)
+FULL_TIER = "1" in (os.environ.get("SKYPLANE_FULL_TIER"), os.environ.get("SKYPLANE_CHAOS_FULL"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    mark = item.get_closest_marker("full_tier")
+    if mark is not None and not FULL_TIER:
+        reason = f"full tier only, skipped for time (make test-full runs it): {mark.kwargs['reason']}"
+        raise pytest.skip.Exception(reason, _use_item_location=True)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -43,7 +55,7 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Under ``CI=true`` a test skipped because the machine lacks something it needs fails: CI runs the
-    whole suite or says what is missing. Skips on purpose (the full chaos tier) stay skips."""
+    whole suite or says what is missing. Skips on purpose (the full tier) stay skips."""
     report = yield
     if call.excinfo is not None and call.excinfo.errisinstance(MissingRequirement):
         report.user_properties.append(("skip", "missing"))
@@ -66,7 +78,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         return
     kinds = Counter(dict(r.user_properties).get("skip") for r in reports)
     missing = kinds["missing"]
-    line = f"{kinds['full tier']} skipped on purpose for time (the full chaos tier: make chaos); "
+    line = f"{kinds['full tier']} skipped on purpose for time (the full tier: make test-full); "
     if CI:
         line += f"{missing} failed for a missing tool or data (CI=true)"
     else:

@@ -29,7 +29,7 @@ from airflow_skyplane.transfer import control
 from airflow_skyplane.transfer.job import TransferJob
 
 #: make test runs a short cut and a small load; make chaos sets these to the full figures
-FULL_TIER = os.environ.get("SKYPLANE_CHAOS_FULL") == "1"
+FULL_TIER = "1" in (os.environ.get("SKYPLANE_FULL_TIER"), os.environ.get("SKYPLANE_CHAOS_FULL"))
 CUT_SECONDS = float(os.environ.get("SKYPLANE_CHAOS_CUT_S", "3"))
 LOAD_OBJECTS = int(os.environ.get("SKYPLANE_CHAOS_LOAD_OBJECTS", "2000"))
 #: concurrent DAG runs of the load suite: a full-tier test, so only make chaos runs them

@@ -140,6 +140,9 @@ def test_multicast_distribution_defers_and_reaches_three_regions(
     assert checks == [{"new": 0, "changed": 0, "unchanged": 2, "extraneous": 0}]
 
 
+@pytest.mark.full_tier(
+    reason="a minute of Airflow start-ups; test_operator_modes.py kills a gateway and retries in seconds"
+)
 def test_a_gateway_killed_midway_fails_the_try_tears_down_and_the_retry_completes(
     airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[..., str], tmp_path: Path
 ) -> None:
@@ -242,6 +245,9 @@ def test_a_task_stopped_mid_transfer_runs_its_failure_callback_to_the_end(
 
 
 @pytest.mark.slow
+@pytest.mark.full_tier(
+    reason="a minute of Airflow start-ups; tests/transfer/test_resume.py resumes killed transfers in seconds"
+)
 def test_a_task_killed_midway_is_resumed_by_its_next_try(
     airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[..., str]
 ) -> None:
@@ -313,20 +319,33 @@ def _xcom(home: str, dag_id: str, key: str) -> list[Any]:
 
 
 @pytest.mark.slow
-def test_backfill_of_five_dates_in_parallel_is_byte_exact_and_a_rerun_copies_nothing(
-    airflow_env: dict[str, str], emulated_sky: EmulatedSky, sky_bucket: Callable[..., str], tmp_path: Path
+@pytest.mark.parametrize(
+    "parallel",
+    [
+        2,
+        pytest.param(
+            5, marks=pytest.mark.full_tier(reason="15 task instances: five minutes of Airflow start-ups")
+        ),
+    ],
+)
+def test_backfill_of_dates_in_parallel_is_byte_exact_and_a_rerun_copies_nothing(
+    airflow_env: dict[str, str],
+    emulated_sky: EmulatedSky,
+    sky_bucket: Callable[..., str],
+    tmp_path: Path,
+    parallel: int,
 ) -> None:
-    """Five ``airflow dags test`` processes at once, one per logical date, each with its own metadata
+    """``parallel`` ``airflow dags test`` processes at once, one per logical date, each with its own metadata
     database (a copy of one migrated SQLite file) but one worker's fleet records, as parallel runs on
     one worker share them. Each run maps over three datasets: a fleet and a state of its own per
     mapped task, and only its date's partitions copied."""
     archive, lake = sky_bucket("s3"), sky_bucket("gs")
     store = emulated_sky.open(archive)
     rng = random.Random(15)
-    dates = [f"2026-10-{d:02d}" for d in range(1, 6)]
+    dates = [f"2026-10-{d:02d}" for d in range(1, 1 + parallel)]
     wanted = {}
     for name in ("events", "sessions", "billing"):
-        for ds in [*dates, "2026-10-06"]:  # a later date that no run copies
+        for ds in [*dates, "2026-10-28"]:  # a later date that no run copies
             for n in range(3):
                 body = rng.randbytes(rng.randrange(1, 200_000))
                 store.put(f"{name}/dt={ds}/part-{n}", body)
@@ -377,10 +396,11 @@ def test_backfill_of_five_dates_in_parallel_is_byte_exact_and_a_rerun_copies_not
         fleets_seen |= {s["fleet_id"] for s in summaries}
         pushed = _xcom(env["AIRFLOW_HOME"], "backfill_historical", "skyplane_state")
         state_keys |= {key for pairs in pushed for _, key in pairs}
-    assert len(fleets_seen) == 15 and len(state_keys) == 15  # a fleet and a state of its own per task
+    # a fleet and a state of its own per task
+    assert len(fleets_seen) == 3 * parallel and len(state_keys) == 3 * parallel
 
-    again = homes[dates[2]]
-    _run(again, "backfill_historical", dates[2])
+    again = homes[dates[-1]]
+    _run(again, "backfill_historical", dates[-1])
     rerun = xcom_return_values(again["AIRFLOW_HOME"], "backfill_historical", "backfill_partition")
     assert [s["bytes"] for s in rerun] == [0, 0, 0] and [s["objects"] for s in rerun] == [0, 0, 0]
     assert [_syncs(s)[0]["unchanged"] for s in rerun] == [3, 3, 3]
