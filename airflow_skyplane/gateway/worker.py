@@ -37,8 +37,6 @@ Test-only fault hooks (``test_faults`` in the program) act per worker process: `
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import itertools
 import json
 import os
@@ -59,6 +57,8 @@ from airflow_skyplane.gateway import tls
 from airflow_skyplane.gateway.flow import ByteBudget, Dispatcher, Link
 from airflow_skyplane.gateway.fork import Fork
 from airflow_skyplane.gateway.hop import HopStream, accept_hop, open_hop
+from airflow_skyplane.gateway.items import ReadItem, RelayFrame, share
+from airflow_skyplane.gateway.process import die_with_parent, reuse_chunk_buffers
 from airflow_skyplane.gateway.program import NextHop, Program, branches_of
 from airflow_skyplane.gateway.stores import open_spec
 from airflow_skyplane.gateway.storeside import DestinationWriter, Report, SourceReader, StorePool
@@ -74,82 +74,6 @@ CUT_THROUGH_MAX_BYTES = 1024 * 1024
 CUT_THROUGH_S = 0.02
 #: a batch of small objects holds at most this much plaintext (transfer/chunks.py batch_small)
 BATCH_RAW_BYTES = 4 * 1024 * 1024
-
-
-def share(total: int, workers: int, index: int) -> int:
-    """Worker ``index``'s share of ``total`` connections, the shares differing by at most one."""
-    return total // workers + (1 if index < total % workers else 0)
-
-
-class ReadItem:
-    """A chunk request of a reading gateway (one chunk, or a batch of small objects)."""
-
-    __slots__ = ("request", "size", "attempt", "chunks", "ack_id", "wire")
-
-    def __init__(self, request: dict[str, Any]) -> None:
-        self.request = request
-        batch = request.get("chunks")
-        self.size = sum(c["length"] for c in batch) if batch else int(request["length"])
-        self.chunks = len(batch) if batch else 1
-        self.ack_id = int(batch[0]["chunk_id"] if batch else request["chunk_id"])
-        self.attempt = 0
-        self.wire = 0
-
-
-class RelayFrame:
-    """A frame a relay passes on: its payload fills in as it arrives, and is held until the next hop
-    acknowledges it."""
-
-    __slots__ = (
-        "type",
-        "header",
-        "payload",
-        "size",
-        "attempt",
-        "filled",
-        "failed",
-        "sends",
-        "ack_id",
-        "waiting",
-        "raw",
-        "chunks",
-        "_cond",
-    )
-
-    def __init__(
-        self, frame_type: proto.FrameType, header: bytes, size: int, payload: bytes | bytearray | None = None
-    ) -> None:
-        self.type, self.header, self.size = frame_type, header, size
-        self.payload = bytearray(size) if payload is None else payload
-        self.filled = 0
-        self.failed = False
-        self.attempt = 0
-        self.sends = 0
-        self.ack_id: int | None = (
-            proto.ChunkHeader.unpack(header).chunk_id if frame_type is proto.FrameType.CHUNK else None
-        )
-        self.waiting: set[str] = set()  # the branches of a fork still to send it
-        self.raw, self.chunks = size, 1  # a frame read at a forking source: its plaintext and chunks
-        self._cond = threading.Condition()
-
-    def advance(self, filled: int, *, failed: bool = False) -> None:
-        with self._cond:
-            self.filled = filled
-            self.failed = failed
-            if self.ack_id is None and filled == self.size:
-                self.ack_id = proto.first_chunk_id(self.type, self.header, self.payload)
-            self._cond.notify_all()
-
-    def wait_past(self, sent: int, stop: threading.Event) -> int:
-        """Bytes received once more than ``sent`` are (or the frame is whole, or failed)."""
-        with self._cond:
-            while self.filled <= sent and self.filled < self.size and not self.failed:
-                if stop.is_set():
-                    raise TransferError("the relay is stopping")
-                self._cond.wait(0.5)
-            if self.failed:
-                raise TransferError("the upstream connection failed while this frame was being passed on")
-            return self.filled
 
 
 class Worker:
@@ -606,44 +530,14 @@ class Worker:
         return bytes(damaged)
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to kill this worker when the gateway's main process dies (SIGKILL included)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _reuse_chunk_buffers() -> None:
-    """Ask glibc to keep chunk-sized buffers in a few heaps and reuse them, rather than map and unmap
-    each one.
-
-    Every frame passes through several buffers of its size (received, decrypted, decompressed, sent
-    to the store). Served by ``mmap`` (glibc's default above 128 KiB, until it adapts), each is
-    faulted in, zeroed by the kernel page by page and unmapped again: measured on a writing gateway,
-    a third of its CPU. Kept in the heap (frames up to 32 MiB, glibc's largest threshold; not trimmed
-    back to the system) they are reused; two arenas stop the RSS from growing with the thread count
-    (each thread would otherwise get an arena of its own, holding its own chunk buffers). The RSS then
-    stays near the worker's byte budget. Not glibc (or no ctypes): nothing to do.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-8, 2)  # M_ARENA_MAX
-        libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD, its largest value on 64-bit
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: free memory stays for the next frames
-    except (OSError, AttributeError):
-        pass
-
-
 def main(ipc_fd: int, sockets_fd: int, parent: int) -> int:
     """Run one worker: its setup arrives over ``ipc_fd``, accepted connections over ``sockets_fd``."""
-    _die_with_parent()
+    die_with_parent()
     if os.getppid() != parent:  # the gateway died before this worker could ask to die with it
         return 1
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the main process stops its workers itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _reuse_chunk_buffers()
+    reuse_chunk_buffers()
     conn = Connection(ipc_fd)
     report = Report(conn)
     setup = conn.recv()

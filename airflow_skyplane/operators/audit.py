@@ -18,7 +18,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from airflow_skyplane.exceptions import InvalidInputError
+from airflow_skyplane.exceptions import InvalidInputError, TransferError
 from airflow_skyplane.storage.base import ObjectInfo
 from airflow_skyplane.transfer.diff import DiffCounts
 
@@ -108,3 +108,19 @@ def _listed(keys: Sequence[str], total: int) -> str:
         return ""
     more = f" (and {total - len(keys)} more)" if total > len(keys) else ""
     return ": " + ", ".join(keys) + more
+
+
+def stale_source(message: str, source_uri: str) -> bool:
+    """True when a transfer failed on a source object gone or changed since it was listed."""
+    if "ObjectNotFoundError" in message and source_uri in message:
+        return True
+    return "changed since it was listed" in message or "changed during the transfer" in message
+
+
+def stale_inventory_error(err: Exception, inventory: object) -> TransferError:
+    """The error of a transfer listed from an inventory report older than the source it lists."""
+    return TransferError(
+        f"{err}: source_inventory={inventory!r} lists objects the source no longer has as reported "
+        "(deleted or rewritten after the report was taken); a retry fails the same way: give a newer "
+        "report, or leave source_inventory out to list the source"
+    )

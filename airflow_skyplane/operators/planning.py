@@ -26,8 +26,10 @@ from airflow_skyplane.exceptions import InfeasiblePlanError, InvalidInputError
 if TYPE_CHECKING:
     from airflow_skyplane.hooks.skyplane import SkyplaneSettings
     from airflow_skyplane.planner.plan import TransferPlan
+    from airflow_skyplane.transfer.diff import DiffCounts, Spool
     from airflow_skyplane.transfer.options import TransferOptions
     from airflow_skyplane.transfer.overlay import Overlay
+    from airflow_skyplane.transfer.tree import MulticastOverlay
 
 MiB = 1024 * 1024
 
@@ -155,6 +157,65 @@ def why_not_multicast(
     if not summary.get("multicast_shares_edges"):
         return "the multicast plan shares no edge: a tree would save nothing"
     return None
+
+
+def transfer_summary(
+    source: str,
+    source_region: str | None,
+    mode: str,
+    dry_run: bool,
+    destinations: Sequence[str],
+    regions: Sequence[str | None],
+    spools: Sequence[Spool],
+    counts: Sequence[DiffCounts],
+) -> dict[str, Any]:
+    """The task's summary before the plan fills it: what each destination is to receive."""
+    return {
+        "source": source,
+        "source_region": source_region,
+        "mode": mode,
+        "dry_run": dry_run,
+        "bytes_to_send": sum(spool.bytes for spool in spools),
+        "objects_to_send": sum(spool.count for spool in spools),
+        "destinations": {
+            uri: {"region": region or None, "bytes_to_send": spool.bytes}
+            | ({"sync": c.as_dict()} if mode == "sync" else {})
+            for uri, region, spool, c in zip(destinations, regions, spools, counts, strict=True)
+        },
+    }
+
+
+def choose_multicast(
+    log: Any,
+    planning: Planning,
+    summary: dict[str, Any],
+    selections: Sequence[tuple[int, int]],
+    **conditions: Any,
+) -> str | None:
+    """:func:`why_not_multicast`, said in ``summary`` (several destinations) and in the task's log."""
+    why_not = why_not_multicast(planning, summary, selections, **conditions)
+    if len(selections) > 1:
+        summary["multicast"] = {"used": why_not is None, "why_not": why_not}
+        log.info(
+            "Multicast: %s",
+            "the tree runs" if why_not is None else f"one transfer per destination ({why_not})",
+        )
+    return why_not
+
+
+def multicast_tree(
+    log: Any, planning: Planning, options: TransferOptions, *, resume: bool
+) -> tuple[MulticastOverlay, list[str]]:
+    """The overlay tree of the multicast plan, on local relays, and its destination gateways in the
+    order of the destinations."""
+    from airflow_skyplane.transfer.tree import tree_from_plan
+
+    assert planning.multicast is not None
+    tree = tree_from_plan(planning.multicast, max_connections_per_hop=options.connections_per_hop)
+    tree.regions = {}  # local relays: every gateway on this machine
+    if resume:
+        log.warning("A multicast keeps no resumable state: a retry sends everything again")
+    return tree, [plan.destinations[0] for plan in planning.plans if plan is not None]
 
 
 #: the planner's names of its limits -> the operator's parameter (or setting) that sets each

@@ -36,7 +36,13 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_skyplane.exceptions import InvalidInputError, TransferError
-from airflow_skyplane.operators.audit import check_sync, preview, warn_source
+from airflow_skyplane.operators.audit import (
+    check_sync,
+    preview,
+    stale_inventory_error,
+    stale_source,
+    warn_source,
+)
 from airflow_skyplane.operators.callbacks import (
     FLEET_XCOM_KEY,
     push_state_keys,
@@ -47,12 +53,11 @@ from airflow_skyplane.operators.callbacks import (
     with_callback,
 )
 from airflow_skyplane.operators.plan_files import record_plans
-from airflow_skyplane.operators.planning import why_not_multicast
+from airflow_skyplane.operators.planning import choose_multicast, multicast_tree, transfer_summary
 from airflow_skyplane.operators.regions import given_destination_regions, given_region, locate
 from airflow_skyplane.transfer.inventory import MODES
 from airflow_skyplane.transfer.options import TransferOptions
 from airflow_skyplane.transfer.summary import summarize
-from airflow_skyplane.transfer.tree import tree_from_plan
 
 if TYPE_CHECKING:
     from airflow_skyplane.hooks.skyplane import SkyplaneSettings
@@ -78,13 +83,6 @@ def _seconds(name: str, value: float | timedelta | None) -> float | None:
     if not isinstance(seconds, int | float) or not math.isfinite(seconds) or seconds <= 0:
         raise InvalidInputError(f"{name}={value!r} must be a positive number of seconds or a timedelta")
     return float(seconds)
-
-
-def _stale(message: str, src: Location) -> bool:
-    """True when a transfer failed on a source object gone or changed since it was listed."""
-    if "ObjectNotFoundError" in message and src.store.uri in message:
-        return True
-    return "changed since it was listed" in message or "changed during the transfer" in message
 
 
 _KILLED = (
@@ -470,34 +468,18 @@ class SkyplaneTransferOperator(BaseOperator):
         needed = [spool.bytes for spool in spools]
         regions = [r or "" for r in dst_regions]
         planning = planner.plan_destinations(self.source, src_region, regions, destinations, needed)
-        summary: dict[str, Any] = {
-            "source": self.source,
-            "source_region": src_region,
-            "mode": self.mode,
-            "dry_run": self.plan_only,
-            "bytes_to_send": sum(needed),
-            "objects_to_send": sum(spool.count for spool in spools),
-            "destinations": {
-                uri: {"region": region or None, "bytes_to_send": n}
-                | ({"sync": c.as_dict()} if self.mode == "sync" else {})
-                for uri, region, n, c in zip(destinations, dst_regions, needed, counts, strict=True)
-            },
-        }
+        summary = transfer_summary(
+            self.source, src_region, self.mode, self.plan_only, destinations, dst_regions, spools, counts
+        )
         planning.fill(summary)
         planner.log_estimate(planning)
         ti = context.get("ti") if hasattr(context, "get") else None
         record_plans(self, ti, planning, destinations, summary)
-        why_not = why_not_multicast(
-            planning, summary, [(spool.count, spool.bytes) for spool in spools], wanted=self.multicast,
-            mode=self.mode, relay_backend=settings.relay_backend,
+        why_not = choose_multicast(
+            self.log, planning, summary, [(spool.count, spool.bytes) for spool in spools],
+            wanted=self.multicast, mode=self.mode, relay_backend=settings.relay_backend,
             waits=self.wait_for_completion and not self.deferrable,
         )  # fmt: skip
-        if len(dsts) > 1:
-            summary["multicast"] = {"used": why_not is None, "why_not": why_not}
-            self.log.info(
-                "Multicast: %s",
-                "the tree runs" if why_not is None else f"one transfer per destination ({why_not})",
-            )
         if self.plan_only:
             return summary
 
@@ -512,14 +494,9 @@ class SkyplaneTransferOperator(BaseOperator):
         options = TransferOptions.from_settings(
             settings, timeout=self.timeout_s, keep_on_failure=will_retry(ti)
         )
-        tree, ends = None, []
-        if why_not is None:
-            assert planning.multicast is not None
-            tree = tree_from_plan(planning.multicast, max_connections_per_hop=options.connections_per_hop)
-            tree.regions = {}  # local relays: every gateway on this machine
-            ends = [plan.destinations[0] for plan in planning.plans if plan is not None]
-            if self.resume:
-                self.log.warning("A multicast keeps no resumable state: a retry sends everything again")
+        tree, ends = (
+            multicast_tree(self.log, planning, options, resume=self.resume) if why_not is None else (None, [])
+        )
         resumable = self.resume and tree is None
         state_keys = push_state_keys(ti, self, settings.state_prefix, destinations) if resumable else []
         self._fleet = start_fleet(
@@ -558,13 +535,8 @@ class SkyplaneTransferOperator(BaseOperator):
             if self._killed:
                 raise TransferError(_KILLED) from err
             self.log.error("Gateway logs:\n%s", fleet.gateway_logs())
-            if self.source_inventory and _stale(str(err), src):
-                raise TransferError(
-                    f"{err}: source_inventory={self.source_inventory!r} lists objects the source no "
-                    "longer has as reported (deleted or rewritten after the report was taken); a retry "
-                    "fails the same way: give a newer report, or leave source_inventory out to list the "
-                    "source"
-                ) from err
+            if self.source_inventory and stale_source(str(err), src.store.uri):
+                raise stale_inventory_error(err, self.source_inventory) from err
             raise
         finally:
             fleet.close()
