@@ -99,7 +99,16 @@ def test_a_fleet_in_two_regions_is_created_tagged_and_torn_down(
     assert {tuple(statuses) for statuses in fake.seen_statuses.values()} == {("InProgress", "Succeeded")}
 
 
-@pytest.mark.parametrize("kind", ["networkSecurityGroups", "publicIPAddresses", "virtualMachines"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param(
+            kind, marks=pytest.mark.full_tier(reason="13 s each; the last step, with the most to undo, stays")
+        )
+        for kind in ("networkSecurityGroups", "publicIPAddresses")
+    ]
+    + ["virtualMachines"],
+)
 def test_a_failure_at_each_step_leaves_nothing(fake: FakeARM, backend: AzureRelayBackend, kind: str) -> None:
     if kind == "virtualMachines":
         fake.fail_next(
@@ -114,6 +123,9 @@ def test_a_failure_at_each_step_leaves_nothing(fake: FakeARM, backend: AzureRela
     assert fake.tagged("skyplane-fleet", f"fleet-{kind.lower()}") == []
 
 
+@pytest.mark.full_tier(
+    reason="50 s; the sweeper's removal of an Azure relay is tested by the self-destruct tests"
+)
 def test_a_failure_in_bootstrap_tears_down_and_the_sweeper_takes_expired_fleets(
     fake: FakeARM, backend: AzureRelayBackend
 ) -> None:

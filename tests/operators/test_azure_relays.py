@@ -175,6 +175,9 @@ def test_a_relay_whose_boot_diagnostics_show_another_host_key_is_refused_and_lea
     _assert_nothing_left(arm, vms, state_dir)
 
 
+@pytest.mark.full_tier(
+    reason="20 s; tests/compute/test_azure.py fails each Azure step and finds nothing left"
+)
 def test_a_relay_that_azure_refuses_fails_clearly_and_leaves_nothing(
     emulated_sky: EmulatedSky,
     sky_bucket: Callable[..., str],
@@ -193,6 +196,7 @@ def test_a_relay_that_azure_refuses_fails_clearly_and_leaves_nothing(
     _assert_nothing_left(arm, vms, state_dir)
 
 
+@pytest.mark.full_tier(reason="20 s; test_cloud_relays.py tears a fleet down by its id alone on AWS")
 def test_a_fleet_whose_worker_died_is_torn_down_by_its_id_alone(
     arm_vms: tuple[FakeARM, EmulatedVMs], state_dir: Path
 ) -> None:

@@ -63,6 +63,9 @@ def test_unknown_service_is_rejected(tmp_path: Path) -> None:
         EmulatedSky(tmp_path, services=("s3", "dynamodb"))
 
 
+@pytest.mark.full_tier(
+    reason="a minute; make demo, which CI runs, is this job, and tests/dags checks DAG runs' logs for secrets"
+)
 def test_demo_runs_the_nightly_dag_twice_and_leaks_no_secret(tmp_path: Path) -> None:
     require("azurite")  # the demo replicates to Azure Blob
     result = subprocess.run(

@@ -43,6 +43,9 @@ def run(source, sprefix, dest, dprefix, tmp_path: Path, **kwargs) -> tuple:
 
 
 @pytest.mark.slow
+@pytest.mark.full_tier(
+    reason="a minute of 2 GiB; the other data-plane tests cross relays byte-exact with MiBs"
+)
 def test_1gib_random_and_1gib_text_through_a_relay(tmp_path: Path) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()

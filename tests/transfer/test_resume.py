@@ -87,6 +87,9 @@ def new_job(src, sprefix, dst, dprefix, workdir: Path, **kwargs) -> TransferJob:
 
 
 @pytest.mark.slow
+@pytest.mark.full_tier(
+    reason="a minute of 2 GiB; the other resume tests kill transfers of a few MiB at every stage"
+)
 def test_a_2gib_transfer_killed_at_half_resumes_and_resends_little(tmp_path: Path) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
