@@ -362,7 +362,7 @@ class AzureBlobKind(StoreKind):
         """The storage account's location, through the management API with the connection's Azure
         AD identity and the ``subscription_id`` of its extra; a shared key, SAS or connection string
         cannot ask it."""
-        from airflow_skyplane.storage.placement import azure_account_placement
+        from airflow_skyplane.storage.azure_account import azure_account_placement
 
         assert isinstance(store, AzureBlobStore)
         return azure_account_placement(store.client, store.conn_id)
